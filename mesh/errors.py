@@ -1,0 +1,155 @@
+"""The mesh's error tree.
+
+Every error names what happened, with which value, and what to do about it. Errors that cross
+the wire carry the numeric `code` of `ErrorCode` in proto/mesh.proto, so a client can rebuild
+the same typed error from a reply and tests can assert on it.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every error the mesh raises on purpose."""
+
+    #: the wire ErrorCode value this error travels as (see proto/mesh.proto)
+    code: int = 0
+
+
+class ConfigError(MeshError):
+    """A setting is out of range or inconsistent; raised once, at construction."""
+
+
+class WireError(MeshError):
+    """A frame could not be read: malformed, oversized or of an unsupported protocol version."""
+
+    code = 5  # MALFORMED_REQUEST
+
+
+class UnsupportedVersion(WireError):
+    code = 9
+
+    def __init__(self, got: int, supported: int) -> None:
+        super().__init__(
+            f"protocol version {got} is not supported (this node speaks {supported}); "
+            "upgrade the older side"
+        )
+        self.got = got
+        self.supported = supported
+
+
+class TaskRejected(MeshError):
+    """The Helper refused a task; nothing was stored."""
+
+    code = 8  # INVALID_TASK
+
+
+class InvalidTask(TaskRejected):
+    code = 8
+
+
+class PayloadTooLarge(TaskRejected):
+    code = 3
+
+    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes; "
+            "store large inputs elsewhere and pass a reference"
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class QueueFull(TaskRejected):
+    """The Helper's pending queue is at its bound; retry later or submit with a wait."""
+
+    code = 2
+
+    def __init__(self, depth: int, limit: int, what: str = "tasks") -> None:
+        super().__init__(
+            f"pending queue is full ({depth} of {limit} {what}); slow down, add AI nodes, "
+            "or submit with wait_s to wait for room"
+        )
+        self.depth = depth
+        self.limit = limit
+
+
+class ShuttingDown(TaskRejected):
+    code = 7
+
+    def __init__(self) -> None:
+        super().__init__("the Helper is shutting down and takes no new tasks; submit to another")
+
+
+class JournalError(MeshError):
+    """The journal could not make a record durable (disk full, I/O error, corrupt state).
+
+    A submit that gets this error was NOT accepted: nothing of it is on disk and the submitter
+    must retry. Nothing accepted before is lost.
+    """
+
+    code = 4
+
+
+class UnknownTaskKind(MeshError):
+    def __init__(self, kind: str, known: list[str] | tuple[str, ...] = ()) -> None:
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(f"no handler for task kind {kind!r} (known kinds: {listed})")
+        self.kind = kind
+
+
+class NotFound(MeshError):
+    code = 6
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} is not known to this Helper")
+        self.task_id = task_id
+
+
+class RequestTimeout(MeshError):
+    """No reply within the caller's deadline. For a submit this means: outcome unknown, resubmit
+    with the same task id (it is idempotent)."""
+
+
+class TaskFailed(MeshError):
+    """`Client.result()` of a task that ended DEAD."""
+
+    def __init__(self, task_id: str, reason: str, error: str) -> None:
+        super().__init__(f"task {task_id} is dead ({reason}): {error or 'no error text'}")
+        self.task_id = task_id
+        self.reason = reason
+        self.error = error
+
+
+# Handler-side signals: raised by user handlers to steer the retry policy.
+
+
+class RetryLater(Exception):
+    """Raise from a handler to retry after `delay_s`, not after the policy's backoff."""
+
+    def __init__(self, delay_s: float, message: str = "") -> None:
+        super().__init__(message or f"retry requested in {delay_s}s")
+        self.delay_s = delay_s
+
+
+class FatalError(Exception):
+    """Raise from a handler to fail the task at once: no retry, straight to the dead letters."""
+
+
+_BY_CODE: dict[int, type[MeshError]] = {
+    2: QueueFull,
+    3: PayloadTooLarge,
+    4: JournalError,
+    5: WireError,
+    6: NotFound,
+    7: ShuttingDown,
+    8: InvalidTask,
+    9: UnsupportedVersion,
+}
+
+
+def error_from_code(code: int, message: str) -> MeshError:
+    """Rebuild a typed error from a wire reply (the message is the Helper's own text)."""
+    cls = _BY_CODE.get(code, MeshError)
+    err = cls.__new__(cls)
+    MeshError.__init__(err, message)
+    return err

@@ -1,0 +1,91 @@
+"""Every Prometheus metric of the mesh, on one registry per node object.
+
+No module-level metrics: a process may hold several nodes (tests, the demo), and each must
+report its own. Hot paths update these once per batch, not once per task.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS_S = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class HelperMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.submitted = Counter("mesh_tasks_submitted", "Tasks accepted (durable)", registry=r)
+        self.duplicates = Counter(
+            "mesh_submit_duplicates", "Submits of an already known task id (idempotent)",
+            registry=r)
+        self.rejected = Counter(
+            "mesh_submit_rejected", "Submits refused, by reason", ["reason"], registry=r)
+        self.outcomes = Counter(
+            "mesh_tasks_finished", "Tasks that reached a terminal state", ["state"], registry=r)
+        self.dead = Counter("mesh_tasks_dead", "Dead-lettered tasks, by reason", ["reason"],
+                            registry=r)
+        self.retries = Counter("mesh_task_retries", "Failed attempts scheduled again", registry=r)
+        self.redeliveries = Counter(
+            "mesh_redeliveries", "Deliveries sent again, by cause", ["cause"], registry=r)
+        self.late_acks = Counter(
+            "mesh_late_acks", "Acks for a delivery that was no longer current", registry=r)
+        self.bad_frames = Counter(
+            "mesh_bad_frames", "Frames dropped as unreadable, by socket", ["socket"], registry=r)
+        self.dispatched = Counter("mesh_deliveries_sent", "Deliveries sent to nodes", registry=r)
+        self.queue_depth = Gauge("mesh_queue_depth", "Tasks queued, not dispatched", registry=r)
+        self.queue_bytes = Gauge("mesh_queue_bytes", "Payload bytes queued", registry=r)
+        self.retry_waiting = Gauge("mesh_retry_waiting", "Tasks waiting out a backoff",
+                                   registry=r)
+        self.inflight = Gauge("mesh_inflight", "Deliveries on nodes", registry=r)
+        self.oldest_pending_age = Gauge(
+            "mesh_oldest_pending_age_seconds", "Age of the oldest queued task (consumer lag)",
+            registry=r)
+        self.nodes_alive = Gauge("mesh_nodes_alive", "AI nodes alive", registry=r)
+        self.node_deaths = Counter("mesh_node_deaths", "AI nodes declared dead, by cause",
+                                   ["cause"], registry=r)
+        self.accept_latency = Histogram(
+            "mesh_accept_latency_seconds", "Submit received to accepted (journal durable)",
+            buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.e2e_latency = Histogram(
+            "mesh_end_to_end_latency_seconds", "Submit to result recorded",
+            buckets=_LATENCY_BUCKETS_S + (30.0, 60.0, 300.0), registry=r)
+        self.fsync_latency = Histogram(
+            "mesh_journal_fsync_seconds", "Journal fdatasync time", buckets=_LATENCY_BUCKETS_S,
+            registry=r)
+        self.fsync_batch = Histogram(
+            "mesh_journal_fsync_batch_records", "Records made durable by one fdatasync",
+            buckets=_BATCH_BUCKETS, registry=r)
+        self.journal_bytes = Gauge("mesh_journal_bytes", "Journal size on disk", registry=r)
+        self.journal_errors = Counter("mesh_journal_errors", "Journal write or sync failures",
+                                      registry=r)
+
+
+class AINodeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.received = Counter("mesh_ai_deliveries_received", "Deliveries received", registry=r)
+        self.completed = Counter("mesh_ai_tasks_completed", "Handler runs, by outcome",
+                                 ["outcome"], registry=r)
+        self.dedup_hits = Counter(
+            "mesh_ai_dedup_hits", "Redeliveries answered from the window, not run again",
+            registry=r)
+        self.rejected = Counter("mesh_ai_rejected", "Deliveries refused, by reason", ["reason"],
+                                registry=r)
+        self.bad_frames = Counter("mesh_ai_bad_frames", "Unreadable frames dropped", registry=r)
+        self.running = Gauge("mesh_ai_running", "Handlers running", registry=r)
+        self.waiting = Gauge("mesh_ai_waiting", "Deliveries waiting for a slot", registry=r)
+        self.run_latency = Histogram("mesh_ai_run_seconds", "Handler run time",
+                                     buckets=_LATENCY_BUCKETS_S + (30.0, 60.0, 300.0),
+                                     registry=r)
+        self.timeouts = Counter("mesh_ai_timeouts", "Handlers past their run timeout",
+                                registry=r)
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> tuple:
+    """Serve /metrics on a thread; port 0 picks a free one. Returns (server, real_port)."""
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return server, thread, server.server_address[1]

@@ -1,0 +1,105 @@
+"""Typed, frozen settings for every mesh object, validated once at construction.
+
+Units are in the names. `mesh` never reads the environment: `nodes/config.py` builds these from
+flags, files and env, and tests build them directly.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from mesh.errors import ConfigError
+
+FSYNC_POLICIES = ("always", "batch", "interval", "none")
+
+
+class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
+    #: stable name of this Helper (survives restarts; the journal belongs to it)
+    helper_id: str
+    #: directory of the journal and the Helper's small state file
+    data_dir: str
+    #: ROUTER endpoint clients submit to; port 0 picks a free port (reused on restart)
+    intake_endpoint: str = "tcp://127.0.0.1:0"
+    #: PULL endpoint AI nodes send acks and heartbeats to; port 0 picks a free port (reused on restart)
+    ack_endpoint: str = "tcp://127.0.0.1:0"
+    #: journal fsync policy: always | batch (group commit) | interval | none
+    fsync_policy: str = "batch"
+    fsync_interval_ms: int = 5
+    journal_segment_bytes: int = 32 * 2**20
+    #: largest task payload accepted
+    max_payload_bytes: int = 1 * 2**20
+    #: bound of the pending queue (queued, not yet dispatched) by count and by payload bytes
+    max_pending_tasks: int = 200_000
+    max_pending_bytes: int = 512 * 2**20
+    #: default attempts per task (a task may carry its own)
+    max_attempts: int = 3
+    #: retry backoff: full jitter over base * 2**(attempt-1), capped
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 30.0
+    #: deliveries lost with a dying node before a task is a poison pill (DEAD, DELIVERY_LIMIT)
+    max_lost_deliveries: int = 3
+    #: a node unheard for this long is declared dead and its deliveries go elsewhere
+    node_dead_after_s: float = 2.0
+    #: a delivery with no STARTED (nor held in the node's heartbeat) after this is sent again
+    ack_timeout_s: float = 10.0
+    #: a task no live node serves for this long goes DEAD (UNKNOWN_KIND)
+    unroutable_grace_s: float = 30.0
+    #: after a restart, wait this long for nodes to report what they still hold before resending
+    reconcile_window_s: float = 1.0
+    #: finished tasks kept for status/result queries (count, then oldest forgotten)
+    max_retained_results: int = 100_000
+    #: most deliveries in one DispatchBatch
+    dispatch_batch_max: int = 64
+    #: send a task to a node while its journal record is still being synced (the submitter still
+    #: hears "accepted" only after the sync); see docs/decisions/004-dispatch-during-sync.md
+    dispatch_before_sync: bool = False
+    #: strict priority, except every Nth pick goes to the lane whose head waited longest
+    priority_aging_every: int = 8
+
+    def __post_init__(self) -> None:
+        if self.fsync_policy not in FSYNC_POLICIES:
+            raise ConfigError(
+                f"fsync_policy {self.fsync_policy!r} is not one of {', '.join(FSYNC_POLICIES)}"
+            )
+        _positive(self, "max_payload_bytes", "max_pending_tasks", "max_pending_bytes",
+                  "max_attempts", "max_lost_deliveries", "dispatch_batch_max",
+                  "max_retained_results", "priority_aging_every")
+        _positive(self, "node_dead_after_s", "ack_timeout_s", "retry_base_s", "retry_cap_s")
+        if not self.helper_id:
+            raise ConfigError("helper_id must not be empty")
+
+
+class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
+    #: stable name of this node; a fresh incarnation id is drawn per run
+    node_id: str
+    #: PULL endpoint Helpers push tasks to; port 0 picks a free port
+    task_endpoint: str = "tcp://127.0.0.1:0"
+    #: tasks run at once
+    concurrency: int = 16
+    #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round trip)
+    prefetch: int = 16
+    #: heartbeat period to every known Helper
+    heartbeat_interval_s: float = 0.25
+    #: default run timeout when the task carries none
+    run_timeout_s: float = 300.0
+    #: finished tasks remembered for de-duplication of redeliveries
+    dedup_window: int = 50_000
+    #: largest delivery accepted (frames above this are dropped by ZeroMQ itself)
+    max_message_bytes: int = 16 * 2**20
+    #: on SIGTERM, how long running tasks may take to finish before they are handed back
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "concurrency", "heartbeat_interval_s", "run_timeout_s", "dedup_window",
+                  "max_message_bytes")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+        if not self.node_id:
+            raise ConfigError("node_id must not be empty")
+
+
+def _positive(settings: msgspec.Struct, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if value <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")

@@ -1,0 +1,175 @@
+"""Frames <-> values: the only module that imports the generated protobuf code.
+
+Every top-level envelope carries `version`; a frame of another major version, a frame that does
+not parse, or one above the size limit raises `WireError` (the receive loops count and drop it).
+On the hot path the protobuf messages themselves are the values (upb makes them cheap to build
+and read, and converting each task into another type would cost more than the rest of its
+dispatch); no other module serializes or parses them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.message import DecodeError
+
+from mesh._pb import mesh_pb2 as _pb
+from mesh.errors import UnsupportedVersion, WireError
+
+#: the protocol this build speaks; bump when an old reader would misread a new frame
+PROTOCOL_VERSION = 1
+
+# The message types, named for what they are. Build them through these names, read their fields;
+# serialize and parse only through the functions below.
+Task = _pb.Task
+Dispatch = _pb.Dispatch
+DispatchBatch = _pb.DispatchBatch
+Ack = _pb.Ack
+AckBatch = _pb.AckBatch
+Heartbeat = _pb.Heartbeat
+ClientRequest = _pb.ClientRequest
+ClientReply = _pb.ClientReply
+SubmitRequest = _pb.SubmitRequest
+SubmitResult = _pb.SubmitResult
+TaskStatus = _pb.TaskStatus
+TaskRecord = _pb.TaskRecord
+TransitionRecord = _pb.TransitionRecord
+Alert = _pb.Alert
+ReplayRequest = _pb.ReplayRequest
+ReplayReply = _pb.ReplayReply
+
+# Enums as plain ints (protobuf enum values are ints already).
+QUEUED, DISPATCHED, RUNNING, SUCCEEDED, DEAD = (
+    _pb.QUEUED, _pb.DISPATCHED, _pb.RUNNING, _pb.SUCCEEDED, _pb.DEAD)
+TERMINAL_STATES = frozenset((SUCCEEDED, DEAD))
+STARTED, DONE, FAILED, REJECTED = _pb.STARTED, _pb.DONE, _pb.FAILED, _pb.REJECTED
+RETRYABLE, FATAL, RETRY_LATER, TIMEOUT = _pb.RETRYABLE, _pb.FATAL, _pb.RETRY_LATER, _pb.TIMEOUT
+UNKNOWN_TASK_KIND, WRONG_INCARNATION, DRAINING, MALFORMED = (
+    _pb.UNKNOWN_TASK_KIND, _pb.WRONG_INCARNATION, _pb.DRAINING, _pb.MALFORMED)
+ATTEMPTS_EXHAUSTED, FATAL_ERROR, EXPIRED, UNKNOWN_KIND, DELIVERY_LIMIT, PAYLOAD_REJECTED = (
+    _pb.ATTEMPTS_EXHAUSTED, _pb.FATAL_ERROR, _pb.EXPIRED, _pb.UNKNOWN_KIND,
+    _pb.DELIVERY_LIMIT, _pb.PAYLOAD_REJECTED)
+OK, QUEUE_FULL, PAYLOAD_TOO_LARGE, JOURNAL_FAILED, MALFORMED_REQUEST = (
+    _pb.OK, _pb.QUEUE_FULL, _pb.PAYLOAD_TOO_LARGE, _pb.JOURNAL_FAILED, _pb.MALFORMED_REQUEST)
+NOT_FOUND, SHUTTING_DOWN, INVALID_TASK, UNSUPPORTED_VERSION = (
+    _pb.NOT_FOUND, _pb.SHUTTING_DOWN, _pb.INVALID_TASK, _pb.UNSUPPORTED_VERSION)
+LIST, INSPECT, REPLAY, PURGE = _pb.LIST, _pb.INSPECT, _pb.REPLAY, _pb.PURGE
+INFO, WARNING, ERROR, CRITICAL = _pb.INFO, _pb.WARNING, _pb.ERROR, _pb.CRITICAL
+
+
+def state_name(state: int) -> str:
+    return _pb.TaskState.Name(state) if state else "UNKNOWN"
+
+
+def dead_reason_name(reason: int) -> str:
+    return _pb.DeadReason.Name(reason) if reason else ""
+
+
+def error_class_name(value: int) -> str:
+    return _pb.ErrorClass.Name(value)
+
+
+def severity_value(name: str) -> int:
+    try:
+        return _pb.Severity.Value(name.upper())
+    except ValueError:
+        raise ValueError(
+            f"unknown severity {name!r}; use one of info, warning, error, critical") from None
+
+
+def severity_name(value: int) -> str:
+    return _pb.Severity.Name(value).lower() if value else "unspecified"
+
+
+def now_ns() -> int:
+    """Wall clock in ns: comparable across processes on one host (latency figures, deadlines)."""
+    return time.time_ns()
+
+
+# ---- encoding -------------------------------------------------------------------------------
+
+
+def encode(message) -> bytes:  # noqa: ANN001 - any envelope
+    return message.SerializeToString()
+
+
+def encode_dispatch_batch(dispatches: list) -> bytes:
+    batch = DispatchBatch(version=PROTOCOL_VERSION, sent_ns=time.time_ns())
+    batch.dispatches.extend(dispatches)
+    return batch.SerializeToString()
+
+
+def encode_ack_batch(heartbeat, acks: list) -> bytes:  # noqa: ANN001
+    batch = AckBatch(version=PROTOCOL_VERSION, heartbeat=heartbeat)
+    if acks:
+        batch.acks.extend(acks)
+    return batch.SerializeToString()
+
+
+def encode_record(message) -> bytes:  # noqa: ANN001 - journal payloads carry no version field
+    return message.SerializeToString()
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def _parse(cls, frame: bytes, limit_bytes: int | None, what: str):  # noqa: ANN001, ANN202
+    if limit_bytes is not None and len(frame) > limit_bytes:
+        raise WireError(f"{what} of {len(frame)} bytes exceeds the limit of {limit_bytes} bytes")
+    try:
+        message = cls.FromString(frame)
+    except DecodeError as exc:
+        raise WireError(f"malformed {what} ({len(frame)} bytes): {exc}") from None
+    version = getattr(message, "version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(version, PROTOCOL_VERSION)
+    return message
+
+
+def decode_dispatch_batch(frame: bytes, limit_bytes: int | None = None):  # noqa: ANN201
+    return _parse(DispatchBatch, frame, limit_bytes, "dispatch batch")
+
+
+def decode_ack_batch(frame: bytes, limit_bytes: int | None = None):  # noqa: ANN201
+    return _parse(AckBatch, frame, limit_bytes, "ack batch")
+
+
+def decode_client_request(frame: bytes, limit_bytes: int | None = None):  # noqa: ANN201
+    return _parse(ClientRequest, frame, limit_bytes, "client request")
+
+
+def decode_client_reply(frame: bytes):  # noqa: ANN201
+    return _parse(ClientReply, frame, None, "client reply")
+
+
+def decode_alert(frame: bytes, limit_bytes: int | None = None):  # noqa: ANN201
+    return _parse(Alert, frame, limit_bytes, "alert")
+
+
+def decode_replay_request(frame: bytes):  # noqa: ANN201
+    return _parse(ReplayRequest, frame, 64 * 1024, "replay request")
+
+
+def decode_replay_reply(frame: bytes):  # noqa: ANN201
+    return _parse(ReplayReply, frame, None, "replay reply")
+
+
+def decode_task_record(payload: bytes):  # noqa: ANN201
+    try:
+        return TaskRecord.FromString(payload)
+    except DecodeError as exc:
+        raise WireError(f"malformed task record: {exc}") from None
+
+
+def decode_transition_record(payload: bytes):  # noqa: ANN201
+    try:
+        return TransitionRecord.FromString(payload)
+    except DecodeError as exc:
+        raise WireError(f"malformed transition record: {exc}") from None
+
+
+def decode_task(payload: bytes):  # noqa: ANN201
+    try:
+        return Task.FromString(payload)
+    except DecodeError as exc:
+        raise WireError(f"malformed task: {exc}") from None
