@@ -1,0 +1,631 @@
+"""The Helper's core: the task table, the queue, the nodes, and every state change of a task.
+
+No sockets and no awaits in here: the service (`mesh.helper`) feeds it frames and timer ticks
+and gives it two callables, `send(node, frame) -> bool` and `journal_append(type, key, bytes)`.
+That keeps every rule of the lifecycle in one place a reader can follow top to bottom:
+
+    admit ─► (journal sync, by the service) ─► enqueue ─► dispatch_pass ─► on_ack_batch
+       STARTED ─► RUNNING;  DONE ─► SUCCEEDED (first DONE wins);  FAILED ─► retry policy
+       node dead (missed heartbeats, discovery, restart) ─► its deliveries re-queued at the front;
+       a RUNNING delivery lost counts toward the delivery limit (poison pill)
+
+Credit: a node announces its free slots and how many deliveries of ours it has received; what
+we sent since is subtracted, so credit in flight is never spent twice (`NodeLink.available`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from mesh import records, wire
+from mesh.metrics import HelperMetrics
+from mesh.pending import PendingQueue
+from mesh.policies.retry import RetryPolicy
+from mesh.settings import HelperSettings
+
+log = logging.getLogger("mesh.dispatcher")
+
+ACCEPTING = -1  # local state: journaled, not yet durable; not dispatchable (unless configured)
+
+
+class TaskEntry:
+    """One task as the Helper tracks it. `task` is the wire Task exactly as submitted."""
+
+    __slots__ = (
+        "task", "task_id", "kind", "priority", "size_bytes", "seq", "queued_at", "in_queue",
+        "state", "attempt", "deliveries", "lost_deliveries", "delivery", "node_id",
+        "result", "error", "dead_reason", "finished_ns", "not_before", "dispatched_at",
+        "accepted_at", "max_attempts",
+    )
+
+    def __init__(self, task, seq: int, max_attempts: int) -> None:  # noqa: ANN001
+        self.task = task
+        self.task_id: str = task.task_id
+        self.kind: str = task.kind
+        self.priority: int = task.priority
+        self.size_bytes: int = len(task.payload)
+        self.seq = seq
+        self.queued_at = 0.0
+        self.in_queue = False
+        self.state = ACCEPTING
+        self.attempt = 1
+        self.deliveries = 0
+        self.lost_deliveries = 0
+        self.delivery = 0
+        self.node_id = ""
+        self.result = b""
+        self.error = ""
+        self.dead_reason = 0
+        self.finished_ns = 0
+        self.not_before = 0.0  # monotonic; a retry's backoff end
+        self.dispatched_at = 0.0
+        self.accepted_at = 0.0
+        self.max_attempts = task.max_attempts or max_attempts
+
+    @property
+    def terminal(self) -> bool:
+        return self.state == wire.SUCCEEDED or self.state == wire.DEAD
+
+    def status(self):  # noqa: ANN201 - wire.TaskStatus
+        return wire.TaskStatus(
+            task_id=self.task_id, state=max(self.state, 0), attempts=self.attempt,
+            deliveries=self.deliveries, node_id=self.node_id, result=self.result,
+            error=self.error, dead_reason=self.dead_reason,
+            submitted_ns=self.task.submitted_ns, finished_ns=self.finished_ns,
+            kind=self.kind, priority=self.priority)
+
+    def record(self):  # noqa: ANN201 - wire.TaskRecord, the full state for a rewrite
+        wall_not_before = 0
+        if self.not_before:
+            wall_not_before = time.time_ns() + int((self.not_before - time.monotonic()) * 1e9)
+        return wire.TaskRecord(
+            task=self.task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
+            attempts=self.attempt, deliveries=self.lost_deliveries, result=self.result,
+            error=self.error, dead_reason=self.dead_reason, finished_ns=self.finished_ns,
+            not_before_ns=max(wall_not_before, 0), node_id=self.node_id)
+
+
+class NodeLink:
+    """What the Helper knows of one AI node incarnation, and its PUSH socket."""
+
+    __slots__ = (
+        "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
+        "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
+    )
+
+    def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.endpoint = endpoint
+        self.sock = sock
+        self.concurrency = 0
+        self.kinds: frozenset[str] = frozenset()
+        self.announced = 0      # credit in the node's last heartbeat
+        self.received = 0       # deliveries of ours it had received then
+        self.sent = 0           # deliveries we sent this node incarnation
+        self.last_heard = time.monotonic()
+        self.inflight: dict[str, int] = {}  # task_id -> delivery number
+        self.draining = False
+        self.stalled_until = 0.0
+        self.beat = 0
+
+    @property
+    def available(self) -> int:
+        """Credit not yet spent: announced minus what we sent that it had not seen."""
+        return self.announced - (self.sent - self.received)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: HelperSettings,
+        *,
+        helper_incarnation: int,
+        reply_to: str,
+        journal_append: Callable[[int, bytes, bytes], None],
+        journal_release: Callable[[bytes], None],
+        connect: Callable[[str], object],
+        send: Callable[[object, bytes], bool],
+        close: Callable[[object], None],
+        metrics: HelperMetrics,
+        on_event: Callable[[str, dict], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.helper_incarnation = helper_incarnation
+        self.reply_to = reply_to
+        self._append = journal_append
+        self._release = journal_release
+        self._connect = connect
+        self._send = send
+        self._close = close
+        self.metrics = metrics
+        self._on_event = on_event or (lambda kind, info: None)
+        self._rng = rng or random.Random()
+        self.retry_policy = RetryPolicy(settings.retry_base_s, settings.retry_cap_s)
+        self.tasks: dict[str, TaskEntry] = {}
+        self.pending = PendingQueue(settings.max_pending_tasks, settings.max_pending_bytes,
+                                    settings.priority_aging_every)
+        self.retry_waiting: list[TaskEntry] = []  # not a heap: scanned on ticks (bounded)
+        self.nodes: dict[str, NodeLink] = {}
+        self.finished: deque[str] = deque()
+        self.unroutable_since: dict[str, float] = {}
+        self.reconcile_until = 0.0
+        self._seq = 0
+        self._waiters: dict[str, list[Callable[[TaskEntry], None]]] = {}
+        self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0}
+
+    # ---- admission ---------------------------------------------------------------------
+
+    def admit(self, task) -> TaskEntry:  # noqa: ANN001
+        """Create and journal a new task (caller validated it and checked for room)."""
+        self._seq += 1
+        entry = TaskEntry(task, self._seq, self.settings.max_attempts)
+        entry.accepted_at = time.monotonic()
+        self.tasks[entry.task_id] = entry
+        record = wire.TaskRecord(task=task, state=wire.QUEUED, attempts=1)
+        self._append(records.TASK, entry.task_id.encode(), wire.encode_record(record))
+        if self.settings.dispatch_before_sync:
+            self.enqueue(entry)
+        return entry
+
+    def has_room(self, count: int, size_bytes: int) -> bool:
+        return self.pending.has_room(count, size_bytes, others=len(self.retry_waiting))
+
+    def enqueue(self, entry: TaskEntry, *, front: bool = False) -> None:
+        if entry.terminal or entry.in_queue:
+            return
+        entry.state = wire.QUEUED
+        entry.queued_at = time.monotonic()
+        entry.node_id = ""
+        self.pending.push(entry, front=front)
+
+    def durable(self, entry: TaskEntry) -> None:
+        """The service saw the submit's journal sync complete."""
+        if entry.state == ACCEPTING:
+            self.enqueue(entry)
+
+    def abandon(self, entry: TaskEntry) -> None:
+        """The submit's journal sync failed: the task was never accepted; forget it."""
+        if self.tasks.get(entry.task_id) is entry:
+            del self.tasks[entry.task_id]
+            self.pending.discard(entry)
+            node = self.nodes.get(entry.node_id)
+            if node is not None:
+                node.inflight.pop(entry.task_id, None)
+
+    # ---- dispatch ----------------------------------------------------------------------
+
+    def dispatch_pass(self) -> int:
+        """Send queued tasks to nodes with credit, most credit first. Returns deliveries sent."""
+        if not self.pending or not self.nodes:
+            return 0
+        now = time.monotonic()
+        if now < self.reconcile_until:
+            return 0
+        sent_total = 0
+        batch_max = self.settings.dispatch_batch_max
+        candidates = [n for n in self.nodes.values()
+                      if not n.draining and n.stalled_until <= now and n.available > 0]
+        candidates.sort(key=lambda n: n.available, reverse=True)
+        now_ns = time.time_ns()
+        for node in candidates:
+            if not self.pending:
+                break
+            room = min(node.available, batch_max)
+            dispatches = []
+            entries = []
+            while room > 0:
+                entry = self.pending.pop(node.kinds)
+                if entry is None:
+                    break
+                deadline = entry.task.deadline_ns
+                if deadline and deadline < now_ns:
+                    self._dead(entry, wire.EXPIRED,
+                               f"deadline passed {(now_ns - deadline) / 1e9:.3f}s before start")
+                    continue
+                entry.deliveries += 1
+                entry.delivery = entry.deliveries
+                dispatches.append(wire.Dispatch(
+                    task=entry.task, attempt=entry.attempt, delivery=entry.delivery,
+                    incarnation=node.incarnation, reply_to=self.reply_to,
+                    helper_id=self.settings.helper_id,
+                    helper_incarnation=self.helper_incarnation))
+                entries.append(entry)
+                room -= 1
+            if not entries:
+                continue
+            frame = wire.encode_dispatch_batch(dispatches)
+            if not self._send(node.sock, frame):
+                # Not connected yet or not reading: put them back, try this node later.
+                for entry in reversed(entries):
+                    entry.deliveries -= 1
+                    self.pending.push(entry, front=True)
+                node.stalled_until = now + 0.05
+                continue
+            node.sent += len(entries)
+            for entry in entries:
+                entry.state = wire.DISPATCHED
+                entry.node_id = node.node_id
+                entry.dispatched_at = now
+                node.inflight[entry.task_id] = entry.delivery
+            sent_total += len(entries)
+        if sent_total:
+            self.metrics.dispatched.inc(sent_total)
+        return sent_total
+
+    # ---- acks and heartbeats -----------------------------------------------------------
+
+    def on_ack_batch(self, batch) -> None:  # noqa: ANN001 - wire.AckBatch
+        hb = batch.heartbeat
+        node = self.nodes.get(hb.node_id)
+        if node is None or node.incarnation != hb.incarnation:
+            if node is not None:
+                self.node_dead(node, "restarted")
+            if not hb.task_endpoint:
+                return
+            node = NodeLink(hb.node_id, hb.incarnation, hb.task_endpoint,
+                            self._connect(hb.task_endpoint))
+            self.nodes[hb.node_id] = node
+            self.metrics.nodes_alive.set(len(self.nodes))
+            log.info("node %s joined (incarnation %x, %s, concurrency %d)", hb.node_id,
+                     hb.incarnation, hb.task_endpoint, hb.concurrency)
+            self._on_event("node_up", {"node_id": hb.node_id, "endpoint": hb.task_endpoint})
+        elif hb.beat and hb.beat < node.beat:
+            return  # an older heartbeat overtaken by a newer one: ignore its credit
+        node.last_heard = time.monotonic()
+        node.beat = hb.beat
+        for ack in batch.acks:
+            self._apply_ack(node, ack)
+        node.concurrency = hb.concurrency
+        if node.kinds != frozenset(hb.kinds):
+            node.kinds = frozenset(hb.kinds)
+        node.draining = hb.draining
+        node.announced = hb.credit
+        if hb.helper_incarnation == self.helper_incarnation:
+            node.received = hb.received
+            if hb.received == node.sent:
+                self._reconcile(node, hb.held_task_ids)
+        else:
+            node.received = 0
+            if hb.held_task_ids:
+                self._adopt(node, hb.held_task_ids)
+
+    def _reconcile(self, node: NodeLink, held) -> None:  # noqa: ANN001
+        """The node has seen every delivery we sent it: what it no longer holds and never
+        answered was lost on the way back (or dropped by the node): send it again."""
+        if len(node.inflight) <= len(held) and not node.inflight:
+            return
+        held_set = set(held)
+        lost = [tid for tid in node.inflight if tid not in held_set]
+        for task_id in lost:
+            node.inflight.pop(task_id, None)
+            entry = self.tasks.get(task_id)
+            if entry is not None and not entry.terminal and entry.node_id == node.node_id:
+                self.metrics.redeliveries.labels("not_held").inc()
+                self.enqueue(entry, front=True)
+
+    def _adopt(self, node: NodeLink, held) -> None:  # noqa: ANN001
+        """After our restart, a node still runs tasks we queued again: let it finish them."""
+        for task_id in held:
+            entry = self.tasks.get(task_id)
+            if entry is None or entry.terminal or not entry.in_queue:
+                continue
+            self.pending.discard(entry)
+            entry.state = wire.RUNNING
+            entry.node_id = node.node_id
+            entry.dispatched_at = time.monotonic()
+            node.inflight[task_id] = 0
+            log.info("adopted task %s still held by node %s", task_id, node.node_id)
+
+    def _apply_ack(self, node: NodeLink, ack) -> None:  # noqa: ANN001 - wire.Ack
+        self.stats["acks"] += 1
+        entry = self.tasks.get(ack.task_id)
+        kind = ack.kind
+        if entry is None or entry.terminal:
+            node.inflight.pop(ack.task_id, None)
+            if kind == wire.DONE and entry is not None:
+                self.stats["duplicate_done"] += 1
+            self.metrics.late_acks.inc()
+            return
+        current = entry.node_id == node.node_id and (
+            ack.delivery == entry.delivery or node.inflight.get(ack.task_id) == 0)
+        if kind == wire.STARTED:
+            if current and entry.state == wire.DISPATCHED:
+                entry.state = wire.RUNNING
+            return
+        if kind == wire.DONE:
+            # First DONE wins, whichever delivery it came from.
+            self._release_delivery(entry)
+            node.inflight.pop(ack.task_id, None)
+            entry.node_id = node.node_id
+            self._succeed(entry, ack.result)
+            return
+        if not current:
+            self.stats["late_acks"] += 1
+            self.metrics.late_acks.inc()
+            return
+        node.inflight.pop(ack.task_id, None)
+        if kind == wire.FAILED:
+            decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
+                                                ack.error_class, ack.retry_after_ms, self._rng)
+            entry.error = ack.error
+            if not decision.retry:
+                self._dead(entry, decision.dead_reason, ack.error)
+                return
+            entry.attempt += 1
+            self.metrics.retries.inc()
+            self._schedule_retry(entry, decision.delay_s)
+            return
+        if kind == wire.REJECTED:
+            cause = wire.error_class_name(ack.error_class).lower()
+            if ack.error_class == wire.UNKNOWN_TASK_KIND:
+                node.kinds = node.kinds - {entry.kind}
+            elif ack.error_class == wire.MALFORMED:
+                self._dead(entry, wire.PAYLOAD_REJECTED, ack.error)
+                return
+            self.metrics.redeliveries.labels(cause).inc()
+            self.enqueue(entry, front=True)
+
+    def _release_delivery(self, entry: TaskEntry) -> None:
+        node = self.nodes.get(entry.node_id)
+        if node is not None:
+            node.inflight.pop(entry.task_id, None)
+
+    # ---- terminal states ---------------------------------------------------------------
+
+    def _succeed(self, entry: TaskEntry, result: bytes) -> None:
+        entry.state = wire.SUCCEEDED
+        entry.result = result
+        entry.finished_ns = time.time_ns()
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
+                                  attempts=entry.attempt, result=result,
+                                  at_ns=entry.finished_ns, node_id=entry.node_id)))
+        self.metrics.outcomes.labels("succeeded").inc()
+        self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
+        self._finish(entry)
+
+    def _dead(self, entry: TaskEntry, reason: int, error: str) -> None:
+        self.pending.discard(entry)
+        self._release_delivery(entry)
+        entry.state = wire.DEAD
+        entry.dead_reason = reason
+        entry.error = error
+        entry.finished_ns = time.time_ns()
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.DEAD,
+                                  attempts=entry.attempt, error=error, dead_reason=reason,
+                                  at_ns=entry.finished_ns, deliveries=entry.lost_deliveries,
+                                  node_id=entry.node_id)))
+        reason_name = wire.dead_reason_name(reason)
+        self.metrics.outcomes.labels("dead").inc()
+        self.metrics.dead.labels(reason_name).inc()
+        log.warning("task %s (%s) is dead: %s: %s", entry.task_id, entry.kind, reason_name, error)
+        self._on_event("task_dead", {"task_id": entry.task_id, "kind": entry.kind,
+                                     "reason": reason_name, "error": error})
+        self._finish(entry)
+
+    def _finish(self, entry: TaskEntry) -> None:
+        if entry.state == wire.SUCCEEDED:
+            self.finished.append(entry.task_id)
+            self._evict()
+        waiters = self._waiters.pop(entry.task_id, None)
+        if waiters:
+            for waiter in waiters:
+                waiter(entry)
+
+    def _evict(self) -> None:
+        """Forget the oldest finished tasks past retention (dead ones stay for operators)."""
+        limit = self.settings.max_retained_results
+        while len(self.finished) > limit:
+            task_id = self.finished.popleft()
+            entry = self.tasks.get(task_id)
+            if entry is not None and entry.state == wire.SUCCEEDED:
+                del self.tasks[task_id]
+                self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        key = task_id.encode()
+        self._append(records.FORGET, key, b"")
+        self._release(key)
+
+    def _schedule_retry(self, entry: TaskEntry, delay_s: float) -> None:
+        entry.state = wire.QUEUED
+        entry.node_id = ""
+        entry.not_before = time.monotonic() + delay_s
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
+                                  attempts=entry.attempt, error=entry.error,
+                                  not_before_ns=time.time_ns() + int(delay_s * 1e9),
+                                  deliveries=entry.lost_deliveries)))
+        if delay_s <= 0:
+            entry.not_before = 0.0
+            self.enqueue(entry)
+        else:
+            self.retry_waiting.append(entry)
+
+    # ---- waiting for results -----------------------------------------------------------
+
+    def add_waiter(self, task_id: str, callback: Callable[[TaskEntry], None]) -> None:
+        self._waiters.setdefault(task_id, []).append(callback)
+
+    def remove_waiter(self, task_id: str, callback: Callable[[TaskEntry], None]) -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters and callback in waiters:
+            waiters.remove(callback)
+            if not waiters:
+                del self._waiters[task_id]
+
+    # ---- nodes -------------------------------------------------------------------------
+
+    def node_dead(self, node: NodeLink, cause: str) -> None:
+        """Re-queue every delivery the node held, at the front; close its socket at once."""
+        if self.nodes.get(node.node_id) is node:
+            del self.nodes[node.node_id]
+        self._close(node.sock)
+        self.metrics.node_deaths.labels(cause).inc()
+        self.metrics.nodes_alive.set(len(self.nodes))
+        requeued = 0
+        for task_id in list(node.inflight):
+            entry = self.tasks.get(task_id)
+            if entry is None or entry.terminal or entry.node_id != node.node_id:
+                continue
+            if entry.state == wire.RUNNING:
+                # It was running when the node died: it may be what killed it.
+                entry.lost_deliveries += 1
+                if entry.lost_deliveries >= self.settings.max_lost_deliveries:
+                    self._dead(entry, wire.DELIVERY_LIMIT,
+                               f"{entry.lost_deliveries} deliveries died with their node "
+                               f"(last: {node.node_id}); treated as a poison pill")
+                    continue
+                self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+                    wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
+                                          attempts=entry.attempt,
+                                          deliveries=entry.lost_deliveries)))
+            self.metrics.redeliveries.labels("node_" + cause).inc()
+            self.enqueue(entry, front=True)
+            requeued += 1
+        node.inflight.clear()
+        log.warning("node %s declared dead (%s); %d deliveries re-queued", node.node_id, cause,
+                    requeued)
+        self._on_event("node_down", {"node_id": node.node_id, "cause": cause,
+                                     "requeued": requeued})
+
+    def node_gone(self, node_id: str, cause: str = "discovery") -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            self.node_dead(node, cause)
+
+    # ---- timers ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Called every ~50-100 ms: liveness, ack timeouts, due retries, unroutable kinds."""
+        now = time.monotonic()
+        dead_after = self.settings.node_dead_after_s
+        for node in list(self.nodes.values()):
+            if now - node.last_heard > dead_after:
+                self.node_dead(node, "missed_heartbeats")
+        ack_timeout = self.settings.ack_timeout_s
+        for node in self.nodes.values():
+            stale = [tid for tid, _ in node.inflight.items()
+                     if (e := self.tasks.get(tid)) is not None and e.state == wire.DISPATCHED
+                     and now - e.dispatched_at > ack_timeout]
+            for task_id in stale:
+                node.inflight.pop(task_id, None)
+                self.metrics.redeliveries.labels("ack_timeout").inc()
+                self.enqueue(self.tasks[task_id], front=True)
+        if self.retry_waiting:
+            due = [e for e in self.retry_waiting if e.not_before <= now]
+            if due:
+                self.retry_waiting = [e for e in self.retry_waiting if e.not_before > now]
+                for entry in due:
+                    entry.not_before = 0.0
+                    self.enqueue(entry)
+        self._check_unroutable(now)
+
+    def _check_unroutable(self, now: float) -> None:
+        if not self.nodes:
+            self.unroutable_since.clear()
+            return
+        served: set[str] = set()
+        for node in self.nodes.values():
+            served |= node.kinds
+        for kind in self.pending.kinds():
+            if kind in served:
+                self.unroutable_since.pop(kind, None)
+                continue
+            since = self.unroutable_since.setdefault(kind, now)
+            if now - since >= self.settings.unroutable_grace_s:
+                del self.unroutable_since[kind]
+                known = ", ".join(sorted(served)) or "none"
+                for entry in self.pending.drain_kind(kind):
+                    self._dead(entry, wire.UNKNOWN_KIND,
+                               f"no AI node serves task kind {kind!r} (served kinds: {known})")
+
+    def update_gauges(self) -> None:
+        m = self.metrics
+        m.queue_depth.set(len(self.pending))
+        m.queue_bytes.set(self.pending.size_bytes)
+        m.retry_waiting.set(len(self.retry_waiting))
+        m.inflight.set(sum(len(n.inflight) for n in self.nodes.values()))
+        oldest = self.pending.oldest_queued_at()
+        m.oldest_pending_age.set(0.0 if oldest is None else time.monotonic() - oldest)
+
+    # ---- recovery ----------------------------------------------------------------------
+
+    def replay(self, record) -> None:  # noqa: ANN001 - journal Record
+        """Apply one journal record during recovery (records come oldest first)."""
+        if record.type == records.TASK:
+            rec = wire.decode_task_record(record.payload)
+            self._seq += 1
+            entry = TaskEntry(rec.task, self._seq, self.settings.max_attempts)
+            entry.state = rec.state or wire.QUEUED
+            entry.attempt = rec.attempts or 1
+            entry.lost_deliveries = rec.deliveries
+            entry.result = rec.result
+            entry.error = rec.error
+            entry.dead_reason = rec.dead_reason
+            entry.finished_ns = rec.finished_ns
+            entry.node_id = rec.node_id
+            entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+            self.tasks[entry.task_id] = entry
+        elif record.type == records.TRANSITION:
+            rec = wire.decode_transition_record(record.payload)
+            entry = self.tasks.get(rec.task_id)
+            if entry is None:
+                return
+            entry.state = rec.state
+            entry.attempt = rec.attempts or entry.attempt
+            entry.lost_deliveries = rec.deliveries
+            if rec.state == wire.SUCCEEDED:
+                entry.result = rec.result
+            entry.error = rec.error or entry.error
+            entry.dead_reason = rec.dead_reason
+            entry.finished_ns = rec.at_ns if entry.terminal else 0
+            entry.node_id = rec.node_id
+            entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+        elif record.type == records.FORGET:
+            self.tasks.pop(record.key.decode(), None)
+
+    def finish_replay(self) -> dict[str, int]:
+        """Queue every task that is not terminal; rebuild retention. Returns counts."""
+        counts = {"queued": 0, "succeeded": 0, "dead": 0}
+        live = sorted(self.tasks.values(), key=lambda e: e.seq)
+        for entry in live:
+            if entry.state == wire.SUCCEEDED:
+                self.finished.append(entry.task_id)
+                counts["succeeded"] += 1
+            elif entry.state == wire.DEAD:
+                counts["dead"] += 1
+            else:
+                entry.state = wire.QUEUED
+                entry.node_id = ""
+                if entry.not_before > time.monotonic():
+                    self.retry_waiting.append(entry)
+                else:
+                    entry.not_before = 0.0
+                    self.enqueue(entry)
+                counts["queued"] += 1
+        self._evict()
+        if counts["queued"]:
+            self.reconcile_until = time.monotonic() + self.settings.reconcile_window_s
+        return counts
+
+    def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        """The full state of one live task, for journal compaction."""
+        entry = self.tasks.get(key.decode())
+        if entry is None:
+            return []
+        return [(records.TASK, wire.encode_record(entry.record()))]
+
+
+def _monotonic_from_wall(wall_ns: int) -> float:
+    if not wall_ns:
+        return 0.0
+    return time.monotonic() + (wall_ns - time.time_ns()) / 1e9
+
