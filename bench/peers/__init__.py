@@ -1,0 +1,1 @@
+"""Benchmark rows: one module per system, all implementing `base.System`."""
