@@ -1,0 +1,147 @@
+"""Service discovery for the mesh: register a node, watch the nodes of a service.
+
+Backends, chosen by URL with `open_discovery(url)`:
+
+- None, "" or "embedded://"      lease files in the default directory (one host, no server)
+- "embedded:///some/dir"          lease files in /some/dir
+- "static://svc=h:p,h:p;svc2=h:p" a fixed list; register() does nothing
+- "consul://host:port?token=T"    a Consul agent (also `scheme=https`, `timeout_s=5`);
+                                  "consul://" is 127.0.0.1:8500 without a token
+
+This package reads no environment variable for Consul: nodes/ calls
+`consul_url_from_env(os.environ)` and passes the result.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+
+from discovery.base import (
+    Discovery,
+    DiscoveryAuthError,
+    DiscoveryError,
+    DiscoveryUnavailable,
+    Health,
+    Instance,
+    NoopRegistration,
+    Registration,
+    Watch,
+    validate_instance,
+)
+from discovery.embedded import EmbeddedDiscovery, default_registry_dir
+from discovery.static import StaticDiscovery
+
+__all__ = [
+    # values
+    "Health",
+    "Instance",
+    # interfaces and helpers
+    "Discovery",
+    "Registration",
+    "NoopRegistration",
+    "Watch",
+    "validate_instance",
+    # errors
+    "DiscoveryError",
+    "DiscoveryUnavailable",
+    "DiscoveryAuthError",
+    # backends
+    "EmbeddedDiscovery",
+    "StaticDiscovery",
+    "default_registry_dir",
+    # construction
+    "open_discovery",
+    "consul_url_from_env",
+    "redact_url",
+]
+
+
+def open_discovery(url: str | None) -> Discovery:
+    """Build the backend named by `url` (see the module docstring). Raises DiscoveryError."""
+    if not url:
+        return EmbeddedDiscovery()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise DiscoveryError(f"discovery URL {redact_url(url)!r} has no scheme; use embedded://, static:// or consul://")
+    scheme = scheme.lower()
+    if scheme == "embedded":
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc:
+            raise DiscoveryError(
+                f"discovery URL {url!r}: write an absolute directory with three slashes, e.g. embedded:///run/mesh"
+            )
+        return EmbeddedDiscovery(urllib.parse.unquote(parts.path) or None)
+    if scheme == "static":
+        return StaticDiscovery.from_spec(rest)
+    if scheme == "consul":
+        from discovery.consul import ConsulDiscovery  # needs requests + py-consul; imported on demand
+
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query)
+        token = query.get("token", [None])[0]
+        http_scheme = query.get("scheme", ["http"])[0]
+        if http_scheme not in ("http", "https"):
+            raise DiscoveryError(f"discovery URL {redact_url(url)!r}: scheme must be http or https")
+        kwargs = {}
+        if "timeout_s" in query:
+            try:
+                kwargs["timeout_s"] = float(query["timeout_s"][0])
+            except ValueError:
+                raise DiscoveryError(f"discovery URL {redact_url(url)!r}: timeout_s must be a number") from None
+        try:
+            port = parts.port
+        except ValueError:
+            raise DiscoveryError(f"discovery URL {redact_url(url)!r}: bad port") from None
+        host = parts.hostname or "127.0.0.1"
+        addr = f"{http_scheme}://{_bracket(host)}:{port or 8500}"
+        return ConsulDiscovery(addr=addr, token=token or None, **kwargs)
+    raise DiscoveryError(f"unknown discovery scheme {scheme!r} in {redact_url(url)!r}; use embedded://, static:// or consul://")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def consul_url_from_env(environ: Mapping[str, str]) -> str | None:
+    """A consul:// URL from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN and CONSUL_HTTP_SSL, or None.
+
+    CONSUL_HTTP_ADDR may be `host:port`, `http://host:port` or `https://host:port`.
+    """
+    addr = (environ.get("CONSUL_HTTP_ADDR") or "").strip()
+    if not addr:
+        return None
+    if addr.startswith("unix://"):
+        raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r}: unix sockets are not supported; use host:port")
+    scheme = "http"
+    if "://" in addr:
+        scheme, _, addr = addr.partition("://")
+        scheme = scheme.lower()
+    if (environ.get("CONSUL_HTTP_SSL") or "").lower() in ("1", "true"):
+        scheme = "https"
+    parts = urllib.parse.urlsplit(f"//{addr.rstrip('/')}")
+    try:
+        port = parts.port or 8500
+    except ValueError:
+        raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r} is not host:port") from None
+    if not parts.hostname:
+        raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r} is not host:port")
+    query = {}
+    token = (environ.get("CONSUL_HTTP_TOKEN") or "").strip()
+    if token:
+        query["token"] = token
+    if scheme != "http":
+        query["scheme"] = scheme
+    url = f"consul://{_bracket(parts.hostname)}:{port}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any token value replaced by `***`, for logs and error messages."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return head + "?" + "&".join(f"{k}={'***' if k == 'token' else v}" for k, v in pairs)
