@@ -429,6 +429,12 @@ class Dispatcher:
                 del self.tasks[task_id]
                 self._forget(task_id)
 
+    def journal_record(self, record_type: int, task_id: str, message) -> None:  # noqa: ANN001
+        self._append(record_type, task_id.encode(), wire.encode_record(message))
+
+    def forget(self, task_id: str) -> None:
+        self._forget(task_id)
+
     def _forget(self, task_id: str) -> None:
         key = task_id.encode()
         self._append(records.FORGET, key, b"")

@@ -22,6 +22,12 @@ def new_context() -> zmq.asyncio.Context:
     return ctx
 
 
+def sync_view(ctx: zmq.asyncio.Context) -> zmq.Context:
+    """The same context for sockets that are only ever used with NOBLOCK from the loop
+    thread (per-node PUSH): no future per send."""
+    return zmq.Context.shadow(ctx.underlying)
+
+
 def _common(sock: zmq.Socket, max_message_bytes: int | None) -> None:
     if max_message_bytes is not None:
         # A peer sending a larger frame is disconnected by ZeroMQ before we allocate it.
@@ -67,7 +73,7 @@ def task_pull(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int) -
     return sock, bind(sock, endpoint)
 
 
-def dispatch_push(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
+def dispatch_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     """One PUSH per AI node: the Helper chooses the node, ZeroMQ never round-robins blindly."""
     sock = ctx.socket(zmq.PUSH)
     _common(sock, None)

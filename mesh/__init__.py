@@ -1,0 +1,38 @@
+"""mesh: a brokerless, durable task mesh on ZeroMQ.
+
+A Helper journals every task before it says "accepted", dispatches against credit to AI
+nodes, and finishes every accepted task through node deaths and its own restarts.
+"""
+
+from mesh.app import App, TaskContext
+from mesh.client import Client
+from mesh.errors import (
+    ConfigError, FatalError, InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge,
+    QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
+    UnknownTaskKind, WireError,
+)
+from mesh.settings import AINodeSettings, HelperSettings
+from mesh.task import make_task, new_task_id
+
+__all__ = [
+    # building nodes
+    "App", "TaskContext", "HelperSettings", "AINodeSettings",
+    # submitting
+    "Client", "make_task", "new_task_id",
+    # errors
+    "MeshError", "ConfigError", "TaskRejected", "InvalidTask", "PayloadTooLarge", "QueueFull",
+    "ShuttingDown", "JournalError", "UnknownTaskKind", "NotFound", "RequestTimeout",
+    "TaskFailed", "WireError",
+    # raised by handlers
+    "RetryLater", "FatalError",
+]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - the services import the journal: load on use
+    if name == "Helper":
+        from mesh.helper import Helper
+        return Helper
+    if name == "AINode":
+        from mesh.ai_node import AINode
+        return AINode
+    raise AttributeError(name)

@@ -1,0 +1,403 @@
+"""The AI node service: receives deliveries, runs handlers with a concurrency limit, acks.
+
+Guarantees:
+- At most `concurrency` handlers run at once; up to `prefetch` more deliveries wait for a slot.
+- A delivery addressed to another incarnation of this node is refused (WRONG_INCARNATION), so a
+  node restarted at the same address never runs what was meant for its previous life.
+- A task that is running or waiting here is not started twice; a finished one is answered from
+  the de-duplication window with its stored outcome.
+- Every ack batch carries a heartbeat: the node's credit, what it holds for that Helper, and how
+  many deliveries it received from that Helper run (see `mesh.dispatcher`).
+- A handler past its run timeout is reported as a failed attempt (TIMEOUT) and its slot freed;
+  a sync handler's thread cannot be killed, so the pool has spare threads for that case.
+
+Shutdown (`drain` then `stop`): announce zero credit and `draining`, refuse new deliveries
+(DRAINING, so Helpers resend them elsewhere at once), let running handlers finish within the
+grace period, hand back what waits, then close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+import zmq.asyncio
+
+from mesh import sockets, wire
+from mesh.app import App, TaskContext, encode_result
+from mesh.dedup import DedupWindow
+from mesh.errors import FatalError, RetryLater, WireError
+from mesh.metrics import AINodeMetrics
+from mesh.settings import AINodeSettings
+
+log = logging.getLogger("mesh.ai")
+
+
+class _HelperLink:
+    """This node's channel to one Helper (its ack endpoint)."""
+
+    __slots__ = ("endpoint", "sock", "outbox", "helper_incarnation", "received", "held",
+                 "last_used")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self.outbox: list = []
+        self.helper_incarnation = 0
+        self.received = 0
+        self.held: set[str] = set()
+        self.last_used = time.monotonic()
+
+
+class _Job:
+    __slots__ = ("dispatch", "link", "task_id")
+
+    def __init__(self, dispatch, link: _HelperLink) -> None:  # noqa: ANN001
+        self.dispatch = dispatch
+        self.link = link
+        self.task_id = dispatch.task.task_id
+
+
+class AINode:
+    def __init__(self, settings: AINodeSettings, app: App, *, helpers: list[str] = (),
+                 context: zmq.asyncio.Context | None = None,
+                 metrics: AINodeMetrics | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.metrics = metrics or AINodeMetrics()
+        self.incarnation = int.from_bytes(os.urandom(8), "little") | 1
+        self.task_endpoint = ""
+        self._ctx = context
+        self._own_context = context is None
+        self._initial_helpers = list(helpers)
+        self._links: dict[str, _HelperLink] = {}
+        self._waiting: deque[_Job] = deque()
+        self._running: dict[str, _Job] = {}
+        self._dedup = DedupWindow(settings.dedup_window)
+        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency * 2,
+                                        thread_name_prefix="mesh-handler")
+        self._tasks: list[asyncio.Task] = []
+        self._handler_tasks: set[asyncio.Task] = set()
+        self._flush_scheduled = False
+        self._draining = False
+        self._stopped = False
+        self._beat = 0
+        self._kinds = app.kinds
+        self._idle = asyncio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._ctx is None:
+            self._ctx = sockets.new_context()
+        self._sync_ctx = sockets.sync_view(self._ctx)
+        self._pull, self.task_endpoint = sockets.task_pull(
+            self._ctx, self.settings.task_endpoint, self.settings.max_message_bytes)
+        self._pull_raw = zmq.Socket.shadow(self._pull.underlying)
+        for endpoint in self._initial_helpers:
+            self.add_helper(endpoint)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._receive_loop(), name="ai-receive"),
+                       loop.create_task(self._heartbeat_loop(), name="ai-heartbeat")]
+        log.info("ai node %s up: tasks %s, incarnation %x, kinds %s, concurrency %d",
+                 self.settings.node_id, self.task_endpoint, self.incarnation, self._kinds,
+                 self.settings.concurrency)
+
+    def add_helper(self, ack_endpoint: str) -> None:
+        """Start heartbeating a Helper (from discovery, a static list, or a delivery's reply_to)."""
+        if ack_endpoint and ack_endpoint not in self._links:
+            self._links[ack_endpoint] = _HelperLink(
+                ack_endpoint, sockets.ack_push(self._sync_ctx, ack_endpoint))
+            self._send_heartbeat(self._links[ack_endpoint])
+
+    def remove_helper(self, ack_endpoint: str) -> None:
+        """Discovery says the Helper is gone. Keep the link while it holds work of ours."""
+        link = self._links.get(ack_endpoint)
+        if link is not None and not link.held and not link.outbox:
+            del self._links[ack_endpoint]
+            link.sock.close(linger=0)
+
+    @property
+    def helpers(self) -> list[str]:
+        return list(self._links)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop taking work, finish what runs within the grace period, hand back the rest."""
+        if self._draining:
+            return
+        self._draining = True
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        for link in self._links.values():
+            self._send_heartbeat(link)
+        # Hand back what waits for a slot: the Helper resends it elsewhere at once.
+        while self._waiting:
+            job = self._waiting.popleft()
+            self._reject(job.link, job.dispatch, wire.DRAINING, "node is draining")
+        self._schedule_flush()
+        if self._handler_tasks:
+            done, pending = await asyncio.wait(self._handler_tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d handlers still running after %.1fs grace; handed back",
+                            len(pending), grace)
+                await asyncio.wait(pending, timeout=1.0)
+        self._flush()
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._handler_tasks):
+            task.cancel()
+        if self._handler_tasks:
+            await asyncio.wait(self._handler_tasks, timeout=1.0)
+        self._flush()
+        for link in self._links.values():
+            link.sock.close(linger=500)
+        self._pull.close(linger=0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_context:
+            self._ctx.term()
+        log.info("ai node %s stopped", self.settings.node_id)
+
+    async def __aenter__(self) -> AINode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- receiving ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        sock, raw = self._pull, self._pull_raw
+        while True:
+            await sock.poll(flags=zmq.POLLIN)
+            for _ in range(1000):
+                try:
+                    frame = raw.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                try:
+                    batch = wire.decode_dispatch_batch(frame)
+                except WireError as exc:
+                    self.metrics.bad_frames.inc()
+                    log.warning("malformed dispatch batch dropped: %s", exc)
+                    continue
+                for dispatch in batch.dispatches:
+                    try:
+                        self._on_dispatch(dispatch)
+                    except Exception:
+                        log.exception("failed to take a delivery")
+            self._schedule_flush()
+
+    def _link_for(self, dispatch) -> _HelperLink | None:  # noqa: ANN001
+        link = self._links.get(dispatch.reply_to)
+        if link is None:
+            if not dispatch.reply_to:
+                return None
+            self.add_helper(dispatch.reply_to)
+            link = self._links[dispatch.reply_to]
+        if link.helper_incarnation != dispatch.helper_incarnation:
+            link.helper_incarnation = dispatch.helper_incarnation
+            link.received = 0
+        link.received += 1
+        link.last_used = time.monotonic()
+        return link
+
+    def _on_dispatch(self, dispatch) -> None:  # noqa: ANN001
+        self.metrics.received.inc()
+        link = self._link_for(dispatch)
+        if link is None:
+            self.metrics.bad_frames.inc()
+            return
+        task = dispatch.task
+        if dispatch.incarnation != self.incarnation:
+            self._reject(link, dispatch, wire.WRONG_INCARNATION,
+                         f"delivery meant for incarnation {dispatch.incarnation:x}, "
+                         f"this is {self.incarnation:x}")
+            return
+        if self._draining:
+            self._reject(link, dispatch, wire.DRAINING, "node is draining")
+            return
+        if task.task_id in self._running or task.task_id in link.held:
+            return  # already here; it is in our heartbeat's held list
+        stored = self._dedup.lookup(task.task_id, dispatch.attempt,
+                                    lambda ack: ack.kind == wire.DONE)
+        if stored is not None:
+            self.metrics.dedup_hits.inc()
+            answer = wire.Ack()
+            answer.CopyFrom(stored)
+            answer.delivery = dispatch.delivery
+            answer.from_dedup = True
+            link.outbox.append(answer)
+            return
+        handler = self.app.handlers.get(task.kind)
+        if handler is None:
+            self._reject(link, dispatch, wire.UNKNOWN_TASK_KIND,
+                         f"no handler for task kind {task.kind!r} on node "
+                         f"{self.settings.node_id} (kinds: {', '.join(self._kinds) or 'none'})")
+            return
+        job = _Job(dispatch, link)
+        link.held.add(job.task_id)
+        if len(self._running) < self.settings.concurrency:
+            self._start(job)
+        else:
+            self._waiting.append(job)
+
+    def _reject(self, link: _HelperLink, dispatch, error_class: int, message: str) -> None:  # noqa: ANN001
+        self.metrics.rejected.labels(wire.error_class_name(error_class).lower()).inc()
+        link.outbox.append(wire.Ack(task_id=dispatch.task.task_id, delivery=dispatch.delivery,
+                                    kind=wire.REJECTED, error=message, error_class=error_class,
+                                    attempt=dispatch.attempt))
+
+    # ---- running -----------------------------------------------------------------------
+
+    def _start(self, job: _Job) -> None:
+        self._running[job.task_id] = job
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _run(self, job: _Job) -> None:
+        dispatch = job.dispatch
+        task = dispatch.task
+        handler = self.app.handlers[task.kind]
+        started_ns = time.time_ns()
+        job.link.outbox.append(wire.Ack(task_id=job.task_id, delivery=dispatch.delivery,
+                                        kind=wire.STARTED, started_ns=started_ns,
+                                        attempt=dispatch.attempt))
+        self._schedule_flush()
+        timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
+                     else handler.run_timeout_s or self.settings.run_timeout_s)
+        ack = wire.Ack(task_id=job.task_id, delivery=dispatch.delivery, started_ns=started_ns,
+                       attempt=dispatch.attempt)
+        args: tuple = (task.payload,)
+        if handler.wants_context:
+            args += (TaskContext(
+                task_id=task.task_id, kind=task.kind, attempt=dispatch.attempt,
+                delivery=dispatch.delivery, idempotency_key=task.idempotency_key or task.task_id,
+                node_id=self.settings.node_id, headers=dict(task.headers),
+                submitted_ns=task.submitted_ns),)
+        self.metrics.running.set(len(self._running))
+        try:
+            if handler.is_async:
+                value = await asyncio.wait_for(handler.fn(*args), timeout_s)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, *args)
+                value = await asyncio.wait_for(future, timeout_s)
+            ack.kind = wire.DONE
+            ack.result = encode_result(value)
+            outcome = "succeeded"
+        except TimeoutError:
+            ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
+            ack.error = f"run timeout of {timeout_s}s passed"
+            self.metrics.timeouts.inc()
+            outcome = "timeout"
+        except asyncio.CancelledError:
+            # Drain or stop: hand the task back rather than report a failure of the handler.
+            ack.kind, ack.error_class, ack.error = wire.REJECTED, wire.DRAINING, "node stopped"
+            outcome = "handed_back"
+        except RetryLater as exc:
+            ack.kind, ack.error_class = wire.FAILED, wire.RETRY_LATER
+            ack.retry_after_ms = int(exc.delay_s * 1000)
+            ack.error = f"RetryLater: {exc}"
+            outcome = "retry_later"
+        except FatalError as exc:
+            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.FATAL, _describe(exc)
+            outcome = "fatal"
+        except Exception as exc:
+            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, _describe(exc)
+            outcome = "failed"
+        ack.finished_ns = time.time_ns()
+        self.metrics.completed.labels(outcome).inc()
+        self.metrics.run_latency.observe((ack.finished_ns - started_ns) / 1e9)
+        if ack.kind != wire.REJECTED:
+            self._dedup.remember(job.task_id, dispatch.attempt, ack)
+        self._finish(job, ack)
+
+    def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
+        self._running.pop(job.task_id, None)
+        job.link.held.discard(job.task_id)
+        outbox = job.link.outbox
+        if outbox and outbox[-1].task_id == job.task_id and outbox[-1].kind == wire.STARTED:
+            outbox[-1] = ack  # not flushed yet: the DONE says it started
+        else:
+            outbox.append(ack)
+        while self._waiting and len(self._running) < self.settings.concurrency:
+            self._start(self._waiting.popleft())
+        self.metrics.running.set(len(self._running))
+        self._schedule_flush()
+
+    # ---- acks and heartbeats -----------------------------------------------------------
+
+    def _credit(self) -> int:
+        if self._draining:
+            return 0
+        s = self.settings
+        return max(0, s.concurrency + s.prefetch - len(self._running) - len(self._waiting))
+
+    def _heartbeat(self, link: _HelperLink):  # noqa: ANN202
+        self._beat += 1
+        return wire.Heartbeat(
+            node_id=self.settings.node_id, incarnation=self.incarnation,
+            task_endpoint=self.task_endpoint, concurrency=self.settings.concurrency,
+            credit=self._credit(), running=len(self._running), held_task_ids=link.held,
+            sent_ns=time.time_ns(), draining=self._draining, kinds=self._kinds,
+            beat=self._beat, helper_incarnation=link.helper_incarnation,
+            received=link.received)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for link in self._links.values():
+            if link.outbox:
+                self._send(link, link.outbox)
+
+    def _send_heartbeat(self, link: _HelperLink) -> None:
+        self._send(link, link.outbox)
+
+    def _send(self, link: _HelperLink, acks: list) -> None:
+        frame = wire.encode_ack_batch(self._heartbeat(link), acks)
+        try:
+            link.sock.send(frame, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return  # the Helper is not reading (or away and our queue is full); keep the acks
+        link.outbox = []
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for link in list(self._links.values()):
+                self._send_heartbeat(link)
+            self.metrics.waiting.set(len(self._waiting))
+
+    # ---- observability -----------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

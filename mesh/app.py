@@ -1,0 +1,80 @@
+"""The handler registry users write AI nodes with.
+
+    app = App("vision-service")
+
+    @app.task("vision", run_timeout_s=30)
+    async def vision(payload: bytes, ctx: TaskContext) -> bytes: ...
+
+Handlers take the payload, and optionally a `TaskContext` as second argument. Async handlers
+run on the node's event loop; sync ones run in a thread pool so they never block it. A handler
+returns bytes (or str, or None, or anything msgspec can encode to JSON). Raise
+`mesh.RetryLater(delay_s)` to retry after a delay of your choosing, `mesh.FatalError` to skip
+retries; any other exception is retried with the Helper's backoff.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from mesh.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    task_id: str
+    kind: str
+    attempt: int
+    delivery: int
+    idempotency_key: str
+    node_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+    submitted_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    kind: str
+    fn: Callable
+    is_async: bool
+    wants_context: bool
+    run_timeout_s: float | None
+
+
+class App:
+    def __init__(self, name: str = "mesh-app") -> None:
+        self.name = name
+        self.handlers: dict[str, Handler] = {}
+
+    def task(self, kind: str, *, run_timeout_s: float | None = None) -> Callable:
+        if not kind:
+            raise ConfigError("a task kind must not be empty")
+
+        def register(fn: Callable) -> Callable:
+            if kind in self.handlers:
+                raise ConfigError(f"task kind {kind!r} is registered twice in app {self.name}")
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            self.handlers[kind] = Handler(
+                kind=kind, fn=fn, is_async=inspect.iscoroutinefunction(fn),
+                wants_context=len(params) >= 2, run_timeout_s=run_timeout_s)
+            return fn
+
+        return register
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.handlers)
+
+
+def encode_result(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    return msgspec.json.encode(value)

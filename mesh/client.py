@@ -1,0 +1,195 @@
+"""Submit tasks to a Helper from another process, and ask for their status and results.
+
+    async with Client("tcp://127.0.0.1:7001") as client:
+        task_id = await client.submit("vision", b"...")
+        result = await client.result(task_id, timeout=30)
+
+Guarantees: `submit` returns only when the Helper has the task on disk. If it raises
+`RequestTimeout` the outcome is unknown; submitting again with the same `task_id` is safe (the
+Helper answers a known id as a duplicate and stores nothing new).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import zmq
+import zmq.asyncio
+
+from mesh import sockets, wire
+from mesh.errors import (
+    MeshError, NotFound, RequestTimeout, TaskFailed, WireError, error_from_code,
+)
+from mesh.task import make_task
+
+log = logging.getLogger("mesh.client")
+
+
+class Client:
+    def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
+                 timeout_s: float = 30.0) -> None:
+        self.endpoint = intake_endpoint
+        self.timeout_s = timeout_s
+        self._ctx = context
+        self._own_context = context is None
+        self._sock = None
+        self._raw = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._ctx is None:
+            self._ctx = sockets.new_context()
+        self._sock = sockets.client_dealer(self._ctx, self.endpoint)
+        self._raw = zmq.Socket.shadow(self._sock.underlying)
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop(),
+                                                              name="client-read")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(MeshError("client closed"))
+        self._waiting.clear()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        if self._own_context and self._ctx is not None:
+            self._ctx.term()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- API ---------------------------------------------------------------------------
+
+    async def submit(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
+                     **options) -> str:  # noqa: ANN003
+        """Submit one task; returns its id once durable. Options: see `mesh.helper.make_task`."""
+        return (await self.submit_many([make_task(kind, payload, **options)], wait_s=wait_s))[0]
+
+    async def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
+        """Submit wire Tasks (from `mesh.make_task`) in one request; raises the first rejection."""
+        results = await self.submit_results(tasks, wait_s=wait_s)
+        for result in results:
+            if result.code != wire.OK:
+                raise error_from_code(result.code, result.message)
+        return [r.task_id for r in results]
+
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
+        """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.submit.tasks.extend(tasks)
+        request.submit.wait_ms = int(wait_s * 1000)
+        reply = await self._call(request, self.timeout_s + wait_s)
+        return list(reply.submit.results)
+
+    async def status(self, task_id: str):  # noqa: ANN201 - wire.TaskStatus
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.status.task_ids.append(task_id)
+        reply = await self._call(request, self.timeout_s)
+        status = reply.status.statuses[0]
+        if not status.state:
+            raise NotFound(task_id)
+        return status
+
+    async def statuses(self, task_ids: list[str]) -> list:
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.status.task_ids.extend(task_ids)
+        reply = await self._call(request, self.timeout_s)
+        return list(reply.status.statuses)
+
+    async def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
+        """The task's status once terminal; RequestTimeout if it is not by then."""
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.result.task_id = task_id
+        request.result.wait_ms = int(timeout * 1000)
+        reply = await self._call(request, timeout + self.timeout_s)
+        status = reply.status.statuses[0]
+        if not status.state:
+            raise NotFound(task_id)
+        if status.state not in wire.TERMINAL_STATES:
+            raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
+                                 f"after {timeout}s")
+        return status
+
+    async def result(self, task_id: str, timeout: float = 60.0) -> bytes:
+        """The task's result; raises TaskFailed if it ended DEAD."""
+        status = await self.wait(task_id, timeout)
+        if status.state == wire.DEAD:
+            raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
+        return status.result
+
+    async def dead_letters(self, op: str = "list", task_ids: list[str] = (), limit: int = 100):  # noqa: ANN201
+        """List, inspect, replay or purge dead tasks. Returns the DeadLetterReply."""
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        ops = {"list": wire.LIST, "inspect": wire.INSPECT, "replay": wire.REPLAY,
+               "purge": wire.PURGE}
+        if op not in ops:
+            raise ValueError(f"unknown dead-letter operation {op!r}; use one of {sorted(ops)}")
+        request.dead_letter.op = ops[op]
+        request.dead_letter.task_ids.extend(task_ids)
+        request.dead_letter.limit = limit
+        reply = await self._call(request, self.timeout_s)
+        return reply.dead_letter
+
+    async def stats(self) -> dict[str, float]:
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.stats.SetInParent()
+        reply = await self._call(request, self.timeout_s)
+        return dict(reply.stats.values)
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+        if self._sock is None:
+            await self.start()
+        rid = next(self._ids)
+        request.request_id = rid
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            self._raw.send(wire.encode(request), zmq.NOBLOCK)
+        except zmq.Again:
+            del self._waiting[rid]
+            raise RequestTimeout(f"cannot queue a request to {self.endpoint} "
+                                 "(send queue full)") from None
+        try:
+            reply = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
+                                 f"{timeout_s}s") from None
+        finally:
+            self._waiting.pop(rid, None)
+        if reply.code not in (wire.OK, 0):
+            raise error_from_code(reply.code, reply.message)
+        return reply
+
+    async def _read_loop(self) -> None:
+        sock, raw = self._sock, self._raw
+        while True:
+            await sock.poll(flags=zmq.POLLIN)
+            for _ in range(1000):
+                try:
+                    frame = raw.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    reply = wire.decode_client_reply(frame)
+                except WireError as exc:
+                    log.warning("malformed reply dropped: %s", exc)
+                    continue
+                fut = self._waiting.get(reply.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
