@@ -1,0 +1,616 @@
+"""The write-ahead journal: cheap appends, group commit per policy, replay and compaction.
+
+Threads: ``append``, ``sync``, ``release`` and ``compact`` run on the event-loop thread;
+every write, fdatasync and file deletion runs on one flusher thread. They share only the
+append buffer and the request lists, under one lock. ``sync()`` futures are resolved on the
+loop with ``call_soon_threadsafe``. The per-key liveness index is loop-thread only.
+
+Positions are logical: ``_appended`` counts every byte ever appended, and a ``sync()`` waits
+until the flusher has settled its position (durable per policy, or failed).
+
+See docs/decisions/001-journal-format.md for the torn-tail and compaction rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.errors import JournalError
+
+from .record import MAX_KEY_BYTES, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields, decode_run
+from .segment import SEGMENT_HEADER_SIZE, header_problem, list_segments
+from .writer import SegmentWriter
+
+log = logging.getLogger("mesh.journal")
+
+_crc32 = zlib.crc32
+_pack_header = RECORD_HEADER.pack
+_TYPE_KEYLEN = [[bytes((t, k)) for k in range(MAX_KEY_BYTES + 1)] for t in range(256)]
+
+#: compaction keeps at most this many sealed segments that still hold live keys
+KEEP_SEALED = 2
+#: a sealed segment whose live keys are at most 1/LIVE_FRACTION of its records is rewritten early
+LIVE_FRACTION = 10
+
+
+class FsyncPolicy(enum.StrEnum):
+    ALWAYS = "always"  # every sync() call does its own write + fdatasync
+    BATCH = "batch"  # group commit: concurrent sync() callers share one fdatasync
+    INTERVAL = "interval"  # sync() waits for write(); fdatasync every interval_ms in the background
+    NONE = "none"  # sync() waits for write(); fdatasync only on close
+
+
+class _State(enum.Enum):
+    NEW = "not recovered yet; call recover() first"
+    OPEN = "open"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class _Compaction:
+    """Segments to delete once every byte appended before ``target`` is durable."""
+
+    target: int
+    seqs: list[int]
+    infos: dict[int, list[int]]  # seq -> [logical size, records], to restore on failure
+    rewritten_seq: int | None = None
+    rewritten_keys: list[bytes] = field(default_factory=list)
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return f"{name}: {exc.strerror or exc}"
+
+
+class Journal:
+    """Append-only segment files of checksummed records, with group commit and compaction.
+
+    Lifecycle: ``recover()`` (exhaust it and apply its records), ``start()``, then ``append`` /
+    ``sync`` / ``release`` / ``compact``, and ``await close()``.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        policy: FsyncPolicy = FsyncPolicy.BATCH,
+        segment_size_bytes: int = 64 * 2**20,
+        interval_ms: int = 5,
+        max_record_bytes: int = 8 * 2**20,
+        rewrite: Callable[[bytes], list[tuple[int, bytes]]] | None = None,
+    ) -> None:
+        if segment_size_bytes < SEGMENT_HEADER_SIZE + RECORD_OVERHEAD:
+            raise ValueError(f"segment_size_bytes={segment_size_bytes} is too small")
+        if interval_ms <= 0:
+            raise ValueError(f"interval_ms={interval_ms} must be positive")
+        if max_record_bytes < RECORD_OVERHEAD:
+            raise ValueError(f"max_record_bytes={max_record_bytes} is too small")
+        self.directory = Path(directory)
+        self.policy = FsyncPolicy(policy)
+        self.segment_size_bytes = segment_size_bytes
+        self.interval_ms = interval_ms
+        self.max_record_bytes = max_record_bytes
+        self._rewrite = rewrite
+
+        # observability
+        self.last_fsync_s = 0.0
+        self.last_batch_records = 0
+        self.on_fsync: Callable[[float, int], None] | None = None
+
+        self._state = _State.NEW
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        # --- shared with the flusher, under _lock ---
+        self._chunks: list[tuple[int, bytearray]] = []  # full buffers of segments sealed in memory
+        self._buf = bytearray()  # records for the active segment, not yet handed to the flusher
+        self._buf_records = 0
+        self._appended = 0  # logical bytes appended, ever
+        self._settled = 0  # logical position up to which every sync() is answered
+        self._requests: list[tuple[int, asyncio.Future[None] | None]] = []
+        self._compactions: list[_Compaction] = []
+        self._sticky_error: str | None = None  # a failure no pending sync() was told about
+        self._closing = False
+        # --- loop thread only ---
+        self._active_seq = 1
+        self._active_size = SEGMENT_HEADER_SIZE  # logical size of the active segment
+        self._active_records = 0
+        self._segments: dict[int, list[int]] = {}  # sealed seq -> [logical size, records]
+        self._oldest: dict[bytes, int] = {}  # live key -> oldest segment holding one of its records
+        self._keys_by_segment: dict[int, set[bytes]] = {}
+        self._compaction_pending = False
+        # --- flusher thread ---
+        self._writer: SegmentWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._unsynced_records = 0
+        self._recovery_dirty = False
+
+    # ------------------------------------------------------------------ observability
+
+    @property
+    def size_bytes(self) -> int:
+        return self._writer.size_bytes if self._writer else 0
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._writer.sizes) if self._writer else 0
+
+    @property
+    def fsync_count(self) -> int:
+        return self._writer.fsync_count if self._writer else 0
+
+    @property
+    def live_keys(self) -> int:
+        return len(self._oldest)
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> Iterator[Record]:
+        """Open the directory (creating it if missing) and yield every valid record, oldest first.
+
+        The journal is the longest valid prefix of its segments: at the first torn or corrupt
+        record (or bad segment header) the segment is truncated right before it, and every later
+        segment is renamed aside to ``*.seg.orphaned-<ns>`` (kept for inspection, never replayed),
+        each with a warning naming segment, offset and reason. A segment whose only content is a
+        torn header and that is the newest is simply removed (a crash while creating it).
+        After the iterator is exhausted the journal is ready for appends to the last segment.
+        A key is live from its first replayed record until ``release(key)``.
+        """
+        if self._state is not _State.NEW:
+            raise JournalError(f"recover() runs once, before start(); the journal is {self._state.value}")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            found = list_segments(self.directory)
+        except OSError as exc:
+            raise JournalError(f"cannot open journal directory {self.directory}: {_describe(exc)}") from exc
+        sizes: dict[int, int] = {}
+        last_seq: int | None = None
+        stopped = False
+        for index, (seq, path) in enumerate(found):
+            if stopped:
+                self._set_aside(path, "follows a damaged segment")
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise JournalError(f"cannot read journal segment {path}: {_describe(exc)}") from exc
+            problem = header_problem(data, seq)
+            if problem is not None:
+                stopped = True
+                if index == len(found) - 1 and len(data) <= SEGMENT_HEADER_SIZE:
+                    log.warning("journal segment %s offset 0: %s; removing it (crash while creating it)", path.name, problem)
+                    path.unlink()
+                else:
+                    self._set_aside(path, problem)
+                self._recovery_dirty = True
+                continue
+            records, end, reason = decode_run(data, SEGMENT_HEADER_SIZE)
+            del data
+            if reason is not None:
+                log.warning("journal segment %s offset %d: %s; truncating it there", path.name, end, reason)
+                try:
+                    os.truncate(path, end)
+                except OSError as exc:
+                    raise JournalError(f"cannot truncate journal segment {path}: {_describe(exc)}") from exc
+                stopped = True
+                self._recovery_dirty = True
+            sizes[seq] = end
+            last_seq = seq
+            keys: set[bytes] = set()
+            self._keys_by_segment[seq] = keys
+            self._segments[seq] = [end, len(records)]
+            oldest = self._oldest
+            for record in records:
+                key = record.key
+                if key and key not in oldest:
+                    oldest[key] = seq
+                    keys.add(key)
+                yield record
+        if last_seq is None:
+            self._active_seq = (found[-1][0] + 1) if found else 1
+            self._active_size = SEGMENT_HEADER_SIZE
+            self._keys_by_segment[self._active_seq] = set()
+        else:
+            self._active_seq = last_seq
+            self._active_size, self._active_records = self._segments.pop(last_seq)
+        self._writer = SegmentWriter(self.directory, sizes, self._active_seq, sync_on_seal=self.policy is not FsyncPolicy.NONE)
+        self._writer.dir_dirty = self._recovery_dirty
+        self._state = _State.OPEN
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        target = path.with_name(f"{path.name}.orphaned-{time.time_ns()}")
+        log.warning("journal segment %s offset 0: %s; renaming it to %s, not replayed", path.name, reason, target.name)
+        try:
+            path.rename(target)
+        except OSError as exc:
+            raise JournalError(f"cannot set aside journal segment {path}: {_describe(exc)}") from exc
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the flusher thread; ``sync()`` futures are resolved on ``loop`` (default: running loop)."""
+        if self._state is _State.NEW:
+            raise JournalError("call recover() and apply its records before start()")
+        if self._thread is not None:
+            raise JournalError("the journal is already started")
+        if self._state is not _State.OPEN:
+            raise JournalError(f"cannot start: the journal is {self._state.value}")
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, name=f"journal-flusher:{self.directory.name}", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Write and fdatasync everything appended, delete what compaction scheduled, stop the
+        flusher thread and close every file. Idempotent; ``sync()`` after it raises JournalError."""
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        if self._thread is None:
+            if self._state is not _State.CLOSED:
+                self._close_unstarted()
+            return
+        with self._lock:
+            self._closing = True
+            self._cond.notify()
+        assert self._closed is not None
+        await asyncio.shield(self._closed)
+        self._thread.join()
+
+    def _close_unstarted(self) -> None:
+        """close() of a journal that was never started: flush on the calling thread."""
+        assert self._writer is not None
+        self._closing = True
+        try:
+            self._writer.open(durable=False)
+            self._flush_round(None, final=True)
+        finally:
+            self._writer.close()
+            self._state = _State.CLOSED
+
+    # ------------------------------------------------------------------ hot path
+
+    def append(self, type: int, key: bytes, payload: bytes) -> None:
+        """Buffer one record (no system call). It is durable once a later ``sync()`` returns."""
+        keylen = len(key)
+        size = RECORD_OVERHEAD + keylen + len(payload)
+        if size > self.max_record_bytes:
+            raise ValueError(
+                f"journal record of {size} bytes (key {keylen}, payload {len(payload)}) exceeds "
+                f"max_record_bytes={self.max_record_bytes}; store large payloads elsewhere"
+            )
+        if not 0 < type < 256 or keylen > MAX_KEY_BYTES:
+            check_fields(type, key)
+        if self._state is not _State.OPEN or self._closing:
+            raise JournalError(f"cannot append: the journal is {'closing' if self._closing else self._state.value}")
+        type_keylen = _TYPE_KEYLEN[type][keylen]
+        crc = _crc32(payload, _crc32(key, _crc32(type_keylen)))
+        with self._lock:
+            if self._active_size + size > self.segment_size_bytes and self._active_size > SEGMENT_HEADER_SIZE:
+                self._rotate_locked()
+            buf = self._buf
+            buf += _pack_header(size - 8, crc, type, keylen)
+            buf += key
+            buf += payload
+            self._buf_records += 1
+            self._appended += size
+        self._active_size += size
+        self._active_records += 1
+        if key and key not in self._oldest:
+            self._oldest[key] = self._active_seq
+            self._keys_by_segment[self._active_seq].add(key)
+
+    def _rotate_locked(self) -> None:
+        self._chunks.append((self._active_seq, self._buf))
+        self._buf = bytearray()
+        self._segments[self._active_seq] = [self._active_size, self._active_records]
+        self._active_seq += 1
+        self._active_size = SEGMENT_HEADER_SIZE
+        self._active_records = 0
+        self._keys_by_segment[self._active_seq] = set()
+
+    async def sync(self) -> None:
+        """Return once every record appended before this call is durable per the policy.
+
+        Raises JournalError (with the errno name, e.g. ENOSPC) if writing or syncing failed; the
+        records of the failed batch are cut off the file and dropped, never made durable later.
+        """
+        loop = self._loop
+        if loop is None or self._state is not _State.OPEN or self._closing:
+            state = "not started" if self._state is _State.OPEN and loop is None else self._state.value
+            raise JournalError(f"cannot sync: the journal is {'closing' if self._closing else state}")
+        with self._lock:
+            if self._sticky_error is not None:
+                message, self._sticky_error = self._sticky_error, None
+                raise JournalError(message)
+            if self._appended == self._settled and self.policy is not FsyncPolicy.ALWAYS:
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._requests.append((self._appended, future))
+            self._cond.notify()
+        await future
+
+    # ------------------------------------------------------------------ liveness and compaction
+
+    def release(self, key: bytes) -> None:
+        """No record of ``key`` is needed any more (the task ended and was forgotten)."""
+        seq = self._oldest.pop(key, None)
+        if seq is not None:
+            self._keys_by_segment[seq].discard(key)
+
+    def compact(self) -> int:
+        """Schedule the deletion of old segments; returns the bytes they hold.
+
+        Rule: take sealed segments oldest first. Each with no live key is deleted as is. The
+        oldest one that still has live keys is rewritten (``rewrite(key)`` for each of them,
+        appended to the active segment) and deleted if more than KEEP_SEALED sealed segments
+        would remain or its live keys are at most 1/LIVE_FRACTION of its records. Files are
+        deleted only after everything appended up to now is durable, and only from the oldest
+        end. One compaction is in flight at a time.
+        """
+        if self._state is not _State.OPEN or self._closing or self._compaction_pending:
+            return 0
+        sealed = sorted(self._segments)
+        if not sealed:
+            return 0
+        job = _Compaction(target=0, seqs=[], infos={})
+        index = 0
+        while index < len(sealed) and not self._keys_by_segment[sealed[index]]:
+            job.seqs.append(sealed[index])
+            index += 1
+        if index < len(sealed) and self._rewrite is not None:
+            seq = sealed[index]
+            live = len(self._keys_by_segment[seq])
+            if len(sealed) - index > KEEP_SEALED or live * LIVE_FRACTION <= self._segments[seq][1]:
+                self._rewrite_segment(seq, job)
+                job.seqs.append(seq)
+        if not job.seqs:
+            return 0
+        reclaimed = 0
+        for seq in job.seqs:
+            job.infos[seq] = self._segments.pop(seq)
+            reclaimed += job.infos[seq][0]
+            del self._keys_by_segment[seq]
+        self._compaction_pending = True
+        with self._lock:
+            job.target = self._appended
+            self._compactions.append(job)
+            self._requests.append((job.target, None))
+            self._cond.notify()
+        return reclaimed
+
+    def _rewrite_segment(self, seq: int, job: _Compaction) -> None:
+        assert self._rewrite is not None
+        keys = self._keys_by_segment[seq]
+        job.rewritten_seq = seq
+        try:
+            for key in list(keys):
+                records = self._rewrite(key)
+                keys.discard(key)
+                del self._oldest[key]
+                job.rewritten_keys.append(key)
+                for type_, payload in records:
+                    self.append(type_, key, payload)
+        except BaseException:
+            self._restore_keys(seq, job.rewritten_keys)
+            raise
+
+    def _restore_keys(self, seq: int, keys: list[bytes]) -> None:
+        """Point ``keys`` back at segment ``seq`` (it still holds their oldest records)."""
+        target = self._keys_by_segment.setdefault(seq, set())
+        for key in keys:
+            current = self._oldest.get(key)
+            if current is not None and current > seq:
+                self._keys_by_segment[current].discard(key)
+                self._oldest[key] = seq
+                target.add(key)
+
+    def _compaction_done(self, job: _Compaction, ok: bool) -> None:
+        """Loop thread: the flusher deleted the job's segments (ok) or dropped its rewrite (not ok)."""
+        self._compaction_pending = False
+        if ok:
+            return
+        for seq, info in job.infos.items():
+            self._segments[seq] = info
+            self._keys_by_segment.setdefault(seq, set())
+        if job.rewritten_seq is not None:
+            self._restore_keys(job.rewritten_seq, job.rewritten_keys)
+
+    # ------------------------------------------------------------------ flusher thread
+
+    def _run(self) -> None:
+        writer = self._writer
+        assert writer is not None
+        try:
+            writer.open(durable=True)
+        except OSError as exc:
+            self._fail(f"cannot open journal segment in {self.directory}: {_describe(exc)}")
+        interval_s = self.interval_ms / 1000 if self.policy is FsyncPolicy.INTERVAL else None
+        next_tick = time.monotonic() + (interval_s or 0)
+        try:
+            while True:
+                with self._lock:
+                    while not self._requests and not self._closing:
+                        if interval_s is None:
+                            self._cond.wait()
+                            continue
+                        remaining = next_tick - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    closing = self._closing
+                if closing:
+                    if self._state is _State.OPEN:
+                        self._flush_round(None, final=True)
+                    break
+                if self._state is not _State.OPEN:
+                    self._fail_pending(f"the journal is {self._state.value}")
+                    continue
+                if interval_s is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + interval_s
+                    self._flush_round(None, tick=True)
+                else:
+                    self._flush_round(self.policy is FsyncPolicy.ALWAYS)
+        except BaseException:  # a bug: make it loud, fail the journal, release every waiter
+            log.exception("journal flusher thread crashed")
+            self._fail("journal flusher thread crashed (see log)")
+        finally:
+            writer.close()
+            self._state = _State.CLOSED if self._closing else _State.FAILED
+            self._fail_pending(f"the journal is {self._state.value}")
+            self._call_loop(self._set_closed)
+
+    def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> None:
+        """Hand the buffer to the disk and answer the sync() requests it covers.
+
+        ``one_request``: ALWAYS answers one request per fdatasync. ``tick``: the INTERVAL timer.
+        ``final``: close(); write and fdatasync everything under every policy.
+        """
+        writer = self._writer
+        assert writer is not None
+        with self._lock:
+            if one_request:
+                requests = self._requests[:1]
+                del self._requests[:1]
+            elif tick:
+                requests = []
+            else:
+                requests, self._requests = self._requests, []
+            chunks = self._chunks
+            chunks.append((self._active_seq, self._buf))
+            self._chunks = []
+            self._buf = bytearray()
+            records = self._buf_records
+            self._buf_records = 0
+            end = self._appended
+        start = self._settled
+        policy = self.policy
+        must_sync = final or tick or policy is FsyncPolicy.ALWAYS or policy is FsyncPolicy.BATCH
+        syncing = False
+        try:
+            writer.begin()
+            for seq, data in chunks:
+                if data:
+                    writer.write(seq, data)
+            self._unsynced_records += records
+            if must_sync and (writer.unsynced_bytes or policy is FsyncPolicy.ALWAYS or final):
+                syncing = True
+                began = time.perf_counter()
+                writer.sync()
+                self._note_fsync(time.perf_counter() - began)
+            writer.commit()
+        except OSError as exc:
+            if tick and syncing:
+                # INTERVAL background fdatasync: earlier sync() calls already reported these as written
+                log.error("journal fdatasync in %s failed (%s); will retry", self.directory, _describe(exc))
+                writer.commit()
+                with self._lock:
+                    self._settled = end
+                return
+            self._unsynced_records = max(0, self._unsynced_records - records)
+            message = f"journal write to {self.directory} failed ({_describe(exc)}); the records of this batch were dropped"
+            self._undo(writer, message, requests, start, end)
+            return
+        with self._lock:
+            self._settled = end
+        self._answer(requests, None)
+        self._run_compactions(end if (policy is FsyncPolicy.NONE or must_sync or not writer.unsynced_bytes) else -1, final)
+
+    def _undo(self, writer: SegmentWriter, message: str, requests: list, start: int, end: int) -> None:
+        try:
+            writer.rollback()
+        except OSError as exc:
+            self._fail(f"{message}; cutting them off failed too ({_describe(exc)}): the journal is failed")
+            self._answer(requests, message)
+            return
+        log.error("%s", message)
+        with self._lock:
+            self._settled = end
+            pending, self._requests = self._requests, []
+            waiting = requests + [r for r in pending if r[1] is not None]
+            told = max((target for target, future in waiting if future is not None), default=start)
+            if told < end:
+                self._sticky_error = message
+            self._requests = [r for r in pending if r[1] is None]
+            dropped = [job for job in self._compactions if job.target <= end]
+            self._compactions = [job for job in self._compactions if job.target > end]
+        self._answer(waiting, message)
+        for job in dropped:
+            self._call_loop(self._compaction_done, job, False)
+
+    def _run_compactions(self, durable: int, final: bool) -> None:
+        if not self._compactions:
+            return
+        with self._lock:
+            due = [job for job in self._compactions if final or job.target <= durable]
+            self._compactions = [job for job in self._compactions if not (final or job.target <= durable)]
+        assert self._writer is not None
+        for job in due:
+            try:
+                self._writer.delete(job.seqs)
+            except OSError as exc:
+                log.error("journal compaction could not delete segments %s: %s", job.seqs, _describe(exc))
+            self._call_loop(self._compaction_done, job, True)
+
+    def _note_fsync(self, elapsed: float) -> None:
+        records, self._unsynced_records = self._unsynced_records, 0
+        self.last_fsync_s = elapsed
+        self.last_batch_records = records
+        hook = self.on_fsync
+        if hook is not None:
+            try:
+                hook(elapsed, records)
+            except Exception:
+                log.exception("journal on_fsync hook raised")
+
+    def _fail(self, message: str) -> None:
+        log.error("%s", message)
+        if self._state is _State.OPEN:
+            self._state = _State.FAILED
+        self._fail_pending(message)
+
+    def _fail_pending(self, message: str) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, []
+        self._answer(requests, message)
+
+    def _answer(self, requests: list[tuple[int, asyncio.Future[None] | None]], error: str | None) -> None:
+        futures = [future for _target, future in requests if future is not None]
+        if futures:
+            self._call_loop(_settle, futures, error)
+
+    def _call_loop(self, callback: Callable[..., object], *args: object) -> None:
+        loop = self._loop
+        if loop is None:  # close() of an unstarted journal runs on the caller's thread
+            callback(*args)
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed; nobody is waiting any more
+            pass
+
+    def _set_closed(self) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: str | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(JournalError(error))
