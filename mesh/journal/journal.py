@@ -248,6 +248,11 @@ class Journal:
         if self._state is not _State.OPEN:
             raise JournalError(f"cannot start: the journal is {self._state.value}")
         self._loop = loop if loop is not None else asyncio.get_running_loop()
+        assert self._writer is not None
+        try:  # open (or create) the active segment here, so start() reports a bad directory
+            self._writer.open(durable=False)
+        except OSError as exc:
+            raise JournalError(f"cannot open the active journal segment in {self.directory}: {_describe(exc)}") from exc
         self._closed = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name=f"journal-flusher:{self.directory.name}", daemon=True)
         self._thread.start()
@@ -433,10 +438,10 @@ class Journal:
     def _run(self) -> None:
         writer = self._writer
         assert writer is not None
-        try:
-            writer.open(durable=True)
+        try:  # make the segment opened by start() and any recovery cut durable
+            writer.sync()
         except OSError as exc:
-            self._fail(f"cannot open journal segment in {self.directory}: {_describe(exc)}")
+            self._fail(f"cannot fdatasync the journal segment in {self.directory}: {_describe(exc)}")
         interval_s = self.interval_ms / 1000 if self.policy is FsyncPolicy.INTERVAL else None
         next_tick = time.monotonic() + (interval_s or 0)
         try:
