@@ -391,6 +391,7 @@ class BaseSystem:
         self.servers: list[Server] = []
         self._seq = 0
         self.notes: list[str] = []  # caveats shown under the table
+        self.server_version = ""  # shown in the table notes and results JSON
 
     # ---- hooks
     def start_servers(self, workdir: Path) -> None:

@@ -36,8 +36,9 @@ def consume(index: int, args: dict, report_addr: str, stop_event) -> None:
             pipe = r.pipeline(transaction=False)
             for _ in range(IN_FLIGHT_PER_CONSUMER - 1):
                 pipe.lmove(QUEUE, processing, "RIGHT", "LEFT")
+            more = pipe.execute()
             now = time.monotonic_ns()
-            got.extend((m, now) for m in pipe.execute() if m is not None)
+            got.extend((m, now) for m in more if m is not None)
             pipe = r.pipeline(transaction=False)
             for m, _ in got:
                 pipe.lrem(processing, 1, m)
@@ -57,6 +58,10 @@ class RedisList(BaseSystem):
         exe = shutil.which("redis-server")
         if exe is None:
             raise NotAvailable("redis-server not installed (bash bench/install_peers.sh)")
+        import subprocess
+
+        self.server_version = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                                             timeout=10).stdout.split(" sha=")[0].strip()
         self.port = free_port()
         data = workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)

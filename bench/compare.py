@@ -1,0 +1,437 @@
+"""Side-by-side benchmark: the same durable task workload on every system, one table.
+
+    python bench/compare.py                      # all systems, 3 runs each
+    python bench/compare.py --quick              # 1 run, fewer tasks: does everything work?
+    python bench/compare.py --systems redis,zmq --runs 5
+
+Two passes, each system started fresh on loopback in its own temp dir and stopped after:
+  pass 1: submit->durable and submit->consumer latency (one at a time), pipelined throughput;
+  pass 2: latency at a fixed offered load = --load-fraction x the slowest system's throughput
+          (or --rate), so every system sees the same rate.
+Each figure is the median over --runs runs of the per-run statistic. Results go to
+bench/results/latest.{md,json,png}; raw samples to bench/results/raw/ (not committed).
+See bench/README.md for how to read the table and bench/peers/base.py for the interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from peers import base  # noqa: E402
+
+SYSTEMS = {  # name -> module under bench/peers exposing make() -> base.System
+    "rabbitmq": "peers.rabbitmq",
+    "nats": "peers.nats_js",
+    "redis": "peers.redis_list",
+    "zmq": "peers.zmq_plain",
+    "mesh": "peers.mesh",
+}
+DEFAULT_ORDER = ["mesh", "rabbitmq", "nats", "redis", "zmq"]
+
+FULL = dict(durable=1000, e2e=1000, throughput=20000, paced=5000, warmup=1000, runs=3)
+QUICK = dict(durable=200, e2e=200, throughput=3000, paced=1000, warmup=200, runs=1)
+
+CDF_QS = [0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 100]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def sh(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_info(workdir: Path) -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    df = sh(["df", "-T", str(workdir)]).splitlines()
+    device, fstype = (df[-1].split()[0], df[-1].split()[1]) if len(df) > 1 else ("?", "?")
+    disk = f"{device} ({fstype})"
+    name = Path(device).name.rstrip("0123456789") if device.startswith("/dev/") else ""
+    rot = Path(f"/sys/block/{name}/queue/rotational")
+    if name and rot.exists():
+        disk += ", rotational" if rot.read_text().strip() == "1" else ", non-rotational"
+    mem_kib = 0
+    try:
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "mem_gib": round(mem_kib / 1024 / 1024, 1),
+        "disk": disk,
+        "python": platform.python_version(),
+    }
+
+
+def client_versions() -> dict:
+    out = {}
+    for d in ("pyzmq", "pika", "nats-py", "redis", "matplotlib"):
+        try:
+            out[d] = importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def load(name: str):
+    """The system object, or raise NotAvailable saying why it cannot be built."""
+    if name not in SYSTEMS:
+        raise base.NotAvailable(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    try:
+        mod = importlib.import_module(SYSTEMS[name])
+    except ImportError as exc:
+        raise base.NotAvailable(f"cannot import {SYSTEMS[name]}: {exc}") from None
+    return mod.make()
+
+
+def figure(fn, *args):
+    """Run one measurement; return (value, None) or (None, short reason)."""
+    try:
+        return fn(*args), None
+    except base.PhaseTimeout as exc:
+        return None, f"timeout: {exc}"
+    except Exception as exc:  # one broken figure must not lose the rest of the row
+        traceback.print_exc()
+        return None, f"error: {type(exc).__name__}: {exc}"[:200]
+
+
+class Row:
+    def __init__(self, name: str):
+        self.name = name
+        self.available = True
+        self.reason = ""
+        self.version = ""
+        self.durable = True
+        self.notes: list[str] = []
+        self.runs: dict[str, list] = {"durable": [], "e2e": [], "throughput": [], "paced": []}
+        self.errors: dict[str, str] = {}
+        self.rss_kib: int | None = None
+        self.e2e_samples: list[int] = []
+        self.paced_samples: list[int] = []
+
+    def absorb(self, system) -> None:
+        self.version = getattr(system, "server_version", "") or self.version
+        self.durable = getattr(system, "durable", True)
+        for n in getattr(system, "notes", []):
+            if n not in self.notes:
+                self.notes.append(n)
+
+    def note_rss(self, system) -> None:
+        try:
+            pids = system.server_pids()
+        except Exception:
+            return
+        kib = base.peak_rss_kib(pids) if pids else None
+        if kib is not None:
+            self.rss_kib = max(self.rss_kib or 0, kib)
+
+
+def with_system(row: Row, root: Path, tag: str, body) -> None:
+    """Start the system fresh in its own dir, run body(system), always stop it."""
+    if not row.available:
+        return
+    try:
+        system = load(row.name)
+    except base.NotAvailable as exc:
+        row.available, row.reason = False, str(exc)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=f"{row.name}-{tag}-", dir=root))
+    t0 = time.monotonic()
+    try:
+        system.start(workdir)
+    except Exception as exc:
+        row.available, row.reason = False, f"{type(exc).__name__}: {exc}"[:300]
+        row.absorb(system)
+        log(f"{row.name}: not available: {row.reason}")
+        return
+    log(f"{row.name}: started in {time.monotonic() - t0:.1f}s ({tag})")
+    try:
+        row.absorb(system)
+        body(system)
+        row.note_rss(system)
+    finally:
+        system.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        log(f"{row.name}: stopped")
+
+
+def pass_one(row: Row, sizes: dict, runs: int, root: Path) -> None:
+    def body(system) -> None:
+        figure(system.throughput, sizes["warmup"])  # warm caches, JITs, connections; discarded
+        for r in range(runs):
+            for key, fn, n in (("durable", system.durable_latency, sizes["durable"]),
+                               ("e2e", system.e2e_latency, sizes["e2e"]),
+                               ("throughput", system.throughput, sizes["throughput"])):
+                val, err = figure(fn, n)
+                if err:
+                    row.errors[key] = err
+                    log(f"{row.name}: {key} run {r + 1}: {err}")
+                    continue
+                if key == "throughput":
+                    row.runs[key].append(val)
+                    log(f"{row.name}: throughput run {r + 1}: {val:,.0f} tasks/s")
+                else:
+                    row.runs[key].append(summarize(val))
+                    if key == "e2e":
+                        row.e2e_samples.extend(val)
+                    if val:
+                        log(f"{row.name}: {key} run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
+                            f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
+
+    with_system(row, root, "p1", body)
+
+
+def pass_two(row: Row, rate: float, sizes: dict, runs: int, root: Path) -> None:
+    def body(system) -> None:
+        figure(system.throughput, sizes["warmup"])
+        for r in range(runs):
+            val, err = figure(system.paced, rate, sizes["paced"])
+            if err:
+                row.errors["paced"] = err
+                log(f"{row.name}: paced run {r + 1}: {err}")
+                continue
+            row.runs["paced"].append(summarize(val))
+            row.paced_samples.extend(val)
+            log(f"{row.name}: paced {rate:,.0f}/s run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
+                f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
+
+    with_system(row, root, "p2", body)
+
+
+def summarize(samples: list[int]) -> dict:
+    return {"n": len(samples), "p50_ns": base.percentile(samples, 50), "p99_ns": base.percentile(samples, 99)}
+
+
+# --------------------------------------------------------------------------- results
+
+
+FIGS = [  # key, column header, lower_is_better
+    ("durable_p50_ms", "submit→durable p50 ms", True),
+    ("durable_p99_ms", "submit→durable p99 ms", True),
+    ("e2e_p50_ms", "submit→consumer p50 ms", True),
+    ("e2e_p99_ms", "submit→consumer p99 ms", True),
+    ("throughput", "durable throughput tasks/s", False),
+    ("paced_p50_ms", "p50 @ {rate} ms", True),
+    ("paced_p99_ms", "p99 @ {rate} ms", True),
+    ("rss_mib", "broker peak RSS MiB", True),
+]
+
+
+def row_figures(row: Row) -> dict:
+    def med(key: str, stat: str):
+        vals = [r[stat] for r in row.runs[key] if r["n"]]
+        return base.median(vals) / 1e6 if vals else None
+
+    tp = base.median(row.runs["throughput"]) if row.runs["throughput"] else None
+    return {
+        "durable_p50_ms": med("durable", "p50_ns"),
+        "durable_p99_ms": med("durable", "p99_ns"),
+        "e2e_p50_ms": med("e2e", "p50_ns"),
+        "e2e_p99_ms": med("e2e", "p99_ns"),
+        "throughput": tp,
+        "paced_p50_ms": med("paced", "p50_ns"),
+        "paced_p99_ms": med("paced", "p99_ns"),
+        "rss_mib": row.rss_kib / 1024 if row.rss_kib else None,
+    }
+
+
+def fmt(key: str, v) -> str:
+    if v is None:
+        return "—"
+    if key == "throughput":
+        return f"{v:,.0f}"
+    if key == "rss_mib":
+        return f"{v:,.0f}"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def cell(row: Row, figs: dict, key: str) -> str:
+    v = figs[key]
+    if v is not None:
+        return fmt(key, v)
+    if key.startswith("durable") and not row.durable:
+        return "n/a (no journal)"
+    if key == "rss_mib" and row.available:
+        return "n/a (no broker)"
+    for prefix, ek in (("durable", "durable"), ("e2e", "e2e"), ("throughput", "throughput"), ("paced", "paced")):
+        if key.startswith(prefix) and ek in row.errors:
+            return row.errors[ek].split(":")[0]  # "timeout" / "error"; full text in notes
+    return "—"
+
+
+def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
+    rate_s = f"{rate:,.0f}/s" if rate else "fixed load"
+    heads = [h.format(rate=rate_s) for _, h, _ in FIGS]
+    lines = ["| system | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    figs_by = {}
+    for row in rows:
+        label = f"{row.name}"
+        if not row.available:
+            lines.append(f"| {label} | not available: {row.reason.replace('|', '/')} |" + " |" * (len(heads) - 1))
+            continue
+        figs_by[row.name] = figs = row_figures(row)
+        lines.append(f"| {label} | " + " | ".join(cell(row, figs, k) for k, _, _ in FIGS) + " |")
+    lines.append(f"| raw disk: 256 B append+fdatasync | {fmt('', fsync['p50_ms'])} | {fmt('', fsync['p99_ms'])} |"
+                 + " — |" * (len(heads) - 2))
+
+    out = ["\n".join(lines)]
+    mesh = figs_by.get("mesh")
+    if mesh:
+        peers = [r for r in rows if r.available and r.name != "mesh"]
+        rl = ["| mesh vs | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        for r in peers:
+            cells = []
+            for key, _, lower in FIGS:
+                m, p = mesh[key], figs_by[r.name][key]
+                if not m or not p:
+                    cells.append("—")
+                    continue
+                better = (p / m) if lower else (m / p)  # > 1: mesh better
+                cells.append(f"{better:.2f}× better" if better >= 1 else f"{1 / better:.2f}× worse")
+            rl.append(f"| {r.name} | " + " | ".join(cells) + " |")
+        out.append("Mesh relative to each peer (\"2.00× better\" = half the latency / RSS, or twice the throughput):\n\n"
+                   + "\n".join(rl))
+
+    notes = []
+    for row in rows:
+        if row.version:
+            notes.append(f"- {row.name}: {row.version}")
+        notes.extend(f"- {n}" for n in row.notes)
+        for k, e in row.errors.items():
+            notes.append(f"- {row.name} {k}: {e}")
+    m = meta
+    header = (f"Measured {m['date']} on {m['machine']['nproc']} × {m['machine']['cpu']}, kernel {m['machine']['kernel']},"
+              f" {m['machine']['mem_gib']} GiB RAM, disk {m['machine']['disk']}; Python {m['machine']['python']}."
+              f" Runs per figure: {m['runs']} (median of per-run p50/p99); tasks per run: durable {m['sizes']['durable']},"
+              f" e2e {m['sizes']['e2e']}, throughput {m['sizes']['throughput']}, paced {m['sizes']['paced']}"
+              f" at {rate_s} ({m['rate_rule']}). {'QUICK run (smoke test, not for quoting).' if m['quick'] else ''}")
+    return header.strip() + "\n\n" + "\n\n".join(out) + ("\n\nNotes:\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def cdf_points(samples: list[int]) -> list[list[float]]:
+    return [[q, base.percentile(samples, q) / 1e6] for q in CDF_QS] if samples else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default=",".join(DEFAULT_ORDER),
+                    help=f"comma list from {','.join(SYSTEMS)} (default: all)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 3; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="1 run with fewer tasks: an end-to-end smoke test")
+    ap.add_argument("--rate", type=float, default=None, help="offered load for the paced figure, tasks/s")
+    ap.add_argument("--load-fraction", type=float, default=0.5,
+                    help="paced rate = this × the slowest durable system's throughput (default 0.5)")
+    ap.add_argument("--out", type=Path, default=BENCH / "results", help="results directory")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where servers keep their data (default: a temp dir; its disk is the one measured)")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    sizes = dict(QUICK if args.quick else FULL)
+    runs = args.runs or sizes["runs"]
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    root = Path(tempfile.mkdtemp(prefix="mesh-bench-", dir=args.workdir))
+    rows = [Row(n) for n in names]
+    try:
+        log(f"work dir {root}")
+        fs = base.fsync_probe(root)
+        fsync = {"n": len(fs), "p50_ms": base.percentile(fs, 50) / 1e6, "p99_ms": base.percentile(fs, 99) / 1e6}
+        log(f"raw fdatasync p50 {fsync['p50_ms']:.3f} ms p99 {fsync['p99_ms']:.3f} ms")
+
+        for row in rows:
+            pass_one(row, sizes, runs, root)
+
+        if args.rate:
+            rate, rule = args.rate, "--rate"
+        else:
+            tps = [base.median(r.runs["throughput"]) for r in rows if r.available and r.durable and r.runs["throughput"]]
+            tps = tps or [base.median(r.runs["throughput"]) for r in rows if r.available and r.runs["throughput"]]
+            rate = args.load_fraction * min(tps) if tps else None
+            rule = f"{args.load_fraction:.0%} of the slowest durable system's throughput"
+        if rate:
+            log(f"paced rate {rate:,.0f} tasks/s ({rule})")
+            for row in rows:
+                pass_two(row, rate, sizes, runs, root)
+        else:
+            rule = "no throughput measured, paced figure skipped"
+    finally:
+        base._kill_leftover_servers()
+        shutil.rmtree(root, ignore_errors=True)
+
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(args.workdir or Path(tempfile.gettempdir())),
+        "clients": client_versions(),
+        "runs": runs, "sizes": sizes, "quick": args.quick, "rate": rate, "rate_rule": rule,
+        "workload": {"task_size_bytes": base.TASK_SIZE_BYTES, "producers": 1, "consumers": base.CONSUMERS,
+                     "in_flight_per_consumer": base.IN_FLIGHT_PER_CONSUMER, "window": base.WINDOW},
+    }
+    md = render(rows, rate, fsync, meta)
+    print(md)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        **meta, "fsync": fsync,
+        "systems": [{
+            "name": r.name, "available": r.available, "reason": r.reason, "version": r.version,
+            "durable": r.durable, "notes": r.notes, "errors": r.errors,
+            "figures": row_figures(r) if r.available else None, "runs": r.runs,
+            "e2e_cdf_ms": cdf_points(r.e2e_samples), "paced_cdf_ms": cdf_points(r.paced_samples),
+        } for r in rows],
+    }
+    (args.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "latest.md").write_text(md)
+    raw = args.out / "raw"
+    raw.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (raw / f"samples-{stamp}.json").write_text(json.dumps(
+        {r.name: {"e2e_ns": r.e2e_samples, "paced_ns": r.paced_samples} for r in rows}))
+    log(f"wrote {args.out / 'latest.md'}, {args.out / 'latest.json'}, raw samples in {raw}")
+    if not args.no_plot:
+        try:
+            import plot
+
+            png = plot.plot(result, args.out / "latest.png")
+            log(f"wrote {png}")
+        except Exception as exc:
+            log(f"plot skipped: {type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
