@@ -1,0 +1,316 @@
+"""Discovery through a Consul agent, on py-consul (`import consul`).
+
+Registration: one service per node run (name, id, address, port, tags, meta) with one TTL
+check of our own id, `service:<instance_id>:ttl`, carrying DeregisterCriticalServiceAfter.
+heartbeat() feeds that check (pass / warn with a note / fail), so liveness is proven by the
+node's own event loop: a wedged loop stops heart-beating and the check goes critical after
+ttl_s (see docs/decisions/002-discovery.md). The agent losing our registration (restart of a
+dev agent, a 404 for the check) or a failed heartbeat makes the next heartbeat register again.
+
+Reads: GET /v1/health/service/<name> as a blocking query; each entry's health is the worst of
+its checks (serfHealth included, as Consul's `?passing` does).
+
+py-consul quirks handled here:
+- `Check.ttl()` takes no deregister argument: DeregisterCriticalServiceAfter is added by hand.
+- its sync client reads CONSUL_HTTP_TOKEN in preference to an explicit token, and
+  CONSUL_HTTP_ADDR / CONSUL_HTTP_SSL / CONSUL_HTTP_SSL_VERIFY when host, port, scheme or verify
+  are missing: we always pass them and set the token after construction, so this library
+  never reads the environment (nodes/ does, through consul_url_from_env).
+- every HTTP call gets `connections_timeout` (the agent must answer within timeout_s; a
+  blocking query gets its wait plus wait/16 jitter on top).
+- `wait` is only sent with an index, and an index without wait blocks for Consul's default
+  5 minutes, so the index is only sent when the caller asked to wait.
+- requests sessions are not documented as thread-safe: each thread gets its own client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+from typing import Any
+
+import consul
+import requests
+from consul.exceptions import BadRequest, ClientError, NotFound
+
+from discovery.base import (
+    DiscoveryAuthError,
+    DiscoveryError,
+    DiscoveryUnavailable,
+    Health,
+    Instance,
+    validate_instance,
+    worst,
+)
+
+log = logging.getLogger(__name__)
+
+_TTL_CALL = {Health.PASSING: "ttl_pass", Health.WARNING: "ttl_warn", Health.CRITICAL: "ttl_fail"}
+_STATUS = {"passing": Health.PASSING, "warning": Health.WARNING, "critical": Health.CRITICAL}
+# Consul's answers when it does not know a check: 404 (recent agents) or 500 (older ones).
+_UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "not found")
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration string Consul parses: 10 -> "10s", 0.25 -> "250ms"."""
+    if seconds <= 0:
+        raise DiscoveryError(f"a duration must be > 0 seconds, got {seconds!r}")
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def parse_addr(addr: str) -> tuple[str, str, int]:
+    """`host:port`, `http://host:port` or `https://host:port` -> (scheme, host, port)."""
+    scheme = "http"
+    rest = addr.strip()
+    if "://" in rest:
+        scheme, _, rest = rest.partition("://")
+        scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DiscoveryError(f"Consul address {addr!r}: scheme must be http or https")
+    parts = urllib.parse.urlsplit(f"//{rest.rstrip('/')}")
+    try:
+        port = parts.port or 8500
+    except ValueError:
+        raise DiscoveryError(f"Consul address {addr!r} is not host:port") from None
+    if not parts.hostname:
+        raise DiscoveryError(f"Consul address {addr!r} is not host:port")
+    return scheme, parts.hostname, port
+
+
+class ConsulDiscovery:
+    """A Consul agent as the registry. Thread-safe; close() releases the HTTP sessions."""
+
+    def __init__(
+        self,
+        addr: str = "127.0.0.1:8500",
+        token: str | None = None,
+        *,
+        timeout_s: float = 5.0,
+        verify: bool | str = True,
+        datacenter: str | None = None,
+    ) -> None:
+        self._scheme, self._host, self._port = parse_addr(addr)
+        self.addr = f"{self._scheme}://{self._host}:{self._port}"
+        self._token = token or None
+        self._timeout_s = timeout_s
+        self._verify = verify
+        self._datacenter = datacenter
+        self._local = threading.local()
+        self._clients: list[consul.Consul] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ConsulDiscovery({self.addr!r}, token={'***' if self._token else None})"
+
+    # -- HTTP plumbing -------------------------------------------------------------------------
+
+    def client(self) -> consul.Consul:
+        """This thread's py-consul client (one requests session per thread)."""
+        c = getattr(self._local, "client", None)
+        if c is None:
+            with self._lock:
+                if self._closed:
+                    raise DiscoveryError(f"{self!r} is closed")
+                c = consul.Consul(
+                    host=self._host,
+                    port=self._port,
+                    scheme=self._scheme,
+                    verify=self._verify,
+                    dc=self._datacenter,
+                    connections_timeout=self._timeout_s,
+                )
+                c.token = self._token  # py-consul would prefer CONSUL_HTTP_TOKEN from the environment
+                self._clients.append(c)
+            self._local.client = c
+        return c
+
+    def call(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+        """Run one py-consul call, turning its failures into discovery errors."""
+        try:
+            return fn(*args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            kind = "did not answer in time" if isinstance(exc, requests.exceptions.Timeout) else "is unreachable"
+            raise DiscoveryUnavailable(
+                f"Consul agent at {self.addr} {kind} ({what}): {type(exc).__name__}; "
+                "is the agent running and the address right?"
+            ) from exc
+        except (consul.ACLPermissionDenied, consul.ACLDisabled) as exc:
+            given = "the ACL token given" if self._token else "the anonymous token (no token given)"
+            raise DiscoveryAuthError(
+                f"Consul refused {given} for {what} at {self.addr}: {_body(exc)}. Pass a token with "
+                "service:write on the service (and service:read, node:read to watch) as "
+                "consul://host:port?token=... (nodes/ reads it from CONSUL_HTTP_TOKEN)"
+            ) from exc
+        except (BadRequest, ClientError, NotFound) as exc:
+            raise DiscoveryError(f"Consul at {self.addr} rejected {what}: {exc}") from exc
+        except consul.ConsulException as exc:  # 5xx (e.g. "No cluster leader") or an unreadable answer
+            raise DiscoveryUnavailable(f"Consul agent at {self.addr} failed {what}: {exc}") from exc
+        except requests.exceptions.RequestException as exc:
+            raise DiscoveryUnavailable(f"Consul agent at {self.addr}: {what} failed: {exc}") from exc
+
+    # -- Discovery ----------------------------------------------------------------------------
+
+    def register(
+        self, instance: Instance, *, ttl_s: float = 10.0, deregister_after_s: float = 60.0
+    ) -> ConsulRegistration:
+        """Register `instance` with its TTL check; the check starts as `instance.health`.
+
+        Consul keeps deregister_after_s at 1 minute at least and reaps every 30 s: it is garbage
+        collection of dead runs, not failure detection (that is the TTL and `passing_only`).
+        """
+        validate_instance(instance)
+        reg = ConsulRegistration(self, instance, ttl_s=ttl_s, deregister_after_s=deregister_after_s)
+        reg.register(instance.health)
+        return reg
+
+    def instances(
+        self, service: str, *, index: int = 0, wait_s: float = 0.0, passing_only: bool = True
+    ) -> tuple[int, list[Instance]]:
+        kwargs: dict[str, Any] = {"passing": passing_only}
+        if index > 0 and wait_s > 0:
+            kwargs["index"] = index
+            kwargs["wait"] = go_duration(wait_s)
+        new_index, entries = self.call(
+            f"GET /v1/health/service/{service}", self.client().health.service, service, **kwargs
+        )
+        try:
+            parsed_index = int(new_index)
+        except (TypeError, ValueError):
+            raise DiscoveryUnavailable(f"Consul at {self.addr} sent a bad X-Consul-Index {new_index!r}") from None
+        found = [_to_instance(service, entry) for entry in entries or []]
+        if passing_only:
+            found = [inst for inst in found if inst.health == Health.PASSING]
+        return parsed_index, found
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        for c in clients:
+            c.http.session.close()
+
+
+def _body(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _to_instance(service: str, entry: dict) -> Instance:
+    svc = entry.get("Service") or {}
+    node = entry.get("Node") or {}
+    statuses = [_STATUS.get(str(chk.get("Status", "")).lower(), Health.CRITICAL) for chk in entry.get("Checks") or []]
+    return Instance(
+        service=str(svc.get("Service") or service),
+        instance_id=str(svc.get("ID") or ""),
+        # An empty service address means "the node's address" in Consul.
+        address=str(svc.get("Address") or node.get("Address") or ""),
+        port=int(svc.get("Port") or 0),
+        tags=tuple(svc.get("Tags") or ()),
+        meta={str(k): str(v) for k, v in (svc.get("Meta") or {}).items()},
+        health=worst(statuses),
+    )
+
+
+class ConsulRegistration:
+    """One node run in Consul: the service, its TTL check, and re-registration after loss."""
+
+    def __init__(self, owner: ConsulDiscovery, instance: Instance, *, ttl_s: float, deregister_after_s: float) -> None:
+        self._owner = owner
+        self._instance = instance
+        self._ttl = go_duration(ttl_s)
+        self._deregister_after = go_duration(deregister_after_s)
+        self.service_id = instance.instance_id
+        self.check_id = f"service:{instance.instance_id}:ttl"
+        self._lock = threading.Lock()
+        self._needs_register = False
+        self._done = False
+        self.registrations = 0  # how many times the service was (re-)registered
+
+    def check_definition(self, status: Health) -> dict[str, Any]:
+        check = consul.Check.ttl(self._ttl)  # {"ttl": "10s"}: no deregister argument in py-consul
+        check.update(
+            {
+                "CheckID": self.check_id,
+                "Name": f"mesh liveness of {self.service_id}",
+                "Notes": "TTL fed by the node's event loop; critical when the loop stops turning",
+                "Status": str(status),
+                "DeregisterCriticalServiceAfter": self._deregister_after,
+            }
+        )
+        return check
+
+    def register(self, status: Health = Health.PASSING) -> None:
+        inst = self._instance
+        self._owner.call(
+            f"PUT /v1/agent/service/register ({inst.service} {inst.instance_id})",
+            self._owner.client().agent.service.register,
+            inst.service,
+            service_id=inst.instance_id,
+            address=inst.address,
+            port=inst.port,
+            tags=list(inst.tags),
+            meta=dict(inst.meta),
+            check=self.check_definition(status),
+            replace_existing_checks=True,
+        )
+        self.registrations += 1
+
+    def heartbeat(self, health: Health = Health.PASSING, note: str = "") -> None:
+        health = Health(health)
+        with self._lock:
+            if self._done:
+                return
+            try:
+                if self._needs_register:
+                    log.info("re-registering %s with the Consul agent at %s", self.service_id, self._owner.addr)
+                    self.register(health)
+                    self._needs_register = False
+                if not self._update_ttl(health, note):
+                    log.warning(
+                        "the Consul agent at %s does not know check %s (agent restarted?); re-registering %s",
+                        self._owner.addr, self.check_id, self.service_id,
+                    )
+                    self.register(health)
+                    if not self._update_ttl(health, note):
+                        raise DiscoveryUnavailable(
+                            f"Consul agent at {self._owner.addr} still does not know check {self.check_id} "
+                            "right after registering it"
+                        )
+            except DiscoveryError:
+                self._needs_register = True
+                raise
+
+    def _update_ttl(self, health: Health, note: str) -> bool:
+        """PUT the TTL status; False when the agent does not know the check."""
+        fn = getattr(self._owner.client().agent.check, _TTL_CALL[health])
+        try:
+            return bool(
+                self._owner.call(f"PUT /v1/agent/check/{health} {self.check_id}", fn, self.check_id, notes=note or None)
+            )  # py-consul answers False on a 404
+        except DiscoveryError as exc:
+            if any(marker in str(exc) for marker in _UNKNOWN_CHECK_MARKERS) and not isinstance(exc, DiscoveryAuthError):
+                return False
+            raise
+
+    def deregister(self) -> None:
+        """Remove the service and its check. Idempotent; an unreachable agent is logged, not raised
+        (Consul reaps the run after DeregisterCriticalServiceAfter anyway)."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            try:
+                self._owner.call(
+                    f"PUT /v1/agent/service/deregister/{self.service_id}",
+                    self._owner.client().agent.service.deregister,
+                    self.service_id,
+                )
+            except DiscoveryError as exc:
+                log.warning(
+                    "could not deregister %s (%s); Consul removes it %s after its check goes critical",
+                    self.service_id, exc, self._deregister_after,
+                )
