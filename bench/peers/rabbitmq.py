@@ -66,6 +66,7 @@ class RabbitMQ(BaseSystem):
         self.server_version = versions[-1].name.replace("_server-", " ") if versions else "rabbitmq"
         self.notes.append("rabbitmq: producer = pika SelectConnection, windows of confirms; consumers = pika"
                           " BlockingConnection, prefetch 16, ack after receipt")
+        self.durability = "fsynced (quorum queue, Ra WAL)"
         base = workdir / "rabbitmq"
         (base / "log").mkdir(parents=True, exist_ok=True)
         self.port, dist_port, epmd_port = free_port(), free_port(), free_port()

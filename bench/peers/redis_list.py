@@ -62,6 +62,7 @@ class RedisList(BaseSystem):
 
         self.server_version = subprocess.run([exe, "--version"], capture_output=True, text=True,
                                              timeout=10).stdout.split(" sha=")[0].strip()
+        self.durability = "fsynced (AOF, appendfsync always)"
         self.port = free_port()
         data = workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ class ZmqPlain(BaseSystem):
 
     def start_servers(self, workdir: Path) -> None:
         self.server_version = f"libzmq {zmq.zmq_version()}, pyzmq {zmq.__version__}"
+        self.durability = "none (no journal, no acks)"
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)  # benchmark data: nothing to save at close
