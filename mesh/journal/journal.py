@@ -18,6 +18,7 @@ import enum
 import errno
 import logging
 import os
+import struct
 import threading
 import time
 import zlib
@@ -35,7 +36,7 @@ log = logging.getLogger("mesh.journal")
 
 _crc32 = zlib.crc32
 _pack_header = RECORD_HEADER.pack
-_TYPE_KEYLEN = [[bytes((t, k)) for k in range(MAX_KEY_BYTES + 1)] for t in range(256)]
+_pack_type_keylen = struct.Struct("<BB").pack
 
 #: compaction keeps at most this many sealed segments that still hold live keys
 KEEP_SEALED = 2
@@ -136,6 +137,7 @@ class Journal:
         self._closed: asyncio.Future[None] | None = None
         self._unsynced_records = 0
         self._recovery_dirty = False
+        self._close_error: str | None = None
 
     # ------------------------------------------------------------------ observability
 
@@ -273,6 +275,9 @@ class Journal:
         assert self._closed is not None
         await asyncio.shield(self._closed)
         self._thread.join()
+        if self._close_error is not None:
+            message, self._close_error = self._close_error, None
+            raise JournalError(message)
 
     def _close_unstarted(self) -> None:
         """close() of a journal that was never started: flush on the calling thread."""
@@ -280,10 +285,14 @@ class Journal:
         self._closing = True
         try:
             self._writer.open(durable=False)
-            self._flush_round(None, final=True)
+            ok = self._flush_round(None, final=True)
+        except OSError as exc:
+            raise JournalError(f"cannot open the active journal segment in {self.directory}: {_describe(exc)}") from exc
         finally:
             self._writer.close()
             self._state = _State.CLOSED
+        if not ok:
+            raise JournalError("the last records could not be written on close (see log)")
 
     # ------------------------------------------------------------------ hot path
 
@@ -300,8 +309,7 @@ class Journal:
             check_fields(type, key)
         if self._state is not _State.OPEN or self._closing:
             raise JournalError(f"cannot append: the journal is {'closing' if self._closing else self._state.value}")
-        type_keylen = _TYPE_KEYLEN[type][keylen]
-        crc = _crc32(payload, _crc32(key, _crc32(type_keylen)))
+        crc = _crc32(payload, _crc32(key, _crc32(_pack_type_keylen(type, keylen))))
         with self._lock:
             if self._active_size + size > self.segment_size_bytes and self._active_size > SEGMENT_HEADER_SIZE:
                 self._rotate_locked()
@@ -457,8 +465,8 @@ class Journal:
                         self._cond.wait(remaining)
                     closing = self._closing
                 if closing:
-                    if self._state is _State.OPEN:
-                        self._flush_round(None, final=True)
+                    if self._state is _State.OPEN and not self._flush_round(None, final=True):
+                        self._close_error = "the last records could not be written on close (see log)"
                     break
                 if self._state is not _State.OPEN:
                     self._fail_pending(f"the journal is {self._state.value}")
@@ -477,11 +485,12 @@ class Journal:
             self._fail_pending(f"the journal is {self._state.value}")
             self._call_loop(self._set_closed)
 
-    def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> None:
+    def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> bool:
         """Hand the buffer to the disk and answer the sync() requests it covers.
 
         ``one_request``: ALWAYS answers one request per fdatasync. ``tick``: the INTERVAL timer.
         ``final``: close(); write and fdatasync everything under every policy.
+        Returns False if the round's records were dropped.
         """
         writer = self._writer
         assert writer is not None
@@ -523,15 +532,16 @@ class Journal:
                 writer.commit()
                 with self._lock:
                     self._settled = end
-                return
+                return True
             self._unsynced_records = max(0, self._unsynced_records - records)
             message = f"journal write to {self.directory} failed ({_describe(exc)}); the records of this batch were dropped"
             self._undo(writer, message, requests, start, end)
-            return
+            return False
         with self._lock:
             self._settled = end
         self._answer(requests, None)
         self._run_compactions(end if (policy is FsyncPolicy.NONE or must_sync or not writer.unsynced_bytes) else -1, final)
+        return True
 
     def _undo(self, writer: SegmentWriter, message: str, requests: list, start: int, end: int) -> None:
         try:

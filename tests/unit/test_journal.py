@@ -383,8 +383,10 @@ def test_lifecycle_misuse_raises_journal_error(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     with pytest.raises(JournalError):
         journal.append(1, b"k", b"v")
+    loop = asyncio.new_event_loop()
     with pytest.raises(JournalError):
-        journal.start(asyncio.new_event_loop())
+        journal.start(loop)
+    loop.close()
     list(journal.recover())
     with pytest.raises(JournalError):
         list(journal.recover())
@@ -437,14 +439,6 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
     good = make_records(40, seed=11)
     lost = [Record(9, b"lost", b"L" * 500), Record(9, b"lost2", b"L" * 300)]
     later = [Record(8, b"later", b"ok")]
-    calls = {"n": 0}
-
-    def flaky_write(fd: int, data: bytes) -> int:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            return real_write(fd, bytes(data)[: len(data) // 2])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     def once(real, fake):
         state = {"done": False}
 
@@ -467,7 +461,6 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
         if failing == "write":
             monkeypatch.setattr(writer_module.os, "write", once(real_write, _enospc))
         elif failing == "partial write":
-            monkeypatch.setattr(writer_module.os, "write", once(real_write, once(flaky_write, flaky_write)))
             monkeypatch.setattr(writer_module.os, "write", _partial_then_fail(real_write))
         else:
             monkeypatch.setattr(writer_module.os, "fdatasync", once(real_fdatasync, _enospc))
@@ -609,3 +602,43 @@ def test_compaction_keeps_the_old_segment_when_its_rewrite_fails(tmp_path: Path,
     asyncio.run(main())
     recovered = replay(tmp_path / "j")
     assert recovered[-1] == Record(7, b"k0", b"state of k0")
+
+
+def test_close_reports_records_it_could_not_write_and_still_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        journal = Journal(tmp_path / "j")
+        list(journal.recover())
+        journal.start()
+        journal.append(1, b"k", b"kept")
+        await journal.sync()
+        journal.append(1, b"k", b"never written")
+        monkeypatch.setattr(writer_module.os, "write", _enospc)
+        with pytest.raises(JournalError, match="close"):
+            await journal.close()
+        monkeypatch.undo()
+        await journal.close()
+
+    asyncio.run(main())
+    assert not any(t.name.startswith("journal-flusher") for t in threading.enumerate())
+    assert replay(tmp_path / "j") == [Record(1, b"k", b"kept")]
+
+
+def test_journal_that_cannot_cut_a_failed_batch_refuses_further_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        journal = Journal(tmp_path / "j")
+        list(journal.recover())
+        journal.start()
+        journal.append(1, b"k", b"kept")
+        await journal.sync()
+        monkeypatch.setattr(writer_module.os, "fdatasync", _enospc)
+        monkeypatch.setattr(writer_module.os, "truncate", _enospc)
+        journal.append(1, b"k", b"lost")
+        with pytest.raises(JournalError, match="ENOSPC"):
+            await journal.sync()
+        monkeypatch.undo()
+        with pytest.raises(JournalError, match="failed"):
+            journal.append(1, b"k", b"refused")
+        await journal.close()
+
+    asyncio.run(main())
+    assert replay(tmp_path / "j")[0] == Record(1, b"k", b"kept")
