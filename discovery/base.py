@@ -197,6 +197,9 @@ class Watch:
     - An index that goes backwards (registry restarted or restored) resets to 0; an index
       below 1 is never sent back as-is; a token bucket bounds the query rate.
     - `stop()` is idempotent and joins the thread; it returns within about `wait_s`.
+
+    on_change runs on the watch thread: an asyncio caller hands the list over with
+    `loop.call_soon_threadsafe(...)` and must not block in the callback.
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class Watch:
         self._clock = clock
         self._bucket = _TokenBucket(rate_per_s, burst, clock)
         self._stop = threading.Event()
+        self._first = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last: list[Instance] | None = None
@@ -263,6 +267,10 @@ class Watch:
         with self._lock:
             return None if self._last is None else list(self._last)
 
+    def wait_first(self, timeout_s: float) -> bool:
+        """Wait until the first membership was reported; False if `timeout_s` passed first."""
+        return self._first.wait(timeout_s)
+
     @property
     def index(self) -> int:
         return self._index
@@ -300,11 +308,10 @@ class Watch:
                 if down_since is None:
                     down_since = now
                     last_log = now
+                    known = "nothing yet" if self._last is None else f"{len(self._last)} instance(s)"
                     log.warning(
-                        "discovery of %r failed: %s; keeping the last known %s, retrying with backoff",
-                        self._service,
-                        exc,
-                        "membership of %d instance(s)" % len(self._last) if self._last is not None else "(empty) membership",
+                        "discovery of %r failed: %s; keeping the last known membership (%s), retrying with backoff",
+                        self._service, exc, known,
                     )
                 elif now - last_log >= self._log_every_s:
                     last_log = now
@@ -362,3 +369,5 @@ class Watch:
             self._on_change(list(found))
         except Exception:
             log.exception("on_change callback of the %r watch raised; the watch goes on", self._service)
+        finally:
+            self._first.set()

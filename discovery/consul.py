@@ -8,7 +8,8 @@ ttl_s (see docs/decisions/002-discovery.md). The agent losing our registration (
 dev agent, a 404 for the check) or a failed heartbeat makes the next heartbeat register again.
 
 Reads: GET /v1/health/service/<name> as a blocking query; each entry's health is the worst of
-its checks (serfHealth included, as Consul's `?passing` does).
+its checks (serfHealth included, as Consul's `?passing` does). A read that ACLs emptied
+(X-Consul-Results-Filtered-By-ACLs) raises DiscoveryAuthError instead of looking like "no nodes".
 
 py-consul quirks handled here:
 - `Check.ttl()` takes no deregister argument: DeregisterCriticalServiceAfter is added by hand.
@@ -25,6 +26,7 @@ py-consul quirks handled here:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import urllib.parse
@@ -32,6 +34,7 @@ from typing import Any
 
 import consul
 import requests
+from consul.callback import CB
 from consul.exceptions import BadRequest, ClientError, NotFound
 
 from discovery.base import (
@@ -102,6 +105,7 @@ class ConsulDiscovery:
         self._clients: list[consul.Consul] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._warned_filtered: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ConsulDiscovery({self.addr!r}, token={'***' if self._token else None})"
@@ -170,12 +174,20 @@ class ConsulDiscovery:
     def instances(
         self, service: str, *, index: int = 0, wait_s: float = 0.0, passing_only: bool = True
     ) -> tuple[int, list[Instance]]:
-        kwargs: dict[str, Any] = {"passing": passing_only}
+        """GET /v1/health/service/<service> (what py-consul's health.service sends), read through
+        our own callback so the X-Consul-Results-Filtered-By-ACLs header is seen: a token without
+        service:read / node:read gets an empty list with that header instead of an error."""
+        params: list[tuple[str, Any]] = []
         if index > 0 and wait_s > 0:
-            kwargs["index"] = index
-            kwargs["wait"] = go_duration(wait_s)
-        new_index, entries = self.call(
-            f"GET /v1/health/service/{service}", self.client().health.service, service, **kwargs
+            params += [("index", index), ("wait", go_duration(wait_s))]
+        if passing_only:
+            params.append(("passing", "1"))
+        if self._datacenter:
+            params.append(("dc", self._datacenter))
+        client = self.client()
+        path = f"/v1/health/service/{service}"
+        new_index, entries, filtered = self.call(
+            f"GET {path}", client.http.get, _health_callback, path, params=params, headers=client.prepare_headers()
         )
         try:
             parsed_index = int(new_index)
@@ -184,6 +196,17 @@ class ConsulDiscovery:
         found = [_to_instance(service, entry) for entry in entries or []]
         if passing_only:
             found = [inst for inst in found if inst.health == Health.PASSING]
+        if filtered:
+            given = "the ACL token given" if self._token else "the anonymous token (no token given)"
+            message = (
+                f"Consul at {self.addr} hid instances of {service!r} from {given} "
+                "(X-Consul-Results-Filtered-By-ACLs): it needs service:read on the service and node:read"
+            )
+            if not found:
+                raise DiscoveryAuthError(message)
+            if service not in self._warned_filtered:
+                self._warned_filtered.add(service)
+                log.warning("%s; the list may be incomplete", message)
         return parsed_index, found
 
     def close(self) -> None:
@@ -192,6 +215,21 @@ class ConsulDiscovery:
             clients, self._clients = self._clients, []
         for c in clients:
             c.http.session.close()
+
+
+def _health_callback(response) -> tuple[str | None, Any, bool]:
+    """(X-Consul-Index, decoded body, filtered-by-ACLs) of a health query; errors as py-consul raises them."""
+    CB._status(response)  # 403 -> ACLPermissionDenied, 5xx -> ConsulException, ...
+    if response.code == 404:
+        return response.headers.get("X-Consul-Index"), [], False
+    try:
+        data = json.loads(response.body)
+    except ValueError as exc:
+        raise consul.ConsulException(f"Failed to decode JSON: {response.body[:200]!r} {exc}") from exc
+    if "X-Consul-Index" not in response.headers:
+        raise consul.ConsulException(f"Missing index header: {dict(response.headers)}")
+    filtered = str(response.headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
+    return response.headers["X-Consul-Index"], data, filtered
 
 
 def _body(exc: Exception) -> str:

@@ -94,8 +94,8 @@ def test_ttl_expiry_turns_critical_and_drops_from_passing(agent, disco):
 
 
 def test_heartbeats_keep_a_short_ttl_passing(disco):
-    reg = disco.register(ai(1), ttl_s=0.4)
-    end = time.monotonic() + 1.2
+    reg = disco.register(ai(1), ttl_s=0.6)
+    end = time.monotonic() + 1.5  # over two TTLs
     while time.monotonic() < end:
         reg.heartbeat()
         assert health_of(disco, "ai-host-1") == Health.PASSING
@@ -229,6 +229,18 @@ def test_wrong_acl_token_raises_auth_error_with_a_clear_message(acl_agent):
     finally:
         for d in (bad, anon, good):
             d.close()
+
+
+def test_a_read_emptied_by_acls_is_an_auth_error_not_an_empty_list(acl_agent):
+    good = ConsulDiscovery(acl_agent.addr, token="s3cret-token", timeout_s=2.0)
+    anon = ConsulDiscovery(acl_agent.addr, timeout_s=2.0)
+    try:
+        good.register(ai(1))
+        with pytest.raises(DiscoveryAuthError, match="hid instances of 'mesh-ai'.*service:read"):
+            anon.instances("mesh-ai")
+    finally:
+        good.close()
+        anon.close()
 
 
 def test_environment_is_not_read(agent, monkeypatch):

@@ -75,8 +75,8 @@ def test_lease_file_is_written_atomically_under_service_dir(disco):
 
 
 def test_heartbeat_keeps_a_short_lease_passing(disco):
-    reg = disco.register(ai(1), ttl_s=0.3)
-    end = time.monotonic() + 1.0  # over three TTLs
+    reg = disco.register(ai(1), ttl_s=0.6)
+    end = time.monotonic() + 1.5  # over two TTLs
     while time.monotonic() < end:
         reg.heartbeat()
         assert health_of(disco, "ai-test-1") == Health.PASSING

@@ -88,8 +88,9 @@ def watch_factory(scripted):
 
 def test_watch_reports_the_first_answer_even_when_empty(scripted, watch_factory):
     rec = Recorder()
-    watch_factory(rec)
-    wait_until(lambda: rec.calls == [[]], what="first report")
+    w = watch_factory(rec)
+    assert w.wait_first(5.0)
+    assert rec.calls == [[]]
 
 
 def test_watch_ignores_returns_without_change_and_reports_meta_and_health_changes(scripted, watch_factory):
@@ -121,7 +122,7 @@ def test_watch_keeps_last_membership_while_unavailable_and_recovers(scripted, wa
     assert rec.calls[1] == ["ai-1", "ai-2"]
     assert w.failures == 0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "keeping the last known membership of 1 instance" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "keeping the last known membership (1 instance(s))" in warnings[0].getMessage()
     assert any("is back after" in r.getMessage() for r in caplog.records)
 
 
