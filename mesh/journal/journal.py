@@ -522,8 +522,8 @@ class Journal:
             if must_sync and (writer.unsynced_bytes or policy is FsyncPolicy.ALWAYS or final):
                 syncing = True
                 began = time.perf_counter()
-                writer.sync()
-                self._note_fsync(time.perf_counter() - began)
+                if writer.sync():
+                    self._note_fsync(time.perf_counter() - began)
             writer.commit()
         except OSError as exc:
             if tick and syncing:

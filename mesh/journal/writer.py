@@ -44,10 +44,10 @@ class SegmentWriter:
             self.sync()
 
     def begin(self) -> None:
-        self._touched = [(self.seq, self.sizes[self.seq])]
+        self._touched = [(self.seq, self.sizes[self.seq])] if self.fd is not None else []
 
     def write(self, seq: int, data: bytes | bytearray) -> None:
-        if seq != self.seq:
+        if seq != self.seq or self.fd is None:
             self._switch(seq)
         fd = self.fd
         assert fd is not None
@@ -62,14 +62,20 @@ class SegmentWriter:
             self.size_bytes += done
             self.unsynced_bytes += done
 
-    def sync(self) -> None:
-        """fdatasync the open segment (and the directory if a segment was created)."""
-        assert self.fd is not None
-        os.fdatasync(self.fd)
-        self.fsync_count += 1
+    def sync(self) -> bool:
+        """fdatasync the open segment (and the directory if a segment was created or removed).
+
+        Returns False if no segment is open (compaction removed it; the next write starts one).
+        """
+        synced = False
+        if self.fd is not None:
+            os.fdatasync(self.fd)
+            self.fsync_count += 1
+            synced = True
         self.unsynced_bytes = 0
         if self.dir_dirty:
             self._sync_directory()
+        return synced
 
     def commit(self) -> None:
         self._touched = []
@@ -91,14 +97,18 @@ class SegmentWriter:
                 os.truncate(self.path(seq), before)
                 self.size_bytes -= self.sizes[seq] - before
                 self.sizes[seq] = before
-        first = touched[0][0]
-        if self.seq != first or self.fd is None:
+        first, before = touched[0]
+        if before is None:  # the batch began with no open segment: none is open again
+            self.seq = first
+        elif self.seq != first or self.fd is None:
             if self.fd is not None:
                 os.close(self.fd)
+                self.fd = None
             self.seq = first
             self.fd = os.open(self.path(first), _OPEN_FLAGS)
         try:  # make the cut durable; if this fails too the next batch's sync reports it
-            os.fdatasync(self.fd)
+            if self.fd is not None:
+                os.fdatasync(self.fd)
             if self.dir_dirty:
                 self._sync_directory()
         except OSError:
@@ -109,8 +119,10 @@ class SegmentWriter:
         """Remove sealed segments; returns the bytes freed."""
         freed = 0
         for seq in seqs:
-            if seq == self.seq:
-                continue  # never the open segment (the caller only asks for sealed ones)
+            if seq == self.seq and self.fd is not None:
+                # a failed batch took back the segment after it; the next write starts that one
+                os.close(self.fd)
+                self.fd = None
             self.path(seq).unlink(missing_ok=True)
             size = self.sizes.pop(seq, 0)
             self.size_bytes -= size
@@ -124,12 +136,12 @@ class SegmentWriter:
             self.fd = None
 
     def _switch(self, seq: int) -> None:
-        """Seal the open segment and start segment ``seq``."""
-        assert self.fd is not None
-        if self._sync_on_seal and self.unsynced_bytes:
-            self.sync()
-        os.close(self.fd)
-        self.fd = None
+        """Seal the open segment (if any) and start segment ``seq``."""
+        if self.fd is not None:
+            if self._sync_on_seal and self.unsynced_bytes:
+                self.sync()
+            os.close(self.fd)
+            self.fd = None
         self.seq = seq
         self._create(seq)
 

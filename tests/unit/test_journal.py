@@ -642,3 +642,34 @@ def test_journal_that_cannot_cut_a_failed_batch_refuses_further_work(tmp_path: P
 
     asyncio.run(main())
     assert replay(tmp_path / "j")[0] == Record(1, b"k", b"kept")
+
+
+def test_compaction_after_a_failed_rotation_deletes_the_old_segment_and_writing_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        journal = Journal(tmp_path / "j", segment_size_bytes=1024, rewrite=lambda key: [])
+        list(journal.recover())
+        journal.start()
+        for i in range(8):
+            journal.append(1, b"k%d" % i, b"x" * 100)
+        await journal.sync()
+        assert [s for s, _p in list_segments(tmp_path / "j")] == [1]
+        monkeypatch.setattr(writer_module.os, "write", _enospc)
+        journal.append(1, b"rotates", b"y" * 200)  # starts segment 2, which the failure takes back
+        with pytest.raises(JournalError, match="ENOSPC"):
+            await journal.sync()
+        monkeypatch.undo()
+        assert [s for s, _p in list_segments(tmp_path / "j")] == [1]
+        for i in range(8):
+            journal.release(b"k%d" % i)
+        journal.release(b"rotates")
+        assert journal.compact() > 0
+        await wait_until(lambda: not journal._compaction_pending)
+        assert list_segments(tmp_path / "j") == []
+        journal.append(2, b"after", b"z")
+        await journal.sync()
+        await journal.close()
+
+    asyncio.run(main())
+    assert replay(tmp_path / "j") == [Record(2, b"after", b"z")]
