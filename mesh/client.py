@@ -159,9 +159,7 @@ class Client:
         request.request_id = rid
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        try:
-            self._raw.send(wire.encode(request), zmq.NOBLOCK)
-        except zmq.Again:
+        if not sockets.send_now(self._sock, [wire.encode(request)]):
             del self._waiting[rid]
             raise RequestTimeout(f"cannot queue a request to {self.endpoint} "
                                  "(send queue full)") from None

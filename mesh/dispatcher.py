@@ -502,9 +502,10 @@ class Dispatcher:
         self._on_event("node_down", {"node_id": node.node_id, "cause": cause,
                                      "requeued": requeued})
 
-    def node_gone(self, node_id: str, cause: str = "discovery") -> None:
+    def node_gone(self, node_id: str, cause: str = "discovery", incarnation: int = 0) -> None:
+        """Discovery says the node (that incarnation of it, when given) is gone or critical."""
         node = self.nodes.get(node_id)
-        if node is not None:
+        if node is not None and (not incarnation or node.incarnation == incarnation):
             self.node_dead(node, cause)
 
     # ---- timers ------------------------------------------------------------------------

@@ -312,10 +312,8 @@ class Helper:
                     log.exception("intake failed to handle a request")
 
     def _reply(self, identity: bytes, reply) -> None:  # noqa: ANN001
-        try:
-            self._intake_raw.send_multipart([identity, wire.encode(reply)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.debug("reply to a departed client dropped: %s", exc)
+        if not sockets.send_now(self._intake, [identity, wire.encode(reply)]):
+            log.debug("reply to a departed client dropped")
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

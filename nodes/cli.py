@@ -1,0 +1,152 @@
+"""The `mesh` command line.
+
+    mesh helper                 run a Helper node
+    mesh ai --app mod:app       run an AI node
+    mesh demo                   a local mesh with a node killed mid-run, and its figures
+    mesh submit KIND PAYLOAD    submit one task (and wait for its result with --wait)
+    mesh status TASK_ID...      the state of tasks
+    mesh dlq list|inspect|replay|purge [TASK_ID...]
+    mesh notifier               receive fault alerts
+    mesh alert publish ...      publish a fault alert
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+
+from discovery import DiscoveryError, open_discovery
+from mesh import Client, MeshError, wire
+from nodes import ai, config, demo, helper
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules may be absent in a trimmed install (alerts lane)."""
+    for module in ("nodes.notifier", "nodes.alert_cli"):
+        try:
+            importlib.import_module(module).register_commands(sub)
+        except ModuleNotFoundError:
+            continue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    helper.register_commands(sub)
+    ai.register_commands(sub)
+    demo.register_commands(sub)
+    _client_commands(sub)
+    _optional_commands(sub)
+    return parser
+
+
+def _client_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit one task")
+    p.add_argument("kind")
+    p.add_argument("payload", nargs="?", default="")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--task-id", default=None)
+    p.add_argument("--ttl", type=float, default=None, help="seconds to start within")
+    p.add_argument("--wait", type=float, default=0.0, help="wait this long for the result")
+    _helper_address(p)
+    p.set_defaults(func=lambda a: asyncio.run(_submit(a)))
+
+    p = sub.add_parser("status", help="show the state of tasks")
+    p.add_argument("task_ids", nargs="+")
+    _helper_address(p)
+    p.set_defaults(func=lambda a: asyncio.run(_status(a)))
+
+    p = sub.add_parser("dlq", help="dead letters: list, inspect, replay, purge")
+    p.add_argument("op", choices=["list", "inspect", "replay", "purge"])
+    p.add_argument("task_ids", nargs="*")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--all", action="store_true", help="replay/purge every dead task")
+    _helper_address(p)
+    p.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+
+
+def _helper_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--intake", default=None, help="Helper intake endpoint (default: discover)")
+    p.add_argument("--discovery", default=None)
+
+
+def _intake(args: argparse.Namespace) -> str:
+    if args.intake:
+        return args.intake
+    directory = open_discovery(config.discovery_url(args))
+    try:
+        _, found = directory.instances("mesh-helper")
+    finally:
+        directory.close()
+    for inst in found:
+        if inst.meta.get("intake_endpoint"):
+            return inst.meta["intake_endpoint"]
+    raise MeshError("no Helper found in discovery; start one with `mesh helper` or pass --intake")
+
+
+def _status_dict(status) -> dict:  # noqa: ANN001
+    out = {"task_id": status.task_id, "state": wire.state_name(status.state),
+           "kind": status.kind, "attempts": status.attempts, "node": status.node_id}
+    if status.dead_reason:
+        out["dead_reason"] = wire.dead_reason_name(status.dead_reason)
+    if status.error:
+        out["error"] = status.error
+    if status.result:
+        out["result"] = status.result.decode(errors="replace")
+    return out
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    async with Client(_intake(args)) as client:
+        task_id = await client.submit(args.kind, args.payload.encode(), priority=args.priority,
+                                      task_id=args.task_id, ttl_s=args.ttl)
+        print(json.dumps({"task_id": task_id, "accepted": True}))
+        if args.wait:
+            status = await client.wait(task_id, timeout=args.wait)
+            print(json.dumps(_status_dict(status)))
+            return EXIT_OK if status.state == wire.SUCCEEDED else EXIT_FAILED
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with Client(_intake(args)) as client:
+        for status in await client.statuses(args.task_ids):
+            print(json.dumps(_status_dict(status)))
+    return EXIT_OK
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    if args.op in ("replay", "purge") and not args.task_ids and not args.all:
+        print(f"mesh dlq {args.op}: name task ids or pass --all", file=sys.stderr)
+        return EXIT_USAGE
+    async with Client(_intake(args)) as client:
+        reply = await client.dead_letters(args.op, args.task_ids, args.limit)
+        for status in reply.tasks:
+            print(json.dumps(_status_dict(status)))
+        print(json.dumps({"op": args.op, "affected": reply.affected}))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or EXIT_OK
+    except (MeshError, DiscoveryError) as exc:
+        print(f"mesh {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if isinstance(exc, DiscoveryError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

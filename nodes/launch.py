@@ -1,0 +1,107 @@
+"""Start node programs as subprocesses, wait for their READY line, stop them for sure.
+
+Used by the demo and the integration tests: readiness is a line on stdout, never a sleep, and
+`stop` always ends with SIGKILL and a reap, whatever state the process is in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class NodeProcess:
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
+                 log_path: str | os.PathLike | None = None, name: str = "node") -> None:
+        self.args = args
+        self.name = name
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen | None = None
+        self.ready: dict = {}
+        self._log = None
+
+    def start(self, timeout_s: float = 20.0) -> NodeProcess:
+        stderr = subprocess.DEVNULL
+        if self.log_path is not None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            stderr = self._log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodes.cli", *self.args], stdout=subprocess.PIPE,
+            stderr=stderr, env=self.env, start_new_session=True)
+        self.ready = self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        buf = b""
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
+                                       f"READY (log: {self.log_path})")
+                if not sel.select(timeout=0.1):
+                    continue
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    continue
+                buf += chunk
+                for line in buf.split(b"\n"):
+                    if line.startswith(b"READY "):
+                        return json.loads(line[6:])
+            raise TimeoutError(f"{self.name} not READY within {timeout_s}s "
+                               f"(log: {self.log_path})")
+        finally:
+            sel.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is None:
+            return
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; always reaps. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process cannot handle TERM
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout_s)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        self.kill()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,127 @@
+"""`mesh notifier`: follow every alert publisher, call the alert handlers.
+
+Publishers come from discovery (service "mesh-alerts", meta publisher_id / pub_endpoint /
+replay_endpoint) and from `--publisher ID=PUB_ENDPOINT,REPLAY_ENDPOINT` flags. Positions are
+kept in `--state-file`, so a restarted notifier misses nothing and starts where it was.
+Prints `READY {"role": "notifier", ...}` once subscribed to the static publishers and watching
+discovery; SIGTERM/SIGINT stop it cleanly (positions written, sockets closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from discovery import Health, Instance, open_discovery
+from mesh.alert_handlers import HandlerSet, load_handler, log_handler
+from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
+from mesh.errors import ConfigError
+from nodes import config, runtime
+from nodes.registration import watch
+
+log = logging.getLogger("mesh.node.notifier")
+
+ALERT_SERVICE = "mesh-alerts"
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notifier", help="receive fault alerts from every publisher and handle them")
+    p.add_argument("--notifier-id", default=None, help="stable name (names the default state file)")
+    p.add_argument("--publisher", action="append", default=[], metavar="ID=PUB,REPLAY",
+                   help="a publisher to follow besides discovery (repeatable)")
+    p.add_argument("--no-discovery", action="store_true",
+                   help="follow only the --publisher flags")
+    p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
+                   help="topic prefix 'kind|severity', e.g. 'equipment.' (repeatable; default all)")
+    p.add_argument("--handler", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="an alert handler, async or sync (repeatable); the log handler always runs "
+                        "unless --no-log")
+    p.add_argument("--no-log", action="store_true", help="do not log one line per alert")
+    p.add_argument("--state-file", default=None,
+                   help="positions file (default: $MESH_DATA_DIR or ./mesh-data, "
+                        "<notifier-id>/alert-positions.json)")
+    p.add_argument("--start-from", choices=("earliest", "latest"), default="earliest",
+                   help="for a publisher never seen: all it still has, or only new alerts")
+    p.add_argument("--retry-cap", type=float, default=30.0,
+                   help="longest backoff between two calls of a failing handler, seconds")
+    config.add_common(p)
+    p.set_defaults(func=main)
+
+
+build_parser = register_commands
+
+
+def parse_publisher(spec: str) -> tuple[str, str, str]:
+    pid, sep, rest = spec.partition("=")
+    pub, sep2, replay = rest.partition(",")
+    if not (sep and sep2 and pid and pub and replay):
+        raise ConfigError(f"--publisher takes ID=PUB_ENDPOINT,REPLAY_ENDPOINT, got {spec!r}")
+    return pid, pub, replay
+
+
+def main(args: argparse.Namespace) -> int:
+    runtime.setup_logging(args.log_level)
+    return runtime.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> int:
+    notifier_id = args.notifier_id or "notifier"
+    state_file = args.state_file or os.path.join(config.default_data_dir(notifier_id),
+                                                 "alert-positions.json")
+    os.makedirs(os.path.dirname(os.path.abspath(state_file)), exist_ok=True)
+    handlers = [] if args.no_log else [("log", log_handler)]
+    handlers += [(spec, load_handler(spec)) for spec in args.handler]
+    statics = [parse_publisher(spec) for spec in args.publisher]
+    settings = AlertSubscriberSettings(
+        topics=tuple(args.topic) or ("",), state_path=state_file, start_from=args.start_from)
+    subscriber = AlertSubscriber(settings, HandlerSet(handlers, retry_cap_s=args.retry_cap))
+    await subscriber.start()
+    for pid, pub, replay in statics:
+        subscriber.add_publisher(pid, pub, replay)
+    static_ids = {pid for pid, _, _ in statics}
+
+    discovery = None
+    alert_watch = None
+    if not args.no_discovery:
+        discovery = open_discovery(config.discovery_url(args))
+
+        def on_publishers(found: list[Instance]) -> None:
+            seen = set(static_ids)
+            for inst in found:
+                pid = inst.meta.get("publisher_id")
+                pub, replay = inst.meta.get("pub_endpoint"), inst.meta.get("replay_endpoint")
+                if not (pid and pub and replay) or pid in static_ids:
+                    continue
+                if inst.health == Health.CRITICAL:
+                    continue  # gone or dying: keep its position, reconnect when it is back
+                seen.add(pid)
+                subscriber.add_publisher(pid, pub, replay)
+            for pid in subscriber.publishers:
+                if pid not in seen:
+                    subscriber.remove_publisher(pid)
+
+        alert_watch = watch(discovery, ALERT_SERVICE, on_publishers, wait_s=2.0)
+
+    runtime.announce_ready("notifier", notifier_id=notifier_id, state_file=state_file,
+                           publishers=sorted(static_ids))
+    name = await runtime.until_signalled()
+    log.info("%s: stopping the notifier", name)
+    if alert_watch is not None:
+        alert_watch.stop(timeout_s=1.0)
+    await subscriber.stop()
+    if discovery is not None:
+        discovery.close()
+    return 0
+
+
+def _standalone() -> int:
+    parser = argparse.ArgumentParser(prog="mesh")
+    register_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["notifier", *sys.argv[1:]])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_standalone())

@@ -1,0 +1,125 @@
+"""The sample App the demo and the tests run: handlers that behave like a remote AI call.
+
+Side effects: when MESH_EFFECT_LOG_DIR is set, a completing handler applies its side effect the
+way a careful handler does, guarded by the task's idempotency key: it claims the key
+(a file `<dir>/keys/<key>` holding the task id, created atomically, like a row under a unique
+constraint in a database). A run that finds the key claimed (a redelivery after its first node
+died between the effect and the ack) appends the task id to `<dir>/<pid>.absorbed` instead.
+The demo and the tests count both (`applied_effects`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+import msgspec
+
+from mesh import App, FatalError, RetryLater, TaskContext
+
+app = App("sample")
+
+_effect_fds: dict[str, int] = {}
+_keys_made: set[str] = set()
+
+
+def _append(directory: str, suffix: str, line: str) -> None:
+    fd = _effect_fds.get(suffix)
+    if fd is None:
+        fd = _effect_fds[suffix] = os.open(os.path.join(directory, f"{os.getpid()}.{suffix}"),
+                                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, (line + "\n").encode())
+
+
+def _record_effect(ctx: TaskContext) -> None:
+    """Apply the side effect once per idempotency key: write the effect to a private file, then
+    link it to the key's name. link() fails if the name exists, so claim and effect are one
+    atomic step (a SIGKILL between them leaves a private file, never a half-claimed key)."""
+    directory = os.environ.get("MESH_EFFECT_LOG_DIR")
+    if not directory:
+        return
+    keys = os.path.join(directory, "keys")
+    if keys not in _keys_made:
+        os.makedirs(keys, exist_ok=True)
+        _keys_made.add(keys)
+    private = os.path.join(keys, f".{os.getpid()}.{ctx.task_id}.{ctx.delivery}")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, ctx.task_id.encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(private, os.path.join(keys, ctx.idempotency_key))
+    except FileExistsError:
+        _append(directory, "absorbed", ctx.task_id)
+    finally:
+        os.unlink(private)
+
+
+def applied_effects(directory: str) -> "collections.Counter[str]":
+    """Task id -> how many times its side effect was applied (for the demo and the tests)."""
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    keys = os.path.join(directory, "keys")
+    if os.path.isdir(keys):
+        for name in os.listdir(keys):
+            if not name.startswith("."):
+                with open(os.path.join(keys, name)) as f:
+                    counts[f.read()] += 1
+    return counts
+
+
+class Job(msgspec.Struct, omit_defaults=True):
+    #: simulated model latency in ms (default: 2..8 ms, like a fast inference call)
+    ms: float | None = None
+    #: fail this many first attempts, then succeed
+    fail_times: int = 0
+    fatal: bool = False
+    retry_later_s: float | None = None
+    sync: bool = False
+
+
+_decode = msgspec.json.Decoder(Job)
+
+
+@app.task("simulate")
+async def simulate(payload: bytes, ctx: TaskContext) -> bytes:
+    """A simulated AI call: waits like a model server would, then answers."""
+    started_ns = time.time_ns()
+    job = _decode.decode(payload) if payload[:1] == b"{" else Job()
+    if job.fatal:
+        raise FatalError("the input can never be processed")
+    if ctx.attempt <= job.fail_times:
+        if job.retry_later_s is not None:
+            raise RetryLater(job.retry_later_s)
+        raise RuntimeError(f"simulated failure on attempt {ctx.attempt}")
+    delay_ms = job.ms if job.ms is not None else random.uniform(2.0, 8.0)
+    if job.sync:
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, delay_ms / 1000.0)
+    else:
+        await asyncio.sleep(delay_ms / 1000.0)
+    _record_effect(ctx)
+    return msgspec.json.encode({"started_ns": started_ns, "node": ctx.node_id,
+                                "attempt": ctx.attempt})
+
+
+@app.task("echo")
+async def echo(payload: bytes, ctx: TaskContext) -> bytes:
+    _record_effect(ctx)
+    return payload
+
+
+@app.task("block")
+def block(payload: bytes) -> bytes:
+    """A sync handler that sleeps (in the node's thread pool, never on its loop)."""
+    time.sleep(float(payload or b"0.1"))
+    return b"slept"
+
+
+@app.task("crash")
+async def crash(payload: bytes, ctx: TaskContext) -> bytes:
+    """A poison pill: kills the node process that runs it."""
+    os._exit(17)
