@@ -337,8 +337,10 @@ class Journal:
     async def sync(self) -> None:
         """Return once every record appended before this call is durable per the policy.
 
-        Raises JournalError (with the errno name, e.g. ENOSPC) if writing or syncing failed; the
-        records of the failed batch are cut off the file and dropped, never made durable later.
+        Raises JournalError (with the errno name, e.g. ENOSPC) if writing or syncing failed: the
+        failed round is cut off the file and dropped with every record appended until then, and
+        every waiting sync() raises (or the next one, for records no waiting sync() covered).
+        Those records are never made durable later; the journal goes on with the next append.
         """
         loop = self._loop
         if loop is None or self._state is not _State.OPEN or self._closing:
@@ -535,7 +537,7 @@ class Journal:
                 return True
             self._unsynced_records = max(0, self._unsynced_records - records)
             message = f"journal write to {self.directory} failed ({_describe(exc)}); the records of this batch were dropped"
-            self._undo(writer, message, requests, start, end)
+            self._undo(writer, message, requests, start)
             return False
         with self._lock:
             self._settled = end
@@ -543,7 +545,7 @@ class Journal:
         self._run_compactions(end if (policy is FsyncPolicy.NONE or must_sync or not writer.unsynced_bytes) else -1, final)
         return True
 
-    def _undo(self, writer: SegmentWriter, message: str, requests: list, start: int, end: int) -> None:
+    def _undo(self, writer: SegmentWriter, message: str, requests: list, start: int) -> None:
         try:
             writer.rollback()
         except OSError as exc:
@@ -552,15 +554,19 @@ class Journal:
             return
         log.error("%s", message)
         with self._lock:
+            # Everything appended so far goes too: every sync() waiting now fails, so the records
+            # still buffered belong to callers told "failed" (or to nobody yet: see sticky error).
+            self._chunks = []
+            self._buf = bytearray()
+            self._buf_records = 0
+            end = self._appended
             self._settled = end
             pending, self._requests = self._requests, []
             waiting = requests + [r for r in pending if r[1] is not None]
             told = max((target for target, future in waiting if future is not None), default=start)
             if told < end:
                 self._sticky_error = message
-            self._requests = [r for r in pending if r[1] is None]
-            dropped = [job for job in self._compactions if job.target <= end]
-            self._compactions = [job for job in self._compactions if job.target > end]
+            dropped, self._compactions = self._compactions, []
         self._answer(waiting, message)
         for job in dropped:
             self._call_loop(self._compaction_done, job, False)

@@ -673,3 +673,44 @@ def test_compaction_after_a_failed_rotation_deletes_the_old_segment_and_writing_
 
     asyncio.run(main())
     assert replay(tmp_path / "j") == [Record(2, b"after", b"z")]
+
+
+def test_records_appended_before_a_failure_are_dropped_with_it_and_their_sync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fdatasync = os.fdatasync
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_failing_fdatasync(fd: int) -> None:
+        entered.set()
+        release.wait(10)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    async def main() -> None:
+        journal = Journal(tmp_path / "j")
+        list(journal.recover())
+        journal.start()
+        journal.append(1, b"a", b"kept")
+        await journal.sync()
+        monkeypatch.setattr(writer_module.os, "fdatasync", slow_failing_fdatasync)
+        journal.append(1, b"b", b"in the failing round")
+        first = asyncio.ensure_future(journal.sync())
+        await wait_until(entered.is_set)
+        journal.append(1, b"c", b"buffered during the failing round")
+        second = asyncio.ensure_future(journal.sync())
+        await asyncio.sleep(0)  # second is registered now
+        journal.append(1, b"d", b"buffered, nobody synced it yet")
+        monkeypatch.setattr(writer_module.os, "fdatasync", real_fdatasync)
+        release.set()
+        for waiter in (first, second):
+            with pytest.raises(JournalError, match="EIO"):
+                await waiter
+        with pytest.raises(JournalError, match="EIO"):
+            await journal.sync()  # told about "d", which nobody's sync covered
+        journal.append(1, b"e", b"after")
+        await journal.sync()
+        await journal.close()
+
+    asyncio.run(main())
+    assert replay(tmp_path / "j") == [Record(1, b"a", b"kept"), Record(1, b"e", b"after")]
