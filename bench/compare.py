@@ -80,7 +80,7 @@ def machine_info(workdir: Path) -> dict:
     name = Path(device).name.rstrip("0123456789") if device.startswith("/dev/") else ""
     rot = Path(f"/sys/block/{name}/queue/rotational")
     if name and rot.exists():
-        disk += ", rotational" if rot.read_text().strip() == "1" else ", non-rotational"
+        disk += ", kernel says rotational" if rot.read_text().strip() == "1" else ", non-rotational"
     mem_kib = 0
     try:
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
@@ -150,8 +150,8 @@ class Row:
         self.runs: dict[str, list] = {"durable": [], "e2e": [], "throughput": [], "paced": []}
         self.errors: dict[str, str] = {}
         self.rss_kib: int | None = None
-        self.e2e_samples: list[int] = []
-        self.paced_samples: list[int] = []
+        self.e2e_samples: list[list[int]] = []  # one list per run
+        self.paced_samples: list[list[int]] = []
 
     def absorb(self, system) -> None:
         self.version = getattr(system, "server_version", "") or self.version
@@ -220,7 +220,7 @@ def pass_one(row: Row, sizes: dict, runs: int, root: Path) -> None:
                 else:
                     row.runs[key].append(summarize(val))
                     if key == "e2e":
-                        row.e2e_samples.extend(val)
+                        row.e2e_samples.append(val)
                     if val:
                         log(f"{row.name}: {key} run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
                             f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
@@ -240,7 +240,7 @@ def pass_two(row: Row, rate: float, sizes: dict, runs: int, root: Path) -> None:
                 log(f"{row.name}: paced run {r + 1}: {err}")
                 continue
             row.runs["paced"].append(summarize(val))
-            row.paced_samples.extend(val)
+            row.paced_samples.append(val)
             log(f"{row.name}: paced {rate:,.0f}/s run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
                 f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
 
@@ -350,15 +350,24 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
             notes.append(f"- {row.name} {k}: {e}")
     m = meta
     header = (f"Measured {m['date']} on {m['machine']['nproc']} × {m['machine']['cpu']}, kernel {m['machine']['kernel']},"
-              f" {m['machine']['mem_gib']} GiB RAM, disk {m['machine']['disk']}; Python {m['machine']['python']}."
+              f" {m['machine']['mem_gib']} GiB RAM, disk {m['machine']['disk']}; Python {m['machine']['python']};"
+              f" 1-min load average before/after {m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]}"
+              " (other work on the machine shows up here)."
               f" Runs per figure: {m['runs']} (median of per-run p50/p99); tasks per run: durable {m['sizes']['durable']},"
               f" e2e {m['sizes']['e2e']}, throughput {m['sizes']['throughput']}, paced {m['sizes']['paced']}"
               f" at {rate_s} ({m['rate_rule']}). {'QUICK run (smoke test, not for quoting).' if m['quick'] else ''}")
     return header.strip() + "\n\n" + "\n\n".join(out) + ("\n\nNotes:\n" + "\n".join(notes) if notes else "") + "\n"
 
 
-def cdf_points(samples: list[int]) -> list[list[float]]:
-    return [[q, base.percentile(samples, q) / 1e6] for q in CDF_QS] if samples else []
+def cdf_points(runs: list[list[int]]) -> list[list[float]]:
+    """CDF quantiles (percentile, ms) of the run whose p99 is the median p99, so the plot shows
+    the same run the table reports rather than a pool dominated by one bad run."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return []
+    ranked = sorted(runs, key=lambda r: base.percentile(r, 99))
+    samples = ranked[(len(ranked) - 1) // 2]
+    return [[q, base.percentile(samples, q) / 1e6] for q in CDF_QS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     root = Path(tempfile.mkdtemp(prefix="mesh-bench-", dir=args.workdir))
     rows = [Row(n) for n in names]
+    load_before = os.getloadavg()
     try:
         log(f"work dir {root}")
         fs = base.fsync_probe(root)
@@ -411,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(args.workdir or Path(tempfile.gettempdir())),
         "clients": client_versions(),
+        "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "runs": runs, "sizes": sizes, "quick": args.quick, "rate": rate, "rate_rule": rule,
         "workload": {"task_size_bytes": base.TASK_SIZE_BYTES, "producers": 1, "consumers": base.CONSUMERS,
                      "in_flight_per_consumer": base.IN_FLIGHT_PER_CONSUMER, "window": base.WINDOW},

@@ -12,6 +12,14 @@ import sys
 from pathlib import Path
 
 
+def colour(system: dict) -> str:
+    """Bar colour by what the submit ack promised."""
+    what = (system.get("durability") or "").lower()
+    if not system.get("durable", True) or what.startswith("none"):
+        return "tab:gray"
+    return "tab:blue" if what.startswith("fsynced") else "tab:orange"
+
+
 def plot(result: dict, out: Path) -> Path:
     import matplotlib
 
@@ -28,8 +36,8 @@ def plot(result: dict, out: Path) -> Path:
         if s.get("paced_cdf_ms"):
             q, ms = zip(*s["paced_cdf_ms"])
             ax2.plot(ms, q, marker=".", label=s["name"])
-    for ax, title in ((ax1, "submit→consumer, one at a time"),
-                      (ax2, f"submit→consumer at {result.get('rate') or 0:,.0f} tasks/s offered")):
+    for ax, title in ((ax1, "submit→consumer, one at a time (median run)"),
+                      (ax2, f"due→consumer at {result.get('rate') or 0:,.0f} tasks/s offered (median run)")):
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log)")
         ax.set_ylabel("percentile")
@@ -37,14 +45,14 @@ def plot(result: dict, out: Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
 
-    names = [s["name"] for s in systems if s["figures"] and s["figures"]["throughput"]]
-    vals = [s["figures"]["throughput"] for s in systems if s["figures"] and s["figures"]["throughput"]]
-    bars = ax3.bar(names, vals, color=["tab:gray" if not s["durable"] else "tab:blue"
-                                       for s in systems if s["figures"] and s["figures"]["throughput"]])
+    with_tp = [s for s in systems if s["figures"] and s["figures"]["throughput"]]
+    names = [s["name"] for s in with_tp]
+    vals = [s["figures"]["throughput"] for s in with_tp]
+    bars = ax3.bar(names, vals, color=[colour(s) for s in with_tp])
     ax3.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], fontsize=8)
     ax3.set_yscale("log")
     ax3.set_ylabel("tasks/s (log)")
-    ax3.set_title("pipelined durable throughput (grey: no durability)")
+    ax3.set_title("pipelined throughput (blue: fsynced, orange: OS only, grey: none)", fontsize=10)
     m = result["machine"]
     fig.suptitle(f"mesh bench {result['date']} — {m['nproc']} × {m['cpu']}, disk {m['disk']}"
                  + (" — QUICK" if result.get("quick") else ""), fontsize=10)
