@@ -28,6 +28,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending", type=int, default=200_000)
     p.add_argument("--node-dead-after", type=float, default=2.0)
     p.add_argument("--dispatch-before-sync", action="store_true")
+    p.add_argument("--unroutable-grace", type=float, default=30.0,
+                   help="seconds a task kind no live node serves waits before DEAD")
+    p.add_argument("--ack-timeout", type=float, default=10.0)
     config.add_common(p)
     p.set_defaults(func=main)
 
@@ -40,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
         intake_endpoint=args.intake, ack_endpoint=args.acks, fsync_policy=args.fsync,
         max_attempts=args.max_attempts, max_pending_tasks=args.max_pending,
         node_dead_after_s=args.node_dead_after,
-        dispatch_before_sync=args.dispatch_before_sync)
+        dispatch_before_sync=args.dispatch_before_sync,
+        unroutable_grace_s=args.unroutable_grace, ack_timeout_s=args.ack_timeout)
     return runtime.run(_serve(settings, args))
 
 

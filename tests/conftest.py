@@ -1,0 +1,26 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.cluster import Cluster
+
+
+@pytest.fixture
+def cluster(tmp_path, request):  # noqa: ANN001, ANN201
+    """Real node processes on loopback; all stopped and reaped at teardown.
+    On failure, the tail of every node's log is printed."""
+    c = Cluster(tmp_path)
+    yield c
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(c.logs())
+    c.close()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
