@@ -29,6 +29,7 @@ from pathlib import Path
 from mesh.errors import JournalError
 
 from .record import MAX_KEY_BYTES, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields, decode_run
+from .live_keys import LiveKeys
 from .segment import SEGMENT_HEADER_SIZE, header_problem, list_segments
 from .writer import SegmentWriter
 
@@ -37,11 +38,6 @@ log = logging.getLogger("mesh.journal")
 _crc32 = zlib.crc32
 _pack_header = RECORD_HEADER.pack
 _pack_type_keylen = struct.Struct("<BB").pack
-
-#: compaction keeps at most this many sealed segments that still hold live keys
-KEEP_SEALED = 2
-#: a sealed segment whose live keys are at most 1/LIVE_FRACTION of its records is rewritten early
-LIVE_FRACTION = 10
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -126,9 +122,8 @@ class Journal:
         self._active_seq = 1
         self._active_size = SEGMENT_HEADER_SIZE  # logical size of the active segment
         self._active_records = 0
-        self._segments: dict[int, list[int]] = {}  # sealed seq -> [logical size, records]
-        self._oldest: dict[bytes, int] = {}  # live key -> oldest segment holding one of its records
-        self._keys_by_segment: dict[int, set[bytes]] = {}
+        self._live = LiveKeys()
+        self._oldest = self._live.oldest  # read on the hot path
         self._compaction_pending = False
         # --- flusher thread ---
         self._writer: SegmentWriter | None = None
@@ -210,23 +205,22 @@ class Journal:
                 self._recovery_dirty = True
             sizes[seq] = end
             last_seq = seq
-            keys: set[bytes] = set()
-            self._keys_by_segment[seq] = keys
-            self._segments[seq] = [end, len(records)]
-            oldest = self._oldest
+            live = self._live
+            live.open_segment(seq)
+            live.seal(seq, end, len(records))
+            oldest = live.oldest
             for record in records:
                 key = record.key
                 if key and key not in oldest:
-                    oldest[key] = seq
-                    keys.add(key)
+                    live.add(key, seq)
                 yield record
         if last_seq is None:
             self._active_seq = (found[-1][0] + 1) if found else 1
             self._active_size = SEGMENT_HEADER_SIZE
-            self._keys_by_segment[self._active_seq] = set()
+            self._live.open_segment(self._active_seq)
         else:
             self._active_seq = last_seq
-            self._active_size, self._active_records = self._segments.pop(last_seq)
+            self._active_size, self._active_records = self._live.sealed.pop(last_seq)
         self._writer = SegmentWriter(self.directory, sizes, self._active_seq, sync_on_seal=self.policy is not FsyncPolicy.NONE)
         self._writer.dir_dirty = self._recovery_dirty
         self._state = _State.OPEN
@@ -322,17 +316,16 @@ class Journal:
         self._active_size += size
         self._active_records += 1
         if key and key not in self._oldest:
-            self._oldest[key] = self._active_seq
-            self._keys_by_segment[self._active_seq].add(key)
+            self._live.add(key, self._active_seq)
 
     def _rotate_locked(self) -> None:
         self._chunks.append((self._active_seq, self._buf))
         self._buf = bytearray()
-        self._segments[self._active_seq] = [self._active_size, self._active_records]
+        self._live.seal(self._active_seq, self._active_size, self._active_records)
         self._active_seq += 1
         self._active_size = SEGMENT_HEADER_SIZE
         self._active_records = 0
-        self._keys_by_segment[self._active_seq] = set()
+        self._live.open_segment(self._active_seq)
 
     async def sync(self) -> None:
         """Return once every record appended before this call is durable per the policy.
@@ -361,43 +354,29 @@ class Journal:
 
     def release(self, key: bytes) -> None:
         """No record of ``key`` is needed any more (the task ended and was forgotten)."""
-        seq = self._oldest.pop(key, None)
-        if seq is not None:
-            self._keys_by_segment[seq].discard(key)
+        self._live.release(key)
 
     def compact(self) -> int:
         """Schedule the deletion of old segments; returns the bytes they hold.
 
         Rule: take sealed segments oldest first. Each with no live key is deleted as is. The
         oldest one that still has live keys is rewritten (``rewrite(key)`` for each of them,
-        appended to the active segment) and deleted if more than KEEP_SEALED sealed segments
-        would remain or its live keys are at most 1/LIVE_FRACTION of its records. Files are
+        appended to the active segment) and deleted if more than KEEP_SEALED (2) sealed segments
+        would remain or its live keys are at most 1/10 of its records. Files are
         deleted only after everything appended up to now is durable, and only from the oldest
         end. One compaction is in flight at a time.
         """
         if self._state is not _State.OPEN or self._closing or self._compaction_pending:
             return 0
-        sealed = sorted(self._segments)
-        if not sealed:
-            return 0
-        job = _Compaction(target=0, seqs=[], infos={})
-        index = 0
-        while index < len(sealed) and not self._keys_by_segment[sealed[index]]:
-            job.seqs.append(sealed[index])
-            index += 1
-        if index < len(sealed) and self._rewrite is not None:
-            seq = sealed[index]
-            live = len(self._keys_by_segment[seq])
-            if len(sealed) - index > KEEP_SEALED or live * LIVE_FRACTION <= self._segments[seq][1]:
-                self._rewrite_segment(seq, job)
-                job.seqs.append(seq)
+        empty, rewrite_seq = self._live.plan(can_rewrite=self._rewrite is not None)
+        job = _Compaction(target=0, seqs=empty, infos={})
+        if rewrite_seq is not None:
+            self._rewrite_segment(rewrite_seq, job)
+            job.seqs.append(rewrite_seq)
         if not job.seqs:
             return 0
-        reclaimed = 0
-        for seq in job.seqs:
-            job.infos[seq] = self._segments.pop(seq)
-            reclaimed += job.infos[seq][0]
-            del self._keys_by_segment[seq]
+        job.infos = self._live.forget(job.seqs)
+        reclaimed = sum(size for size, _records in job.infos.values())
         self._compaction_pending = True
         with self._lock:
             job.target = self._appended
@@ -408,40 +387,23 @@ class Journal:
 
     def _rewrite_segment(self, seq: int, job: _Compaction) -> None:
         assert self._rewrite is not None
-        keys = self._keys_by_segment[seq]
         job.rewritten_seq = seq
         try:
-            for key in list(keys):
+            for key in list(self._live.by_segment[seq]):
                 records = self._rewrite(key)
-                keys.discard(key)
-                del self._oldest[key]
+                self._live.detach(key, seq)
                 job.rewritten_keys.append(key)
                 for type_, payload in records:
                     self.append(type_, key, payload)
         except BaseException:
-            self._restore_keys(seq, job.rewritten_keys)
+            self._live.restore({}, seq, job.rewritten_keys)
             raise
-
-    def _restore_keys(self, seq: int, keys: list[bytes]) -> None:
-        """Point ``keys`` back at segment ``seq`` (it still holds their oldest records)."""
-        target = self._keys_by_segment.setdefault(seq, set())
-        for key in keys:
-            current = self._oldest.get(key)
-            if current is not None and current > seq:
-                self._keys_by_segment[current].discard(key)
-                self._oldest[key] = seq
-                target.add(key)
 
     def _compaction_done(self, job: _Compaction, ok: bool) -> None:
         """Loop thread: the flusher deleted the job's segments (ok) or dropped its rewrite (not ok)."""
         self._compaction_pending = False
-        if ok:
-            return
-        for seq, info in job.infos.items():
-            self._segments[seq] = info
-            self._keys_by_segment.setdefault(seq, set())
-        if job.rewritten_seq is not None:
-            self._restore_keys(job.rewritten_seq, job.rewritten_keys)
+        if not ok:
+            self._live.restore(job.infos, job.rewritten_seq, job.rewritten_keys)
 
     # ------------------------------------------------------------------ flusher thread
 

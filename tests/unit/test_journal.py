@@ -20,6 +20,7 @@ import pytest
 from mesh.errors import JournalError
 from mesh.journal import FsyncPolicy, Journal, Record
 from mesh.journal import writer as writer_module
+from mesh.journal.live_keys import LiveKeys
 from mesh.journal.record import RECORD_OVERHEAD, decode_run, encode
 from mesh.journal.segment import SEGMENT_HEADER_SIZE, list_segments
 
@@ -714,3 +715,37 @@ def test_records_appended_before_a_failure_are_dropped_with_it_and_their_sync_fa
 
     asyncio.run(main())
     assert replay(tmp_path / "j") == [Record(1, b"a", b"kept"), Record(1, b"e", b"after")]
+
+
+# ---------------------------------------------------------------- the compaction index (pure)
+
+
+def _index(live_per_segment: list[int], records: int = 100) -> LiveKeys:
+    index = LiveKeys()
+    for seq, live in enumerate(live_per_segment, start=1):
+        index.open_segment(seq)
+        for k in range(live):
+            index.add(b"%d-%d" % (seq, k), seq)
+        index.seal(seq, 1000, records)
+    index.open_segment(len(live_per_segment) + 1)
+    return index
+
+
+def test_compaction_plan_deletes_leading_empty_segments_and_rewrites_only_when_worth_it() -> None:
+    assert _index([0, 0, 50]).plan(can_rewrite=True) == ([1, 2], None)  # 1 sealed left: keep it
+    assert _index([0, 50, 50, 50]).plan(can_rewrite=True) == ([1], 2)  # more than 2 sealed left
+    assert _index([5, 50]).plan(can_rewrite=True) == ([], 1)  # 5 live of 100 records: cheap
+    assert _index([0, 50, 50, 50]).plan(can_rewrite=False) == ([1], None)
+    assert _index([0, 3, 0]).plan(can_rewrite=True) == ([1], 2)  # never skips past a live one
+
+
+def test_compaction_index_restores_keys_whose_rewrite_was_lost() -> None:
+    index = _index([2, 0])
+    index.detach(b"1-0", 1)
+    index.detach(b"1-1", 1)
+    infos = index.forget([1])
+    index.add(b"1-0", 3)  # its rewrite went to the active segment
+    index.restore(infos, 1, [b"1-0", b"1-1"])  # 1-1 was released meanwhile: stays gone
+    assert index.oldest == {b"1-0": 1}
+    assert index.by_segment[1] == {b"1-0"} and index.by_segment[3] == set()
+    assert 1 in index.sealed
