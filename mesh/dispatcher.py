@@ -157,7 +157,7 @@ class Dispatcher:
         self.reconcile_until = 0.0
         self._seq = 0
         self._waiters: dict[str, list[Callable[[TaskEntry], None]]] = {}
-        self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0}
+        self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0}
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -386,6 +386,7 @@ class Dispatcher:
             wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
                                   attempts=entry.attempt, result=result,
                                   at_ns=entry.finished_ns, node_id=entry.node_id)))
+        self.stats["succeeded"] += 1
         self.metrics.outcomes.labels("succeeded").inc()
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
         self._finish(entry)
@@ -403,6 +404,7 @@ class Dispatcher:
                                   at_ns=entry.finished_ns, deliveries=entry.lost_deliveries,
                                   node_id=entry.node_id)))
         reason_name = wire.dead_reason_name(reason)
+        self.stats["dead"] += 1
         self.metrics.outcomes.labels("dead").inc()
         self.metrics.dead.labels(reason_name).inc()
         log.warning("task %s (%s) is dead: %s: %s", entry.task_id, entry.kind, reason_name, error)
@@ -585,6 +587,7 @@ class Dispatcher:
             rec = wire.decode_transition_record(record.payload)
             entry = self.tasks.get(rec.task_id)
             if entry is None:
+                self._release(record.key)  # its task was forgotten; compaction may drop it
                 return
             entry.state = rec.state
             entry.attempt = rec.attempts or entry.attempt
@@ -598,6 +601,7 @@ class Dispatcher:
             entry.not_before = _monotonic_from_wall(rec.not_before_ns)
         elif record.type == records.FORGET:
             self.tasks.pop(record.key.decode(), None)
+            self._release(record.key)
 
     def finish_replay(self) -> dict[str, int]:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""

@@ -497,6 +497,8 @@ class Helper:
             "acks": float(d.stats["acks"]),
             "duplicate_done": float(d.stats["duplicate_done"]),
             "late_acks": float(d.stats["late_acks"]),
+            "succeeded": float(d.stats["succeeded"]),
+            "dead": float(d.stats["dead"]),
         }
 
     # ---- state file --------------------------------------------------------------------

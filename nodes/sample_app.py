@@ -106,6 +106,12 @@ async def simulate(payload: bytes, ctx: TaskContext) -> bytes:
                                 "attempt": ctx.attempt})
 
 
+@app.task("noop")
+async def noop(payload: bytes, ctx: TaskContext) -> bytes:
+    """Does nothing but say when it started: the benchmarks' handler."""
+    return str(time.time_ns()).encode()
+
+
 @app.task("echo")
 async def echo(payload: bytes, ctx: TaskContext) -> bytes:
     _record_effect(ctx)
