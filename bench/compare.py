@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -348,6 +349,7 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
         notes.extend(f"- {n}" for n in row.notes)
         for k, e in row.errors.items():
             notes.append(f"- {row.name} {k}: {e}")
+        notes.extend(f"- {row.name}: {s}" for s in spread_notes(row))
     m = meta
     header = (f"Measured {m['date']} on {m['machine']['nproc']} × {m['machine']['cpu']}, kernel {m['machine']['kernel']},"
               f" {m['machine']['mem_gib']} GiB RAM, disk {m['machine']['disk']}; Python {m['machine']['python']};"
@@ -357,6 +359,19 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
               f" e2e {m['sizes']['e2e']}, throughput {m['sizes']['throughput']}, paced {m['sizes']['paced']}"
               f" at {rate_s} ({m['rate_rule']}). {'QUICK run (smoke test, not for quoting).' if m['quick'] else ''}")
     return header.strip() + "\n\n" + "\n\n".join(out) + ("\n\nNotes:\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def spread_notes(row: Row) -> list[str]:
+    """Say so when the median hides a bad run (a p99 far above the median p99)."""
+    out = []
+    for key, label in (("durable", "submit→durable"), ("e2e", "submit→consumer"), ("paced", "paced")):
+        p99s = [r["p99_ns"] / 1e6 for r in row.runs[key] if r["n"]]
+        if len(p99s) > 1 and max(p99s) > 3 * base.median(p99s) and max(p99s) > 1.0:
+            out.append(f"{label} p99 per run {', '.join(f'{v:.1f}' for v in p99s)} ms (median shown)")
+    tps = row.runs["throughput"]
+    if len(tps) > 1 and max(tps) > 1.3 * min(tps):
+        out.append(f"throughput per run {', '.join(f'{v:,.0f}' for v in tps)} tasks/s (median shown)")
+    return out
 
 
 def cdf_points(runs: list[list[int]]) -> list[list[float]]:
@@ -384,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where servers keep their data (default: a temp dir; its disk is the one measured)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    # SIGTERM -> SystemExit so the finally blocks stop every server and consumer we started
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
 
     sizes = dict(QUICK if args.quick else FULL)
     runs = args.runs or sizes["runs"]

@@ -41,6 +41,7 @@ by `stop()`, and also by an atexit hook if the harness dies first.
 from __future__ import annotations
 
 import atexit
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -118,7 +119,7 @@ def percentile(samples: list[int] | list[float], q: float) -> float:
     if not samples:
         return float("nan")
     s = sorted(samples)
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return float(s[k])
 
 
