@@ -41,13 +41,14 @@ log = logging.getLogger("mesh.ai")
 class _HelperLink:
     """This node's channel to one Helper (its ack endpoint)."""
 
-    __slots__ = ("endpoint", "sock", "outbox", "helper_incarnation", "received", "held",
-                 "last_used")
+    __slots__ = ("endpoint", "sock", "outbox", "started_at", "helper_incarnation", "received",
+                 "held", "last_used")
 
     def __init__(self, endpoint: str, sock: zmq.Socket) -> None:
         self.endpoint = endpoint
         self.sock = sock
         self.outbox: list = []
+        self.started_at: dict[str, int] = {}  # task_id -> index of its unsent STARTED ack
         self.helper_incarnation = 0
         self.received = 0
         self.held: set[str] = set()
@@ -88,7 +89,7 @@ class AINode:
         self._stopped = False
         self._beat = 0
         self._kinds = app.kinds
-        self._idle = asyncio.Event()
+        self._outcomes: dict[str, int] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class AINode:
         if self._handler_tasks:
             await asyncio.wait(self._handler_tasks, timeout=1.0)
         self._flush()
+        self._update_metrics()
         for link in self._links.values():
             link.sock.close(linger=500)
         self._pull.close(linger=0)
@@ -193,6 +195,7 @@ class AINode:
                     self.metrics.bad_frames.inc()
                     log.warning("malformed dispatch batch dropped: %s", exc)
                     continue
+                self.metrics.received.inc(len(batch.dispatches))
                 for dispatch in batch.dispatches:
                     try:
                         self._on_dispatch(dispatch)
@@ -215,7 +218,6 @@ class AINode:
         return link
 
     def _on_dispatch(self, dispatch) -> None:  # noqa: ANN001
-        self.metrics.received.inc()
         link = self._link_for(dispatch)
         if link is None:
             self.metrics.bad_frames.inc()
@@ -273,9 +275,11 @@ class AINode:
         task = dispatch.task
         handler = self.app.handlers[task.kind]
         started_ns = time.time_ns()
-        job.link.outbox.append(wire.Ack(task_id=job.task_id, delivery=dispatch.delivery,
-                                        kind=wire.STARTED, started_ns=started_ns,
-                                        attempt=dispatch.attempt))
+        link = job.link
+        link.started_at[job.task_id] = len(link.outbox)
+        link.outbox.append(wire.Ack(task_id=job.task_id, delivery=dispatch.delivery,
+                                    kind=wire.STARTED, started_ns=started_ns,
+                                    attempt=dispatch.attempt))
         self._schedule_flush()
         timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
                      else handler.run_timeout_s or self.settings.run_timeout_s)
@@ -288,13 +292,14 @@ class AINode:
                 delivery=dispatch.delivery, idempotency_key=task.idempotency_key or task.task_id,
                 node_id=self.settings.node_id, headers=dict(task.headers),
                 submitted_ns=task.submitted_ns),)
-        self.metrics.running.set(len(self._running))
         try:
-            if handler.is_async:
-                value = await asyncio.wait_for(handler.fn(*args), timeout_s)
-            else:
-                future = asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, *args)
-                value = await asyncio.wait_for(future, timeout_s)
+            # asyncio.timeout, not wait_for: no extra task per run.
+            async with asyncio.timeout(timeout_s):
+                if handler.is_async:
+                    value = await handler.fn(*args)
+                else:
+                    value = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, handler.fn, *args)
             ack.kind = wire.DONE
             ack.result = encode_result(value)
             outcome = "succeeded"
@@ -319,7 +324,7 @@ class AINode:
             ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, _describe(exc)
             outcome = "failed"
         ack.finished_ns = time.time_ns()
-        self.metrics.completed.labels(outcome).inc()
+        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         self.metrics.run_latency.observe((ack.finished_ns - started_ns) / 1e9)
         if ack.kind != wire.REJECTED:
             self._dedup.remember(job.task_id, dispatch.attempt, ack)
@@ -328,14 +333,14 @@ class AINode:
     def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
         self._running.pop(job.task_id, None)
         job.link.held.discard(job.task_id)
-        outbox = job.link.outbox
-        if outbox and outbox[-1].task_id == job.task_id and outbox[-1].kind == wire.STARTED:
-            outbox[-1] = ack  # not flushed yet: the DONE says it started
+        link = job.link
+        index = link.started_at.pop(job.task_id, None)
+        if index is not None:
+            link.outbox[index] = ack  # the STARTED was not sent yet: the DONE says it started
         else:
-            outbox.append(ack)
+            link.outbox.append(ack)
         while self._waiting and len(self._running) < self.settings.concurrency:
             self._start(self._waiting.popleft())
-        self.metrics.running.set(len(self._running))
         self._schedule_flush()
 
     # ---- acks and heartbeats -----------------------------------------------------------
@@ -377,6 +382,7 @@ class AINode:
         except zmq.Again:
             return  # the Helper is not reading (or away and our queue is full); keep the acks
         link.outbox = []
+        link.started_at.clear()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_s
@@ -384,7 +390,16 @@ class AINode:
             await asyncio.sleep(interval)
             for link in list(self._links.values()):
                 self._send_heartbeat(link)
-            self.metrics.waiting.set(len(self._waiting))
+            self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        """Per-task counts go to Prometheus here, once per heartbeat, not once per task."""
+        m = self.metrics
+        m.waiting.set(len(self._waiting))
+        m.running.set(len(self._running))
+        outcomes, self._outcomes = self._outcomes, {}
+        for outcome, count in outcomes.items():
+            m.completed.labels(outcome).inc(count)
 
     # ---- observability -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from mesh import Client, PayloadTooLarge, RequestTimeout, TaskFailed, make_task, wire
-from tests.support.waiting import async_wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -226,9 +226,12 @@ def test_nodes_serve_prometheus_metrics(cluster) -> None:  # noqa: ANN001
     for name in (b"mesh_tasks_submitted_total 50.0", b"mesh_accept_latency_seconds_bucket",
                  b"mesh_journal_fsync_seconds_count", b"mesh_nodes_alive 1.0"):
         assert name in helper_text, name
-    ai_text = urllib.request.urlopen(
-        f"http://127.0.0.1:{ai.ready['metrics_port']}/metrics", timeout=5).read()
-    assert b'mesh_ai_tasks_completed_total{outcome="succeeded"} 50.0' in ai_text
+    def ai_text() -> bytes:
+        return urllib.request.urlopen(
+            f"http://127.0.0.1:{ai.ready['metrics_port']}/metrics", timeout=5).read()
+    # AI nodes publish per-task counts once per heartbeat.
+    wait_until(lambda: b'mesh_ai_tasks_completed_total{outcome="succeeded"} 50.0' in ai_text(),
+               5, what="the AI node's completed count")
 
 
 def test_a_node_started_alone_finds_the_helper_with_no_configuration(cluster) -> None:  # noqa: ANN001
