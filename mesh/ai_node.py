@@ -378,7 +378,7 @@ class AINode:
     def _send(self, link: _HelperLink, acks: list) -> None:
         frame = wire.encode_ack_batch(self._heartbeat(link), acks)
         try:
-            link.sock.send(frame, zmq.NOBLOCK, copy=False)
+            link.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             return  # the Helper is not reading (or away and our queue is full); keep the acks
         link.outbox = []

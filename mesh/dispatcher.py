@@ -39,7 +39,7 @@ class TaskEntry:
         "task", "task_id", "kind", "priority", "size_bytes", "seq", "queued_at", "in_queue",
         "state", "attempt", "deliveries", "lost_deliveries", "delivery", "node_id",
         "result", "error", "dead_reason", "finished_ns", "not_before", "dispatched_at",
-        "accepted_at", "max_attempts",
+        "accepted_at", "max_attempts", "encoded",
     )
 
     def __init__(self, task, seq: int, max_attempts: int) -> None:  # noqa: ANN001
@@ -65,6 +65,7 @@ class TaskEntry:
         self.dispatched_at = 0.0
         self.accepted_at = 0.0
         self.max_attempts = task.max_attempts or max_attempts
+        self.encoded = wire.task_bytes(task)  # spliced into records and dispatches as is
 
     @property
     def terminal(self) -> bool:
@@ -95,6 +96,7 @@ class NodeLink:
     __slots__ = (
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
+        "suffix",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
@@ -112,6 +114,7 @@ class NodeLink:
         self.draining = False
         self.stalled_until = 0.0
         self.beat = 0
+        self.suffix = b""  # the encoded Dispatch fields common to this incarnation
 
     @property
     def available(self) -> int:
@@ -164,14 +167,19 @@ class Dispatcher:
     def admit(self, task) -> TaskEntry:  # noqa: ANN001
         """Create and journal a new task (caller validated it and checked for room)."""
         self._seq += 1
-        entry = TaskEntry(task, self._seq, self.settings.max_attempts)
+        entry = TaskEntry(task, self._seq, self._kind_attempts(task.kind))
         entry.accepted_at = time.monotonic()
         self.tasks[entry.task_id] = entry
-        record = wire.TaskRecord(task=task, state=wire.QUEUED, attempts=1)
-        self._append(records.TASK, entry.task_id.encode(), wire.encode_record(record))
+        self._append(records.TASK, entry.task_id.encode(),
+                     wire.encode_new_task_record(entry.encoded))
         if self.settings.dispatch_before_sync:
             self.enqueue(entry)
         return entry
+
+    def _kind_attempts(self, kind: str) -> int:
+        """Default attempts for a kind (`kind_max_attempts`, else `max_attempts`); a task's
+        own `max_attempts` overrides it (TaskEntry)."""
+        return self.settings.kind_max_attempts.get(kind, self.settings.max_attempts)
 
     def has_room(self, count: int, size_bytes: int) -> bool:
         return self.pending.has_room(count, size_bytes, others=len(self.retry_waiting))
@@ -230,16 +238,16 @@ class Dispatcher:
                     continue
                 entry.deliveries += 1
                 entry.delivery = entry.deliveries
-                dispatches.append(wire.Dispatch(
-                    task=entry.task, attempt=entry.attempt, delivery=entry.delivery,
-                    incarnation=node.incarnation, reply_to=self.reply_to,
-                    helper_id=self.settings.helper_id,
-                    helper_incarnation=self.helper_incarnation))
+                dispatches.append((entry.encoded, entry.attempt, entry.delivery))
                 entries.append(entry)
                 room -= 1
             if not entries:
                 continue
-            frame = wire.encode_dispatch_batch(dispatches)
+            if not node.suffix:
+                node.suffix = wire.dispatch_suffix(node.incarnation, self.reply_to,
+                                                   self.settings.helper_id,
+                                                   self.helper_incarnation)
+            frame = wire.encode_dispatch_batch_raw(dispatches, node.suffix)
             if not self._send(node.sock, frame):
                 # Not connected yet or not reading: put them back, try this node later.
                 for entry in reversed(entries):
@@ -270,6 +278,11 @@ class Dispatcher:
                 return
             node = NodeLink(hb.node_id, hb.incarnation, hb.task_endpoint,
                             self._connect(hb.task_endpoint))
+            if hb.helper_incarnation == self.helper_incarnation:
+                # Back after we declared it dead (SIGSTOP/SIGCONT): what it received from us
+                # before is not in this link's ledger; without this its credit is inflated and
+                # _reconcile takes deliveries still on the way for lost ones.
+                node.sent = hb.received
             self.nodes[hb.node_id] = node
             self.metrics.nodes_alive.set(len(self.nodes))
             log.info("node %s joined (incarnation %x, %s, concurrency %d)", hb.node_id,
@@ -354,6 +367,8 @@ class Dispatcher:
             decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
                                                 ack.error_class, ack.retry_after_ms, self._rng)
             entry.error = ack.error
+            if ack.error_class == wire.TIMEOUT:
+                self.metrics.timeouts.labels("run").inc()
             if not decision.retry:
                 self._dead(entry, decision.dead_reason, ack.error)
                 return
@@ -527,6 +542,7 @@ class Dispatcher:
             for task_id in stale:
                 node.inflight.pop(task_id, None)
                 self.metrics.redeliveries.labels("ack_timeout").inc()
+                self.metrics.timeouts.labels("ack").inc()
                 self.enqueue(self.tasks[task_id], front=True)
         if self.retry_waiting:
             due = [e for e in self.retry_waiting if e.not_before <= now]
@@ -572,7 +588,7 @@ class Dispatcher:
         if record.type == records.TASK:
             rec = wire.decode_task_record(record.payload)
             self._seq += 1
-            entry = TaskEntry(rec.task, self._seq, self.settings.max_attempts)
+            entry = TaskEntry(rec.task, self._seq, self._kind_attempts(rec.task.kind))
             entry.state = rec.state or wire.QUEUED
             entry.attempt = rec.attempts or 1
             entry.lost_deliveries = rec.deliveries

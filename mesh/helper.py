@@ -229,11 +229,16 @@ class Helper:
             new.append(entry)
         return no_room
 
-    async def _submit(self, tasks, wait_s: float) -> list:  # noqa: ANN001
-        results: list = []
-        new: list[TaskEntry] = []
-        dupes: list = []
-        no_room = self._admit(tasks, results, new, dupes)
+    async def _submit(self, tasks, wait_s: float, admitted: tuple | None = None) -> list:  # noqa: ANN001
+        """Admit, wait for room up to wait_s if asked, make durable. `admitted` carries the
+        state of an admission already done by the intake."""
+        if admitted is None:
+            results: list = []
+            new: list[TaskEntry] = []
+            dupes: list = []
+            no_room = self._admit(tasks, results, new, dupes)
+        else:
+            results, new, dupes, no_room = admitted
         deadline = time.monotonic() + wait_s
         while no_room and wait_s > 0 and time.monotonic() < deadline and self._accepting:
             self._room.clear()
@@ -242,26 +247,35 @@ class Helper:
             except TimeoutError:
                 break
             no_room = self._admit(no_room, results, new, dupes)
+        self._refuse_no_room(no_room, results)
+        if new or dupes:
+            started = time.monotonic()
+            error = None
+            try:
+                await self.journal.sync_future()
+            except JournalError as exc:
+                error = exc
+            self._settle_submit(results, new, dupes, error, started)
+        if no_room:
+            order = {t.task_id: i for i, t in enumerate(tasks)}
+            results.sort(key=lambda r: order.get(r.task_id, 0))
+        return results
+
+    def _refuse_no_room(self, no_room: list, results: list) -> None:
         for task in no_room:
             err = QueueFull(len(self.dispatcher.pending) + len(self.dispatcher.retry_waiting),
                             self.settings.max_pending_tasks)
             self.metrics.rejected.labels("QueueFull").inc()
             results.append(wire.SubmitResult(task_id=task.task_id, code=err.code,
                                              message=str(err)))
-        if new or dupes:
-            await self._make_durable(results, new, dupes)
-        order = {t.task_id: i for i, t in enumerate(tasks)}
-        results.sort(key=lambda r: order.get(r.task_id, 0))
-        return results
 
-    async def _make_durable(self, results: list, new: list, dupes: list) -> None:
-        started = time.monotonic()
-        try:
-            await self.journal.sync()
-        except JournalError as exc:
+    def _settle_submit(self, results: list, new: list, dupes: list,
+                       error: JournalError | None, started: float) -> None:
+        """The journal sync of a submit ended: the tasks are accepted, or they never were."""
+        if error is not None:
             self.metrics.journal_errors.inc()
-            log.error("journal sync failed, %d submits refused: %s", len(new), exc)
-            self._on_event("journal_error", {"error": str(exc)})
+            log.error("journal sync failed, %d submits refused: %s", len(new), error)
+            self._on_event("journal_error", {"error": str(error)})
             failed = set()
             for entry in new:
                 self.dispatcher.abandon(entry)
@@ -270,8 +284,8 @@ class Helper:
                 if result.task_id in failed or (result.duplicate and any(
                         e.task_id == result.task_id and e.state == ACCEPTING
                         for _, e in dupes)):
-                    result.code = exc.code
-                    result.message = str(exc)
+                    result.code = error.code
+                    result.message = str(error)
                     result.duplicate = False
             return
         for entry in new:
@@ -331,9 +345,7 @@ class Helper:
         which = request.WhichOneof("body")
         rid = request.request_id
         if which == "submit":
-            asyncio.get_running_loop().create_task(
-                self._answer_submit(identity, rid, list(request.submit.tasks),
-                                    request.submit.wait_ms / 1000.0))
+            self._on_submit(identity, rid, request.submit)
         elif which == "status":
             reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
             for task_id in request.status.task_ids:
@@ -357,8 +369,50 @@ class Helper:
                 version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.MALFORMED_REQUEST,
                 message="request has no body this Helper understands"))
 
-    async def _answer_submit(self, identity: bytes, rid: int, tasks: list, wait_s: float) -> None:
-        results = await self._submit(tasks, wait_s)
+    def _on_submit(self, identity: bytes, rid: int, submit) -> None:  # noqa: ANN001
+        """Admit at once; reply from the journal sync's callback (no task, no extra loop turn).
+        Only a submit that must wait for room takes the slower path through a task."""
+        tasks = submit.tasks
+        wait_s = submit.wait_ms / 1000.0
+        results: list = []
+        new: list[TaskEntry] = []
+        dupes: list = []
+        no_room = self._admit(tasks, results, new, dupes)
+        if no_room and wait_s > 0:
+            asyncio.get_running_loop().create_task(
+                self._answer_submit(identity, rid, list(tasks), wait_s, results, new, dupes,
+                                    no_room))
+            return
+        self._refuse_no_room(no_room, results)
+        if no_room:
+            order = {t.task_id: i for i, t in enumerate(tasks)}
+            results.sort(key=lambda r: order.get(r.task_id, 0))
+
+        def reply() -> None:
+            message = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
+                                       code=wire.OK)
+            message.submit.results.extend(results)
+            self._reply(identity, message)
+
+        if not (new or dupes):
+            reply()
+            return
+        started = time.monotonic()
+
+        def synced(future: asyncio.Future) -> None:
+            error = future.exception() if not future.cancelled() else JournalError("cancelled")
+            self._settle_submit(results, new, dupes, error, started)
+            reply()
+
+        try:
+            self.journal.sync_future().add_done_callback(synced)
+        except JournalError as exc:
+            self._settle_submit(results, new, dupes, exc, started)
+            reply()
+
+    async def _answer_submit(self, identity: bytes, rid: int, tasks: list, wait_s: float,
+                             results: list, new: list, dupes: list, no_room: list) -> None:
+        results = await self._submit(tasks, wait_s, (results, new, dupes, no_room))
         reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
         reply.submit.results.extend(results)
         self._reply(identity, reply)
@@ -527,7 +581,7 @@ class Helper:
 
 def _send_noblock(sock: zmq.Socket, frame: bytes) -> bool:
     try:
-        sock.send(frame, zmq.NOBLOCK, copy=False)
+        sock.send(frame, zmq.NOBLOCK)  # copying small frames is cheaper than zero-copy tracking
         return True
     except zmq.Again:
         return False

@@ -150,7 +150,7 @@ def send_now(sock: zmq.asyncio.Socket, frames: list) -> bool:
     the socket's file descriptor, and pyzmq re-arms its poller only for sends it sees. Returns
     False when the message could not be queued (HWM reached, or no peer for ROUTER).
     """
-    future = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    future = sock.send_multipart(frames, flags=zmq.NOBLOCK)
     if future.done() and future.exception() is not None:
         return False
     return True

@@ -173,3 +173,82 @@ def decode_task(payload: bytes):  # noqa: ANN201
         return Task.FromString(payload)
     except DecodeError as exc:
         raise WireError(f"malformed task: {exc}") from None
+
+
+# ---- alert lane helpers (mesh/alerts.py, mesh/alert_subscriber.py) ---------------------------
+
+#: first frame of a publisher-state beat on an alert PUB socket; every subscriber subscribes to
+#: it besides its topics. Starts with a NUL byte so no alert topic (a kind) can collide with it.
+ALERT_STATE_TOPIC = b"\x00state"
+
+
+def alert_topic(kind: str, severity: int) -> bytes:
+    """The first frame of an alert on PUB: `kind|severity`, so SUB prefixes filter on kinds."""
+    return f"{kind}|{severity_name(severity)}".encode()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_replay_reply(alert_frames: list[bytes], publisher_epoch: int,
+                        first_available_seq: int, last_seq: int) -> bytes:
+    """A ReplayReply built from alerts already encoded (the publisher's history keeps frames).
+
+    Protobuf concatenation is merge, so appending each frame as field 2 (length-delimited)
+    gives exactly the encoding of a reply that holds those alerts, without re-parsing them.
+    Also used, with no alerts, as the publisher-state beat (epoch, first and last seq).
+    """
+    head = ReplayReply(version=PROTOCOL_VERSION, publisher_epoch=publisher_epoch,
+                       first_available_seq=first_available_seq, last_seq=last_seq)
+    parts = [head.SerializeToString()]
+    for frame in alert_frames:
+        parts.append(b"\x12" + _varint(len(frame)) + frame)
+    return b"".join(parts)
+
+
+def decode_publisher_state(frame: bytes):  # noqa: ANN201 - a ReplayReply without alerts
+    return _parse(ReplayReply, frame, 4096, "publisher state")
+
+
+# ---- hot-path encoders: frames built from bytes already encoded ----------------------------
+# Protobuf's encoding of a message field is tag + length + the sub-message's bytes, so a Task
+# serialized once at admission is spliced into its journal record and into every Dispatch
+# instead of being copied into a new message and serialized again per use. The unit tests check
+# that protobuf parses these frames into exactly the messages the slow path would build.
+
+
+def task_bytes(task) -> bytes:  # noqa: ANN001
+    return task.SerializeToString()
+
+
+def encode_new_task_record(task_encoded: bytes) -> bytes:
+    """TaskRecord(task=..., state=QUEUED, attempts=1)."""
+    return b"\x0a" + _varint(len(task_encoded)) + task_encoded + b"\x10\x01\x18\x01"
+
+
+def dispatch_suffix(incarnation: int, reply_to: str, helper_id: str,
+                    helper_incarnation: int) -> bytes:
+    """The Dispatch fields that are the same for every delivery to one node incarnation."""
+    reply = reply_to.encode()
+    helper = helper_id.encode()
+    return (b"\x21" + incarnation.to_bytes(8, "little")
+            + b"\x2a" + _varint(len(reply)) + reply
+            + b"\x32" + _varint(len(helper)) + helper
+            + b"\x39" + helper_incarnation.to_bytes(8, "little"))
+
+
+def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int]], suffix: bytes) -> bytes:
+    """DispatchBatch of (task bytes, attempt, delivery) sharing one `dispatch_suffix`."""
+    parts = [b"\x08" + _varint(PROTOCOL_VERSION)]
+    for encoded, attempt, delivery in deliveries:
+        body = (b"\x0a" + _varint(len(encoded)) + encoded + b"\x10" + _varint(attempt)
+                + b"\x18" + _varint(delivery) + suffix)
+        parts.append(b"\x12" + _varint(len(body)) + body)
+    parts.append(b"\x18" + _varint(time.time_ns()))
+    return b"".join(parts)
