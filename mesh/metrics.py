@@ -31,6 +31,10 @@ class HelperMetrics:
         self.retries = Counter("mesh_task_retries", "Failed attempts scheduled again", registry=r)
         self.redeliveries = Counter(
             "mesh_redeliveries", "Deliveries sent again, by cause", ["cause"], registry=r)
+        self.timeouts = Counter(
+            "mesh_task_timeouts", "Timeouts, by which: run (handler over its limit, reported by "
+            "the AI node) or ack (no STARTED within ack_timeout_s of dispatch)", ["timeout"],
+            registry=r)
         self.late_acks = Counter(
             "mesh_late_acks", "Acks for a delivery that was no longer current", registry=r)
         self.bad_frames = Counter(

@@ -33,6 +33,8 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_pending_bytes: int = 512 * 2**20
     #: default attempts per task (a task may carry its own)
     max_attempts: int = 3
+    #: attempts per task kind, overriding `max_attempts` (a task's own still wins)
+    kind_max_attempts: dict[str, int] = msgspec.field(default_factory=dict)
     #: retry backoff: full jitter over base * 2**(attempt-1), capped
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
@@ -67,6 +69,9 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
         _positive(self, "node_dead_after_s", "ack_timeout_s", "retry_base_s", "retry_cap_s")
         if not self.helper_id:
             raise ConfigError("helper_id must not be empty")
+        for kind, attempts in self.kind_max_attempts.items():
+            if attempts <= 0:
+                raise ConfigError(f"kind_max_attempts[{kind!r}] must be > 0, got {attempts!r}")
 
 
 class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
