@@ -38,6 +38,7 @@ from peers import base  # noqa: E402
 
 SYSTEMS = {  # name -> "module:factory" under bench/peers; factory() -> base.System
     "mesh": "peers.mesh:make",
+    "mesh-early": "peers.mesh:make_early",
     "rabbitmq": "peers.rabbitmq:make",
     "nats": "peers.nats_js:make",
     "nats-fsync": "peers.nats_js:make_fsync",

@@ -5,7 +5,7 @@ nodes, and finishes every accepted task through node deaths and its own restarts
 """
 
 from mesh.app import App, TaskContext
-from mesh.client import Client
+from mesh.client import Client, SyncClient
 from mesh.errors import (
     ConfigError, FatalError, InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge,
     QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
@@ -18,7 +18,7 @@ __all__ = [
     # building nodes
     "App", "TaskContext", "HelperSettings", "AINodeSettings",
     # submitting
-    "Client", "make_task", "new_task_id",
+    "Client", "SyncClient", "make_task", "new_task_id",
     # errors
     "MeshError", "ConfigError", "TaskRejected", "InvalidTask", "PayloadTooLarge", "QueueFull",
     "ShuttingDown", "JournalError", "UnknownTaskKind", "NotFound", "RequestTimeout",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 
 import zmq
 import zmq.asyncio
@@ -191,3 +192,95 @@ class Client:
                 fut = self._waiting.get(reply.request_id)
                 if fut is not None and not fut.done():
                     fut.set_result(reply)
+
+
+class SyncClient:
+    """The same API as `Client`, blocking, for code without an event loop (a web handler, a
+    script). One per thread: a ZeroMQ socket must not be shared between threads.
+
+        with SyncClient("tcp://127.0.0.1:7001") as client:
+            task_id = client.submit("vision", b"...")
+            result = client.result(task_id, timeout=30)
+    """
+
+    def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0) -> None:
+        self.endpoint = intake_endpoint
+        self.timeout_s = timeout_s
+        self._ctx = sockets.new_sync_context()
+        self._sock = sockets.client_dealer(self._ctx, intake_endpoint)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            self._ctx.term()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
+               **options) -> str:  # noqa: ANN003
+        return self.submit_many([make_task(kind, payload, **options)], wait_s=wait_s)[0]
+
+    def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.submit.tasks.extend(tasks)
+        request.submit.wait_ms = int(wait_s * 1000)
+        reply = self._call(request, self.timeout_s + wait_s)
+        for result in reply.submit.results:
+            if result.code != wire.OK:
+                raise error_from_code(result.code, result.message)
+        return [r.task_id for r in reply.submit.results]
+
+    def status(self, task_id: str):  # noqa: ANN201
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.status.task_ids.append(task_id)
+        status = self._call(request, self.timeout_s).status.statuses[0]
+        if not status.state:
+            raise NotFound(task_id)
+        return status
+
+    def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.result.task_id = task_id
+        request.result.wait_ms = int(timeout * 1000)
+        status = self._call(request, timeout + self.timeout_s).status.statuses[0]
+        if not status.state:
+            raise NotFound(task_id)
+        if status.state not in wire.TERMINAL_STATES:
+            raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
+                                 f"after {timeout}s")
+        return status
+
+    def result(self, task_id: str, timeout: float = 60.0) -> bytes:
+        status = self.wait(task_id, timeout)
+        if status.state == wire.DEAD:
+            raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
+        return status.result
+
+    def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+        if self._sock is None:
+            raise MeshError("client closed")
+        rid = next(self._ids)
+        request.request_id = rid
+        self._sock.send(wire.encode(request))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
+                raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
+                                     f"{timeout_s}s")
+            try:
+                reply = wire.decode_client_reply(self._sock.recv())
+            except WireError as exc:
+                log.warning("malformed reply dropped: %s", exc)
+                continue
+            if reply.request_id != rid:
+                continue  # the answer to an earlier request that timed out
+            if reply.code not in (wire.OK, 0):
+                raise error_from_code(reply.code, reply.message)
+            return reply

@@ -397,6 +397,8 @@ class Helper:
         if not (new or dupes):
             reply()
             return
+        if new and self.settings.dispatch_before_sync:
+            self._kick()  # queued at admission: send while the record is being synced
         started = time.monotonic()
 
         def synced(future: asyncio.Future) -> None:

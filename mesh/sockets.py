@@ -22,6 +22,13 @@ def new_context() -> zmq.asyncio.Context:
     return ctx
 
 
+def new_sync_context() -> zmq.Context:
+    """A context for blocking use (SyncClient), with the same linger rule."""
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+    return ctx
+
+
 def sync_view(ctx: zmq.asyncio.Context) -> zmq.Context:
     """The same context for sockets that are only ever used with NOBLOCK from the loop
     thread (per-node PUSH): no future per send."""
@@ -101,7 +108,7 @@ def ack_push(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def client_dealer(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
+def client_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     _common(sock, None)
     sock.setsockopt(zmq.SNDHWM, 100_000)
