@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 
-from discovery import Health, Instance, open_discovery
+from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import App, sockets, wire
 from mesh.ai_node import AINode
 from mesh.errors import ConfigError
@@ -29,6 +29,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="a Helper's ack endpoint (repeatable; discovery adds the rest)")
     p.add_argument("--drain-grace", type=float, default=30.0)
     config.add_common(p)
+    config.add_registration(p, service="mesh-ai", watched_flag="helper-service",
+                            watched="mesh-helper")
     p.set_defaults(func=main)
 
 
@@ -45,7 +47,8 @@ def load_app(spec: str) -> App:
 def main(args: argparse.Namespace) -> int:
     runtime.setup_logging(args.log_level)
     settings = AINodeSettings(
-        node_id=args.node_id or config.default_node_id("ai"), task_endpoint=args.bind,
+        node_id=args.node_id or config.default_node_id("ai"),
+        task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace)
     return runtime.run(_serve(settings, load_app(args.app), args))
 
@@ -58,14 +61,23 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
     port = config.metrics_port(args)
     if port is not None:
         server, _, metrics_port = serve(node.metrics.registry, port, args.metrics_addr)
-    discovery = open_discovery(config.discovery_url(args))
-    host = node.task_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
+    try:
+        discovery = open_discovery(config.discovery_url(args))
+    except DiscoveryError:
+        await node.stop()
+        raise
+    host = config.endpoint_host(node.task_endpoint)
+    pool_tags = (f"pool={args.pool}",) if args.pool else ()
     instance = Instance(
-        service="mesh-ai", instance_id=f"{settings.node_id}-{node.incarnation:x}", address=host,
-        port=sockets.port_of(node.task_endpoint), tags=tuple(f"kind={k}" for k in app.kinds),
+        service=args.service_name, instance_id=f"{settings.node_id}-{node.incarnation:x}",
+        address=host, port=sockets.port_of(node.task_endpoint),
+        tags=(*(f"kind={k}" for k in app.kinds), *pool_tags),
         meta={"node_id": settings.node_id, "incarnation": f"{node.incarnation:x}",
-              "task_endpoint": node.task_endpoint, "concurrency": str(settings.concurrency),
-              "protocol": str(wire.PROTOCOL_VERSION), "app": app.name,
+              "concurrency": str(settings.concurrency), "version": config.mesh_version(),
+              "protocol": str(wire.PROTOCOL_VERSION), "app": app.name, "pool": args.pool or "",
+              "ep_task": node.task_endpoint,
+              "ep_metrics": config.metrics_endpoint(args.metrics_addr, host, metrics_port),
+              "task_endpoint": node.task_endpoint,  # the name older readers use
               "metrics_port": str(metrics_port or "")})
 
     def health() -> tuple[Health, str]:
@@ -75,23 +87,35 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
             return Health.WARNING, f"saturated {node.running}/{settings.concurrency}"
         return Health.PASSING, f"running {node.running}/{settings.concurrency}"
 
-    presence = Presence(discovery, instance, health=health)
-    await presence.start()
+    presence = Presence(discovery, instance, ttl_s=args.discovery_ttl,
+                        deregister_after_s=args.deregister_after, health=health)
+    try:
+        await presence.start()
+    except DiscoveryError:  # refused (wrong ACL token, invalid registration): fail at startup
+        await node.stop()
+        discovery.close()
+        if server is not None:
+            server.shutdown()
+        raise
 
     def on_helpers(found: list[Instance]) -> None:
         for inst in found:
-            endpoint = inst.meta.get("ack_endpoint")
+            if args.pool and f"pool={args.pool}" not in inst.tags:
+                continue
+            endpoint = inst.meta.get("ep_ack") or inst.meta.get("ack_endpoint")
             if endpoint and inst.health != Health.CRITICAL:
                 node.add_helper(endpoint)
 
-    helper_watch = watch(discovery, "mesh-helper", on_helpers)
+    helper_watch = watch(discovery, args.helper_service, on_helpers)
     runtime.announce_ready("ai", node_id=settings.node_id, tasks=node.task_endpoint,
                            incarnation=f"{node.incarnation:x}", metrics_port=metrics_port)
     name = await runtime.until_signalled()
     log.info("%s: draining (grace %.1fs)", name, settings.drain_grace_s)
     helper_watch.stop(timeout_s=1.0)
-    await presence.stop()  # leave discovery first: no Helper should count on us any more
+    # Drain while still registered (WARNING "draining"): a Helper treats a node that leaves
+    # discovery as dead and would re-queue the tasks this node is still finishing.
     await node.drain()
+    await presence.stop()
     await node.stop()
     discovery.close()
     if server is not None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 import socket
+from importlib import metadata
 
 from discovery import consul_url_from_env
 from mesh.errors import ConfigError
+
+log = logging.getLogger("mesh.node.config")
+
+WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +27,75 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                              "unless $MESH_METRICS_PORT)")
     parser.add_argument("--metrics-addr", default="127.0.0.1")
     parser.add_argument("--log-level", default=None)
+
+
+def add_registration(parser: argparse.ArgumentParser, *, service: str, watched_flag: str,
+                     watched: str) -> None:
+    """Flags naming how a node appears in discovery, and which service it follows."""
+    parser.add_argument("--service-name", default=service,
+                        help=f"service to register as (default {service})")
+    parser.add_argument(f"--{watched_flag}", default=watched,
+                        help=f"service of the other role to follow (default {watched})")
+    parser.add_argument("--pool", default=os.environ.get("MESH_POOL") or None,
+                        help="pool tag (pool=NAME); nodes only pair with the same pool "
+                             "(default: $MESH_POOL, else none)")
+    parser.add_argument("--advertise", default=None,
+                        help="host or IP other nodes reach this one at (default: "
+                             "$MESH_ADVERTISE_HOST; a wildcard bind then uses its IP)")
+    parser.add_argument("--discovery-ttl", type=float, default=3.0,
+                        help="seconds without a heartbeat before the check goes critical")
+    parser.add_argument("--deregister-after", type=float, default=60.0,
+                        help="seconds critical before Consul removes the registration "
+                             "(Consul enforces 60 at least)")
+
+
+def advertise_host(args: argparse.Namespace) -> str | None:
+    return getattr(args, "advertise", None) or os.environ.get("MESH_ADVERTISE_HOST") or None
+
+
+def bindable(endpoint: str, advertise: str | None) -> str:
+    """The endpoint to bind so that the endpoint mesh reports is one other hosts can reach.
+
+    mesh puts the endpoint it bound into heartbeats and reply-to addresses, so a wildcard
+    (tcp://0.0.0.0:7101, tcp://*:7101) would send peers to 0.0.0.0, i.e. to themselves. A
+    wildcard host is narrowed to the IP of the advertised host (--advertise /
+    $MESH_ADVERTISE_HOST, else this machine's hostname: in a container, its own address).
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if scheme != "tcp" or not sep:
+        return endpoint
+    host, _, port = rest.rpartition(":")
+    if host not in WILDCARD_HOSTS:
+        return endpoint
+    name = advertise or socket.gethostname()
+    try:
+        ip = socket.gethostbyname(name)
+    except OSError as exc:
+        raise ConfigError(f"cannot resolve the advertised host {name!r} ({exc}); pass --advertise "
+                          "with an IP other nodes reach this one at") from None
+    if ipaddress.ip_address(ip).is_loopback:
+        log.warning("%s binds the wildcard but %r resolves to %s: only this host can reach it; "
+                    "pass --advertise HOST", endpoint, name, ip)
+    return f"tcp://{ip}:{port}"
+
+
+def endpoint_host(endpoint: str) -> str:
+    return endpoint.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+
+def metrics_endpoint(metrics_addr: str, advertised: str, port: int | None) -> str:
+    """The URL of a node's /metrics for its registration ("" when metrics are off)."""
+    if not port:
+        return ""
+    host = advertised if metrics_addr in WILDCARD_HOSTS or not metrics_addr else metrics_addr
+    return f"http://{host}:{port}/metrics"
+
+
+def mesh_version() -> str:
+    try:
+        return metadata.version("mesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def discovery_url(args: argparse.Namespace) -> str | None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 
-from discovery import Health, Instance, open_discovery
+from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import sockets, wire
 from mesh.helper import Helper
 from mesh.metrics import serve
 from mesh.settings import HelperSettings
 from nodes import config, runtime
-from nodes.registration import Presence, watch
+from nodes.registration import GoneNodes, Presence, watch_nodes
 
 log = logging.getLogger("mesh.node.helper")
 
@@ -32,6 +33,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="seconds a task kind no live node serves waits before DEAD")
     p.add_argument("--ack-timeout", type=float, default=10.0)
     config.add_common(p)
+    config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
+                            watched="mesh-ai")
     p.set_defaults(func=main)
 
 
@@ -40,7 +43,9 @@ def main(args: argparse.Namespace) -> int:
     settings = HelperSettings(
         helper_id=args.helper_id,
         data_dir=args.data_dir or config.default_data_dir(args.helper_id),
-        intake_endpoint=args.intake, ack_endpoint=args.acks, fsync_policy=args.fsync,
+        intake_endpoint=config.bindable(args.intake, config.advertise_host(args)),
+        ack_endpoint=config.bindable(args.acks, config.advertise_host(args)),
+        fsync_policy=args.fsync,
         max_attempts=args.max_attempts, max_pending_tasks=args.max_pending,
         node_dead_after_s=args.node_dead_after,
         dispatch_before_sync=args.dispatch_before_sync,
@@ -56,30 +61,64 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
     server = None
     if port is not None:
         server, _, metrics_port = serve(helper.metrics.registry, port, args.metrics_addr)
-    discovery = open_discovery(config.discovery_url(args))
-    host = helper.intake_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
+    try:
+        discovery = open_discovery(config.discovery_url(args))
+    except DiscoveryError:
+        await helper.stop()
+        raise
+    host = config.endpoint_host(helper.intake_endpoint)
+    pool_tags = (f"pool={args.pool}",) if args.pool else ()
+    metrics_ep = config.metrics_endpoint(args.metrics_addr, host, metrics_port)
     instance = Instance(
-        service="mesh-helper", instance_id=settings.helper_id, address=host,
-        port=sockets.port_of(helper.intake_endpoint), tags=("helper",),
-        meta={"helper_id": settings.helper_id, "intake_endpoint": helper.intake_endpoint,
-              "ack_endpoint": helper.ack_endpoint, "protocol": str(wire.PROTOCOL_VERSION),
+        service=args.service_name, instance_id=settings.helper_id, address=host,
+        port=sockets.port_of(helper.intake_endpoint), tags=("helper", *pool_tags),
+        meta={"helper_id": settings.helper_id, "version": config.mesh_version(),
+              "protocol": str(wire.PROTOCOL_VERSION), "pool": args.pool or "",
+              "ep_intake": helper.intake_endpoint, "ep_ack": helper.ack_endpoint,
+              "ep_metrics": metrics_ep,
+              # the names nodes/cli.py and mesh ai read
+              "intake_endpoint": helper.intake_endpoint, "ack_endpoint": helper.ack_endpoint,
               "metrics_port": str(metrics_port or "")})
-    presence = Presence(discovery, instance, health=lambda: (Health.PASSING, ""))
-    await presence.start()
+    presence = Presence(discovery, instance, ttl_s=args.discovery_ttl,
+                        deregister_after_s=args.deregister_after,
+                        health=lambda: (Health.PASSING, "serving"))
+    try:
+        await presence.start()
+    except DiscoveryError:  # refused (wrong ACL token, invalid registration): fail at startup
+        await helper.stop()
+        discovery.close()
+        if server is not None:
+            server.shutdown()
+        raise
 
-    listed: set[tuple[str, int]] = set()
+    # After a registry restart, nodes re-register within a heartbeat plus the Presence backoff.
+    gone_nodes = GoneNodes(grace_s=presence.max_backoff_s + 2 * args.discovery_ttl)
+    loop = asyncio.get_running_loop()
 
-    def on_ai_nodes(found: list[Instance]) -> None:
-        # Only a node discovery listed before and lists no more (or as critical) is gone: a
-        # node whose first heartbeat beat its registration is not.
-        alive = {(i.meta.get("node_id", ""), int(i.meta.get("incarnation", "0"), 16))
-                 for i in found if i.health != Health.CRITICAL}
-        for node_id, incarnation in listed - alive:
+    def declare(runs: list[tuple[str, int]]) -> None:
+        for node_id, incarnation in runs:
+            log.info("discovery reports AI node %s (incarnation %x) gone", node_id, incarnation)
             helper.dispatcher.node_gone(node_id, "discovery", incarnation)
-        listed.clear()
-        listed.update(alive)
 
-    ai_watch = watch(discovery, "mesh-ai", on_ai_nodes)
+    def on_ai_nodes(found: list[Instance], registry_suspect: bool) -> None:
+        alive, critical = [], []
+        for inst in found:
+            if args.pool and f"pool={args.pool}" not in inst.tags:
+                continue
+            try:
+                run = (inst.meta["node_id"], int(inst.meta.get("incarnation", "0"), 16))
+            except (KeyError, ValueError):
+                continue  # not a mesh AI node
+            (critical if inst.health == Health.CRITICAL else alive).append(run)
+        if registry_suspect:
+            log.info("discovery was unreachable or restarted: AI nodes not listed yet get %.1fs "
+                     "to re-register before they count as gone", gone_nodes.grace_s)
+            loop.call_later(gone_nodes.grace_s + 0.1,
+                            lambda: declare(gone_nodes.expire(time.monotonic())))
+        declare(gone_nodes.update(alive, critical, registry_restarted=registry_suspect,
+                                  now=time.monotonic()))
+
+    ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
     runtime.announce_ready("helper", intake=helper.intake_endpoint, acks=helper.ack_endpoint,
                            metrics_port=metrics_port, recovered=helper.recovered)
     name = await runtime.until_signalled()

@@ -10,51 +10,97 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
-from discovery import Discovery, DiscoveryError, Health, Instance, Watch
+from discovery import (Discovery, DiscoveryAuthError, DiscoveryError, DiscoveryUnavailable, Health,
+                       Instance, Watch)
 
 log = logging.getLogger("mesh.registration")
 
 
 class Presence:
+    """Register a node, feed its TTL check from the loop, survive registry outages.
+
+    - start() registers once. A registry that refuses us (wrong ACL token, invalid
+      registration: any DiscoveryError but DiscoveryUnavailable) raises, so the node fails at
+      startup with that message; an unreachable registry is logged and retried.
+    - While the registry is unreachable the node keeps working; heartbeats back off from
+      ttl_s/3 to `max_backoff_s`, the outage is logged once, then every `log_every_s`, and the
+      recovery is logged. The registration is made again when the registry answers (a restarted
+      agent that lost it included: see ConsulRegistration.heartbeat).
+    """
+
     def __init__(self, discovery: Discovery, instance: Instance, *, ttl_s: float = 3.0,
                  deregister_after_s: float = 60.0,
-                 health: Callable[[], tuple[Health, str]] | None = None) -> None:
+                 health: Callable[[], tuple[Health, str]] | None = None,
+                 max_backoff_s: float = 5.0, log_every_s: float = 30.0) -> None:
         self.discovery = discovery
         self.instance = instance
         self.ttl_s = ttl_s
         self.deregister_after_s = deregister_after_s
+        self.max_backoff_s = max(max_backoff_s, ttl_s / 3)
+        self.log_every_s = log_every_s
         self._health = health or (lambda: (Health.PASSING, ""))
         self._registration = None
         self._task: asyncio.Task | None = None
+        self._down_since: float | None = None
+        self._last_log = 0.0
+        self._failures = 0
+
+    def _register(self):  # noqa: ANN202
+        return self.discovery.register(self.instance, ttl_s=self.ttl_s,
+                                       deregister_after_s=self.deregister_after_s)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._registration = await loop.run_in_executor(
-                None, lambda: self.discovery.register(
-                    self.instance, ttl_s=self.ttl_s, deregister_after_s=self.deregister_after_s))
-        except DiscoveryError as exc:
-            # Keep working without discovery; the heartbeat loop retries the registration.
-            log.error("could not register %s: %s", self.instance.instance_id, exc)
+            self._registration = await loop.run_in_executor(None, self._register)
+            log.info("registered %s as %s (ttl %.1fs)", self.instance.instance_id,
+                     self.instance.service, self.ttl_s)
+        except DiscoveryUnavailable as exc:
+            self._failed(exc)
         self._task = loop.create_task(self._beat())
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
+        delay_s = self.ttl_s / 3
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            await asyncio.sleep(delay_s)
             health, note = self._health()
             try:
                 if self._registration is None:
-                    self._registration = await loop.run_in_executor(
-                        None, lambda: self.discovery.register(
-                            self.instance, ttl_s=self.ttl_s,
-                            deregister_after_s=self.deregister_after_s))
-                    log.info("registered %s", self.instance.instance_id)
+                    self._registration = await loop.run_in_executor(None, self._register)
                 await loop.run_in_executor(None, self._registration.heartbeat, health, note)
             except DiscoveryError as exc:
-                log.warning("discovery heartbeat failed: %s", exc)
+                self._failed(exc)
+                delay_s = min(self.max_backoff_s, delay_s * 2)
+                continue
+            delay_s = self.ttl_s / 3
+            if self._down_since is not None:
+                log.info("discovery is back after %.1fs (%d failed heartbeats): %s registered "
+                         "and passing its check again", time.monotonic() - self._down_since,
+                         self._failures, self.instance.instance_id)
+                self._down_since = None
+                self._failures = 0
+
+    def _failed(self, exc: DiscoveryError) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        level = logging.ERROR if isinstance(exc, DiscoveryAuthError) else logging.WARNING
+        if self._down_since is None:
+            self._down_since = self._last_log = now
+            log.log(level, "cannot register or heartbeat %s in discovery: %s. The node keeps "
+                    "working with the last known membership and retries with backoff "
+                    "(up to %.0fs)", self.instance.instance_id, exc, self.max_backoff_s)
+        elif now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            log.log(level, "discovery still failing for %s after %.0fs (%d attempts): %s",
+                    self.instance.instance_id, now - self._down_since, self._failures, exc)
+
+    @property
+    def registered(self) -> bool:
+        return self._registration is not None and self._down_since is None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -78,3 +124,90 @@ def watch(discovery: Discovery, service: str,
               wait_s=wait_s, passing_only=False)
     w.start()
     return w
+
+
+class _CountingDiscovery:
+    """A Discovery seen through a Watch, counting failed queries (outages of the registry)."""
+
+    def __init__(self, discovery: Discovery) -> None:
+        self._discovery = discovery
+        self.failures = 0
+
+    def instances(self, service: str, **kwargs) -> tuple[int, list[Instance]]:  # noqa: ANN003
+        try:
+            return self._discovery.instances(service, **kwargs)
+        except DiscoveryError:
+            self.failures += 1
+            raise
+
+
+def watch_nodes(discovery: Discovery, service: str,
+                on_change: Callable[[list[Instance], bool], None], *,
+                wait_s: float = 5.0) -> Watch:
+    """Like watch(), and tells on_change whether the registry may have lost registrations
+    since the previous answer: it was unreachable in between, or its index went backwards
+    (restarted or restored). Decided on the watch thread, in order with the answers."""
+    loop = asyncio.get_running_loop()
+    counting = _CountingDiscovery(discovery)
+    seen = {"failures": 0, "resets": 0}
+
+    def report(found: list[Instance]) -> None:
+        suspect = counting.failures != seen["failures"] or w.index_resets != seen["resets"]
+        seen.update(failures=counting.failures, resets=w.index_resets)
+        loop.call_soon_threadsafe(on_change, found, suspect)
+
+    w = Watch(counting, service, report, wait_s=wait_s, passing_only=False)
+    w.start()
+    return w
+
+
+NodeRun = tuple[str, int]  # (node_id, incarnation)
+
+
+class GoneNodes:
+    """Which node runs discovery reports gone: the rule the Helper applies to its watch.
+
+    - CRITICAL (TTL lapsed: loop wedged or process dead) is gone at once.
+    - Absent after being listed is gone, except within `grace_s` after the registry may have
+      lost registrations (it was unreachable, or its index went backwards): a restarted agent
+      has forgotten every registration until the nodes' next heartbeats re-register them, and
+      "not re-registered yet" must not re-queue every in-flight task of the mesh. Absences are
+      checked again by expire().
+    - While the registry is unreachable the Watch reports nothing, so nothing is gone.
+    Pure: the clock is a parameter.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._listed: set[NodeRun] = set()
+        self._missing: set[NodeRun] = set()
+        self._critical: set[NodeRun] = set()
+        self._amnesty_until = 0.0
+
+    def update(self, alive: Iterable[NodeRun], critical: Iterable[NodeRun], *,
+               registry_restarted: bool, now: float) -> list[NodeRun]:
+        """Take the whole membership from one watch answer; return the runs now gone."""
+        alive, critical = set(alive), set(critical)
+        if registry_restarted:
+            self._amnesty_until = now + self.grace_s
+        gone = critical - self._critical  # once per turn to critical: a node can come back
+        self._critical = critical
+        absent = (self._listed | self._missing) - alive - critical
+        self._listed = alive
+        if now < self._amnesty_until:
+            self._missing = absent
+        else:
+            self._missing = set()
+            gone |= absent
+        return sorted(gone)
+
+    def expire(self, now: float) -> list[NodeRun]:
+        """Absences that outlived the grace after a registry restart."""
+        if now < self._amnesty_until or not self._missing:
+            return []
+        gone, self._missing = sorted(self._missing), set()
+        return gone
+
+    @property
+    def amnesty_until(self) -> float:
+        return self._amnesty_until
