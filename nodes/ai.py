@@ -28,6 +28,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--helper", action="append", default=[],
                    help="a Helper's ack endpoint (repeatable; discovery adds the rest)")
     p.add_argument("--drain-grace", type=float, default=30.0)
+    p.add_argument("--run-timeout", type=float, default=300.0,
+                   help="run timeout of a task that carries none and whose handler sets none")
     config.add_common(p)
     config.add_registration(p, service="mesh-ai", watched_flag="helper-service",
                             watched="mesh-helper")
@@ -49,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
     settings = AINodeSettings(
         node_id=args.node_id or config.default_node_id("ai"),
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
-        concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace)
+        concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
+        run_timeout_s=args.run_timeout)
     return runtime.run(_serve(settings, load_app(args.app), args))
 
 

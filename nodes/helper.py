@@ -32,6 +32,14 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unroutable-grace", type=float, default=30.0,
                    help="seconds a task kind no live node serves waits before DEAD")
     p.add_argument("--ack-timeout", type=float, default=10.0)
+    p.add_argument("--kind-max-attempts", action="append", default=[], metavar="KIND=N",
+                   help="attempts for one task kind (repeatable); a task's own still wins")
+    p.add_argument("--retry-base", type=float, default=1.0, help="backoff base, seconds")
+    p.add_argument("--retry-cap", type=float, default=30.0, help="backoff cap, seconds")
+    p.add_argument("--max-lost-deliveries", type=int, default=3,
+                   help="running deliveries lost with their node before a task is DEAD")
+    p.add_argument("--max-pending-bytes", type=int, default=512 * 2**20)
+    p.add_argument("--journal-segment-bytes", type=int, default=32 * 2**20)
     config.add_common(p)
     config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
                             watched="mesh-ai")
@@ -49,7 +57,11 @@ def main(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts, max_pending_tasks=args.max_pending,
         node_dead_after_s=args.node_dead_after,
         dispatch_before_sync=args.dispatch_before_sync,
-        unroutable_grace_s=args.unroutable_grace, ack_timeout_s=args.ack_timeout)
+        unroutable_grace_s=args.unroutable_grace, ack_timeout_s=args.ack_timeout,
+        kind_max_attempts={k: int(v) for k, v in config.parse_kv(args.kind_max_attempts).items()},
+        retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
+        max_lost_deliveries=args.max_lost_deliveries, max_pending_bytes=args.max_pending_bytes,
+        journal_segment_bytes=args.journal_segment_bytes)
     return runtime.run(_serve(settings, args))
 
 

@@ -80,6 +80,8 @@ class Job(msgspec.Struct, omit_defaults=True):
     fatal: bool = False
     retry_later_s: float | None = None
     sync: bool = False
+    #: fail (retryably) while this file exists: a cause an operator can remove, then replay
+    fail_while_exists: str | None = None
 
 
 _decode = msgspec.json.Decoder(Job)
@@ -96,6 +98,8 @@ async def simulate(payload: bytes, ctx: TaskContext) -> bytes:
         if job.retry_later_s is not None:
             raise RetryLater(job.retry_later_s)
         raise RuntimeError(f"simulated failure on attempt {ctx.attempt}")
+    if job.fail_while_exists and os.path.exists(job.fail_while_exists):
+        raise RuntimeError(f"{job.fail_while_exists} exists (attempt {ctx.attempt})")
     delay_ms = job.ms if job.ms is not None else random.uniform(2.0, 8.0)
     if job.sync:
         await asyncio.get_running_loop().run_in_executor(None, time.sleep, delay_ms / 1000.0)
@@ -127,5 +131,9 @@ def block(payload: bytes) -> bytes:
 
 @app.task("crash")
 async def crash(payload: bytes, ctx: TaskContext) -> bytes:
-    """A poison pill: kills the node process that runs it."""
+    """A poison pill: kills the node process that runs it, after `payload` ms of work (default
+    50), like a model that segfaults on this input. (A node that dies within about a
+    millisecond of starting a task may die before its STARTED ack leaves; see
+    docs/decisions/005-failure-semantics.md.)"""
+    await asyncio.sleep(float(payload or b"50") / 1000.0)
     os._exit(17)
