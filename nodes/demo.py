@@ -30,7 +30,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a local mesh, kill a node mid-run, print the figures")
     p.add_argument("--tasks", type=int, default=10_000)
     p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--submitters", type=int, default=32,
+    p.add_argument("--submitters", type=int, default=8,
                    help="concurrent submitters, each submitting one task at a time")
     p.add_argument("--kill-at", type=float, default=0.5,
                    help="SIGKILL one AI node when this fraction of tasks is submitted")
