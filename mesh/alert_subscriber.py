@@ -1,0 +1,510 @@
+"""Alert subscriber: every publisher's alerts, complete and in order, each delivered once per run.
+
+Per publisher it keeps the epoch and the next expected seq (the Clone pattern of the ZeroMQ
+Guide, with the publisher's replay endpoint as the snapshot):
+- On first contact it subscribes, then asks the replay endpoint for everything after its
+  position (from seq 1 when it has none, or only what comes next with start_from="latest");
+  live alerts that arrive meanwhile wait in a buffer.
+- A gap in the seqs, or a publisher-state beat announcing a later seq than it has, makes it
+  ask the replay endpoint for the missing range; it delivers in order once the gap is filled.
+  Seqs the publisher no longer has (out of its bounded history, or lost in its crash) are
+  reported through `on_loss` and skipped, never waited for.
+- A duplicate (seq below the next expected) is dropped.
+- A different epoch means the publisher lost its journal: what was buffered of the old epoch is
+  delivered, the loss is reported, and the new epoch is read from seq 1.
+- Delivery: `on_alert(alert)` is awaited, one alert at a time per publisher (publishers run in
+  parallel). The position (epoch, seq) advances when it returns; when it raises, the same
+  alert is offered again after a backoff (handle errors in the callback to avoid stalling).
+- With `state_path`, positions are written there (atomic replace, at most every
+  `state_flush_interval_s`, and at stop) and read at start: a subscriber killed and restarted
+  resumes where it was. A kill can make it deliver again the last alerts delivered before it
+  (at least once across a crash, never a loss while the publisher still has them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from mesh import sockets, wire
+from mesh.errors import ConfigError, MeshError, WireError
+
+log = logging.getLogger(__name__)
+
+#: on_loss(publisher_id, epoch, first_seq, last_seq, reason): seqs that will never be delivered
+LossCallback = Callable[[str, int, int, int, str], None]
+
+
+class AlertSubscriberSettings(msgspec.Struct, frozen=True, kw_only=True):
+    #: topic prefixes (a topic is "kind|severity", e.g. "equipment." or "equipment.fault|crit")
+    topics: tuple[str, ...] = ("",)
+    #: file of the per-publisher positions; None keeps them in memory only
+    state_path: str | None = None
+    #: where to start with a publisher never seen before: "earliest" (all it still has) or "latest"
+    start_from: str = "earliest"
+    #: a replay request unanswered for this long is sent again on a fresh socket
+    replay_timeout_s: float = 2.0
+    #: positions are written at most this often
+    state_flush_interval_s: float = 0.05
+    #: alerts buffered per publisher while a gap is filled (beyond: dropped, replayed later)
+    max_buffered: int = 200_000
+    #: backoff cap when on_alert raises
+    retry_cap_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.start_from not in ("earliest", "latest"):
+            raise ConfigError(f"start_from must be 'earliest' or 'latest', got {self.start_from!r}")
+        for name in ("replay_timeout_s", "state_flush_interval_s", "max_buffered", "retry_cap_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+
+class AlertSubscriberStats:
+    __slots__ = ("live", "replayed", "delivered", "filtered", "duplicates", "malformed", "lost",
+                 "epoch_resets", "replay_requests", "replay_timeouts", "callback_errors",
+                 "overflow")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class AlertSubscriber:
+    """Subscribes to many publishers; see the module docstring for the guarantees.
+
+    Lifecycle: `await start()`, `add_publisher` / `remove_publisher` from the loop (plain values,
+    e.g. from discovery), `await stop()` (idempotent).
+    """
+
+    def __init__(self, settings: AlertSubscriberSettings,
+                 on_alert: Callable[[wire.Alert], Awaitable[None]], *,
+                 on_loss: LossCallback | None = None,
+                 context: zmq.asyncio.Context | None = None) -> None:
+        self.settings = settings
+        self.stats = AlertSubscriberStats()
+        self._on_alert = on_alert
+        self._on_loss = on_loss
+        self._own_context = context is None
+        self._ctx = context
+        self._links: dict[str, _Link] = {}
+        self._positions: dict[str, tuple[int, int]] = {}  # publisher_id -> (epoch, last seq)
+        self._dirty = False
+        self._flush_task: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+        self._state = "new"
+        self._log_limit: dict[str, float] = {}
+        self._all_topics = settings.topics == ("",) or "" in settings.topics
+        self._topics = tuple(t.encode() for t in settings.topics)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise MeshError("the alert subscriber was already started")
+        if self._ctx is None:
+            self._ctx = sockets.new_context()
+        self._positions = _load_positions(self.settings.state_path)
+        self._flush_task = asyncio.get_running_loop().create_task(
+            self._flush_loop(), name="alert-positions")
+        self._state = "running"
+
+    async def stop(self) -> None:
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        links = list(self._links.values())
+        self._links.clear()
+        await asyncio.gather(*(link.close() for link in links), *self._closing,
+                             return_exceptions=True)
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        self._write_positions()
+        if self._own_context and self._ctx is not None:
+            self._ctx.term()
+        self._ctx = None
+        self._state = "stopped"
+
+    async def __aenter__(self) -> AlertSubscriber:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- membership ------------------------------------------------------------------------
+
+    def add_publisher(self, publisher_id: str, pub_endpoint: str, replay_endpoint: str) -> None:
+        """Follow a publisher; again with new endpoints (a restart elsewhere) keeps its position."""
+        if self._state != "running":
+            raise MeshError(f"the alert subscriber is {self._state}; start() it first")
+        link = self._links.get(publisher_id)
+        if link is not None:
+            if (link.pub_endpoint, link.replay_endpoint) == (pub_endpoint, replay_endpoint):
+                return
+            self._links.pop(publisher_id)
+            self._close_later(link)
+        link = _Link(self, publisher_id, pub_endpoint, replay_endpoint)
+        self._links[publisher_id] = link
+        link.start()
+
+    def remove_publisher(self, publisher_id: str) -> None:
+        """Stop following a publisher (its position is kept, for when it comes back)."""
+        link = self._links.pop(publisher_id, None)
+        if link is not None:
+            self._close_later(link)
+
+    def _close_later(self, link: _Link) -> None:
+        task = asyncio.get_running_loop().create_task(link.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @property
+    def publishers(self) -> list[str]:
+        return sorted(self._links)
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """publisher_id -> (epoch, last delivered seq)."""
+        return dict(self._positions)
+
+    # ---- shared by links -------------------------------------------------------------------
+
+    def _matches(self, alert: wire.Alert) -> bool:
+        if self._all_topics:
+            return True
+        topic = wire.alert_topic(alert.kind, alert.severity)
+        return topic.startswith(self._topics)
+
+    def _delivered(self, publisher_id: str, epoch: int, seq: int) -> None:
+        self._positions[publisher_id] = (epoch, seq)
+        self._dirty = True
+
+    def _report_loss(self, publisher_id: str, epoch: int, first: int, last: int,
+                     reason: str) -> None:
+        self.stats.lost += last - first + 1
+        log.warning("alerts %d..%d of publisher %s (epoch %016x) are lost: %s",
+                    first, last, publisher_id, epoch, reason)
+        if self._on_loss is not None:
+            try:
+                self._on_loss(publisher_id, epoch, first, last, reason)
+            except Exception:  # noqa: BLE001
+                log.exception("on_loss callback raised")
+
+    def _malformed(self, publisher_id: str, what: str) -> None:
+        self.stats.malformed += 1
+        self._log_limited("malformed", "alert subscriber dropped a malformed frame from %s: %s",
+                          publisher_id, what)
+
+    def _log_limited(self, what: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._log_limit.get(what, -1e9) >= 10.0:
+            self._log_limit[what] = now
+            log.warning(msg, *args)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.state_flush_interval_s)
+            if self._dirty:
+                self._write_positions()
+
+    def _write_positions(self) -> None:
+        """Atomic replace, no fsync: a position that goes back after a power loss only means
+        alerts delivered again, never one missed."""
+        self._dirty = False
+        path = self.settings.state_path
+        if path is None:
+            return
+        data = {pid: {"epoch": f"{e:016x}", "seq": s} for pid, (e, s) in self._positions.items()}
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._dirty = True
+            self._log_limited("state", "cannot write alert positions to %s: %s", path, exc)
+
+
+def _load_positions(path: str | None) -> dict[str, tuple[int, int]]:
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return {pid: (int(v["epoch"], 16), int(v["seq"])) for pid, v in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # Starting over from each publisher's first available alert: duplicates, not losses.
+        log.warning("alert positions in %s are unreadable (%s); starting from each publisher's "
+                    "earliest alert", path, exc)
+        return {}
+
+
+class _Link:
+    """One publisher: its SUB and DEALER sockets, owned by one task, and its ordering state."""
+
+    def __init__(self, owner: AlertSubscriber, publisher_id: str, pub_endpoint: str,
+                 replay_endpoint: str) -> None:
+        self.owner = owner
+        self.publisher_id = publisher_id
+        self.pub_endpoint = pub_endpoint
+        self.replay_endpoint = replay_endpoint
+        position = owner._positions.get(publisher_id)
+        self.epoch, self.next_seq = (position[0], position[1] + 1) if position else (0, 1)
+        self.old_epochs: set[int] = set()
+        self.wait_latest = position is None and owner.settings.start_from == "latest"
+        self.pending: dict[int, wire.Alert] = {}
+        self.ready: deque[wire.Alert] = deque()
+        self.known_last = 0
+        self.inflight: tuple[int, int, float] | None = None  # (from, to, sent at)
+        self.sub: zmq.asyncio.Socket | None = None
+        self.dealer: zmq.asyncio.Socket | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        ctx = self.owner._ctx
+        self.sub = sockets.alert_sub(ctx)
+        # Subscribe before connecting and before asking for the replay (Clone: no window).
+        for topic in self.owner._topics:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wire.ALERT_STATE_TOPIC)
+        self.sub.connect(self.pub_endpoint)
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"alert-sub-{self.publisher_id}")
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+        for sock in (self.sub, self.dealer):
+            if sock is not None:
+                sock.close(linger=0)
+        self.sub = self.dealer = None
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        sub_drain = zmq.Socket.shadow(self.sub.underlying)
+        self._request(self.next_seq if not self.wait_latest else 2**63, 0)
+        while True:
+            poller = zmq.asyncio.Poller()
+            poller.register(self.sub, zmq.POLLIN)
+            dealer = self.dealer
+            poller.register(dealer, zmq.POLLIN)
+            dealer_drain = zmq.Socket.shadow(dealer.underlying)
+            while self.dealer is dealer:
+                timeout_ms = 1000
+                if self.inflight is not None:
+                    left = self.inflight[2] + self.owner.settings.replay_timeout_s - time.monotonic()
+                    timeout_ms = max(1, int(left * 1000) + 1)
+                events = dict(await poller.poll(timeout_ms))
+                if self.sub in events:
+                    self._drain_sub(sub_drain)
+                if dealer in events and self.dealer is dealer:
+                    self._drain_dealer(dealer, dealer_drain)
+                if self.ready:
+                    await self._deliver()
+                self._maybe_request()
+
+    def _drain_sub(self, sock: zmq.Socket) -> None:
+        for _ in range(1024):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(parts) != 2:
+                self.owner._malformed(self.publisher_id, f"message of {len(parts)} frames on SUB")
+                continue
+            topic, frame = parts
+            try:
+                if topic == wire.ALERT_STATE_TOPIC:
+                    state = wire.decode_publisher_state(frame)
+                    if self._epoch_ok(state.publisher_epoch):
+                        self.known_last = max(self.known_last, state.last_seq)
+                    continue
+                alert = wire.decode_alert(frame)
+            except WireError as exc:
+                self.owner._malformed(self.publisher_id, str(exc))
+                continue
+            self.owner.stats.live += 1
+            self._accept(alert)
+        self._advance()
+
+    def _drain_dealer(self, dealer: zmq.asyncio.Socket, sock: zmq.Socket) -> None:
+        while self.dealer is dealer:  # a reply may have made us replace the socket
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = wire.decode_replay_reply(frame)
+            except WireError as exc:
+                self.owner._malformed(self.publisher_id, f"replay reply: {exc}")
+                continue
+            self._on_reply(reply)
+
+    # ---- ordering --------------------------------------------------------------------------
+
+    def _epoch_ok(self, epoch: int) -> bool:
+        if epoch == self.epoch:
+            return True
+        if self.epoch == 0:
+            self.epoch = epoch
+            return True
+        if epoch in self.old_epochs:
+            return False  # a late frame of a previous life
+        # The publisher lost its journal (or a new one took its id): its numbering restarts.
+        old = self.epoch
+        self.owner.stats.epoch_resets += 1
+        self.old_epochs.add(old)
+        held = sorted(self.pending)
+        expect = self.next_seq
+        for seq in held:   # what we hold of the old life is delivered, its holes reported
+            if seq > expect:
+                self.owner._report_loss(self.publisher_id, old, expect, seq - 1,
+                                        "the publisher restarted without its history")
+            self.ready.append(self.pending[seq])
+            expect = seq + 1
+        if self.known_last >= expect:
+            self.owner._report_loss(self.publisher_id, old, expect, self.known_last,
+                                    f"the publisher restarted without its history (new epoch "
+                                    f"{epoch:016x})")
+        log.warning("alert publisher %s has a new epoch %016x (was %016x): reading it from seq 1",
+                    self.publisher_id, epoch, old)
+        self.pending.clear()
+        self.epoch = epoch
+        self.next_seq = 1
+        self.known_last = 0
+        self.wait_latest = False
+        self._request(1, 0)
+        return True
+
+    def _accept(self, alert: wire.Alert) -> None:
+        if alert.publisher_id != self.publisher_id:
+            self.owner._malformed(self.publisher_id,
+                                  f"alert of publisher {alert.publisher_id!r} on this link")
+            return
+        if not self._epoch_ok(alert.publisher_epoch):
+            return
+        seq = alert.seq
+        if seq > self.known_last:
+            self.known_last = seq
+        if self.wait_latest:
+            return  # first contact with start_from="latest": the replay reply sets the start
+        if seq < self.next_seq or seq in self.pending:
+            self.owner.stats.duplicates += 1
+            return
+        if len(self.pending) >= self.owner.settings.max_buffered:
+            self.owner.stats.overflow += 1  # not lost: the gap makes us replay it later
+            return
+        self.pending[seq] = alert
+
+    def _advance(self) -> None:
+        pending = self.pending
+        while pending:
+            alert = pending.pop(self.next_seq, None)
+            if alert is None:
+                break
+            self.ready.append(alert)
+            self.next_seq += 1
+
+    def _skip_unavailable(self, through: int, reason: str) -> None:
+        """Seqs up to `through` that we do not hold will never come: report them and move on."""
+        while self.next_seq <= through:
+            if self.next_seq in self.pending:
+                self._advance()
+                continue
+            nxt = min((s for s in self.pending if s > self.next_seq), default=through + 1)
+            end = min(nxt - 1, through)
+            self.owner._report_loss(self.publisher_id, self.epoch, self.next_seq, end, reason)
+            self.next_seq = end + 1
+            self._advance()
+
+    # ---- replay ----------------------------------------------------------------------------
+
+    def _request(self, from_seq: int, to_seq: int) -> None:
+        """Ask the replay endpoint; a fresh DEALER each time a request timed out (Lazy Pirate),
+        so a reply on the current socket always answers the one request in flight."""
+        if self.dealer is None or self.inflight is not None:
+            if self.dealer is not None:
+                self.dealer.close(linger=0)
+            self.dealer = sockets.replay_dealer(self.owner._ctx, self.replay_endpoint)
+        req = wire.ReplayRequest(version=wire.PROTOCOL_VERSION, publisher_id=self.publisher_id,
+                                 from_seq=from_seq, to_seq=to_seq)
+        self.dealer.send(wire.encode(req), zmq.NOBLOCK)
+        self.inflight = (from_seq, to_seq, time.monotonic())
+        self.owner.stats.replay_requests += 1
+
+    def _maybe_request(self) -> None:
+        if self.inflight is not None:
+            if time.monotonic() - self.inflight[2] >= self.owner.settings.replay_timeout_s:
+                self.owner.stats.replay_timeouts += 1
+                self._request(self.inflight[0] if self.wait_latest else self.next_seq,
+                              self.inflight[1] if self.wait_latest else 0)
+            return
+        if self.known_last >= self.next_seq and not self.wait_latest:
+            self._request(self.next_seq, self.known_last)
+
+    def _on_reply(self, reply: wire.ReplayReply) -> None:
+        request = self.inflight
+        if request is None:
+            return
+        if not self._epoch_ok(reply.publisher_epoch) or self.inflight is not request:
+            return  # stale, or the epoch changed and a new request went out
+        from_seq, to_seq, _ = request
+        self.inflight = None
+        self.known_last = max(self.known_last, reply.last_seq)
+        if self.wait_latest:
+            self.wait_latest = False
+            self.next_seq = reply.last_seq + 1
+            self.pending = {s: a for s, a in self.pending.items() if s >= self.next_seq}
+            self._advance()
+            return
+        self.owner.stats.replayed += len(reply.alerts)
+        for alert in reply.alerts:
+            self._accept(alert)
+        if reply.alerts:
+            through = reply.alerts[-1].seq
+        else:
+            through = reply.last_seq if to_seq == 0 else min(to_seq, reply.last_seq)
+        reason = ("no longer in the publisher's history (first available is "
+                  f"{reply.first_available_seq})" if self.next_seq < reply.first_available_seq
+                  else "not in the publisher's history (sent before its crash, not journaled)")
+        if through >= from_seq:
+            self._skip_unavailable(through, reason)
+        self._advance()
+
+    # ---- delivery --------------------------------------------------------------------------
+
+    async def _deliver(self) -> None:
+        owner = self.owner
+        backoff_s = 0.05
+        while self.ready:
+            alert = self.ready[0]
+            if owner._matches(alert):
+                try:
+                    await owner._on_alert(alert)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - offered again after a backoff
+                    owner.stats.callback_errors += 1
+                    log.exception("alert callback failed for %s seq %d; retrying in %.2f s",
+                                  self.publisher_id, alert.seq, backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, owner.settings.retry_cap_s)
+                    continue
+                owner.stats.delivered += 1
+            else:
+                owner.stats.filtered += 1
+            self.ready.popleft()
+            owner._delivered(self.publisher_id, alert.publisher_epoch, alert.seq)

@@ -1,0 +1,312 @@
+"""The fault alert lane with real processes on loopback: publisher, notifier, load.
+
+Every wait is on a condition with a deadline; every process is killed and reaped at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+
+from mesh import wire
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Proc:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(
+            [sys.executable, *argv], cwd=REPO, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True)  # its own process group: kill() takes its children too
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.popen.stdout, self.lines.put),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.popen.stderr, self.stderr.append),
+                         daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, put) -> None:  # noqa: ANN001
+        with stream:
+            for line in stream:
+                put(line.rstrip("\n"))
+
+    def expect(self, prefix: str, timeout_s: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.popen.poll() is not None and self.lines.empty():
+                raise AssertionError(
+                    f"{self.argv[:3]}: no line starting {prefix!r} (exit {self.popen.poll()}); "
+                    f"stderr:\n" + "\n".join(self.stderr[-30:]))
+            try:
+                line = self.lines.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            if line.startswith(prefix):
+                return line
+
+    def ready(self) -> dict:
+        return json.loads(self.expect("READY ")[len("READY "):])
+
+    def send(self, line: str) -> None:
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def publish(self, count: int, *rest: str) -> int:
+        self.send(" ".join(["publish", str(count), *rest]))
+        return int(self.expect("PUBLISHED ", 30.0).split()[1])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(5)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # the group we created for it, children too
+        except ProcessLookupError:
+            pass
+        self.popen.wait(5)
+        try:
+            self.popen.stdin.close()
+        except OSError:
+            pass
+        # stdout/stderr are closed by their pump threads at EOF (closing them here could block
+        # on a read in progress)
+
+
+class Lane:
+    """Starts the processes of one test; `close()` kills and reaps all of them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+        self.out = tmp / "alerts.out"
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "MESH_TEST_ALERT_OUT": str(self.out),
+                    "MESH_LOG_LEVEL": "WARNING"}
+
+    def start(self, *argv: str) -> Proc:
+        proc = Proc(list(argv), self.env)
+        self.procs.append(proc)
+        return proc
+
+    def publisher(self, pid: str = "pub-1", data_dir: Path | None = None,
+                  pub_port: int | None = None, replay_port: int | None = None) -> tuple[Proc, dict]:
+        data_dir = data_dir or self.tmp / pid
+        argv = ["-m", "tests.integration.alert_procs", "publisher", "--publisher-id", pid,
+                "--data-dir", str(data_dir)]
+        if pub_port:
+            argv += ["--pub", f"tcp://127.0.0.1:{pub_port}"]
+        if replay_port:
+            argv += ["--replay", f"tcp://127.0.0.1:{replay_port}"]
+        proc = self.start(*argv)
+        return proc, proc.ready()
+
+    def notifier(self, publishers: list[tuple[str, dict]], *extra: str) -> Proc:
+        argv = ["-m", "nodes.notifier", "--no-discovery", "--no-log",
+                "--handler", "tests.integration.alert_procs:record",
+                "--state-file", str(self.tmp / "notifier-positions.json"), *extra]
+        for pid, info in publishers:
+            argv += ["--publisher", f"{pid}={info['pub']},{info['replay']}"]
+        proc = self.start(*argv)
+        proc.ready()
+        return proc
+
+    def received(self) -> list[tuple[str, int, int]]:
+        if not self.out.exists():
+            return []
+        rows = []
+        for line in self.out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                rows.append((parts[0], int(parts[1]), int(parts[2])))
+        return rows
+
+    def seqs(self, pid: str = "pub-1") -> list[int]:
+        return [seq for p, seq, _ in self.received() if p == pid]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture
+def lane(tmp_path):
+    lane = Lane(tmp_path)
+    yield lane
+    lane.close()
+
+
+def test_late_subscriber_receives_earlier_alerts_via_replay(lane):
+    pub, info = lane.publisher()
+    assert pub.publish(50) == 50
+    lane.notifier([("pub-1", info)])
+    wait_until(lambda: len(lane.seqs()) >= 50, 15, "50 replayed alerts")
+    assert lane.seqs() == list(range(1, 51))
+    # and live ones after the replay, in order
+    assert pub.publish(10) == 60
+    wait_until(lambda: len(lane.seqs()) >= 60, 15, "60 alerts")
+    assert lane.seqs() == list(range(1, 61))
+
+
+def test_burst_of_10000_alerts_arrives_complete_and_in_order(lane):
+    pub, info = lane.publisher()
+    notifier = lane.notifier([("pub-1", info)])
+    assert pub.publish(1) == 1
+    wait_until(lambda: lane.seqs() == [1], 15, "the first alert")
+    assert pub.publish(10_000) == 10_001
+    wait_until(lambda: len(lane.seqs()) >= 10_001, 30, "10,001 alerts")
+    assert lane.seqs() == list(range(1, 10_002))
+    assert notifier.stop() == 0
+    assert not [line for line in notifier.stderr if "lost" in line]
+
+
+def test_subscriber_killed_and_restarted_misses_nothing(lane):
+    pub, info = lane.publisher()
+    notifier = lane.notifier([("pub-1", info)])
+    assert pub.publish(300) == 300
+    wait_until(lambda: len(lane.seqs()) >= 300, 15, "300 alerts")
+    # kill it in the middle of a paced stream, keep publishing while it is dead
+    pub.send("publish 400 equipment.fault critical 1")
+    wait_until(lambda: len(lane.seqs()) >= 350, 15, "alerts of the paced stream")
+    notifier.stop(signal.SIGKILL)
+    last = int(pub.expect("PUBLISHED ", 30).split()[1])
+    assert last == 700
+    assert pub.publish(100) == 800
+    lane.notifier([("pub-1", info)])
+    wait_until(lambda: set(lane.seqs()) >= set(range(1, 801)), 20, "every alert after the restart")
+    seqs = lane.seqs()
+    assert set(seqs) == set(range(1, 801))
+    # in order within each run; the restart may repeat what was delivered right before the kill
+    restart_at = next(i for i in range(1, len(seqs)) if seqs[i] <= seqs[i - 1])
+    assert seqs[:restart_at] == sorted(seqs[:restart_at])
+    assert seqs[restart_at:] == list(range(seqs[restart_at], 801))
+    assert restart_at - seqs.index(seqs[restart_at]) < 100  # few repeats (positions flushed often)
+
+
+def test_publisher_restart_continues_sequence_without_false_gap(lane):
+    data_dir = lane.tmp / "pub-1"
+    pub_port, replay_port = free_port(), free_port()
+    pub, info = lane.publisher(data_dir=data_dir, pub_port=pub_port, replay_port=replay_port)
+    notifier = lane.notifier([("pub-1", info)])
+    assert pub.publish(100) == 100
+    wait_until(lambda: len(lane.seqs()) >= 100, 15, "100 alerts")
+    assert pub.stop() == 0
+    pub2, info2 = lane.publisher(data_dir=data_dir, pub_port=pub_port, replay_port=replay_port)
+    assert info2["epoch"] == info["epoch"] and info2["next_seq"] == 101
+    assert pub2.publish(100) == 200
+    wait_until(lambda: len(lane.seqs()) >= 200, 15, "200 alerts")
+    assert lane.seqs() == list(range(1, 201))
+    assert notifier.stop() == 0
+    assert not [line for line in notifier.stderr if "lost" in line or "new epoch" in line]
+
+
+def test_publisher_crash_keeps_history_and_never_reuses_a_seq(lane):
+    data_dir = lane.tmp / "pub-1"
+    pub, info = lane.publisher(data_dir=data_dir)
+    assert pub.publish(100) == 100
+    _wait_durable(data_dir)
+    pub.stop(signal.SIGKILL)
+    pub2, info2 = lane.publisher(data_dir=data_dir)
+    assert info2["epoch"] == info["epoch"]
+    assert info2["next_seq"] > 100  # above the reservation: no number is ever given twice
+    reply = _replay(info2["replay"], "pub-1", 1)
+    assert [a.seq for a in reply.alerts] == list(range(1, 101))
+    first_new = pub2.publish(5)
+    lane.notifier([("pub-1", info2)])
+    wait_until(lambda: len(lane.seqs()) >= 105, 15, "105 alerts")
+    assert lane.seqs() == list(range(1, 101)) + list(range(first_new - 4, first_new + 1))
+
+
+def test_malformed_frames_on_the_replay_endpoint_are_dropped(lane):
+    pub, info = lane.publisher()
+    assert pub.publish(3) == 3
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(info["replay"])
+        sock.send(b"\xff\xff garbage")
+        sock.send_multipart([b"two", b"frames"])
+        sock.send(wire.encode(wire.ReplayRequest(version=99, publisher_id="pub-1", from_seq=1)))
+        sock.send(b"x" * (100 * 1024))  # above the endpoint's MAXMSGSIZE: ZeroMQ drops the peer
+        sock.close()
+        reply = _replay(info["replay"], "pub-1", 1)
+        assert [a.seq for a in reply.alerts] == [1, 2, 3]
+    finally:
+        ctx.term()
+    assert pub.publish(1) == 4
+
+
+@pytest.mark.parametrize("load", ["push_pull"])
+def test_alerts_flow_while_another_process_saturates_the_machine(lane, load):
+    load_argv = {"push_pull": ["-m", "tests.integration.alert_procs", "load", "--seconds", "30"]}
+    loader = lane.start(*load_argv[load])
+    loader.ready()
+    pub, info = lane.publisher()
+    lane.notifier([("pub-1", info)])
+    assert pub.publish(200, "equipment.fault", "critical", "2") == 200
+    wait_until(lambda: len(lane.seqs()) >= 200, 20, "200 alerts under load")
+    assert lane.seqs() == list(range(1, 201))
+    latencies_ms = sorted(lat / 1000 for _, _, lat in lane.received())
+    assert latencies_ms[len(latencies_ms) // 2] < 15_000  # the requirement; the bench measures ms
+
+
+def _replay(endpoint: str, pid: str, from_seq: int):  # noqa: ANN202
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(wire.encode(wire.ReplayRequest(
+            version=wire.PROTOCOL_VERSION, publisher_id=pid, from_seq=from_seq)))
+        assert sock.poll(5000), f"no replay reply from {endpoint}"
+        reply = wire.decode_replay_reply(sock.recv())
+        sock.close()
+        return reply
+    finally:
+        ctx.term()
+
+
+def _wait_durable(data_dir: Path) -> None:
+    """The publisher syncs its journal right after each publish burst; give its group commit a
+    moment by watching the segment grow past the 100 alerts."""
+    def size() -> int:
+        return sum(p.stat().st_size for p in data_dir.glob("*") if p.is_file())
+    wait_until(lambda: size() > 100 * 40, 5, "the journal to hold the alerts")
