@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh import Client, make_task  # noqa: E402
+from mesh import Client, SyncClient, make_task  # noqa: E402
 from nodes.launch import NodeProcess  # noqa: E402
 
 
@@ -53,22 +53,25 @@ def fsync_probe(directory: Path, count: int = 500) -> list[float]:
     return samples
 
 
-async def accept_latency(client: Client, count: int) -> list[float]:
+def accept_latency(client: SyncClient, count: int) -> list[float]:
+    """One task per submit, the next only after the answer (a blocking client, as a web
+    handler would use; the peers' one-at-a-time figures use their blocking clients too)."""
     samples = []
     for _ in range(count):
         task = make_task("noop", b"x" * 200)
         t0 = time.perf_counter()
-        await client.submit_many([task])
+        client.submit_many([task])
         samples.append(time.perf_counter() - t0)
     return samples
 
 
-async def e2e_latency(client: Client, count: int) -> list[float]:
+def e2e_latency(client: SyncClient, count: int) -> list[float]:
+    """Submit one task, read from its result when its handler started, repeat."""
     samples = []
     for _ in range(count):
         task = make_task("noop", b"x" * 200)
-        await client.submit_many([task])
-        result = await client.result(task.task_id, timeout=30)
+        client.submit_many([task])
+        result = client.result(task.task_id, timeout=30)
         samples.append((int(result) - task.submitted_ns) / 1e9)
     return samples
 
@@ -111,10 +114,11 @@ async def run(args: argparse.Namespace) -> dict:
         async with Client(helper.ready["intake"]) as client:
             while (await client.stats())["nodes"] < len(nodes):
                 await asyncio.sleep(0.05)
-            await accept_latency(client, 200)  # warm up
-            fsync = fsync_probe(work / "helper")
-            accept = await accept_latency(client, args.samples)
-            e2e = await e2e_latency(client, args.samples)
+            with SyncClient(helper.ready["intake"]) as blocking:
+                accept_latency(blocking, 200)  # warm up
+                fsync = fsync_probe(work / "helper")
+                accept = accept_latency(blocking, args.samples)
+                e2e = e2e_latency(blocking, args.samples)
             tput = await throughput(client, args.tasks, args.submitters, args.batch)
             stats = await client.stats()
         return {"fsync_s": fsync, "accept_s": accept, "e2e_s": e2e, "throughput": tput,

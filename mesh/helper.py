@@ -40,6 +40,7 @@ log = logging.getLogger("mesh.helper")
 
 MAX_TASK_ID_CHARS = 200
 _DRAIN_MAX = 2000  # frames taken off a socket before yielding to the loop
+RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _flush_background)
 
 
 class Helper:
@@ -473,7 +474,14 @@ class Helper:
                 self._dispatch()
 
     def _flush_background(self) -> None:
-        """Make ack-path records (results, retries) durable soon, coalesced into one sync."""
+        """Make ack-path records (results, retries, compaction rewrites) durable soon.
+
+        Not at once: an immediate fdatasync per ack batch would sit in front of the next
+        submit's sync and double its latency. These records promise nothing to a submitter
+        (a result lost with a crash means the task runs again, and the node's de-duplication
+        window usually answers it), so they ride along with the next submit's sync, or with
+        one background sync at most RESULT_SYNC_DELAY_S later when no submit comes.
+        """
         if self._bg_sync is not None and not self._bg_sync.done():
             self._bg_sync_again = True
             return
@@ -482,6 +490,7 @@ class Helper:
     async def _background_sync(self) -> None:
         while True:
             self._bg_sync_again = False
+            await asyncio.sleep(RESULT_SYNC_DELAY_S)
             try:
                 await self.journal.sync()
             except JournalError as exc:
