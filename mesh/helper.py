@@ -66,6 +66,7 @@ class Helper:
         self._bg_sync: asyncio.Task | None = None
         self._bg_sync_again = False
         self.recovered: dict[str, int] = {}
+        self._queue_high = False
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -527,11 +528,24 @@ class Helper:
                 if now - last_compact >= 1.0:
                     last_compact = now
                     d.update_gauges()
+                    self._check_queue_level()
                     self.metrics.journal_bytes.set(self.journal.size_bytes)
             except Exception:
                 log.exception("helper timer step failed")
 
     # ---- observability -----------------------------------------------------------------
+
+    def _check_queue_level(self) -> None:
+        """Alert once when the queue crosses its threshold, and once when it is back under
+        half of it (hysteresis: no alert storm while it hovers at the line)."""
+        depth = len(self.dispatcher.pending) + len(self.dispatcher.retry_waiting)
+        threshold = self.settings.queue_alert_fraction * self.settings.max_pending_tasks
+        if not self._queue_high and depth >= threshold:
+            self._queue_high = True
+            self._on_event("queue_high", {"depth": depth, "limit": self.settings.max_pending_tasks})
+        elif self._queue_high and depth < threshold / 2:
+            self._queue_high = False
+            self._on_event("queue_normal", {"depth": depth})
 
     def _on_fsync(self, seconds: float, records: int) -> None:
         # Called from the journal's flusher thread; prometheus_client objects are thread-safe.
@@ -542,7 +556,7 @@ class Helper:
         if self._alerts is None:
             return
         severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
-                    "journal_error": "critical"}.get(kind, "info")
+                    "journal_error": "critical", "queue_high": "warning"}.get(kind, "info")
         source = info.get("node_id") or info.get("task_id") or self.settings.helper_id
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,

@@ -55,6 +55,8 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: send a task to a node while its journal record is still being synced (the submitter still
     #: hears "accepted" only after the sync); see docs/decisions/004-dispatch-during-sync.md
     dispatch_before_sync: bool = False
+    #: publish a queue alert when queued tasks reach this fraction of max_pending_tasks
+    queue_alert_fraction: float = 0.8
     #: strict priority, except every Nth pick goes to the lane whose head waited longest
     priority_aging_every: int = 8
 
