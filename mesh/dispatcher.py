@@ -96,7 +96,7 @@ class NodeLink:
     __slots__ = (
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
-        "suffix",
+        "suffix", "held",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
@@ -115,6 +115,7 @@ class NodeLink:
         self.stalled_until = 0.0
         self.beat = 0
         self.suffix = b""  # the encoded Dispatch fields common to this incarnation
+        self.held = ()  # task ids its last heartbeat said it holds (running or waiting)
 
     @property
     def available(self) -> int:
@@ -292,6 +293,7 @@ class Dispatcher:
             return  # an older heartbeat overtaken by a newer one: ignore its credit
         node.last_heard = time.monotonic()
         node.beat = hb.beat
+        node.held = hb.held_task_ids
         for ack in batch.acks:
             self._apply_ack(node, ack)
         node.concurrency = hb.concurrency
@@ -539,7 +541,12 @@ class Dispatcher:
             stale = [tid for tid, _ in node.inflight.items()
                      if (e := self.tasks.get(tid)) is not None and e.state == wire.DISPATCHED
                      and now - e.dispatched_at > ack_timeout]
+            held = set(node.held) if stale else ()
             for task_id in stale:
+                if task_id in held:
+                    # Waiting for a slot on a live node is progress, not a lost delivery.
+                    self.tasks[task_id].dispatched_at = now
+                    continue
                 node.inflight.pop(task_id, None)
                 self.metrics.redeliveries.labels("ack_timeout").inc()
                 self.metrics.timeouts.labels("ack").inc()

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import zmq
+import zmq.asyncio
 
 from discovery import open_discovery
 from mesh import Client, JournalError, NotFound, QueueFull, make_task, wire
@@ -276,6 +278,77 @@ def test_hung_sync_handler_frees_its_slot_at_the_run_timeout(cluster) -> None:  
     asyncio.run(scenario())
     assert _metric(_metrics(ai), "mesh_ai_timeouts_total") == 1.0
     assert _metric(_metrics(helper), "mesh_task_timeouts_total", timeout="run") == 1.0
+
+
+def test_delivery_never_started_is_sent_elsewhere_after_the_ack_timeout(cluster) -> None:  # noqa: ANN001
+    helper = cluster.start_helper("--ack-timeout", "0.5")
+
+    async def scenario() -> None:
+        # A node that heartbeats (so it is alive) and takes a delivery but never starts it.
+        ctx = zmq.asyncio.Context()
+        tasks_sock = ctx.socket(zmq.PULL)
+        tasks_sock.bind("tcp://127.0.0.1:0")
+        acks_sock = ctx.socket(zmq.PUSH)
+        acks_sock.connect(cluster.helper.ready["acks"])
+        endpoint = tasks_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        async def heartbeats() -> None:
+            beat = 0
+            while True:
+                beat += 1
+                await acks_sock.send(wire.encode_ack_batch(wire.Heartbeat(
+                    node_id="silent", incarnation=7, task_endpoint=endpoint, concurrency=1,
+                    credit=1, kinds=["echo"], beat=beat, sent_ns=time.time_ns()), []))
+                await asyncio.sleep(0.1)
+
+        beating = asyncio.create_task(heartbeats())
+        try:
+            async with Client(cluster.intake) as client:
+                await _nodes_seen(client, 1)
+                task_id = await client.submit("echo", b"not lost")
+                assert await tasks_sock.poll(5000), "the silent node got no delivery"
+                await tasks_sock.recv()
+                ai = cluster.start_ai()
+                assert await client.result(task_id, timeout=20) == b"not lost"
+                status = await client.status(task_id)
+                assert status.node_id == ai.ready["node_id"] and status.deliveries == 2
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+            tasks_sock.close(linger=0)
+            acks_sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+    text = _metrics(helper)
+    assert _metric(text, "mesh_redeliveries_total", cause="ack_timeout") == 1.0
+    assert _metric(text, "mesh_task_timeouts_total", timeout="ack") == 1.0
+
+
+def test_deliveries_waiting_for_a_slot_are_not_sent_again_by_the_ack_timeout(cluster) -> None:  # noqa: ANN001
+    helper = cluster.start_helper("--ack-timeout", "0.5")
+    busy = cluster.start_ai("--concurrency", "1", "--prefetch", "4")
+
+    async def scenario() -> None:
+        async with Client(cluster.intake) as client:
+            await _nodes_seen(client, 1)
+            ids = await client.submit_many(
+                [make_task("simulate", _job(ms=600)) for _ in range(5)])
+
+            async def all_on_busy() -> bool:
+                statuses = await client.statuses(ids)
+                return all(s.node_id == busy.ready["node_id"] for s in statuses)
+            await async_wait_until(all_on_busy, 10, what="5 tasks on the busy node")
+            cluster.start_ai("--concurrency", "4")
+            await _nodes_seen(client, 2)
+            statuses = await _wait_all(client, ids)
+            # The node holds them (its heartbeats say so): waiting for a slot is progress.
+            assert {s.node_id for s in statuses} == {busy.ready["node_id"]}
+            assert [s.deliveries for s in statuses] == [1] * 5
+
+    asyncio.run(scenario())
+    assert _absorbed(cluster) == [], "a task waiting for a slot ran twice"
+    assert _metric(_metrics(helper), "mesh_redeliveries_total", cause="ack_timeout") == 0.0
 
 
 # ---- TTL, backpressure, priority ---------------------------------------------------------------
