@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import sys
+import threading
 
 from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import App, sockets, wire
@@ -53,7 +56,21 @@ def main(args: argparse.Namespace) -> int:
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout)
-    return runtime.run(_serve(settings, load_app(args.app), args))
+    code = runtime.run(_serve(settings, load_app(args.app), args))
+    _exit_past_hung_handlers(code)
+    return code
+
+
+def _exit_past_hung_handlers(code: int) -> None:
+    """A sync handler past its run timeout may still sleep in its thread (threads cannot be
+    killed); its task was failed or handed back already. Python would join that thread at exit,
+    so a hung handler would keep a SIGTERMed node alive forever: leave without waiting."""
+    hung = [t.name for t in threading.enumerate() if t.name.startswith("mesh-handler")]
+    if hung:
+        log.warning("exiting with %d handler threads still running: %s", len(hung), hung)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
 
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -> int:

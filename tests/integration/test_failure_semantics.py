@@ -267,7 +267,7 @@ def test_hung_sync_handler_frees_its_slot_at_the_run_timeout(cluster) -> None:  
     async def scenario() -> None:
         async with Client(cluster.intake) as client:
             await _nodes_seen(client, 1)
-            hung = await client.submit("block", b"8", run_timeout_s=0.5)
+            hung = await client.submit("block", b"600", run_timeout_s=0.5)
             after = await client.submit("echo", b"the slot is free again")
             # The echo needs the only slot: it runs while the hung thread still sleeps.
             assert await client.result(after, timeout=6) == b"the slot is free again"
@@ -278,6 +278,9 @@ def test_hung_sync_handler_frees_its_slot_at_the_run_timeout(cluster) -> None:  
     asyncio.run(scenario())
     assert _metric(_metrics(ai), "mesh_ai_timeouts_total") == 1.0
     assert _metric(_metrics(helper), "mesh_task_timeouts_total", timeout="run") == 1.0
+    # The thread still sleeps (10 minutes); SIGTERM does not wait for it.
+    ai.signal(signal.SIGTERM)
+    assert ai.proc.wait(timeout=30) == 0
 
 
 def test_delivery_never_started_is_sent_elsewhere_after_the_ack_timeout(cluster) -> None:  # noqa: ANN001
