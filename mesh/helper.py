@@ -264,9 +264,14 @@ class Helper:
         return results
 
     def _refuse_no_room(self, no_room: list, results: list) -> None:
+        d = self.dispatcher
         for task in no_room:
-            err = QueueFull(len(self.dispatcher.pending) + len(self.dispatcher.retry_waiting),
-                            self.settings.max_pending_tasks)
+            depth = len(d.pending) + len(d.retry_waiting)
+            if depth < self.settings.max_pending_tasks:  # the bytes bound is the one hit
+                err = QueueFull(d.pending.size_bytes + len(task.payload),
+                                self.settings.max_pending_bytes, "payload bytes")
+            else:
+                err = QueueFull(depth, self.settings.max_pending_tasks)
             self.metrics.rejected.labels("QueueFull").inc()
             results.append(wire.SubmitResult(task_id=task.task_id, code=err.code,
                                              message=str(err)))

@@ -432,6 +432,19 @@ def test_full_queue_rejects_with_queue_full_and_wait_s_waits_for_room(cluster) -
     assert _metric(text, "mesh_submit_rejected_total", reason="QueueFull") == 10_002.0
 
 
+def test_queue_bound_by_payload_bytes_names_the_bytes_bound(cluster) -> None:  # noqa: ANN001
+    cluster.start_helper("--max-pending-bytes", "10000")
+
+    async def scenario() -> None:
+        async with Client(cluster.intake) as client:
+            await client.submit("echo", b"x" * 6000)
+            with pytest.raises(QueueFull, match=r"\(12000 of 10000 payload bytes\)"):
+                await client.submit("echo", b"y" * 6000)
+            await client.submit("echo", b"z" * 4000)  # what fits still goes in
+
+    asyncio.run(scenario())
+
+
 def test_higher_priority_overtakes_queued_lower_ones_fifo_within_and_no_starvation(cluster) -> None:  # noqa: ANN001
     cluster.start_helper()
     cluster.start_ai("--concurrency", "1", "--prefetch", "0")
