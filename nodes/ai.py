@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import os
 import sys
 import threading
+import time
 
 from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import App, sockets, wire
@@ -16,7 +18,7 @@ from mesh.errors import ConfigError
 from mesh.metrics import serve
 from mesh.settings import AINodeSettings
 from nodes import config, runtime
-from nodes.registration import Presence, watch
+from nodes.registration import GoneNodes, Presence, watch_nodes
 
 log = logging.getLogger("mesh.node.ai")
 
@@ -118,15 +120,37 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
             server.shutdown()
         raise
 
-    def on_helpers(found: list[Instance]) -> None:
+    # A Helper that left discovery is dropped (absence only, after the same grace the Helper
+    # gives AI nodes when the registry may have lost registrations; never a --helper endpoint).
+    # A CRITICAL Helper is kept: it may only be slow, and heartbeats to it cost nothing.
+    gone_helpers = GoneNodes(grace_s=presence.max_backoff_s + 2 * args.discovery_ttl)
+    loop = asyncio.get_running_loop()
+
+    def drop(runs: list[tuple[str, int]]) -> None:
+        for endpoint, _ in runs:
+            if endpoint not in args.helper:
+                log.info("Helper at %s left discovery; dropping the link unless it holds our work",
+                         endpoint)
+                node.remove_helper(endpoint)
+
+    def on_helpers(found: list[Instance], registry_suspect: bool) -> None:
+        listed = []
         for inst in found:
             if args.pool and f"pool={args.pool}" not in inst.tags:
                 continue
             endpoint = inst.meta.get("ep_ack") or inst.meta.get("ack_endpoint")
-            if endpoint and inst.health != Health.CRITICAL:
+            if not endpoint:
+                continue
+            listed.append((endpoint, 0))
+            if inst.health != Health.CRITICAL:
                 node.add_helper(endpoint)
+        if registry_suspect:
+            loop.call_later(gone_helpers.grace_s + 0.1,
+                            lambda: drop(gone_helpers.expire(time.monotonic())))
+        drop(gone_helpers.update(listed, [], registry_restarted=registry_suspect,
+                                 now=time.monotonic()))
 
-    helper_watch = watch(discovery, args.helper_service, on_helpers)
+    helper_watch = watch_nodes(discovery, args.helper_service, on_helpers)
     runtime.announce_ready("ai", node_id=settings.node_id, tasks=node.task_endpoint,
                            incarnation=f"{node.incarnation:x}", metrics_port=metrics_port)
     name = await runtime.until_signalled()

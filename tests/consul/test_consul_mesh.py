@@ -157,6 +157,23 @@ def test_saturated_ai_node_reports_warning_with_its_load(cluster, agent) -> None
     asyncio.run(scenario())
 
 
+def test_ai_node_drops_a_helper_that_left_and_follows_the_next_one(cluster, agent) -> None:  # noqa: ANN001
+    c = _use(cluster, agent)
+    first = cluster.start_helper(*TTL, helper_id="helper-1")
+    ai = cluster.start_ai(*TTL)
+    wait_until(lambda: len(_health(c, "mesh-ai")) == 1, 10, what="AI registered")
+    first.stop()  # SIGTERM: deregisters
+    ai_log = cluster.workdir / f"{ai.name}.log"
+    wait_until(lambda: "left discovery" in ai_log.read_text(), 10, what="the AI dropping helper-1")
+    cluster.start_helper(*TTL, helper_id="helper-2")
+
+    async def scenario() -> None:
+        async with Client(cluster.intake) as client:
+            await _wait_all(client, await _submit(client, 20, 1))
+
+    asyncio.run(scenario())
+
+
 # ---- failures -------------------------------------------------------------------------------
 
 
