@@ -237,6 +237,12 @@ class AlertPublisher:
             self._schedule_sync()
         return seq
 
+    async def flush(self) -> None:
+        """Wait until every alert published so far is durable (no-op without a data dir).
+        `publish()` never waits for this; call it where a caller must know, e.g. before exit."""
+        if self._journal is not None:
+            await self._journal.sync()
+
     # ---- state, for callers and tests ------------------------------------------------------
 
     @property

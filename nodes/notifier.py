@@ -44,6 +44,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                         "<notifier-id>/alert-positions.json)")
     p.add_argument("--start-from", choices=("earliest", "latest"), default="earliest",
                    help="for a publisher never seen: all it still has, or only new alerts")
+    p.add_argument("--rt-priority", type=int, default=0, metavar="PRIO",
+                   help="run the notifier SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE) so "
+                        "a saturated machine does not delay alerts; 0 = normal scheduling")
     p.add_argument("--retry-cap", type=float, default=30.0,
                    help="longest backoff between two calls of a failing handler, seconds")
     config.add_common(p)
@@ -63,7 +66,22 @@ def parse_publisher(spec: str) -> tuple[str, str, str]:
 
 def main(args: argparse.Namespace) -> int:
     runtime.setup_logging(args.log_level)
+    if args.rt_priority:
+        use_realtime_priority(args.rt_priority)
     return runtime.run(run(args))
+
+
+def use_realtime_priority(priority: int) -> None:
+    """SCHED_FIFO for this process, set before the ZeroMQ context exists so its I/O thread
+    inherits it: on a machine whose CPUs are saturated (the task lane at full load) a woken
+    notifier runs at once instead of waiting for a time slice (docs/decisions/003-alert-lane.md).
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, ValueError) as exc:
+        log.warning("cannot use SCHED_FIFO priority %d (%s); running with normal scheduling "
+                    "(grant CAP_SYS_NICE, e.g. a systemd unit with CPUSchedulingPolicy=fifo)",
+                    priority, exc)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 - `python -m tests.integration.alert_procs publisher --publisher-id P --data-dir D [--pub E]
   [--replay E]`: an AlertPublisher driven by stdin lines `publish N [KIND [SEVERITY [PACE_MS]]]`;
-  prints `READY {...}` and `PUBLISHED <last seq>` after each command; SIGTERM stops it cleanly.
+  prints `READY {...}` and `PUBLISHED <last seq>` after each command; `flush` waits until the
+  journal holds them (`FLUSHED <last seq>`); SIGTERM stops it cleanly.
 - `python -m tests.integration.alert_procs load [--seconds S]`: a message-heavy load, a PUSH/PULL
   pair in two processes hammering loopback (stands in for a saturated task lane).
 - `record`: a notifier handler (`--handler tests.integration.alert_procs:record`) appending
@@ -62,6 +63,10 @@ async def _publisher(args: argparse.Namespace) -> int:
             get.cancel()
             break
         words = get.result().split()
+        if words == ["flush"]:
+            await pub.flush()
+            print(f"FLUSHED {pub.last_seq}", flush=True)
+            continue
         if not words or words[0] != "publish":
             continue
         count = int(words[1])

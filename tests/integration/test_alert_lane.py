@@ -241,7 +241,8 @@ def test_publisher_crash_keeps_history_and_never_reuses_a_seq(lane):
     data_dir = lane.tmp / "pub-1"
     pub, info = lane.publisher(data_dir=data_dir)
     assert pub.publish(100) == 100
-    _wait_durable(data_dir)
+    pub.send("flush")
+    assert pub.expect("FLUSHED ") == "FLUSHED 100"
     pub.stop(signal.SIGKILL)
     pub2, info2 = lane.publisher(data_dir=data_dir)
     assert info2["epoch"] == info["epoch"]
@@ -302,11 +303,3 @@ def _replay(endpoint: str, pid: str, from_seq: int):  # noqa: ANN202
         return reply
     finally:
         ctx.term()
-
-
-def _wait_durable(data_dir: Path) -> None:
-    """The publisher syncs its journal right after each publish burst; give its group commit a
-    moment by watching the segment grow past the 100 alerts."""
-    def size() -> int:
-        return sum(p.stat().st_size for p in data_dir.glob("*") if p.is_file())
-    wait_until(lambda: size() > 100 * 40, 5, "the journal to hold the alerts")
