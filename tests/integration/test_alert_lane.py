@@ -303,3 +303,34 @@ def _replay(endpoint: str, pid: str, from_seq: int):  # noqa: ANN202
         return reply
     finally:
         ctx.term()
+
+
+def test_one_shot_cli_alert_reaches_a_notifier_found_through_discovery(lane):
+    registry = f"embedded://{lane.tmp / 'registry'}"
+    notifier = lane.start("-m", "nodes.cli", "notifier", "--discovery", registry,
+                          "--handler", "tests.integration.alert_procs:record",
+                          "--state-file", str(lane.tmp / "positions.json"), "--log-level", "INFO")
+    notifier.ready()
+    cli = lane.start("-m", "nodes.cli", "alert", "publish", "--kind", "equipment.fault",
+                     "--severity", "critical", "--source", "press-7", "--payload", "jam",
+                     "--label", "line=2", "--publisher-id", "cli-1",
+                     "--data-dir", str(lane.tmp / "cli-1"), "--discovery", registry,
+                     "--wait-s", "20")
+    published = json.loads(cli.expect('{"published"'))["published"]
+    assert published["seq"] == 1
+    assert cli.popen.wait(25) == 0, "\n".join(cli.stderr[-20:])
+    wait_until(lambda: lane.seqs("cli-1") == [1], 10, "the CLI alert at the notifier")
+    wait_until(lambda: any("ALERT CRITICAL equipment.fault source=press-7" in line
+                           for line in notifier.stderr), 5, "the log handler's line")
+
+
+def test_one_shot_cli_without_a_notifier_says_so_and_keeps_the_alert(lane):
+    argv = ["-m", "nodes.cli", "alert", "publish", "--kind", "k", "--source", "s",
+            "--publisher-id", "cli-2", "--data-dir", str(lane.tmp / "cli-2"),
+            "--no-discovery", "--wait-s", "0.3"]
+    first = lane.start(*argv)
+    assert first.popen.wait(15) == 3
+    second = lane.start(*argv)
+    published = json.loads(second.expect('{"published"'))["published"]
+    assert published["seq"] == 2  # the sequence went on; seq 1 is still in the journal
+    assert second.popen.wait(15) == 3
