@@ -269,6 +269,7 @@ class _Link:
         self.sub: zmq.asyncio.Socket | None = None
         self.dealer: zmq.asyncio.Socket | None = None
         self.task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
 
     def start(self) -> None:
         ctx = self.owner._ctx
@@ -294,27 +295,49 @@ class _Link:
     # ---- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        sub_drain = zmq.Socket.shadow(self.sub.underlying)
+        """Drain both sockets, deliver, ask for replays; sleep until one of them is readable.
+
+        The sockets' ZMQ_FDs are watched with add_reader for the life of the link (cheaper per
+        alert than a Poller, which re-registers them at every wait). A ZMQ_FD only signals a
+        change, so every pass drains until EAGAIN and checks ZMQ_EVENTS before sleeping."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+        sub = zmq.Socket.shadow(self.sub.underlying)
+        sub_fd = sub.getsockopt(zmq.FD)
+        loop.add_reader(sub_fd, wake.set)
         self._request(self.next_seq if not self.wait_latest else 2**63, 0)
-        while True:
-            poller = zmq.asyncio.Poller()
-            poller.register(self.sub, zmq.POLLIN)
-            dealer = self.dealer
-            poller.register(dealer, zmq.POLLIN)
-            dealer_drain = zmq.Socket.shadow(dealer.underlying)
-            while self.dealer is dealer:
-                timeout_ms = 1000
-                if self.inflight is not None:
-                    left = self.inflight[2] + self.owner.settings.replay_timeout_s - time.monotonic()
-                    timeout_ms = max(1, int(left * 1000) + 1)
-                events = dict(await poller.poll(timeout_ms))
-                if self.sub in events:
-                    self._drain_sub(sub_drain)
-                if dealer in events and self.dealer is dealer:
-                    self._drain_dealer(dealer, dealer_drain)
-                if self.ready:
-                    await self._deliver()
-                self._maybe_request()
+        try:
+            while True:
+                dealer = self.dealer
+                dealer_sync = zmq.Socket.shadow(dealer.underlying)
+                dealer_fd = dealer_sync.getsockopt(zmq.FD)
+                loop.add_reader(dealer_fd, wake.set)
+                try:
+                    while self.dealer is dealer:
+                        wake.clear()
+                        self._drain_sub(sub)
+                        self._drain_dealer(dealer, dealer_sync)
+                        if self.ready:
+                            await self._deliver()
+                        self._maybe_request()
+                        if self.dealer is not dealer or wake.is_set():
+                            continue
+                        if (sub.getsockopt(zmq.EVENTS) | dealer_sync.getsockopt(zmq.EVENTS)) \
+                                & zmq.POLLIN:
+                            continue
+                        timeout_s = 1.0
+                        if self.inflight is not None:
+                            timeout_s = max(0.001, self.inflight[2] - time.monotonic()
+                                            + self.owner.settings.replay_timeout_s)
+                        timer = loop.call_later(timeout_s, wake.set)
+                        try:
+                            await wake.wait()
+                        finally:
+                            timer.cancel()
+                finally:
+                    loop.remove_reader(dealer_fd)
+        finally:
+            loop.remove_reader(sub_fd)
 
     def _drain_sub(self, sock: zmq.Socket) -> None:
         for _ in range(1024):
@@ -322,6 +345,8 @@ class _Link:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if _ == 1023:
+                self._wake.set()  # more may be waiting: deliver this batch, then come back
             if len(parts) != 2:
                 self.owner._malformed(self.publisher_id, f"message of {len(parts)} frames on SUB")
                 continue
@@ -441,7 +466,10 @@ class _Link:
             self.dealer = sockets.replay_dealer(self.owner._ctx, self.replay_endpoint)
         req = wire.ReplayRequest(version=wire.PROTOCOL_VERSION, publisher_id=self.publisher_id,
                                  from_seq=from_seq, to_seq=to_seq)
-        self.dealer.send(wire.encode(req), zmq.NOBLOCK)
+        try:
+            zmq.Socket.shadow(self.dealer.underlying).send(wire.encode(req), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected yet and nothing queued: the timeout sends it again
         self.inflight = (from_seq, to_seq, time.monotonic())
         self.owner.stats.replay_requests += 1
 

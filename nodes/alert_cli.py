@@ -61,6 +61,18 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 build_parser = register_commands
 
 
+def alert_instance(publisher: AlertPublisher) -> Instance:
+    """The discovery entry of a started publisher (service "mesh-alerts"), for any node that
+    runs one (the Helper too): register it with `nodes.registration.Presence`."""
+    pid = publisher.settings.publisher_id
+    host = publisher.pub_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
+    return Instance(
+        service=ALERT_SERVICE, instance_id=pid, address=host,
+        port=sockets.port_of(publisher.pub_endpoint),
+        meta={"publisher_id": pid, "pub_endpoint": publisher.pub_endpoint,
+              "replay_endpoint": publisher.replay_endpoint})
+
+
 def main(args: argparse.Namespace) -> int:
     runtime.setup_logging(args.log_level)
     try:
@@ -85,12 +97,7 @@ async def run(args: argparse.Namespace, labels: dict[str, str] | None = None) ->
                                 args.payload.encode(), labels or None)
         if not args.no_discovery:
             discovery = open_discovery(config.discovery_url(args))
-            host = publisher.pub_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
-            presence = Presence(discovery, Instance(
-                service=ALERT_SERVICE, instance_id=publisher_id, address=host,
-                port=sockets.port_of(publisher.pub_endpoint),
-                meta={"publisher_id": publisher_id, "pub_endpoint": publisher.pub_endpoint,
-                      "replay_endpoint": publisher.replay_endpoint}))
+            presence = Presence(discovery, alert_instance(publisher))
             await presence.start()
         print(json.dumps({"published": {"publisher_id": publisher_id, "seq": seq,
                                         "epoch": f"{publisher.epoch:016x}",

@@ -317,6 +317,26 @@ def test_tail_lost_on_pub_is_found_by_the_state_beat():
     run(main())
 
 
+def test_every_alert_wakes_the_subscriber_without_waiting_for_a_timer():
+    """The link sleeps on its sockets' ZMQ_FDs; a missed edge would only be caught by its 1 s
+    fallback timer (and the state beat, set to 30 s here). Each alert must arrive well before."""
+    async def main() -> None:
+        sink = Sink()
+        settings = AlertPublisherSettings(publisher_id="p1", state_interval_s=30.0)
+        async with AlertPublisher(settings) as pub:
+            async with AlertSubscriber(AlertSubscriberSettings(), sink) as sub:
+                sub.add_publisher("p1", pub.pub_endpoint, pub.replay_endpoint)
+                while sub.stats.live == 0:  # until the subscription has reached the PUB
+                    pub.publish("k", "error", "s")
+                    await asyncio.sleep(0.02)
+                await until(lambda: len(sink.alerts) == pub.last_seq, what="the warm-up alerts")
+                for i in range(pub.last_seq + 1, pub.last_seq + 41):
+                    pub.publish("k", "error", "s")
+                    await until(lambda i=i: len(sink.alerts) == i, timeout_s=0.9,
+                                what=f"alert {i} without a timer")
+    run(main())
+
+
 def test_failing_callback_is_retried_and_order_kept():
     async def main() -> None:
         got: list[int] = []
