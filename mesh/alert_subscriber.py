@@ -414,7 +414,7 @@ class _Link:
         self._request(1, 0)
         return True
 
-    def _accept(self, alert: wire.Alert) -> None:
+    def _accept(self, alert: wire.Alert, live: bool = True) -> None:
         if alert.publisher_id != self.publisher_id:
             self.owner._malformed(self.publisher_id,
                                   f"alert of publisher {alert.publisher_id!r} on this link")
@@ -429,8 +429,10 @@ class _Link:
         if seq < self.next_seq or seq in self.pending:
             self.owner.stats.duplicates += 1
             return
-        if len(self.pending) >= self.owner.settings.max_buffered:
-            self.owner.stats.overflow += 1  # not lost: the gap makes us replay it later
+        if live and len(self.pending) >= self.owner.settings.max_buffered:
+            # Not lost: the gap makes us replay it. (Replayed alerts are always kept: a reply
+            # is bounded, and one dropped here would be taken for unavailable.)
+            self.owner.stats.overflow += 1
             return
         self.pending[seq] = alert
 
@@ -500,7 +502,7 @@ class _Link:
             return
         self.owner.stats.replayed += len(reply.alerts)
         for alert in reply.alerts:
-            self._accept(alert)
+            self._accept(alert, live=False)
         if reply.alerts:
             through = reply.alerts[-1].seq
         else:

@@ -284,16 +284,18 @@ class AlertPublisher:
             if self._journal is not None:
                 self._journal.release(_U64.pack(old))
 
-    def _range(self, from_seq: int, to_seq: int) -> list[bytes]:
-        """Frames of the kept alerts with from_seq <= seq <= to_seq, within the reply limits."""
+    def _range(self, from_seq: int, to_seq: int) -> tuple[list[bytes], int]:
+        """Frames of the kept alerts with from_seq <= seq <= to_seq, within the reply limits,
+        and the seq of the last one (0 when none)."""
         seqs = self._seqs
         if not seqs or to_seq < from_seq:
-            return []
+            return [], 0
         if seqs[-1] - seqs[0] + 1 == len(seqs):      # no holes: index arithmetic
             start = max(from_seq, seqs[0]) - seqs[0]
         else:
             start = bisect.bisect_left(seqs, from_seq)
         out: list[bytes] = []
+        top = 0
         size = 0
         limit_n, limit_b = self.settings.max_replay_alerts, self.settings.max_replay_bytes
         for i in range(start, len(seqs)):
@@ -304,8 +306,9 @@ class AlertPublisher:
             if out and (len(out) >= limit_n or size + len(frame) > limit_b):
                 break
             out.append(frame)
+            top = seq
             size += len(frame) + 8
-        return out
+        return out, top
 
     # ---- replay endpoint -------------------------------------------------------------------
 
@@ -337,7 +340,7 @@ class AlertPublisher:
             return
         last = self._next_seq - 1
         to_seq = last if req.to_seq == 0 else min(req.to_seq, last)
-        frames = self._range(max(1, req.from_seq), to_seq)
+        frames, top = self._range(max(1, req.from_seq), to_seq)
         reply = wire.encode_replay_reply(frames, self.epoch, self._first_available, last)
         try:
             router.send_multipart((identity, reply), zmq.NOBLOCK)
@@ -345,7 +348,6 @@ class AlertPublisher:
             return  # the requester is gone or not reading; it asks again after its timeout
         if frames:
             self.stats.replayed_alerts += len(frames)
-            top = wire.decode_alert(frames[-1]).seq
             if top > self._served_through:
                 self._served_through = top
                 self._served.set()

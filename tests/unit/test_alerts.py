@@ -300,6 +300,26 @@ def test_replay_replies_are_chunked_and_the_subscriber_asks_for_the_rest():
     run(main())
 
 
+def test_buffer_overflow_loses_nothing():
+    """Live alerts beyond max_buffered (waiting for a gap) are dropped and replayed later."""
+    async def main() -> None:
+        sink = Sink()
+        async with AlertPublisher(pub_settings(max_replay_alerts=20)) as pub:
+            for _ in range(100):
+                pub.publish("k", "error", "s")
+            settings = AlertSubscriberSettings(max_buffered=5)
+            async with AlertSubscriber(settings, sink, on_loss=sink.on_loss) as sub:
+                sub.add_publisher("p1", pub.pub_endpoint, pub.replay_endpoint)
+                for i in range(300):
+                    pub.publish("k", "error", "s")
+                    if i % 50 == 0:
+                        await asyncio.sleep(0.001)
+                await until(lambda: len(sink.alerts) == 400, what="400 alerts")
+                assert sink.seqs() == list(range(1, 401))
+                assert sink.losses == []
+    run(main())
+
+
 def test_tail_lost_on_pub_is_found_by_the_state_beat():
     """Alerts sent before the subscriber's SUB connected are lost on PUB; the publisher's state
     beat tells the subscriber there is more, and it replays them without a further alert."""
