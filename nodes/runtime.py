@@ -24,19 +24,38 @@ def setup_logging(level: str | None = None) -> None:
 
 
 def announce_ready(role: str, **endpoints: object) -> None:
+    """Print the READY line, with SIGTERM/SIGINT already handled: a launcher may signal the
+    node the moment it reads the line."""
+    _signal_future()
     print("READY " + json.dumps({"role": role, "pid": os.getpid(), **endpoints}), flush=True)
+
+
+_SIGNALLED: dict[asyncio.AbstractEventLoop, asyncio.Future] = {}
+
+
+def _signal_future() -> asyncio.Future:
+    """Install SIGTERM/SIGINT handlers once per loop. They stay installed: a repeated signal
+    during the drain is logged and ignored instead of killing the node half-way."""
+    loop = asyncio.get_running_loop()
+    got = _SIGNALLED.get(loop)
+    if got is not None:
+        return got
+    got = _SIGNALLED[loop] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if got.done():
+            logging.getLogger("mesh.node").warning("%s again: already stopping", sig.name)
+        else:
+            got.set_result(sig.name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return got
 
 
 async def until_signalled(on_term: Callable[[], Awaitable[None]] | None = None) -> str:
     """Wait for SIGTERM or SIGINT; returns the signal's name."""
-    loop = asyncio.get_running_loop()
-    got: asyncio.Future[str] = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: got.done() or got.set_result(s.name))
-    name = await got
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
-    return name
+    return await _signal_future()
 
 
 def run(main: Awaitable[int | None]) -> int:
