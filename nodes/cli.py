@@ -77,6 +77,8 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
 def _helper_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intake", default=None, help="Helper intake endpoint (default: discover)")
     p.add_argument("--discovery", default=None)
+    p.add_argument("--helper-service", default="mesh-helper",
+                   help="service name Helpers register under")
 
 
 def _intake(args: argparse.Namespace) -> str:
@@ -84,12 +86,13 @@ def _intake(args: argparse.Namespace) -> str:
         return args.intake
     directory = open_discovery(config.discovery_url(args))
     try:
-        _, found = directory.instances("mesh-helper")
+        _, found = directory.instances(args.helper_service)
     finally:
         directory.close()
     for inst in found:
-        if inst.meta.get("intake_endpoint"):
-            return inst.meta["intake_endpoint"]
+        endpoint = inst.meta.get("ep_intake") or inst.meta.get("intake_endpoint")
+        if endpoint:
+            return endpoint
     raise MeshError("no Helper found in discovery; start one with `mesh helper` or pass --intake")
 
 
