@@ -28,16 +28,20 @@ from pathlib import Path
 
 from mesh.errors import JournalError
 
-from .record import MAX_KEY_BYTES, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields, decode_run
+from . import writer as _writer_module
+from .record import MAX_KEY_BYTES, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields, decode_run, is_zero
 from .live_keys import LiveKeys
 from .segment import SEGMENT_HEADER_SIZE, header_problem, list_segments
-from .writer import SegmentWriter
+from .writer import PREP_NAME, SegmentWriter
 
 log = logging.getLogger("mesh.journal")
 
 _crc32 = zlib.crc32
 _pack_header = RECORD_HEADER.pack
 _pack_type_keylen = struct.Struct("<BB").pack
+
+#: the flusher zero-fills (preallocates) segments once no sync() request came for this long
+IDLE_FILL_S = 0.002
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -138,6 +142,8 @@ class Journal:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes the journal's files take on disk: every segment file, including the zero tail
+        preallocated in the active one, plus the next segment being prepared (see docs/decisions/001)."""
         return self._writer.size_bytes if self._writer else 0
 
     @property
@@ -162,7 +168,11 @@ class Journal:
         segment is renamed aside to ``*.seg.orphaned-<ns>`` (kept for inspection, never replayed),
         each with a warning naming segment, offset and reason. A segment whose only content is a
         torn header and that is the newest is simply removed (a crash while creating it).
-        After the iterator is exhausted the journal is ready for appends to the last segment.
+        Zero tail: a record length of 0 followed only by zeros is the clean end of the newest
+        segment (its preallocated space), silently; in an older segment (sealed ones are cut to
+        their data end) it means that segment's end was lost, and counts as a torn record.
+        After the iterator is exhausted the journal is ready for appends to the last segment,
+        at the end of its valid data.
         A key is live from its first replayed record until ``release(key)``.
         """
         if self._state is not _State.NEW:
@@ -170,8 +180,10 @@ class Journal:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             found = list_segments(self.directory)
+            (self.directory / PREP_NAME).unlink(missing_ok=True)  # a next segment being prepared
         except OSError as exc:
             raise JournalError(f"cannot open journal directory {self.directory}: {_describe(exc)}") from exc
+        ends: dict[int, int] = {}
         sizes: dict[int, int] = {}
         last_seq: int | None = None
         stopped = False
@@ -186,7 +198,7 @@ class Journal:
             problem = header_problem(data, seq)
             if problem is not None:
                 stopped = True
-                if index == len(found) - 1 and len(data) <= SEGMENT_HEADER_SIZE:
+                if index == len(found) - 1 and (len(data) <= SEGMENT_HEADER_SIZE or is_zero(data, SEGMENT_HEADER_SIZE)):
                     log.warning("journal segment %s offset 0: %s; removing it (crash while creating it)", path.name, problem)
                     path.unlink()
                 else:
@@ -194,7 +206,10 @@ class Journal:
                 self._recovery_dirty = True
                 continue
             records, end, reason = decode_run(data, SEGMENT_HEADER_SIZE)
+            size = len(data)
             del data
+            if reason is None and end < size and index < len(found) - 1:
+                reason = "zero tail (preallocated space) in a segment that later ones follow: its end was lost"
             if reason is not None:
                 log.warning("journal segment %s offset %d: %s; truncating it there", path.name, end, reason)
                 try:
@@ -203,7 +218,9 @@ class Journal:
                     raise JournalError(f"cannot truncate journal segment {path}: {_describe(exc)}") from exc
                 stopped = True
                 self._recovery_dirty = True
-            sizes[seq] = end
+                size = end
+            ends[seq] = end
+            sizes[seq] = size
             last_seq = seq
             live = self._live
             live.open_segment(seq)
@@ -221,7 +238,15 @@ class Journal:
         else:
             self._active_seq = last_seq
             self._active_size, self._active_records = self._live.sealed.pop(last_seq)
-        self._writer = SegmentWriter(self.directory, sizes, self._active_seq, sync_on_seal=self.policy is not FsyncPolicy.NONE)
+        self._writer = SegmentWriter(
+            self.directory,
+            ends,
+            sizes,
+            self._active_seq,
+            sync_on_seal=self.policy is not FsyncPolicy.NONE,
+            segment_size=self.segment_size_bytes,
+            preallocate=_writer_module.PREALLOCATE and self.policy is not FsyncPolicy.NONE,
+        )
         self._writer.dir_dirty = self._recovery_dirty
         self._state = _State.OPEN
 
@@ -424,15 +449,23 @@ class Journal:
             self._fail(f"cannot fdatasync the journal segment in {self.directory}: {_describe(exc)}")
         interval_s = self.interval_ms / 1000 if self.policy is FsyncPolicy.INTERVAL else None
         next_tick = time.monotonic() + (interval_s or 0)
+        idle_from = time.monotonic()  # when the last round ended
         try:
             while True:
+                fill = self._state is _State.OPEN and writer.fill_pending()
+                idle = False
                 with self._lock:
                     while not self._requests and not self._closing:
-                        if interval_s is None:
+                        now = time.monotonic()
+                        deadline = next_tick if interval_s is not None else None
+                        if fill:
+                            deadline = min(deadline, idle_from + IDLE_FILL_S) if deadline is not None else idle_from + IDLE_FILL_S
+                        if deadline is None:
                             self._cond.wait()
                             continue
-                        remaining = next_tick - time.monotonic()
+                        remaining = deadline - now
                         if remaining <= 0:
+                            idle = True
                             break
                         self._cond.wait(remaining)
                     closing = self._closing
@@ -446,8 +479,14 @@ class Journal:
                 if interval_s is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + interval_s
                     self._flush_round(None, tick=True)
+                elif idle:
+                    self._fill_while_idle(writer)
+                    continue
                 else:
                     self._flush_round(self.policy is FsyncPolicy.ALWAYS)
+                if writer.fill_urgent():
+                    writer.fill_step()  # after the round's answers: its callers do not wait for it
+                idle_from = time.monotonic()
         except BaseException:  # a bug: make it loud, fail the journal, release every waiter
             log.exception("journal flusher thread crashed")
             self._fail("journal flusher thread crashed (see log)")
@@ -456,6 +495,12 @@ class Journal:
             self._state = _State.CLOSED if self._closing else _State.FAILED
             self._fail_pending(f"the journal is {self._state.value}")
             self._call_loop(self._set_closed)
+
+    def _fill_while_idle(self, writer: SegmentWriter) -> None:
+        """Zero-fill chunk by chunk until done or a request or close() comes (it waits for one chunk)."""
+        while writer.fill_step():
+            if self._requests or self._closing:
+                break
 
     def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> bool:
         """Hand the buffer to the disk and answer the sync() requests it covers.

@@ -3,6 +3,11 @@
 Layout, little-endian: ``[u32 length][u32 crc32][u8 type][u8 keylen][key][payload]`` where
 ``length`` counts the bytes from ``type`` to the end of ``payload`` and ``crc32`` (zlib) covers
 exactly those bytes. A record is valid only if it is complete and its checksum matches.
+
+Segments are preallocated with zeros (see writer.py), so a run of records is followed by a zero
+tail: a record length of 0 where a record would start, with nothing but zeros from there to the
+end of the data, is the clean end of the run. A length of 0 followed by any non-zero byte is
+corruption, like any other bad record.
 """
 
 from __future__ import annotations
@@ -18,6 +23,20 @@ PREFIX_SIZE = 8
 #: bytes a record costs beyond its key and payload
 RECORD_OVERHEAD = RECORD_HEADER.size
 MAX_KEY_BYTES = 255
+
+_ZERO_BLOCK = bytes(1 << 20)
+
+
+def is_zero(data: bytes | memoryview, start: int = 0) -> bool:
+    """Whether every byte of ``data`` from ``start`` on is zero (memcmp speed, 1 MiB at a time)."""
+    view = memoryview(data)
+    size = len(view)
+    step = len(_ZERO_BLOCK)
+    for pos in range(start, size, step):
+        block = view[pos : pos + step].tobytes()
+        if block != (_ZERO_BLOCK if len(block) == step else bytes(len(block))):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +67,9 @@ def decode_run(data: bytes | memoryview, start: int) -> tuple[list[Record], int,
     """Decode consecutive records of ``data`` from ``start`` until the end or the first bad one.
 
     Returns ``(records, end, reason)``: the valid records, the offset just past the last valid
-    one, and why decoding stopped early (``None`` if it reached the end cleanly). Nothing after a
-    bad record is trusted: a torn or corrupt record ends the run.
+    one, and why decoding stopped early (``None`` if it reached the end cleanly: the end of
+    ``data``, or a zero tail starting at ``end``). Nothing after a bad record is trusted: a torn
+    or corrupt record ends the run.
     """
     view = memoryview(data)
     size = len(view)
@@ -60,10 +80,17 @@ def decode_run(data: bytes | memoryview, start: int) -> tuple[list[Record], int,
     reason: str | None = None
     while pos < size:
         if size - pos < RECORD_OVERHEAD:
+            if is_zero(view, pos):
+                break  # a zero tail shorter than a record header
             reason = f"torn record header ({size - pos} of {RECORD_OVERHEAD} bytes present)"
             break
         length, crc, type_, keylen = unpack(view, pos)
         end = pos + PREFIX_SIZE + length
+        if length == 0:
+            if is_zero(view, pos):
+                break  # the preallocated zero tail: the clean end
+            reason = "record length 0 followed by non-zero bytes (not a clean zero tail)"
+            break
         if length < 2:
             reason = f"record length {length} is below the minimum of 2"
             break

@@ -23,6 +23,7 @@ from mesh.journal import writer as writer_module
 from mesh.journal.live_keys import LiveKeys
 from mesh.journal.record import RECORD_OVERHEAD, decode_run, encode
 from mesh.journal.segment import SEGMENT_HEADER_SIZE, list_segments
+from mesh.journal.writer import PREP_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ def test_reopened_journal_appends_after_the_old_records(tmp_path: Path) -> None:
 
 def _last_record_span(directory: Path, records: list[Record]) -> tuple[Path, int, int]:
     last = list_segments(directory)[-1][1]
-    size = last.stat().st_size
+    size = decode_run(last.read_bytes(), SEGMENT_HEADER_SIZE)[1]  # the data end, before the zero tail
     r = records[-1]
     return last, size - (RECORD_OVERHEAD + len(r.key) + len(r.payload)), size
 
@@ -117,13 +118,22 @@ def test_torn_tail_at_every_offset_recovers_exactly_the_committed_prefix(tmp_pat
     original = tmp_path / "orig"
     asyncio.run(write_journal(original, records, segment_size_bytes=2048))
     last, start, end = _last_record_span(original, records)
+    file_size = last.stat().st_size
+    assert file_size == 2048, "the newest segment is preallocated"
     for offset in range(start, end):
-        work = tmp_path / f"cut{offset}"
-        shutil.copytree(original, work)
-        os.truncate(work / last.name, offset)
-        assert replay(work) == records[:-1], offset
-        assert (work / last.name).stat().st_size == start, "the torn record is cut off the file"
-        shutil.rmtree(work)
+        for zeros_after in (False, True):  # a torn file, or a torn record in the preallocated space
+            work = tmp_path / f"cut{offset}"
+            shutil.copytree(original, work)
+            os.truncate(work / last.name, offset)
+            if zeros_after:
+                os.truncate(work / last.name, file_size)
+            assert replay(work) == records[:-1], (offset, zeros_after)
+            size = (work / last.name).stat().st_size
+            if zeros_after and offset == start:
+                assert size == file_size, "a zero tail right after a record is a clean end"
+            else:
+                assert size == start, "the torn record is cut off the file"
+            shutil.rmtree(work)
 
 
 def test_append_after_a_torn_tail_is_recovered_after_the_prefix(tmp_path: Path) -> None:
@@ -191,6 +201,131 @@ def test_newest_segment_with_a_torn_header_is_removed(tmp_path: Path) -> None:
     (directory / f"{seq + 1:020d}.seg").write_bytes(b"MESHJ")
     assert replay(directory) == records
     assert [s for s, _p in list_segments(directory)] == [seq]
+
+
+# ---------------------------------------------------------------- preallocation and the zero tail
+
+
+def _data_end(path: Path) -> int:
+    return decode_run(path.read_bytes(), SEGMENT_HEADER_SIZE)[1]
+
+
+def test_segments_are_preallocated_and_sealed_ones_cut_to_their_data(tmp_path: Path) -> None:
+    records = make_records(200, seed=4)
+    directory = tmp_path / "j"
+    asyncio.run(write_journal(directory, records, segment_size_bytes=16 * 1024))
+    segments = [p for _s, p in list_segments(directory)]
+    assert len(segments) > 3
+    for path in segments[:-1]:
+        assert path.stat().st_size == _data_end(path), "a sealed segment has no zero tail"
+    newest = segments[-1]
+    assert newest.stat().st_size == 16 * 1024 > _data_end(newest), "the newest one is preallocated"
+    assert newest.read_bytes()[_data_end(newest) :].count(0) == 16 * 1024 - _data_end(newest)
+    assert not (directory / PREP_NAME).exists(), "close() removes the next segment being prepared"
+
+
+def test_zero_tail_is_a_clean_end_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    records = make_records(30, seed=6)
+    directory = tmp_path / "j"
+    asyncio.run(write_journal(directory, records, segment_size_bytes=64 * 1024))
+    newest = list_segments(directory)[-1][1]
+    size = newest.stat().st_size
+    with caplog.at_level("WARNING", logger="mesh.journal"):
+        assert replay(directory) == records
+    assert not caplog.records
+    assert newest.stat().st_size == size, "recovery keeps the preallocated tail"
+
+
+def test_reopened_journal_writes_over_the_zero_tail(tmp_path: Path) -> None:
+    first, second = make_records(20, seed=2), make_records(20, seed=3)
+    directory = tmp_path / "j"
+    asyncio.run(write_journal(directory, first, segment_size_bytes=256 * 1024))
+    newest = list_segments(directory)[-1][1]
+    size, end = newest.stat().st_size, _data_end(newest)
+    assert end < size
+
+    async def more() -> None:
+        journal = Journal(directory, segment_size_bytes=256 * 1024)
+        assert list(journal.recover()) == first
+        journal.start()
+        for r in second:
+            journal.append(r.type, r.key, r.payload)
+        await journal.sync()
+        await journal.close()
+
+    asyncio.run(more())
+    assert replay(directory) == first + second
+    assert [p for _s, p in list_segments(directory)] == [newest]
+    assert newest.stat().st_size == size, "written inside the preallocated space, not after it"
+    assert _data_end(newest) == end + sum(RECORD_OVERHEAD + len(r.key) + len(r.payload) for r in second)
+
+
+def test_zero_length_followed_by_data_is_corruption(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    records = [Record(1, b"k%d" % i, payload_for(i, 50)) for i in range(10)]
+    directory = tmp_path / "j"
+    asyncio.run(write_journal(directory, records, segment_size_bytes=4096))
+    newest = list_segments(directory)[-1][1]
+    end = _data_end(newest)
+    data = bytearray(newest.read_bytes())
+    data[end + 100] = 7  # a stray byte in the zero tail: something was written there
+    newest.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="mesh.journal"):
+        assert replay(directory) == records
+    assert any("record length 0" in r.getMessage() for r in caplog.records)
+    assert newest.stat().st_size == end, "cut like any torn tail"
+
+
+def test_zero_tail_in_an_older_segment_sets_the_later_ones_aside(tmp_path: Path) -> None:
+    records = [Record(1, b"k%d" % i, payload_for(i, 200)) for i in range(20)]
+    directory = tmp_path / "j"
+    asyncio.run(write_journal(directory, records, segment_size_bytes=1024))
+    segments = list_segments(directory)
+    assert len(segments) >= 3
+    first_records = decode_run(segments[0][1].read_bytes(), SEGMENT_HEADER_SIZE)[0]
+    # the first segment's last record never reached the disk, its preallocated zeros did
+    path = segments[0][1]
+    r = first_records[-1]
+    os.truncate(path, path.stat().st_size - (RECORD_OVERHEAD + len(r.key) + len(r.payload)))
+    os.truncate(path, 1024)
+    assert replay(directory) == first_records[:-1]
+    assert [s for s, _p in list_segments(directory)] == [segments[0][0]]
+    assert any(p.name.startswith(segments[1][1].name + ".orphaned-") for p in directory.iterdir())
+
+
+def test_failed_round_is_zeroed_in_place_and_keeps_the_preallocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "j"
+
+    async def main() -> None:
+        journal = Journal(directory, segment_size_bytes=64 * 1024)
+        list(journal.recover())
+        journal.start()
+        journal.append(1, b"a", b"kept")
+        await journal.sync()
+        newest = list_segments(directory)[-1][1]
+        await wait_until(lambda: newest.stat().st_size == 64 * 1024)  # preallocated while idle
+        end = _data_end(newest)
+        monkeypatch.setattr(writer_module.os, "fdatasync", _enospc)
+        journal.append(1, b"b", b"lost" * 100)
+        with pytest.raises(JournalError, match="ENOSPC"):
+            await journal.sync()
+        monkeypatch.undo()
+        assert newest.stat().st_size == 64 * 1024
+        assert newest.read_bytes()[end:].count(0) == 64 * 1024 - end, "the failed round is zeroed"
+        journal.append(1, b"c", b"after")
+        await journal.sync()
+        await journal.close()
+
+    asyncio.run(main())
+    assert replay(directory) == [Record(1, b"a", b"kept"), Record(1, b"c", b"after")]
+
+
+def test_zero_fill_errors_do_not_stop_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    records = make_records(100, seed=8)
+    monkeypatch.setattr(writer_module, "_fill_pwrite", _enospc)
+    with caplog.at_level("WARNING", logger="mesh.journal"):
+        asyncio.run(write_journal(tmp_path / "j", records, segment_size_bytes=8 * 1024))
+    assert any("preallocation" in r.getMessage() for r in caplog.records)
+    assert replay(tmp_path / "j") == records
 
 
 # ---------------------------------------------------------------- a real crash
@@ -404,12 +539,12 @@ def test_oversized_record_raises_value_error_and_writes_nothing(tmp_path: Path) 
         journal = Journal(tmp_path / "j", max_record_bytes=1000)
         list(journal.recover())
         journal.start()
-        size = journal.size_bytes
+        size = journal._writer.data_bytes  # size_bytes includes the preallocated space now
         with pytest.raises(ValueError, match=r"1011 bytes.*max_record_bytes=1000"):
             journal.append(1, b"k", b"x" * 1000)
         journal.append(1, b"k", b"x" * (1000 - RECORD_OVERHEAD - 1))  # exactly at the limit
         await journal.sync()
-        assert journal.size_bytes == size + 1000
+        assert journal._writer.data_bytes == size + 1000
         await journal.close()
 
     asyncio.run(main())
@@ -436,7 +571,8 @@ def _enospc(*_args: object) -> int:
 def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    real_write, real_fdatasync = os.write, os.fdatasync
+    # records are written with os.pwrite at the tracked data end (segments are preallocated)
+    real_write, real_fdatasync = os.pwrite, os.fdatasync
     good = make_records(40, seed=11)
     lost = [Record(9, b"lost", b"L" * 500), Record(9, b"lost2", b"L" * 300)]
     later = [Record(8, b"later", b"ok")]
@@ -458,11 +594,11 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
         for r in good:
             journal.append(r.type, r.key, r.payload)
         await journal.sync()
-        size = journal.size_bytes
+        size = journal._writer.data_bytes  # size_bytes includes the preallocated space now
         if failing == "write":
-            monkeypatch.setattr(writer_module.os, "write", once(real_write, _enospc))
+            monkeypatch.setattr(writer_module.os, "pwrite", once(real_write, _enospc))
         elif failing == "partial write":
-            monkeypatch.setattr(writer_module.os, "write", _partial_then_fail(real_write))
+            monkeypatch.setattr(writer_module.os, "pwrite", _partial_then_fail(real_write))
         else:
             monkeypatch.setattr(writer_module.os, "fdatasync", once(real_fdatasync, _enospc))
         for r in lost:
@@ -470,7 +606,7 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
         with pytest.raises(JournalError, match="ENOSPC"):
             await journal.sync()
         monkeypatch.undo()
-        assert journal.size_bytes == size
+        assert journal._writer.data_bytes == size
         for r in later:
             journal.append(r.type, r.key, r.payload)
         await journal.sync()
@@ -483,13 +619,13 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
 def _partial_then_fail(real_write):
     state = {"n": 0}
 
-    def fake(fd: int, data) -> int:
+    def fake(fd: int, data, offset: int) -> int:
         state["n"] += 1
         if state["n"] == 1:
-            return real_write(fd, bytes(data)[: max(1, len(data) // 2)])
+            return real_write(fd, bytes(data)[: max(1, len(data) // 2)], offset)
         if state["n"] == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data)
+        return real_write(fd, data, offset)
 
     return fake
 
@@ -528,6 +664,10 @@ def test_journal_stays_small_under_steady_churn_and_live_keys_survive(tmp_path: 
                 await journal.sync()
                 journal.compact()
                 largest = max(largest, journal.size_bytes)
+                # preallocation inflates size_bytes: at most one segment_size per segment file,
+                # plus the next segment being prepared
+                assert journal.size_bytes <= (journal.segment_count + 1) * segment
+                assert journal.segment_count <= 4
         await journal.sync()
         journal.compact()
         await journal.sync()
@@ -573,7 +713,7 @@ def test_compaction_deletes_only_from_the_oldest_end_after_rewrites_are_durable(
 
 
 def test_compaction_keeps_the_old_segment_when_its_rewrite_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = os.write
+    real_write = os.pwrite
 
     def rewrite(key: bytes) -> list[tuple[int, bytes]]:
         return [(7, b"state of " + key)]
@@ -589,10 +729,10 @@ def test_compaction_keeps_the_old_segment_when_its_rewrite_fails(tmp_path: Path,
             journal.release(b"k%d" % i)
         segments = [s for s, _p in list_segments(tmp_path / "j")]
         # k0 keeps segment 1 alive; enough sealed segments to force its rewrite
-        monkeypatch.setattr(writer_module.os, "write", _enospc)
+        monkeypatch.setattr(writer_module.os, "pwrite", _enospc)
         assert journal.compact() > 0
         await wait_until(lambda: not journal._compaction_pending)
-        monkeypatch.setattr(writer_module.os, "write", real_write)
+        monkeypatch.setattr(writer_module.os, "pwrite", real_write)
         assert [s for s, _p in list_segments(tmp_path / "j")] == segments
         with pytest.raises(JournalError, match="ENOSPC"):
             await journal.sync()  # the dropped rewrite is reported to the next sync()
@@ -613,7 +753,7 @@ def test_close_reports_records_it_could_not_write_and_still_stops(tmp_path: Path
         journal.append(1, b"k", b"kept")
         await journal.sync()
         journal.append(1, b"k", b"never written")
-        monkeypatch.setattr(writer_module.os, "write", _enospc)
+        monkeypatch.setattr(writer_module.os, "pwrite", _enospc)
         with pytest.raises(JournalError, match="close"):
             await journal.close()
         monkeypatch.undo()
@@ -632,6 +772,14 @@ def test_journal_that_cannot_cut_a_failed_batch_refuses_further_work(tmp_path: P
         journal.append(1, b"k", b"kept")
         await journal.sync()
         monkeypatch.setattr(writer_module.os, "fdatasync", _enospc)
+        # the round's write lands; the cut zeroes it in place, or else truncates it: both fail
+        real_pwrite, calls = os.pwrite, []
+
+        def pwrite_once(*args):
+            calls.append(args[0])
+            return real_pwrite(*args) if len(calls) == 1 else _enospc()
+
+        monkeypatch.setattr(writer_module.os, "pwrite", pwrite_once)
         monkeypatch.setattr(writer_module.os, "truncate", _enospc)
         journal.append(1, b"k", b"lost")
         with pytest.raises(JournalError, match="ENOSPC"):
@@ -656,7 +804,7 @@ def test_compaction_after_a_failed_rotation_deletes_the_old_segment_and_writing_
             journal.append(1, b"k%d" % i, b"x" * 100)
         await journal.sync()
         assert [s for s, _p in list_segments(tmp_path / "j")] == [1]
-        monkeypatch.setattr(writer_module.os, "write", _enospc)
+        monkeypatch.setattr(writer_module.os, "pwrite", _enospc)
         journal.append(1, b"rotates", b"y" * 200)  # starts segment 2, which the failure takes back
         with pytest.raises(JournalError, match="ENOSPC"):
             await journal.sync()

@@ -29,8 +29,9 @@ def test_codec_decodes_what_it_encodes(records: list[Record]) -> None:
     assert decode_run(data, 0) == (records, len(data), None)
 
 
-async def _write(directory: Path, records: list[Record]) -> None:
-    journal = Journal(directory, policy=FsyncPolicy.NONE, segment_size_bytes=400)
+async def _write(directory: Path, records: list[Record], policy: FsyncPolicy = FsyncPolicy.NONE) -> None:
+    # NONE writes plain files; BATCH preallocates segments (zero tail in the newest one)
+    journal = Journal(directory, policy=policy, segment_size_bytes=400)
     list(journal.recover())
     journal.start()
     for r in records:
@@ -49,13 +50,16 @@ def _replay(directory: Path) -> list[Record]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(records_st, min_size=1, max_size=30), data=st.data())
 def test_crash_at_any_byte_recovers_the_longest_fully_written_prefix(records: list[Record], data: st.DataObject) -> None:
+    policy = data.draw(st.sampled_from([FsyncPolicy.NONE, FsyncPolicy.BATCH]), label="policy")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "j"
-        asyncio.run(_write(directory, records))
+        asyncio.run(_write(directory, records, policy))
         segments = [path for _seq, path in list_segments(directory)]
         sizes = [path.stat().st_size for path in segments]
         cut = data.draw(st.integers(0, sum(sizes)), label="crash offset")
         garbage = data.draw(st.one_of(st.none(), st.binary(min_size=1, max_size=64)), label="garbage after it")
+        # a crash inside preallocated space: the file keeps its size, zeros after what was written
+        zeros_after = data.draw(st.booleans(), label="zeros after it")
         # the segment the crash hit, and the offset inside it
         index, local = 0, cut
         while index < len(segments) - 1 and local >= sizes[index]:
@@ -71,7 +75,10 @@ def test_crash_at_any_byte_recovers_the_longest_fully_written_prefix(records: li
         if garbage is not None:  # the garbage differs from what was there in its first byte
             first = original[local] ^ 0xFF if local < len(original) else garbage[0]
             tail = bytes([first or 1]) + garbage[1:]
-        segments[index].write_bytes(original[:local] + tail)
+        damaged = original[:local] + tail
+        if zeros_after:
+            damaged += bytes(max(0, len(original) - len(damaged)))
+        segments[index].write_bytes(damaged)
         for path in segments[index + 1 :]:
             path.unlink()
         assert _replay(directory) == expected
