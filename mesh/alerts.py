@@ -34,7 +34,8 @@ import zmq
 import zmq.asyncio
 
 from mesh import sockets, wire
-from mesh.errors import ConfigError, JournalError, MeshError, WireError
+from mesh.errors import ConfigError, MeshError, WireError
+from mesh.journal import FsyncPolicy, Journal
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,17 @@ class AlertPublisherSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_replay_bytes: int = 4 * 2**20
     #: largest encoded alert accepted by publish()
     max_alert_bytes: int = 512 * 1024
-    #: journal fsync policy (see mesh/journal.py)
+    #: journal fsync policy (see mesh/journal/journal.py), segment size, compaction period
     fsync_policy: str = "batch"
+    journal_segment_bytes: int = 16 * 2**20
+    compact_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.publisher_id:
             raise ConfigError("publisher_id must not be empty")
         for name in ("history_size", "state_interval_s", "reserve_block", "max_replay_alerts",
-                     "max_replay_bytes", "max_alert_bytes"):
+                     "max_replay_bytes", "max_alert_bytes", "journal_segment_bytes",
+                     "compact_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
@@ -363,7 +367,8 @@ class AlertPublisher:
         while True:
             self._send_state()
             await asyncio.sleep(self.settings.state_interval_s)
-            if self._journal is not None and time.monotonic() - last_compact >= 10.0:
+            if (self._journal is not None
+                    and time.monotonic() - last_compact >= self.settings.compact_interval_s):
                 last_compact = time.monotonic()
                 try:
                     self._journal.compact()
@@ -387,10 +392,9 @@ class AlertPublisher:
         if self.settings.data_dir is None:
             self.epoch = _new_epoch()
             return None, None
-        from mesh.journal.journal import FsyncPolicy, Journal
-
         jr = Journal(self.settings.data_dir, policy=FsyncPolicy(self.settings.fsync_policy),
-                     segment_size_bytes=16 * 2**20, rewrite=self._rewrite_record)
+                     segment_size_bytes=self.settings.journal_segment_bytes,
+                     rewrite=self._rewrite_record)
         epoch = 0
         reserved = 0
         clean_stop_at: int | None = None   # last lifecycle record: CLOSED(n) -> n, OPENED -> None

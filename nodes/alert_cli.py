@@ -15,10 +15,8 @@ stays journaled and is served by the next run of the same publisher id), 2 on ba
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import os
 import socket
 import sys
 

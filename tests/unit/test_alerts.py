@@ -196,6 +196,32 @@ def test_restart_with_same_data_dir_continues_epoch_sequence_and_history(tmp_pat
     run(main())
 
 
+def test_compaction_keeps_the_history_and_the_sequence_across_restarts(tmp_path):
+    async def main() -> None:
+        settings = AlertPublisherSettings(
+            publisher_id="p1", data_dir=str(tmp_path), history_size=50, reserve_block=100,
+            journal_segment_bytes=8 * 1024, compact_interval_s=0.01, state_interval_s=0.01)
+        for life in range(3):
+            async with AlertPublisher(settings) as pub:
+                assert pub.last_seq == life * 1000
+                for i in range(1000):
+                    pub.publish("k", "error", "s", b"y" * 40)
+                    if i % 50 == 0:
+                        await asyncio.sleep(0.002)  # lets the beat compact now and then
+                await until(lambda: pub._journal.segment_count <= 4, what="compaction")
+        segments = [p for p in tmp_path.iterdir() if p.suffix == ".seg"]
+        assert len(segments) <= 6
+        async with AlertPublisher(settings) as pub:
+            assert pub.last_seq == 3000 and pub.first_available_seq == 2951
+            sink = Sink()
+            async with AlertSubscriber(AlertSubscriberSettings(), sink,
+                                       on_loss=sink.on_loss) as sub:
+                sub.add_publisher("p1", pub.pub_endpoint, pub.replay_endpoint)
+                await until(lambda: len(sink.alerts) == 50, what="the kept 50")
+                assert sink.seqs() == list(range(2951, 3001))
+    run(main())
+
+
 def test_subscriber_resumes_from_its_state_file(tmp_path):
     async def main() -> None:
         state = str(tmp_path / "positions.json")
