@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,9 +144,14 @@ def start_load(kind: str, work: Path, nice: int = 0) -> list[subprocess.Popen]:
     if nice:
         argv = [["nice", "-n", str(nice), *a] for a in argv]
     procs = [subprocess.Popen(a, cwd=work if kind == "tasklane" else REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE if kind == "tasklane" else subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, text=True,
                               start_new_session=True, preexec_fn=_normal_priority)
              for a in argv]
+    if kind == "tasklane":  # "mesh demo: work dir /tmp/mesh-demo-x (seed n)": removed at the end
+        line = procs[0].stdout.readline()
+        if "work dir " in line:
+            _cleanup.append(line.split("work dir ", 1)[1].split(" (seed")[0].strip())
     time.sleep(3.0 if kind == "tasklane" else 1.0)  # let the load reach its steady state
     for p in procs:
         if p.poll() is not None:
@@ -158,13 +164,44 @@ def _normal_priority() -> None:
     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
+_cleanup: list[str] = []
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (`mesh demo` starts its nodes in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
 def stop_load(procs: list[subprocess.Popen]) -> None:
     for p in procs:
+        for pid in [*_descendants(p.pid), p.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
+    while _cleanup:
+        shutil.rmtree(_cleanup.pop(), ignore_errors=True)
 
 
 # ---- one measured phase ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,26 @@ def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> objec
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.02)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
 
 
 class Proc:
@@ -98,8 +119,15 @@ class Proc:
             return self.popen.wait(5)
 
     def kill(self) -> None:
+        # its descendants first, by pid (a launcher such as `mesh demo` puts its nodes in
+        # sessions of their own), then the group we created for it
+        for pid in descendants(self.popen.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # the group we created for it, children too
+            os.killpg(self.popen.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.popen.wait(5)
@@ -117,6 +145,7 @@ class Lane:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[Proc] = []
+        self.cleanup: list[Path] = []  # directories made by the processes outside tmp
         self.out = tmp / "alerts.out"
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "MESH_TEST_ALERT_OUT": str(self.out),
                     "MESH_LOG_LEVEL": "WARNING"}
@@ -164,6 +193,8 @@ class Lane:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -275,18 +306,30 @@ def test_malformed_frames_on_the_replay_endpoint_are_dropped(lane):
     assert pub.publish(1) == 4
 
 
-@pytest.mark.parametrize("load", ["push_pull"])
+#: loads to run beside the alert lane: argv (python -m ...) and the stdout line that says it runs.
+#: "tasklane" is the real task lane at full load: `mesh demo` (a Helper, 3 AI nodes, 8 submitters).
+LOADS = {
+    "push_pull": (["-m", "tests.integration.alert_procs", "load", "--seconds", "30"], "READY "),
+    "tasklane": (["-m", "nodes.cli", "demo", "--tasks", "1000000"], "mesh demo: work dir"),
+}
+
+
+@pytest.mark.parametrize("load", sorted(LOADS))
 def test_alerts_flow_while_another_process_saturates_the_machine(lane, load):
-    load_argv = {"push_pull": ["-m", "tests.integration.alert_procs", "load", "--seconds", "30"]}
-    loader = lane.start(*load_argv[load])
-    loader.ready()
+    argv, ready = LOADS[load]
+    loader = lane.start(*argv)
+    line = loader.expect(ready, 30)
+    if load == "tasklane":
+        lane.cleanup.append(Path(line.split("work dir ", 1)[1].split(" (seed")[0]))
+        loader.expect("started Helper", 30)
     pub, info = lane.publisher()
     lane.notifier([("pub-1", info)])
     assert pub.publish(200, "equipment.fault", "critical", "2") == 200
     wait_until(lambda: len(lane.seqs()) >= 200, 20, "200 alerts under load")
     assert lane.seqs() == list(range(1, 201))
+    assert loader.popen.poll() is None, "the load ended before the alerts were through"
     latencies_ms = sorted(lat / 1000 for _, _, lat in lane.received())
-    assert latencies_ms[len(latencies_ms) // 2] < 15_000  # the requirement; the bench measures ms
+    assert latencies_ms[-1] < 15_000  # the requirement; bench/alert_latency.py measures ms
 
 
 def _replay(endpoint: str, pid: str, from_seq: int):  # noqa: ANN202
