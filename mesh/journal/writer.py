@@ -11,11 +11,12 @@ the new file size (ext4: a jbd2 transaction), one that overwrites blocks already
 synced commits data only, which is measurably cheaper. So segments are filled with real zeros
 (not fallocate: unwritten extents cost metadata again when first written) and synced before
 records land there; records are written with ``pwrite`` at the tracked data end. The zero-fill
-runs in ``fill_step()`` chunks, which the flusher runs while it is idle or, when a segment gets
-close to needing it, once after a round: the active segment is extended up to
-``segment_size``, and the next segment is prepared in advance as ``next.seg.prealloc`` and
-renamed into place when the journal rotates. A sealed segment is truncated to its data end, so
-only the newest segment ever ends in zeros.
+runs in ``fill_step()`` chunks, which the flusher runs while it is idle or, when the space is
+needed soon, once after a round (after its callers were answered): the active segment is kept
+preallocated AHEAD bytes past its data end (up to ``segment_size``), and once it is half full the
+first AHEAD bytes of the next segment are prepared as ``next.seg.prealloc``, renamed into place
+when the journal rotates. A sealed segment is truncated to its data end, so only the newest
+segment ever ends in zeros.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ PREP_NAME = "next.seg.prealloc"
 #: bytes one zero-fill step writes (and then fdatasyncs): ~1 ms on the reference disk, so a
 #: sync() arriving meanwhile waits at most about that long (4 MiB steps measured 4-10 ms)
 FILL_CHUNK = 1 << 20
+#: the active segment is kept preallocated this far past its data end (up to segment_size), and
+#: the next segment is prepared this far: bounds the zero-fill an idle journal does, and the disk
+#: space preallocation takes beyond the data
+AHEAD = 8 << 20
 #: the active segment is extended after a round (not only when idle) once fewer bytes than this
 #: are preallocated ahead of its data end
 LOW_WATER = 256 << 10
@@ -224,37 +229,49 @@ class SegmentWriter:
 
     # ------------------------------------------------------------------ zero-fill
 
+    def _active_needs_fill(self) -> bool:
+        if self.fd is None:
+            return False
+        size = self.sizes[self.seq]
+        # hysteresis: extend once a whole chunk is missing from the AHEAD window
+        return size < self.segment_size and size - self.ends[self.seq] <= AHEAD - FILL_CHUNK
+
+    def _prep_needs_fill(self) -> bool:
+        # the next segment is prepared only once the active one is half full (an idle journal
+        # does not zero-fill a segment it may never use), and only its first AHEAD bytes
+        if self.fd is None or self.ends[self.seq] * 2 < self.segment_size:
+            return False
+        return self.prep_size < min(self.segment_size, AHEAD)
+
     def fill_pending(self) -> bool:
         """Whether a zero-fill step has work to do (and may run now)."""
         if not self.preallocate or time.monotonic() < self._fill_retry_at:
             return False
-        if self.fd is not None and self.sizes[self.seq] < self.segment_size:
-            return True
-        return self.prep_size < self.segment_size
+        return self._active_needs_fill() or self._prep_needs_fill()
 
     def fill_urgent(self) -> bool:
         """Whether the zero-fill should run now even though callers may be waiting: the active
-        segment has less than LOW_WATER preallocated ahead of its data, or it is half full and
-        the next one is not ready."""
+        segment has less than LOW_WATER preallocated ahead of its data, or it is nearly full
+        (less than 2 x AHEAD left) and the next one is not ready."""
         if not self.fill_pending():
             return False
-        if self.fd is None:
-            return False
+        assert self.fd is not None
         size, end = self.sizes[self.seq], self.ends[self.seq]
         if size < self.segment_size and size - end < LOW_WATER:
             return True
-        return self.prep_size < self.segment_size and end * 2 >= self.segment_size
+        return self._prep_needs_fill() and self.segment_size - end < 2 * AHEAD
 
     def fill_step(self) -> bool:
-        """Zero-fill and fdatasync one FILL_CHUNK: of the active segment if it is not
-        preallocated to ``segment_size`` yet, else of the next segment. Returns whether it did.
+        """Zero-fill and fdatasync one FILL_CHUNK: of the active segment if it has less than
+        AHEAD preallocated past its data, else of the next segment. Returns whether it did.
         An error is logged and pauses the zero-fill for FILL_RETRY_S; the records never depend
         on it."""
         if not self.fill_pending():
             return False
         chunk = FILL_CHUNK
         try:
-            if self.fd is not None and self.sizes[self.seq] < self.segment_size:
+            if self._active_needs_fill():
+                assert self.fd is not None
                 seq = self.seq
                 start = self.sizes[seq]
                 count = min(chunk, self.segment_size - start)
