@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from discovery import Health, Instance, open_discovery
+from discovery import Instance, open_discovery
 from mesh.alert_handlers import HandlerSet, load_handler, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
@@ -24,6 +24,7 @@ from nodes.registration import watch
 log = logging.getLogger("mesh.node.notifier")
 
 ALERT_SERVICE = "mesh-alerts"
+HEALTH_RANK = {"passing": 0, "warning": 1, "critical": 2}
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,23 @@ def parse_publisher(spec: str) -> tuple[str, str, str]:
     if not (sep and sep2 and pid and pub and replay):
         raise ConfigError(f"--publisher takes ID=PUB_ENDPOINT,REPLAY_ENDPOINT, got {spec!r}")
     return pid, pub, replay
+
+
+def choose_publishers(found: list[Instance], static_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """publisher_id -> (pub, replay endpoints) from the "mesh-alerts" entries of discovery.
+
+    A publisher is followed whatever its health (an overloaded node may miss its discovery
+    heartbeat exactly when it has alerts to send) until it is deregistered. When one id is
+    registered twice (a restart before the old entry expired), the healthiest entry wins, then
+    the lowest instance id, so the choice does not flap. --publisher flags take precedence.
+    """
+    chosen: dict[str, tuple[str, str]] = {}
+    for inst in sorted(found, key=lambda i: (HEALTH_RANK.get(str(i.health), 3), i.instance_id)):
+        pid = inst.meta.get("publisher_id")
+        pub, replay = inst.meta.get("pub_endpoint"), inst.meta.get("replay_endpoint")
+        if pid and pub and replay and pid not in static_ids and pid not in chosen:
+            chosen[pid] = (pub, replay)
+    return chosen
 
 
 def main(args: argparse.Namespace) -> int:
@@ -106,18 +124,11 @@ async def run(args: argparse.Namespace) -> int:
         discovery = open_discovery(config.discovery_url(args))
 
         def on_publishers(found: list[Instance]) -> None:
-            seen = set(static_ids)
-            for inst in found:
-                pid = inst.meta.get("publisher_id")
-                pub, replay = inst.meta.get("pub_endpoint"), inst.meta.get("replay_endpoint")
-                if not (pid and pub and replay) or pid in static_ids:
-                    continue
-                if inst.health == Health.CRITICAL:
-                    continue  # gone or dying: keep its position, reconnect when it is back
-                seen.add(pid)
+            chosen = choose_publishers(found, static_ids)
+            for pid, (pub, replay) in chosen.items():
                 subscriber.add_publisher(pid, pub, replay)
             for pid in subscriber.publishers:
-                if pid not in seen:
+                if pid not in chosen and pid not in static_ids:
                     subscriber.remove_publisher(pid)
 
         alert_watch = watch(discovery, ALERT_SERVICE, on_publishers, wait_s=2.0)

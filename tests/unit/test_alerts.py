@@ -448,6 +448,26 @@ def test_stop_is_idempotent_and_closes_everything(tmp_path):
     run(main())
 
 
+def test_notifier_follows_the_healthiest_registration_of_each_publisher():
+    from discovery import Health, Instance
+    from nodes.notifier import choose_publishers
+
+    def inst(iid: str, pid: str, port: int, health: Health) -> Instance:
+        return Instance(service="mesh-alerts", instance_id=iid, address="127.0.0.1", port=port,
+                        meta={"publisher_id": pid, "pub_endpoint": f"tcp://127.0.0.1:{port}",
+                              "replay_endpoint": f"tcp://127.0.0.1:{port + 1}"}, health=health)
+
+    found = [inst("h1-old", "helper-1", 10, Health.CRITICAL),
+             inst("h1-new", "helper-1", 20, Health.PASSING),
+             inst("m1", "monitor-1", 30, Health.CRITICAL),   # followed though critical
+             inst("s1", "static-1", 40, Health.PASSING),
+             Instance(service="mesh-alerts", instance_id="x", address="h", port=1, meta={})]
+    chosen = choose_publishers(found, {"static-1"})
+    assert chosen == {"helper-1": ("tcp://127.0.0.1:20", "tcp://127.0.0.1:21"),
+                      "monitor-1": ("tcp://127.0.0.1:30", "tcp://127.0.0.1:31")}
+    assert choose_publishers(list(reversed(found)), {"static-1"}) == chosen
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
