@@ -32,7 +32,7 @@ def log_handler(alert: wire.Alert) -> None:
     lag_ms = (time.time_ns() - alert.time_ns) / 1e6
     labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
     alert_log.info("ALERT %s %s source=%s publisher=%s seq=%d lag_ms=%.2f%s payload=%r",
-                   wire.severity_name(alert.severity).upper(), alert.kind, alert.source,
+                   wire.severity_label(alert.severity).upper(), alert.kind, alert.source,
                    alert.publisher_id, alert.seq, lag_ms, f" labels={labels}" if labels else "",
                    bytes(alert.payload[:200]))
 

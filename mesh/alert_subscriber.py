@@ -71,7 +71,7 @@ class AlertSubscriberSettings(msgspec.Struct, frozen=True, kw_only=True):
 class AlertSubscriberStats:
     __slots__ = ("live", "replayed", "delivered", "filtered", "duplicates", "malformed", "lost",
                  "epoch_resets", "replay_requests", "replay_timeouts", "callback_errors",
-                 "overflow")
+                 "overflow", "link_restarts")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -280,7 +280,7 @@ class _Link:
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.ALERT_STATE_TOPIC)
         self.sub.connect(self.pub_endpoint)
         self.task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"alert-sub-{self.publisher_id}")
+            self._supervise(), name=f"alert-sub-{self.publisher_id}")
 
     async def close(self) -> None:
         if self.task is not None:
@@ -293,6 +293,20 @@ class _Link:
         self.sub = self.dealer = None
 
     # ---- the loop --------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """A bug in the loop must not leave a publisher unfollowed: log it, start over (the
+        ordering state is kept; the replay request in flight is sent again)."""
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                self.owner.stats.link_restarts += 1
+                log.exception("alert subscriber link to %s failed; restarting it in 1 s",
+                              self.publisher_id)
+                await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
         """Drain both sockets, deliver, ask for replays; sleep until one of them is readable.

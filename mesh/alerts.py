@@ -214,6 +214,8 @@ class AlertPublisher:
             raise MeshError(
                 f"alert publisher {self.settings.publisher_id!r} is {self._state}; start() it first")
         sev = wire.severity_value(severity) if isinstance(severity, str) else int(severity)
+        if not wire.INFO <= sev <= wire.CRITICAL:
+            raise ValueError(f"severity {severity!r} is not one of info, warning, error, critical")
         seq = self._next_seq
         alert = wire.Alert(version=wire.PROTOCOL_VERSION, publisher_id=self.settings.publisher_id,
                            publisher_epoch=self.epoch, seq=seq, kind=kind, severity=sev,
@@ -326,7 +328,12 @@ class AlertPublisher:
                     parts = drain.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._answer(drain, parts)
+                try:
+                    self._answer(drain, parts)
+                except Exception:  # noqa: BLE001 - a bug must not close the replay endpoint
+                    self.stats.malformed_requests += 1
+                    log.exception("alert publisher %s: replay request failed",
+                                  self.settings.publisher_id)
 
     def _answer(self, router: zmq.Socket, parts: list[bytes]) -> None:
         self.stats.replay_requests += 1

@@ -182,9 +182,17 @@ def decode_task(payload: bytes):  # noqa: ANN201
 ALERT_STATE_TOPIC = b"\x00state"
 
 
+def severity_label(value: int) -> str:
+    """Like severity_name, but never raises: an unknown value (a newer peer) reads "severity9"."""
+    try:
+        return severity_name(value)
+    except ValueError:
+        return f"severity{value}"
+
+
 def alert_topic(kind: str, severity: int) -> bytes:
     """The first frame of an alert on PUB: `kind|severity`, so SUB prefixes filter on kinds."""
-    return f"{kind}|{severity_name(severity)}".encode()
+    return f"{kind}|{severity_label(severity)}".encode()
 
 
 def _varint(value: int) -> bytes:

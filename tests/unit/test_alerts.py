@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from mesh import sockets, wire
-from mesh.alert_handlers import HandlerSet
+from mesh.alert_handlers import HandlerSet, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.errors import ConfigError, MeshError
@@ -89,6 +89,16 @@ def test_publish_before_start_raises():
     pub = AlertPublisher(pub_settings())
     with pytest.raises(MeshError):
         pub.publish("k", "info", "s")
+
+
+def test_publish_rejects_an_unknown_severity_without_using_a_seq():
+    async def main() -> None:
+        async with AlertPublisher(pub_settings()) as pub:
+            for bad in (9, 0, "fatal"):
+                with pytest.raises(ValueError):
+                    pub.publish("k", bad, "s")
+            assert pub.publish("k", wire.CRITICAL, "s") == 1
+    run(main())
 
 
 def test_topic_filter_delivers_matching_alerts_only_and_reports_no_loss():
@@ -285,6 +295,12 @@ def test_malformed_frames_on_sub_and_in_replies_are_counted_and_dropped():
         await pub.send_multipart([b"k|error", alert(2)])
         await until(lambda: sink.seqs() == [1, 2], what="alert 2")
         assert sub.stats.malformed == 6
+        # a severity this build does not know (a newer publisher) is delivered, not fatal
+        newer = wire.Alert(version=1, publisher_id="p1", publisher_epoch=9, seq=3, kind="k",
+                           severity=9)
+        await pub.send_multipart([b"k|severity9", wire.encode(newer)])
+        await until(lambda: sink.seqs() == [1, 2, 3], what="alert 3")
+        log_handler(sink.alerts[-1])
         await sub.stop()
         pub.close(linger=0)
         router.close(linger=0)
