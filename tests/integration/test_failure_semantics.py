@@ -556,10 +556,10 @@ def test_sigterm_on_the_helper_flushes_and_a_restart_loses_nothing(cluster) -> N
 
 @pytest.fixture
 def small_disk(tmp_path):  # noqa: ANN001, ANN201
-    """A 4 MiB tmpfs, mounted for the test and unmounted after it."""
+    """An 8 MiB tmpfs, mounted for the test and unmounted after it."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
                            capture_output=True, text=True)
     if tried.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {tried.stderr.strip()}")
@@ -575,14 +575,24 @@ def test_full_disk_fails_submits_with_journal_error_and_recovers_when_space_retu
     helper_args = ("--data-dir", str(data_dir), "--journal-segment-bytes", str(2**20))
     helper = cluster.start_helper(*helper_args)
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (3 * 2**20 + 512 * 1024))
     pad = "x" * 16_000
+
+    def fill_the_disk() -> None:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # every free byte (space the journal
+        try:                                            # preallocated stays the journal's)
+            while os.write(fd, bytes(4096)):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     async def scenario() -> tuple[list[str], list[str]]:
         async with Client(cluster.intake) as client:
-            accepted: list[str] = []
+            accepted = [await client.submit("simulate", _job(ms=1, pad=pad)) for _ in range(5)]
+            await asyncio.to_thread(fill_the_disk)
             error = None
-            for _ in range(200):
+            for _ in range(1000):  # 16 MB: more than the disk holds
                 try:
                     accepted.append(await client.submit("simulate", _job(ms=1, pad=pad)))
                 except JournalError as exc:
@@ -591,7 +601,8 @@ def test_full_disk_fails_submits_with_journal_error_and_recovers_when_space_retu
             assert error is not None, "the disk never filled"
             assert error.code == wire.JOURNAL_FAILED
             assert "No space left on device" in str(error) or "ENOSPC" in str(error), error
-            assert accepted, "nothing fit before the disk filled"
+            with pytest.raises(JournalError):  # still full: still refused, clearly
+                await client.submit("simulate", _job(ms=1, pad=pad))
             filler.unlink()  # space returns
             later = [await client.submit("simulate", _job(ms=1, pad=pad)) for _ in range(5)]
             return accepted, later
