@@ -1,0 +1,77 @@
+"""The Helper's dispatcher under failures, without sockets or processes: acks and heartbeats
+are fed in as the service would, the clock is moved by editing the recorded times."""
+
+from __future__ import annotations
+
+import random
+
+from mesh import make_task, wire
+from mesh.dispatcher import Dispatcher
+from mesh.metrics import HelperMetrics
+from mesh.settings import HelperSettings
+
+HELPER_INCARNATION = 0x1234
+
+
+def _dispatcher(**settings) -> tuple[Dispatcher, list]:  # noqa: ANN003
+    sent: list = []
+    d = Dispatcher(
+        HelperSettings(helper_id="h", data_dir="/nonexistent", reconcile_window_s=0.0,
+                       **settings),
+        helper_incarnation=HELPER_INCARNATION, reply_to="tcp://127.0.0.1:1",
+        journal_append=lambda *a: None, journal_release=lambda key: None,
+        connect=lambda endpoint: object(), send=lambda sock, frame: sent.append(frame) or True,
+        close=lambda sock: None, metrics=HelperMetrics(), rng=random.Random(1))
+    return d, sent
+
+
+def _beat(d: Dispatcher, *, node_id: str = "n1", credit: int = 4, received: int = 0,
+          held: tuple = (), beat: int = 1, acks: tuple = (), known: bool = True) -> None:
+    hb = wire.Heartbeat(
+        node_id=node_id, incarnation=7, task_endpoint="tcp://127.0.0.1:2", concurrency=1,
+        credit=credit, kinds=["k"], beat=beat, received=received, held_task_ids=list(held),
+        helper_incarnation=HELPER_INCARNATION if known else 0)
+    d.on_ack_batch(wire.decode_ack_batch(wire.encode_ack_batch(hb, list(acks))))
+
+
+def _submit(d: Dispatcher, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        entry = d.admit(make_task("k", b"x"))
+        d.durable(entry)
+        ids.append(entry.task_id)
+    return ids
+
+
+def test_a_held_delivery_waiting_for_a_slot_is_not_sent_again_at_the_ack_timeout() -> None:
+    d, _ = _dispatcher(ack_timeout_s=1.0)
+    _beat(d, credit=3, known=False)
+    waiting, lost = _submit(d, 2)
+    assert d.dispatch_pass() == 2
+    for task_id in (waiting, lost):
+        d.tasks[task_id].dispatched_at -= 5.0  # long past the ack timeout, never STARTED
+    _beat(d, credit=1, received=0, held=(waiting,), beat=2)  # received 0: no reconcile
+    d.tick()
+    assert d.tasks[waiting].state == wire.DISPATCHED and d.tasks[waiting].node_id == "n1"
+    assert d.tasks[lost].state == wire.QUEUED  # not held, not started: sent again
+    assert d.metrics.redeliveries.labels("ack_timeout")._value.get() == 1
+
+
+def test_a_node_back_from_the_dead_gets_a_fresh_credit_ledger() -> None:
+    d, _ = _dispatcher()
+    _beat(d, credit=4, known=False)
+    ids = _submit(d, 4)
+    assert d.dispatch_pass() == 4
+    node = d.nodes["n1"]
+    d.node_dead(node, "missed_heartbeats")  # SIGSTOP: declared dead, its 4 re-queued
+    assert all(d.tasks[t].state == wire.QUEUED for t in ids)
+    # SIGCONT: the same incarnation beats again; it had received 4 deliveries from us.
+    _beat(d, credit=4, received=4, held=tuple(ids), beat=50)
+    back = d.nodes["n1"]
+    assert back is not node and back.available == 4  # not 8: old deliveries are not credit
+    _submit(d, 2)
+    assert d.dispatch_pass() == 4  # the 4 re-queued ones (front of the lane), not 6
+    # It has now received 4 + 4 and holds the 4 sent again: nothing is taken for lost.
+    _beat(d, credit=0, received=8, held=tuple(ids), beat=51)
+    assert all(d.tasks[t].state == wire.DISPATCHED for t in ids)
+    assert d.metrics.redeliveries.labels("not_held")._value.get() == 0
