@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import time
 
 from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import sockets, wire
+from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.helper import Helper
 from mesh.metrics import serve
 from mesh.settings import HelperSettings
 from nodes import config, runtime
+from nodes.alert_cli import alert_instance
 from nodes.registration import GoneNodes, Presence, watch_nodes
 
 log = logging.getLogger("mesh.node.helper")
@@ -29,6 +32,11 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending", type=int, default=200_000)
     p.add_argument("--node-dead-after", type=float, default=2.0)
     p.add_argument("--dispatch-before-sync", action="store_true")
+    p.add_argument("--no-alerts", action="store_true",
+                   help="do not publish the Helper's own fault alerts")
+    p.add_argument("--alerts-bind", default="tcp://127.0.0.1:0", help="alert PUB endpoint")
+    p.add_argument("--alerts-replay-bind", default="tcp://127.0.0.1:0",
+                   help="alert replay endpoint")
     p.add_argument("--unroutable-grace", type=float, default=30.0,
                    help="seconds a task kind no live node serves waits before DEAD")
     p.add_argument("--ack-timeout", type=float, default=10.0)
@@ -66,7 +74,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
-    helper = Helper(settings)
+    # The Helper publishes its own fault alerts (node down/back, task dead, journal error,
+    # queue over threshold) on a lane of its own, journaled beside the task journal.
+    alerts = None
+    if not args.no_alerts:
+        alerts = AlertPublisher(AlertPublisherSettings(
+            publisher_id=f"{settings.helper_id}-alerts",
+            data_dir=os.path.join(settings.data_dir, "alerts"),
+            pub_endpoint=args.alerts_bind, replay_endpoint=args.alerts_replay_bind))
+        await alerts.start()
+    helper = Helper(settings, alerts=alerts)
     await helper.start()
     metrics_port = None
     port = config.metrics_port(args)
@@ -131,13 +148,23 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
                                   now=time.monotonic()))
 
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
+    alert_presence = None
+    if alerts is not None:
+        alert_presence = Presence(discovery, alert_instance(alerts), ttl_s=args.discovery_ttl,
+                                  deregister_after_s=args.deregister_after)
+        await alert_presence.start()
     runtime.announce_ready("helper", intake=helper.intake_endpoint, acks=helper.ack_endpoint,
-                           metrics_port=metrics_port, recovered=helper.recovered)
+                           metrics_port=metrics_port, recovered=helper.recovered,
+                           alerts=alerts.pub_endpoint if alerts else None,
+                           alerts_replay=alerts.replay_endpoint if alerts else None)
     name = await runtime.until_signalled()
     log.info("%s: stopping", name)
     ai_watch.stop(timeout_s=1.0)
     await presence.stop()
     await helper.stop()
+    if alerts is not None:
+        await alert_presence.stop()
+        await alerts.stop()
     discovery.close()
     if server is not None:
         server.shutdown()
