@@ -24,6 +24,7 @@ import asyncio
 import bisect
 import logging
 import random
+import socket
 import struct
 import time
 from collections import deque
@@ -138,18 +139,36 @@ class AlertPublisher:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Recover the history, bind both endpoints, start serving. On failure nothing is left
+        open (journal, sockets, context) and the error is raised."""
         if self._state != "new":
             raise MeshError(f"alert publisher {self.settings.publisher_id!r} was already started")
         self._state = "starting"
         self._served = asyncio.Event()
-        old_endpoints = await self._open_history()
-        if self._ctx is None:
-            self._ctx = sockets.new_context()
-        self._pub, self.pub_endpoint = _bind_reusing(
-            sockets.alert_pub, self._ctx, self.settings.pub_endpoint, old_endpoints[0])
-        self._pub_send = zmq.Socket.shadow(self._pub.underlying)
-        self._router, self.replay_endpoint = _bind_reusing(
-            sockets.replay_router, self._ctx, self.settings.replay_endpoint, old_endpoints[1])
+        try:
+            old_endpoints = await self._open_history()
+            if self._ctx is None:
+                self._ctx = sockets.new_context()
+            self._pub, self.pub_endpoint = _bind_reusing(
+                sockets.alert_pub, self._ctx, self.settings.pub_endpoint, old_endpoints[0])
+            self._pub_send = zmq.Socket.shadow(self._pub.underlying)
+            self._router, self.replay_endpoint = _bind_reusing(
+                sockets.replay_router, self._ctx, self.settings.replay_endpoint,
+                old_endpoints[1])
+        except BaseException:
+            # A failed bind leaves the socket the factory made open (sockets.bind does not
+            # close it): our own context is destroyed, which closes it; a shared one keeps it
+            # until it is garbage-collected.
+            if self._own_context and self._ctx is not None:
+                for sock in (self._pub, self._router):
+                    if sock is not None:
+                        sock.close(linger=0)
+                self._pub = self._router = self._pub_send = None
+                self._ctx.destroy(linger=0)
+                self._ctx = None
+            self._state = "running"  # so that stop() releases what was opened
+            await self.stop()
+            raise
         if self._journal is not None:
             self._journal_append(REC_ENDPOINTS, b"endpoints",
                                  f"{self.pub_endpoint}\n{self.replay_endpoint}".encode())
@@ -545,12 +564,23 @@ def _new_epoch() -> int:
 def _bind_reusing(factory, ctx: zmq.asyncio.Context, endpoint: str,  # noqa: ANN001
                   previous: str | None) -> tuple:
     """Bind `endpoint`; with port 0, try the port used before first, so subscribers that knew
-    it reconnect on their own after a restart."""
-    if previous and endpoint.endswith(":0"):
-        host = endpoint.rsplit(":", 1)[0]
-        if previous.rsplit(":", 1)[0] == host:
-            try:
-                return factory(ctx, previous)
-            except zmq.ZMQError:
-                pass
+    it reconnect on their own after a restart. (Checked with a plain socket first: a failed
+    ZeroMQ bind would leave a socket behind in the factory.)"""
+    if previous and endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        prev_host, _, prev_port = previous[len("tcp://"):].rpartition(":")
+        if previous.startswith("tcp://") and prev_host == host and prev_port.isdigit() \
+                and _port_free(host, int(prev_port)):
+            return factory(ctx, previous)
     return factory(ctx, endpoint)
+
+
+def _port_free(host: str, port: int) -> bool:
+    addr = "0.0.0.0" if host == "*" else host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+            probe.bind((addr, port))
+        return True
+    except OSError:
+        return False

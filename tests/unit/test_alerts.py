@@ -232,6 +232,38 @@ def test_compaction_keeps_the_history_and_the_sequence_across_restarts(tmp_path)
     run(main())
 
 
+def test_restart_takes_a_new_port_when_the_old_one_is_taken(tmp_path):
+    async def main() -> None:
+        settings = pub_settings(data_dir=str(tmp_path))
+        async with AlertPublisher(settings) as pub:
+            pub.publish("k", "error", "s")
+            old = pub.pub_endpoint
+        squatter = sockets.new_context()
+        sock, _ = sockets.alert_pub(squatter, old)  # someone else binds it meanwhile
+        try:
+            async with AlertPublisher(settings) as pub:
+                assert pub.pub_endpoint != old and pub.last_seq == 1
+        finally:
+            sock.close(linger=0)
+            squatter.term()
+    run(main())
+
+
+def test_failed_start_leaves_nothing_open(tmp_path):
+    async def main() -> None:
+        import threading
+        threads = threading.active_count()
+        pub = AlertPublisher(pub_settings(data_dir=str(tmp_path),
+                                          replay_endpoint="tcp://256.0.0.1:1"))
+        with pytest.raises(zmq.ZMQError):
+            await pub.start()
+        assert threading.active_count() == threads
+        with pytest.raises(MeshError):
+            pub.publish("k", "error", "s")
+        await pub.stop()
+    run(main())
+
+
 def test_subscriber_resumes_from_its_state_file(tmp_path):
     async def main() -> None:
         state = str(tmp_path / "positions.json")
