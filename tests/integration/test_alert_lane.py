@@ -216,6 +216,16 @@ def test_late_subscriber_receives_earlier_alerts_via_replay(lane):
     assert lane.seqs() == list(range(1, 61))
 
 
+def test_notifier_started_before_its_publisher_gets_everything(lane):
+    pub_port, replay_port = free_port(), free_port()
+    endpoints = {"pub": f"tcp://127.0.0.1:{pub_port}", "replay": f"tcp://127.0.0.1:{replay_port}"}
+    lane.notifier([("pub-1", endpoints)])
+    pub, _ = lane.publisher(pub_port=pub_port, replay_port=replay_port)
+    assert pub.publish(20) == 20
+    wait_until(lambda: len(lane.seqs()) >= 20, 15, "20 alerts")
+    assert lane.seqs() == list(range(1, 21))
+
+
 def test_burst_of_10000_alerts_arrives_complete_and_in_order(lane):
     pub, info = lane.publisher()
     notifier = lane.notifier([("pub-1", info)])
