@@ -120,10 +120,13 @@ async def run(args: argparse.Namespace) -> int:
 
     discovery = None
     alert_watch = None
+    stopping = False
     if not args.no_discovery:
         discovery = open_discovery(config.discovery_url(args))
 
         def on_publishers(found: list[Instance]) -> None:
+            if stopping:
+                return  # a change reported while we shut down
             chosen = choose_publishers(found, static_ids)
             for pid, (pub, replay) in chosen.items():
                 subscriber.add_publisher(pid, pub, replay)
@@ -137,6 +140,7 @@ async def run(args: argparse.Namespace) -> int:
                            publishers=sorted(static_ids))
     name = await runtime.until_signalled()
     log.info("%s: stopping the notifier", name)
+    stopping = True
     if alert_watch is not None:
         alert_watch.stop(timeout_s=1.0)
     await subscriber.stop()
