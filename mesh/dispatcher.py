@@ -525,6 +525,12 @@ class Dispatcher:
         """Discovery says the node (that incarnation of it, when given) is gone or critical."""
         node = self.nodes.get(node_id)
         if node is not None and (not incarnation or node.incarnation == incarnation):
+            if node.draining:
+                # A draining node leaves discovery while it still finishes and hands back its
+                # tasks (acks on the way): its heartbeats, not discovery, say when it is gone.
+                # Declaring it dead here would run its tasks twice and charge them a lost
+                # delivery (poison-pill count).
+                return
             self.node_dead(node, cause)
 
     # ---- timers ------------------------------------------------------------------------

@@ -519,6 +519,36 @@ def test_sigterm_on_an_ai_node_finishes_running_tasks_hands_back_the_rest_and_ex
     assert _metric(text, "mesh_redeliveries_total", cause="draining") == 4.0
 
 
+def test_sigterm_past_the_drain_grace_hands_running_tasks_back_to_run_elsewhere(cluster) -> None:  # noqa: ANN001
+    helper = cluster.start_helper()
+    leaving = cluster.start_ai("--concurrency", "2", "--prefetch", "0", "--drain-grace", "0.5")
+
+    async def scenario() -> None:
+        async with Client(cluster.intake) as client:
+            await _nodes_seen(client, 1)
+            ids = await client.submit_many(
+                [make_task("simulate", _job(ms=4000)) for _ in range(2)])
+
+            async def running() -> bool:
+                return all(s.state == wire.RUNNING for s in await client.statuses(ids))
+            await async_wait_until(running, 10, what="2 tasks running")
+            staying = cluster.start_ai("--concurrency", "2")
+            await _nodes_seen(client, 2)
+            leaving.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(leaving.proc.wait, 20) == 0
+            statuses = await _wait_all(client, ids)
+            assert all(s.state == wire.SUCCEEDED for s in statuses)
+            assert {s.node_id for s in statuses} == {staying.ready["node_id"]}
+            assert [s.attempts for s in statuses] == [1, 1]  # handed back, not a failure
+
+    asyncio.run(scenario())
+    text = _metrics(helper)
+    assert _metric(text, "mesh_redeliveries_total", cause="draining") == 2.0
+    assert _metric(text, "mesh_task_retries_total") == 0.0
+    effects = cluster.applied_effects()
+    assert len(effects) == 2 and max(effects.values()) == 1
+
+
 def test_sigterm_on_the_helper_flushes_and_a_restart_loses_nothing(cluster) -> None:  # noqa: ANN001
     helper = cluster.start_helper()
     cluster.start_ai("--concurrency", "4")

@@ -75,3 +75,23 @@ def test_a_node_back_from_the_dead_gets_a_fresh_credit_ledger() -> None:
     _beat(d, credit=0, received=8, held=tuple(ids), beat=51)
     assert all(d.tasks[t].state == wire.DISPATCHED for t in ids)
     assert d.metrics.redeliveries.labels("not_held")._value.get() == 0
+
+
+def test_a_draining_node_that_leaves_discovery_keeps_its_tasks_until_its_heartbeats_stop() -> None:
+    d, _ = _dispatcher()
+    _beat(d, credit=2, known=False)
+    ids = _submit(d, 2)
+    assert d.dispatch_pass() == 2
+    started = [wire.Ack(task_id=t, delivery=1, kind=wire.STARTED) for t in ids]
+    _beat(d, credit=0, received=2, held=tuple(ids), beat=2, acks=started)
+    hb = wire.Heartbeat(node_id="n1", incarnation=7, task_endpoint="tcp://127.0.0.1:2",
+                        concurrency=1, credit=0, kinds=["k"], beat=3, received=2,
+                        held_task_ids=ids, helper_incarnation=HELPER_INCARNATION, draining=True)
+    d.on_ack_batch(wire.decode_ack_batch(wire.encode_ack_batch(hb, [])))
+    d.node_gone("n1", "discovery", 7)
+    assert "n1" in d.nodes
+    assert all(d.tasks[t].state == wire.RUNNING and d.tasks[t].lost_deliveries == 0 for t in ids)
+    # A node that is not draining and leaves discovery is dead at once.
+    _beat(d, node_id="n2", credit=1, known=False)
+    d.node_gone("n2", "discovery")
+    assert "n2" not in d.nodes
