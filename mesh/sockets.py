@@ -49,8 +49,13 @@ def _common(sock: zmq.Socket, max_message_bytes: int | None) -> None:
 
 
 def bind(sock: zmq.Socket, endpoint: str) -> str:
-    """Bind and return the real endpoint (port 0 -> the port the OS chose)."""
-    sock.bind(endpoint)
+    """Bind and return the real endpoint (port 0 -> the port the OS chose). A socket that
+    cannot bind is closed at once, not left to the garbage collector."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
