@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from mesh import Client, make_task, wire
-from nodes.launch import NodeProcess
+from nodes.launch import NodeProcess, stop_all
 from nodes.sample_app import applied_effects
 
 
@@ -40,6 +41,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # SIGTERM (a timeout, a CI runner) must still stop the node processes we started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return asyncio.run(run_demo(args))
 
 
@@ -82,9 +85,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             stats = await client.stats()
         return _print_report(report, stats, effects, args)
     finally:
-        helper.stop()
-        for node in nodes:
-            node.stop()
+        stop_all([helper, *nodes])
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
