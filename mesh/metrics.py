@@ -93,3 +93,53 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> tu
     """Serve /metrics on a thread; port 0 picks a free one. Returns (server, real_port)."""
     server, thread = start_http_server(port, addr=addr, registry=registry)
     return server, thread, server.server_address[1]
+
+
+class StatsCollector:
+    """Exports a plain counters object (the alert lane's `stats`) as Prometheus counters when
+    scraped: nothing on the hot path, one read per scrape.
+
+        registry.register(StatsCollector("mesh_alerts_published", publisher.stats, {...}))
+    """
+
+    def __init__(self, prefix: str, stats: object, help_by_name: dict[str, str]) -> None:
+        self.prefix = prefix
+        self.stats = stats
+        self.help_by_name = help_by_name
+
+    def collect(self):  # noqa: ANN201 - the prometheus_client collector protocol
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, text in self.help_by_name.items():
+            family = CounterMetricFamily(f"{self.prefix}_{name}", text)
+            family.add_metric([], float(getattr(self.stats, name)))
+            yield family
+
+
+PUBLISHER_STATS_HELP = {
+    "published": "Alerts published",
+    "replay_requests": "Replay requests answered",
+    "replayed_alerts": "Alerts sent again through replay",
+    "malformed_requests": "Unreadable replay requests dropped",
+    "journal_errors": "Alert journal write or sync failures",
+}
+
+SUBSCRIBER_STATS_HELP = {
+    "live": "Alerts received live on SUB",
+    "replayed": "Alerts received through replay",
+    "delivered": "Alerts handed to the handlers",
+    "duplicates": "Duplicate alerts dropped",
+    "malformed": "Unreadable frames dropped",
+    "lost": "Alerts reported lost (out of the publisher's history)",
+    "replay_requests": "Replay requests sent",
+    "replay_timeouts": "Replay requests that timed out",
+    "callback_errors": "Handler failures (retried)",
+}
+
+
+def register_alert_publisher(registry: CollectorRegistry, stats: object) -> None:
+    registry.register(StatsCollector("mesh_alert_publisher", stats, PUBLISHER_STATS_HELP))
+
+
+def register_alert_subscriber(registry: CollectorRegistry, stats: object) -> None:
+    registry.register(StatsCollector("mesh_alert_subscriber", stats, SUBSCRIBER_STATS_HELP))

@@ -12,7 +12,7 @@ from discovery import DiscoveryError, Health, Instance, open_discovery
 from mesh import sockets, wire
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.helper import Helper
-from mesh.metrics import serve
+from mesh.metrics import register_alert_publisher, serve
 from mesh.settings import HelperSettings
 from nodes import config, runtime
 from nodes.alert_cli import alert_instance
@@ -85,6 +85,8 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
         await alerts.start()
     helper = Helper(settings, alerts=alerts)
     await helper.start()
+    if alerts is not None:
+        register_alert_publisher(helper.metrics.registry, alerts.stats)
     metrics_port = None
     port = config.metrics_port(args)
     server = None

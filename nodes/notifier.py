@@ -14,10 +14,13 @@ import logging
 import os
 import sys
 
+from prometheus_client import CollectorRegistry
+
 from discovery import Instance, open_discovery
 from mesh.alert_handlers import HandlerSet, load_handler, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
+from mesh.metrics import register_alert_subscriber, serve
 from nodes import config, runtime
 from nodes.registration import watch
 
@@ -136,7 +139,15 @@ async def run(args: argparse.Namespace) -> int:
 
         alert_watch = watch(discovery, ALERT_SERVICE, on_publishers, wait_s=2.0)
 
-    runtime.announce_ready("notifier", notifier_id=notifier_id, state_file=state_file,
+    metrics_port = None
+    metrics_server = None
+    port = config.metrics_port(args)
+    if port is not None:
+        registry = CollectorRegistry()
+        register_alert_subscriber(registry, subscriber.stats)
+        metrics_server, _, metrics_port = serve(registry, port, args.metrics_addr)
+    runtime.announce_ready("notifier", metrics_port=metrics_port, notifier_id=notifier_id,
+                           state_file=state_file,
                            publishers=sorted(static_ids))
     name = await runtime.until_signalled()
     log.info("%s: stopping the notifier", name)
@@ -146,6 +157,8 @@ async def run(args: argparse.Namespace) -> int:
     await subscriber.stop()
     if discovery is not None:
         discovery.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return 0
 
 

@@ -37,3 +37,20 @@ def test_node_down_node_up_and_task_dead_reach_the_notifier(cluster) -> None:  #
     wait_until(lambda: notified("mesh.node.down"), 20, what="node down alert")
     log = notifier.log_path.read_text()
     assert "publisher=helper-1-alerts" in log
+
+
+def test_alert_lane_counters_are_served_as_prometheus_metrics(cluster) -> None:  # noqa: ANN001
+    import urllib.request
+
+    cluster.start_helper()
+    notifier = cluster._start(["notifier", "--discovery", cluster.discovery,
+                               "--metrics-port", "0"], "notifier")
+    cluster.start_ai()
+
+    def scrape(port: int) -> bytes:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+    wait_until(lambda: b"mesh_alert_subscriber_delivered_total 1.0" in
+               scrape(notifier.ready["metrics_port"]), 20, what="the node-up alert delivered")
+    assert b"mesh_alert_publisher_published_total 1.0" in scrape(
+        cluster.helper.ready["metrics_port"])
