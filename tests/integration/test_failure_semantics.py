@@ -586,10 +586,11 @@ def test_sigterm_on_the_helper_flushes_and_a_restart_loses_nothing(cluster) -> N
 
 @pytest.fixture
 def small_disk(tmp_path):  # noqa: ANN001, ANN201
-    """An 8 MiB tmpfs, mounted for the test and unmounted after it."""
+    """A 24 MiB tmpfs (room for the Helper's journals' preallocation), mounted for the test and
+    unmounted after it."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+    tried = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
                            capture_output=True, text=True)
     if tried.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {tried.stderr.strip()}")
@@ -622,7 +623,7 @@ def test_full_disk_fails_submits_with_journal_error_and_recovers_when_space_retu
             accepted = [await client.submit("simulate", _job(ms=1, pad=pad)) for _ in range(5)]
             await asyncio.to_thread(fill_the_disk)
             error = None
-            for _ in range(1000):  # 16 MB: more than the disk holds
+            for _ in range(2000):  # 32 MB: more than the disk holds
                 try:
                     accepted.append(await client.submit("simulate", _job(ms=1, pad=pad)))
                 except JournalError as exc:
