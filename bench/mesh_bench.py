@@ -30,27 +30,18 @@ sys.path.insert(0, str(ROOT))
 from mesh import Client, SyncClient, make_task  # noqa: E402
 from nodes.launch import NodeProcess  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from peers.base import fsync_probe as peers_fsync_probe  # noqa: E402
+from peers.base import percentile  # noqa: E402
+
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
+    return percentile(values, q)
 
 
 def fsync_probe(directory: Path, count: int = 500) -> list[float]:
-    path = directory / "fsync-probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    samples = []
-    try:
-        block = b"x" * 256
-        for _ in range(count):
-            t0 = time.perf_counter()
-            os.write(fd, block)
-            os.fdatasync(fd)
-            samples.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
-    return samples
+    """The raw 256-byte append + fdatasync of the Helper's disk, in seconds."""
+    return [ns / 1e9 for ns in peers_fsync_probe(directory, count)]
 
 
 def accept_latency(client: SyncClient, count: int) -> list[float]:
