@@ -123,7 +123,8 @@ def test_retries_then_success_and_dead_letters_keep_the_reason_and_last_error(cl
 
 def test_dead_letters_are_listed_inspected_replayed_and_purged_from_cli_and_client(
         cluster, tmp_path) -> None:  # noqa: ANN001
-    cluster.start_helper(*FAST_RETRIES, "--max-attempts", "2")
+    helper_args = (*FAST_RETRIES, "--max-attempts", "2")
+    cluster.start_helper(*helper_args)
     cluster.start_ai()
     marker = tmp_path / "dependency-down"
     marker.write_text("the handler fails while this file exists")
@@ -143,6 +144,9 @@ def test_dead_letters_are_listed_inspected_replayed_and_purged_from_cli_and_clie
             fatal = await client.submit("simulate", _job(fatal=True))
             statuses = await _wait_all(client, [*blocked, fatal])
             assert [s.state for s in statuses] == [wire.DEAD] * 3
+            # Dead letters are durable: a Helper restart keeps them.
+            await asyncio.to_thread(cluster.helper.stop)
+            await asyncio.to_thread(cluster.start_helper, *helper_args)
 
             listed = dlq("list")
             assert listed[-1] == {"op": "list", "affected": 3}
@@ -168,8 +172,12 @@ def test_dead_letters_are_listed_inspected_replayed_and_purged_from_cli_and_clie
             assert [d["task_id"] for d in dlq("list")[:-1]] == [fatal]
             assert dlq("purge", fatal)[-1]["affected"] == 1
             assert (await client.dead_letters("list")).affected == 0
+            # The purge is durable too.
+            await asyncio.to_thread(cluster.helper.stop)
+            await asyncio.to_thread(cluster.start_helper, *helper_args)
             with pytest.raises(NotFound):
                 await client.status(fatal)
+            assert (await client.status(blocked[0])).state == wire.SUCCEEDED
 
             # purge/replay with no ids and no --all is a usage error, not "everything".
             out = subprocess.run([sys.executable, "-m", "nodes.cli", "dlq", "purge", "--intake",
