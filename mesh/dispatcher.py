@@ -159,6 +159,7 @@ class Dispatcher:
         self.finished: deque[str] = deque()
         self.unroutable_since: dict[str, float] = {}
         self.reconcile_until = 0.0
+        self._expiry_sweep_at = 0.0
         self._seq = 0
         self._waiters: dict[str, list[Callable[[TaskEntry], None]]] = {}
         self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0}
@@ -565,6 +566,18 @@ class Dispatcher:
                     entry.not_before = 0.0
                     self.enqueue(entry)
         self._check_unroutable(now)
+        if not self.nodes and self.pending and now >= self._expiry_sweep_at:
+            self._expire_queued(now)
+
+    def _expire_queued(self, now: float) -> None:
+        """No node is up, so no dispatch checks deadlines: once a second, dead-letter the queued
+        tasks whose deadline passed (EXPIRED), so they do not show QUEUED until a node comes."""
+        self._expiry_sweep_at = now + 1.0
+        now_ns = time.time_ns()
+        for entry in self.pending.take(lambda e: 0 < e.task.deadline_ns < now_ns):
+            self._dead(entry, wire.EXPIRED, f"deadline passed "
+                       f"{(now_ns - entry.task.deadline_ns) / 1e9:.3f}s before start "
+                       "(no AI node was up)")
 
     def _check_unroutable(self, now: float) -> None:
         if not self.nodes:

@@ -144,6 +144,18 @@ class PendingQueue:
                         break
         return oldest
 
+    def take(self, predicate) -> list:  # noqa: ANN001 - Callable[[Queueable], bool]
+        """Remove and return every queued entry the predicate selects (an O(n) sweep, for rare
+        housekeeping such as expiring deadlines while no node takes work)."""
+        out = []
+        for kq in self._kinds.values():
+            for lane in kq.lanes.values():
+                for entry in lane:
+                    if entry.in_queue and predicate(entry):
+                        self.discard(entry)
+                        out.append(entry)
+        return out
+
     def drain_kind(self, kind: str) -> list:
         """Remove and return every queued task of one kind (dead-lettering an unroutable kind)."""
         kq = self._kinds.pop(kind, None)

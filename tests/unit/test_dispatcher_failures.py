@@ -95,3 +95,17 @@ def test_a_draining_node_that_leaves_discovery_keeps_its_tasks_until_its_heartbe
     _beat(d, node_id="n2", credit=1, known=False)
     d.node_gone("n2", "discovery")
     assert "n2" not in d.nodes
+
+
+def test_queued_tasks_past_their_deadline_expire_while_no_node_is_up() -> None:
+    d, _ = _dispatcher()
+    expired = d.admit(make_task("k", b"x", ttl_s=0.001))
+    alive = d.admit(make_task("k", b"y", ttl_s=600))
+    forever = d.admit(make_task("k", b"z"))
+    for entry in (expired, alive, forever):
+        d.durable(entry)
+    expired.task.deadline_ns = 1  # long past
+    d.tick()
+    assert expired.state == wire.DEAD and expired.dead_reason == wire.EXPIRED
+    assert alive.state == wire.QUEUED and forever.state == wire.QUEUED
+    assert len(d.pending) == 2
