@@ -505,8 +505,17 @@ def test_sigterm_on_an_ai_node_finishes_running_tasks_hands_back_the_rest_and_ex
             staying = cluster.start_ai("--concurrency", "4")
             await _nodes_seen(client, 2)
             leaving.signal(signal.SIGTERM)
+
+            async def draining() -> bool:  # zero credit announced: it gets nothing new
+                return bool(_metric(await asyncio.to_thread(_metrics, leaving),
+                                    "mesh_ai_rejected_total", reason="draining"))
+            await async_wait_until(draining, 10, what="the node draining")
+            late = await client.submit_many(
+                [make_task("simulate", _job(ms=1)) for _ in range(4)])
             code = await asyncio.to_thread(leaving.proc.wait, 30)
             assert code == 0
+            for status in await _wait_all(client, late):
+                assert status.node_id == staying.ready["node_id"]
             statuses = {s.task_id: s for s in await _wait_all(client, ids)}
             assert all(s.state == wire.SUCCEEDED for s in statuses.values())
             # The running ones finished where they ran; the waiting ones ran on the other node.
@@ -524,7 +533,7 @@ def test_sigterm_on_an_ai_node_finishes_running_tasks_hands_back_the_rest_and_ex
     asyncio.run(scenario())
     assert _absorbed(cluster) == [], "a task handed over at shutdown ran twice"
     effects = cluster.applied_effects()
-    assert len(effects) == 6 and max(effects.values()) == 1
+    assert len(effects) == 10 and max(effects.values()) == 1
     text = _metrics(helper)
     assert _metric(text, "mesh_redeliveries_total", cause="draining") == 4.0
 
