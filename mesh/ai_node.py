@@ -138,6 +138,7 @@ class AINode:
         # Hand back what waits for a slot: the Helper resends it elsewhere at once.
         while self._waiting:
             job = self._waiting.popleft()
+            job.link.held.discard(job.task_id)  # handed back: no longer ours to report
             self._reject(job.link, job.dispatch, wire.DRAINING, "node is draining")
         self._schedule_flush()
         if self._handler_tasks:

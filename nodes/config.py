@@ -130,3 +130,14 @@ def parse_kv(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}")
         out[key] = value
     return out
+
+
+def parse_int_kv(items: list[str] | None, flag: str) -> dict[str, int]:
+    out = {}
+    for key, value in parse_kv(items).items():
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise ConfigError(f"{flag} {key}={value!r}: the value must be an integer") from None
+    return out
+

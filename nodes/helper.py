@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         node_dead_after_s=args.node_dead_after,
         dispatch_before_sync=args.dispatch_before_sync,
         unroutable_grace_s=args.unroutable_grace, ack_timeout_s=args.ack_timeout,
-        kind_max_attempts={k: int(v) for k, v in config.parse_kv(args.kind_max_attempts).items()},
+        kind_max_attempts=config.parse_int_kv(args.kind_max_attempts, "--kind-max-attempts"),
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         max_lost_deliveries=args.max_lost_deliveries, max_pending_bytes=args.max_pending_bytes,
         journal_segment_bytes=args.journal_segment_bytes)

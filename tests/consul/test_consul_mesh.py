@@ -236,12 +236,14 @@ def test_consul_restart_mid_run_nodes_reregister_and_no_task_is_lost(cluster, ag
     c = _use(cluster, agent)
     helper = cluster.start_helper(*TTL, "--node-dead-after", "60")
     nodes = [cluster.start_ai(*TTL) for _ in range(2)]
-    expected = {"helper-1", *(f"{n.ready['node_id']}-{n.ready['incarnation']}" for n in nodes)}
+    expected = {"helper-1", "helper-1-alerts",  # the Helper's own alert publisher
+                *(f"{n.ready['node_id']}-{n.ready['incarnation']}" for n in nodes)}
     wait_until(lambda: set(c.agent.services()) == expected, 10, what="all registered")
     helper_log = cluster.workdir / "helper-1.log"
 
     def registered() -> set[str]:
-        return set(_health(c, "mesh-ai")) | set(_health(c, "mesh-helper"))
+        return (set(_health(c, "mesh-ai")) | set(_health(c, "mesh-helper"))
+                | set(_health(c, "mesh-alerts")))
 
     async def scenario() -> None:
         async with Client(cluster.intake) as client:
