@@ -98,13 +98,14 @@ class AINode:
             self._ctx = sockets.new_context()
         self._sync_ctx = sockets.sync_view(self._ctx)
         self._pull, self.task_endpoint = sockets.task_pull(
-            self._ctx, self.settings.task_endpoint, self.settings.max_message_bytes)
-        self._pull_raw = zmq.Socket.shadow(self._pull.underlying)
+            self._sync_ctx, self.settings.task_endpoint, self.settings.max_message_bytes)
+        self._reader = sockets.FrameReader(self._pull, self._on_frame,
+                                           on_batch_end=self._schedule_flush)
         for endpoint in self._initial_helpers:
             self.add_helper(endpoint)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._receive_loop(), name="ai-receive"),
-                       loop.create_task(self._heartbeat_loop(), name="ai-heartbeat")]
+        self._reader.start(loop)
+        self._tasks = [loop.create_task(self._heartbeat_loop(), name="ai-heartbeat")]
         log.info("ai node %s up: tasks %s, incarnation %x, kinds %s, concurrency %d",
                  self.settings.node_id, self.task_endpoint, self.incarnation, self._kinds,
                  self.settings.concurrency)
@@ -155,6 +156,7 @@ class AINode:
         if self._stopped:
             return
         self._stopped = True
+        self._reader.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -181,28 +183,19 @@ class AINode:
 
     # ---- receiving ---------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        sock, raw = self._pull, self._pull_raw
-        while True:
-            await sock.poll(flags=zmq.POLLIN)
-            for _ in range(1000):
-                try:
-                    frame = raw.recv(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                try:
-                    batch = wire.decode_dispatch_batch(frame)
-                except WireError as exc:
-                    self.metrics.bad_frames.inc()
-                    log.warning("malformed dispatch batch dropped: %s", exc)
-                    continue
-                self.metrics.received.inc(len(batch.dispatches))
-                for dispatch in batch.dispatches:
-                    try:
-                        self._on_dispatch(dispatch)
-                    except Exception:
-                        log.exception("failed to take a delivery")
-            self._schedule_flush()
+    def _on_frame(self, frame: bytes) -> None:
+        try:
+            batch = wire.decode_dispatch_batch(frame)
+        except WireError as exc:
+            self.metrics.bad_frames.inc()
+            log.warning("malformed dispatch batch dropped: %s", exc)
+            return
+        self.metrics.received.inc(len(batch.dispatches))
+        for dispatch in batch.dispatches:
+            try:
+                self._on_dispatch(dispatch)
+            except Exception:
+                log.exception("failed to take a delivery")
 
     def _link_for(self, dispatch) -> _HelperLink | None:  # noqa: ANN001
         link = self._links.get(dispatch.reply_to)

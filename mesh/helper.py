@@ -57,7 +57,8 @@ class Helper:
         self.journal: Journal | None = None
         self.dispatcher: Dispatcher | None = None
         self._intake = self._ack = None
-        self._intake_raw = self._ack_raw = None
+        self._intake_raw = None
+        self._ack_reader = None
         self._tasks: list[asyncio.Task] = []
         self._accepting = False
         self._stopped = False
@@ -88,9 +89,12 @@ class Helper:
             sockets.intake_router, s.intake_endpoint, previous.get("intake_endpoint"),
             s.max_payload_bytes * 64 + 2**20)
         self._ack, self.ack_endpoint = self._bind(
-            sockets.ack_pull, s.ack_endpoint, previous.get("ack_endpoint"), 64 * 2**20)
+            sockets.ack_pull, s.ack_endpoint, previous.get("ack_endpoint"), 64 * 2**20,
+            self._sync_ctx)
         self._intake_raw = zmq.Socket.shadow(self._intake.underlying)
-        self._ack_raw = zmq.Socket.shadow(self._ack.underlying)
+        self._ack_reader = sockets.FrameReader(self._ack, self._on_ack_frame,
+                                               batch_max=_DRAIN_MAX,
+                                               on_batch_end=self._after_acks)
         self.dispatcher = Dispatcher(
             s, helper_incarnation=self.incarnation, reply_to=self.ack_endpoint,
             journal_append=self.journal.append, journal_release=self.journal.release,
@@ -105,9 +109,9 @@ class Helper:
         self.journal.start(loop)
         self._save_state(data_dir)
         self._accepting = True
+        self._ack_reader.start(loop)
         self._tasks = [
             loop.create_task(self._intake_loop(), name="helper-intake"),
-            loop.create_task(self._ack_loop(), name="helper-acks"),
             loop.create_task(self._timer_loop(), name="helper-timers"),
         ]
         log.info("helper %s up: intake %s, acks %s, recovered %s", s.helper_id,
@@ -119,6 +123,8 @@ class Helper:
             return
         self._stopped = True
         self._accepting = False
+        if self._ack_reader is not None:
+            self._ack_reader.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -305,15 +311,17 @@ class Helper:
 
     # ---- sockets -----------------------------------------------------------------------
 
-    def _bind(self, factory, endpoint: str, previous: str | None, max_bytes: int):  # noqa: ANN001, ANN202
+    def _bind(self, factory, endpoint: str, previous: str | None, max_bytes: int,  # noqa: ANN001, ANN202
+              ctx=None):  # noqa: ANN001
+        ctx = ctx or self._ctx
         if previous and sockets.port_of(endpoint) == 0 and previous.rsplit(":", 1)[0] == \
                 endpoint.rsplit(":", 1)[0]:
             try:
-                return factory(self._ctx, previous, max_bytes)
+                return factory(ctx, previous, max_bytes)
             except zmq.ZMQError as exc:
                 log.warning("could not bind previous endpoint %s (%s); choosing a new one",
                             previous, exc)
-        return factory(self._ctx, endpoint, max_bytes)
+        return factory(ctx, endpoint, max_bytes)
 
     def _connect_node(self, endpoint: str):  # noqa: ANN202
         return sockets.dispatch_push(self._sync_ctx, endpoint)
@@ -453,31 +461,18 @@ class Helper:
         self.dispatcher.add_waiter(task_id, finished)
         timer = loop.call_later(wait_ms / 1000.0, expired)
 
-    async def _ack_loop(self) -> None:
-        sock, raw = self._ack, self._ack_raw
-        d = self.dispatcher
-        while True:
-            await sock.poll(flags=zmq.POLLIN)
-            got = 0
-            for _ in range(_DRAIN_MAX):
-                try:
-                    frame = raw.recv(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                got += 1
-                try:
-                    batch = wire.decode_ack_batch(frame)
-                except WireError as exc:
-                    self.metrics.bad_frames.labels("ack").inc()
-                    log.warning("malformed ack batch dropped: %s", exc)
-                    continue
-                try:
-                    d.on_ack_batch(batch)
-                except Exception:
-                    log.exception("failed to apply an ack batch")
-            if got:
-                self._flush_background()
-                self._dispatch()
+    def _on_ack_frame(self, frame: bytes) -> None:
+        try:
+            batch = wire.decode_ack_batch(frame)
+        except WireError as exc:
+            self.metrics.bad_frames.labels("ack").inc()
+            log.warning("malformed ack batch dropped: %s", exc)
+            return
+        self.dispatcher.on_ack_batch(batch)
+
+    def _after_acks(self) -> None:
+        self._flush_background()
+        self._dispatch()
 
     def _flush_background(self) -> None:
         """Make ack-path records (results, retries, compaction rewrites) durable soon.

@@ -7,8 +7,12 @@ builds its own); sockets are owned by one task each and closed with an explicit 
 
 from __future__ import annotations
 
+import logging
+
 import zmq
 import zmq.asyncio
+
+log = logging.getLogger("mesh.sockets")
 
 #: how long a closing socket may try to deliver what it still holds. Tasks never rely on it (the
 #: journal is the source of truth), acks and replies get a moment.
@@ -170,3 +174,68 @@ def send_now(sock: zmq.asyncio.Socket, frames: list) -> bool:
 
 def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
+
+
+class FrameReader:
+    """Hands each message of a socket to a callback, straight from the event loop's reader on
+    the socket's file descriptor: no future and no task switch per message (what a
+    `zmq.asyncio` poll costs on the hot path).
+
+    ZeroMQ's descriptor is edge-triggered: it signals that the socket's state may have
+    changed, not that a message waits. So every wake-up drains until EAGAIN (or `batch_max`,
+    then yields and comes back), and a caller that *sends* on the same socket calls `wake()`
+    afterwards, because a send can consume the edge of a message that arrived meanwhile.
+    One owner: the loop thread. `stop()` removes the reader; closing the socket is the
+    owner's business.
+    """
+
+    def __init__(self, sock: zmq.Socket, on_message, *, multipart: bool = False,  # noqa: ANN001
+                 batch_max: int = 1000, on_batch_end=None) -> None:  # noqa: ANN001
+        self._sock = sock
+        self._on_message = on_message
+        self._multipart = multipart
+        self._batch_max = batch_max
+        self._on_batch_end = on_batch_end
+        self._loop = None
+        self._scheduled = False
+        self._fd = sock.getsockopt(zmq.FD)
+
+    def start(self, loop) -> None:  # noqa: ANN001
+        self._loop = loop
+        loop.add_reader(self._fd, self._ready)
+        self.wake()
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop = None
+
+    def wake(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._ready)
+
+    def _ready(self) -> None:
+        self._scheduled = False
+        if self._loop is None:
+            return
+        sock = self._sock
+        recv = sock.recv_multipart if self._multipart else sock.recv
+        count = 0
+        while count < self._batch_max:
+            try:
+                message = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            count += 1
+            try:
+                self._on_message(message)
+            except Exception:  # a bug in one handler must not stop the socket's reader
+                log.exception("handling a message failed")
+        if count and self._on_batch_end is not None:
+            try:
+                self._on_batch_end()
+            except Exception:
+                log.exception("handling a batch failed")
+        if count >= self._batch_max or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.wake()
