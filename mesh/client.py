@@ -36,27 +36,24 @@ class Client:
         self._ctx = context
         self._own_context = context is None
         self._sock = None
-        self._raw = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
+        self._reader: sockets.FrameReader | None = None
         self._closed = False
 
     async def start(self) -> None:
         if self._ctx is None:
             self._ctx = sockets.new_context()
-        self._sock = sockets.client_dealer(self._ctx, self.endpoint)
-        self._raw = zmq.Socket.shadow(self._sock.underlying)
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop(),
-                                                              name="client-read")
+        self._sock = sockets.client_dealer(sockets.sync_view(self._ctx), self.endpoint)
+        self._reader = sockets.FrameReader(self._sock, self._on_reply)
+        self._reader.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader.stop()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(MeshError("client closed"))
@@ -160,10 +157,14 @@ class Client:
         request.request_id = rid
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        if not sockets.send_now(self._sock, [wire.encode(request)]):
+        try:
+            self._sock.send(wire.encode(request), zmq.NOBLOCK)
+        except zmq.Again:
             del self._waiting[rid]
             raise RequestTimeout(f"cannot queue a request to {self.endpoint} "
                                  "(send queue full)") from None
+        finally:
+            self._reader.wake()  # a send can take the edge of a reply that just arrived
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
@@ -175,23 +176,15 @@ class Client:
             raise error_from_code(reply.code, reply.message)
         return reply
 
-    async def _read_loop(self) -> None:
-        sock, raw = self._sock, self._raw
-        while True:
-            await sock.poll(flags=zmq.POLLIN)
-            for _ in range(1000):
-                try:
-                    frame = raw.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    reply = wire.decode_client_reply(frame)
-                except WireError as exc:
-                    log.warning("malformed reply dropped: %s", exc)
-                    continue
-                fut = self._waiting.get(reply.request_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
+    def _on_reply(self, frame: bytes) -> None:
+        try:
+            reply = wire.decode_client_reply(frame)
+        except WireError as exc:
+            log.warning("malformed reply dropped: %s", exc)
+            return
+        fut = self._waiting.get(reply.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
 
 
 class SyncClient:

@@ -57,8 +57,7 @@ class Helper:
         self.journal: Journal | None = None
         self.dispatcher: Dispatcher | None = None
         self._intake = self._ack = None
-        self._intake_raw = None
-        self._ack_reader = None
+        self._ack_reader = self._intake_reader = None
         self._tasks: list[asyncio.Task] = []
         self._accepting = False
         self._stopped = False
@@ -87,11 +86,13 @@ class Helper:
         previous = self._load_state(data_dir)
         self._intake, self.intake_endpoint = self._bind(
             sockets.intake_router, s.intake_endpoint, previous.get("intake_endpoint"),
-            s.max_payload_bytes * 64 + 2**20)
+            s.max_payload_bytes * 64 + 2**20,
+            self._sync_ctx)
         self._ack, self.ack_endpoint = self._bind(
             sockets.ack_pull, s.ack_endpoint, previous.get("ack_endpoint"), 64 * 2**20,
             self._sync_ctx)
-        self._intake_raw = zmq.Socket.shadow(self._intake.underlying)
+        self._intake_reader = sockets.FrameReader(self._intake, self._on_client_frames,
+                                                  multipart=True, batch_max=_DRAIN_MAX)
         self._ack_reader = sockets.FrameReader(self._ack, self._on_ack_frame,
                                                batch_max=_DRAIN_MAX,
                                                on_batch_end=self._after_acks)
@@ -110,8 +111,8 @@ class Helper:
         self._save_state(data_dir)
         self._accepting = True
         self._ack_reader.start(loop)
+        self._intake_reader.start(loop)
         self._tasks = [
-            loop.create_task(self._intake_loop(), name="helper-intake"),
             loop.create_task(self._timer_loop(), name="helper-timers"),
         ]
         log.info("helper %s up: intake %s, acks %s, recovered %s", s.helper_id,
@@ -123,8 +124,9 @@ class Helper:
             return
         self._stopped = True
         self._accepting = False
-        if self._ack_reader is not None:
-            self._ack_reader.stop()
+        for reader in (self._ack_reader, self._intake_reader):
+            if reader is not None:
+                reader.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -326,23 +328,12 @@ class Helper:
     def _connect_node(self, endpoint: str):  # noqa: ANN202
         return sockets.dispatch_push(self._sync_ctx, endpoint)
 
-    async def _intake_loop(self) -> None:
-        sock, raw = self._intake, self._intake_raw
-        while True:
-            await sock.poll(flags=zmq.POLLIN)
-            for _ in range(_DRAIN_MAX):
-                try:
-                    frames = raw.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                try:
-                    self._on_client_frames(frames)
-                except Exception:  # a bug must not kill intake; log and go on
-                    log.exception("intake failed to handle a request")
-
     def _reply(self, identity: bytes, reply) -> None:  # noqa: ANN001
-        if not sockets.send_now(self._intake, [identity, wire.encode(reply)]):
-            log.debug("reply to a departed client dropped")
+        try:
+            self._intake.send_multipart([identity, wire.encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("reply to a departed client dropped: %s", exc)
+        self._intake_reader.wake()  # a send can take the edge of a request that just arrived
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:

@@ -159,19 +159,6 @@ def replay_dealer(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
     return sock
 
 
-def send_now(sock: zmq.asyncio.Socket, frames: list) -> bool:
-    """Send without waiting on a socket that a reader task also polls.
-
-    Sending through the asyncio socket (not a raw shadow) matters: a send may consume the edge of
-    the socket's file descriptor, and pyzmq re-arms its poller only for sends it sees. Returns
-    False when the message could not be queued (HWM reached, or no peer for ROUTER).
-    """
-    future = sock.send_multipart(frames, flags=zmq.NOBLOCK)
-    if future.done() and future.exception() is not None:
-        return False
-    return True
-
-
 def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
