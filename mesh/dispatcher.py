@@ -399,6 +399,13 @@ class Dispatcher:
     def _succeed(self, entry: TaskEntry, result: bytes) -> None:
         entry.state = wire.SUCCEEDED
         entry.result = result
+        # Kept for status and result queries only: drop the payload (dead tasks keep theirs,
+        # an operator may replay them).
+        task = entry.task
+        entry.task = wire.Task(task_id=task.task_id, kind=task.kind, priority=task.priority,
+                               submitted_ns=task.submitted_ns,
+                               idempotency_key=task.idempotency_key)
+        entry.encoded = b""
         entry.finished_ns = time.time_ns()
         self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
             wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
