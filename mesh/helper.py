@@ -285,7 +285,7 @@ class Helper:
                                              message=str(err)))
 
     def _settle_submit(self, results: list, new: list, dupes: list,
-                       error: JournalError | None, started: float) -> None:
+                       error: JournalError | None, started: float, kick: bool = True) -> None:
         """The journal sync of a submit ended: the tasks are accepted, or they never were."""
         if error is not None:
             self.metrics.journal_errors.inc()
@@ -309,7 +309,8 @@ class Helper:
         if dupes:
             self.metrics.duplicates.inc(len(dupes))
         self.metrics.accept_latency.observe(time.monotonic() - started)
-        self._kick()
+        if kick:
+            self._kick()
 
     # ---- sockets -----------------------------------------------------------------------
 
@@ -404,13 +405,14 @@ class Helper:
             reply()
             return
         if new and self.settings.dispatch_before_sync:
-            self._kick()  # queued at admission: send while the record is being synced
+            self._dispatch()  # queued at admission: send now, while the record is being synced
         started = time.monotonic()
 
         def synced(future: asyncio.Future) -> None:
             error = future.exception() if not future.cancelled() else JournalError("cancelled")
-            self._settle_submit(results, new, dupes, error, started)
+            self._settle_submit(results, new, dupes, error, started, kick=False)
             reply()
+            self._dispatch()  # after the answer, in the same turn: no loop turn in between
 
         try:
             self.journal.sync_future().add_done_callback(synced)
