@@ -96,7 +96,7 @@ class NodeLink:
     __slots__ = (
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
-        "suffix", "held",
+        "suffix", "held", "running",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
@@ -115,6 +115,7 @@ class NodeLink:
         self.stalled_until = 0.0
         self.beat = 0
         self.suffix = b""  # the encoded Dispatch fields common to this incarnation
+        self.running = 0  # handlers running on the node, as of its last heartbeat
         self.held = ()  # task ids its last heartbeat said it holds (running or waiting)
 
     @property
@@ -298,6 +299,7 @@ class Dispatcher:
         for ack in batch.acks:
             self._apply_ack(node, ack)
         node.concurrency = hb.concurrency
+        node.running = hb.running
         if node.kinds != frozenset(hb.kinds):
             node.kinds = frozenset(hb.kinds)
         node.draining = hb.draining
@@ -557,8 +559,10 @@ class Dispatcher:
                      and now - e.dispatched_at > ack_timeout]
             held = set(node.held) if stale else ()
             for task_id in stale:
-                if task_id in held:
-                    # Waiting for a slot on a live node is progress, not a lost delivery.
+                if task_id in held and node.running >= node.concurrency:
+                    # Waiting for a slot on a busy live node is progress, not a lost delivery.
+                    # A node with free slots that holds a task and does not start it is not
+                    # making progress with it: send it again (the first DONE wins).
                     self.tasks[task_id].dispatched_at = now
                     continue
                 node.inflight.pop(task_id, None)

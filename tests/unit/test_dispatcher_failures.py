@@ -26,9 +26,11 @@ def _dispatcher(**settings) -> tuple[Dispatcher, list]:  # noqa: ANN003
 
 
 def _beat(d: Dispatcher, *, node_id: str = "n1", credit: int = 4, received: int = 0,
-          held: tuple = (), beat: int = 1, acks: tuple = (), known: bool = True) -> None:
+          held: tuple = (), beat: int = 1, acks: tuple = (), known: bool = True,
+          running: int = 1) -> None:
     hb = wire.Heartbeat(
         node_id=node_id, incarnation=7, task_endpoint="tcp://127.0.0.1:2", concurrency=1,
+        running=running,
         credit=credit, kinds=["k"], beat=beat, received=received, held_task_ids=list(held),
         helper_incarnation=HELPER_INCARNATION if known else 0)
     d.on_ack_batch(wire.decode_ack_batch(wire.encode_ack_batch(hb, list(acks))))
@@ -56,6 +58,18 @@ def test_a_held_delivery_waiting_for_a_slot_is_not_sent_again_at_the_ack_timeout
     assert d.tasks[lost].state == wire.QUEUED  # not held, not started: sent again
     assert d.metrics.redeliveries.labels("ack_timeout")._value.get() == 1
 
+
+def test_a_held_delivery_on_a_node_with_free_slots_is_sent_again_at_the_ack_timeout() -> None:
+    """Held but not started while slots are free: the node is not making progress with it."""
+    d, _ = _dispatcher(ack_timeout_s=1.0)
+    _beat(d, credit=3, known=False)
+    (stuck,) = _submit(d, 1)
+    assert d.dispatch_pass() == 1
+    d.tasks[stuck].dispatched_at -= 5.0
+    _beat(d, credit=1, received=0, held=(stuck,), beat=2, running=0)
+    d.tick()
+    assert d.tasks[stuck].state == wire.QUEUED
+    assert d.metrics.redeliveries.labels("ack_timeout")._value.get() == 1
 
 def test_a_node_back_from_the_dead_gets_a_fresh_credit_ledger() -> None:
     d, _ = _dispatcher()
