@@ -27,6 +27,7 @@ from discovery.base import (
     NoopRegistration,
     Registration,
     Watch,
+    parse_addr,
     validate_instance,
 )
 from discovery.embedded import EmbeddedDiscovery, default_registry_dir
@@ -113,26 +114,16 @@ def consul_url_from_env(environ: Mapping[str, str]) -> str | None:
         return None
     if addr.startswith("unix://"):
         raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r}: unix sockets are not supported; use host:port")
-    scheme = "http"
-    if "://" in addr:
-        scheme, _, addr = addr.partition("://")
-        scheme = scheme.lower()
+    scheme, host, port = parse_addr(addr, what="CONSUL_HTTP_ADDR")
     if (environ.get("CONSUL_HTTP_SSL") or "").lower() in ("1", "true"):
         scheme = "https"
-    parts = urllib.parse.urlsplit(f"//{addr.rstrip('/')}")
-    try:
-        port = parts.port or 8500
-    except ValueError:
-        raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r} is not host:port") from None
-    if not parts.hostname:
-        raise DiscoveryError(f"CONSUL_HTTP_ADDR={addr!r} is not host:port")
     query = {}
     token = (environ.get("CONSUL_HTTP_TOKEN") or "").strip()
     if token:
         query["token"] = token
     if scheme != "http":
         query["scheme"] = scheme
-    url = f"consul://{_bracket(parts.hostname)}:{port}"
+    url = f"consul://{_bracket(host)}:{port}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
     return url

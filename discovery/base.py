@@ -13,6 +13,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -371,3 +372,22 @@ class Watch:
             log.exception("on_change callback of the %r watch raised; the watch goes on", self._service)
         finally:
             self._first.set()
+
+
+def parse_addr(addr: str, what: str = "Consul address") -> tuple[str, str, int]:
+    """`host:port`, `http://host:port` or `https://host:port` -> (scheme, host, port)."""
+    scheme = "http"
+    rest = addr.strip()
+    if "://" in rest:
+        scheme, _, rest = rest.partition("://")
+        scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise DiscoveryError(f"{what} {addr!r}: scheme must be http or https")
+    parts = urllib.parse.urlsplit(f"//{rest.rstrip('/')}")
+    try:
+        port = parts.port or 8500
+    except ValueError:
+        raise DiscoveryError(f"{what} {addr!r} is not host:port") from None
+    if not parts.hostname:
+        raise DiscoveryError(f"{what} {addr!r} is not host:port")
+    return scheme, parts.hostname, port

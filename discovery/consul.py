@@ -45,6 +45,7 @@ from discovery.base import (
     Instance,
     validate_instance,
     worst,
+    parse_addr,
 )
 
 log = logging.getLogger(__name__)
@@ -62,25 +63,6 @@ def go_duration(seconds: float) -> str:
     if float(seconds).is_integer():
         return f"{int(seconds)}s"
     return f"{max(1, round(seconds * 1000))}ms"
-
-
-def parse_addr(addr: str) -> tuple[str, str, int]:
-    """`host:port`, `http://host:port` or `https://host:port` -> (scheme, host, port)."""
-    scheme = "http"
-    rest = addr.strip()
-    if "://" in rest:
-        scheme, _, rest = rest.partition("://")
-        scheme = scheme.lower()
-    if scheme not in ("http", "https"):
-        raise DiscoveryError(f"Consul address {addr!r}: scheme must be http or https")
-    parts = urllib.parse.urlsplit(f"//{rest.rstrip('/')}")
-    try:
-        port = parts.port or 8500
-    except ValueError:
-        raise DiscoveryError(f"Consul address {addr!r} is not host:port") from None
-    if not parts.hostname:
-        raise DiscoveryError(f"Consul address {addr!r} is not host:port")
-    return scheme, parts.hostname, port
 
 
 class ConsulDiscovery:
