@@ -217,6 +217,12 @@ class AINode:
             self.metrics.bad_frames.inc()
             return
         task = dispatch.task
+        if not task.task_id or not task.kind:
+            self.metrics.bad_frames.inc()
+            log.warning("delivery %d from %s has no task id or kind; rejected as malformed",
+                        dispatch.delivery, dispatch.reply_to)
+            self._reject(link, dispatch, wire.MALFORMED, "delivery has no task id or kind")
+            return
         if dispatch.incarnation != self.incarnation:
             self._reject(link, dispatch, wire.WRONG_INCARNATION,
                          f"delivery meant for incarnation {dispatch.incarnation:x}, "

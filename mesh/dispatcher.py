@@ -234,6 +234,11 @@ class Dispatcher:
                 entry = self.pending.pop(node.kinds)
                 if entry is None:
                     break
+                if entry.terminal:
+                    # Never send a finished task (its payload is gone): a bookkeeping bug.
+                    log.error("finished task %s was still queued; dropped from the queue",
+                              entry.task_id)
+                    continue
                 deadline = entry.task.deadline_ns
                 if deadline and deadline < now_ns:
                     self._dead(entry, wire.EXPIRED,
@@ -399,6 +404,10 @@ class Dispatcher:
     # ---- terminal states ---------------------------------------------------------------
 
     def _succeed(self, entry: TaskEntry, result: bytes) -> None:
+        # A DONE can overtake the task's own bookkeeping: after our restart the task is queued
+        # again while a node still finishes it, or a retry waits while an earlier delivery's
+        # DONE comes in. Out of the queue with it, or it is dispatched again with no payload.
+        self.pending.discard(entry)
         entry.state = wire.SUCCEEDED
         entry.result = result
         # Kept for status and result queries only: drop the payload (dead tasks keep theirs,
@@ -570,12 +579,14 @@ class Dispatcher:
                 self.metrics.timeouts.labels("ack").inc()
                 self.enqueue(self.tasks[task_id], front=True)
         if self.retry_waiting:
-            due = [e for e in self.retry_waiting if e.not_before <= now]
+            due = [e for e in self.retry_waiting if e.not_before <= now or e.terminal]
             if due:
-                self.retry_waiting = [e for e in self.retry_waiting if e.not_before > now]
+                self.retry_waiting = [e for e in self.retry_waiting
+                                      if e.not_before > now and not e.terminal]
                 for entry in due:
-                    entry.not_before = 0.0
-                    self.enqueue(entry)
+                    if not entry.terminal:  # a late DONE may have finished it meanwhile
+                        entry.not_before = 0.0
+                        self.enqueue(entry)
         self._check_unroutable(now)
         if not self.nodes and self.pending and now >= self._expiry_sweep_at:
             self._expire_queued(now)

@@ -156,6 +156,9 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(cluster) -> None:  # n
             push_ai = ctx.socket(zmq.PUSH)
             push_ai.connect(ai.ready["tasks"])
             await push_ai.send(b"\x00garbage\xff")
+            # Well-formed protobuf, but the task in it is empty (no id, no kind).
+            await push_ai.send(wire.encode_dispatch_batch_raw(
+                [(b"", 1, 1)], wire.dispatch_suffix(1, cluster.helper.ready["acks"], "x", 1)))
             for sock in (dealer, push, push_ai):
                 sock.close(linger=200)
         finally:
@@ -187,7 +190,7 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(cluster) -> None:  # n
     assert b'mesh_tasks_dead_total{reason="UNKNOWN_KIND"} 1.0' in metrics
     ai_metrics = urllib.request.urlopen(
         f"http://127.0.0.1:{ai.ready['metrics_port']}/metrics", timeout=5).read()
-    assert b"mesh_ai_bad_frames_total 1.0" in ai_metrics
+    assert b"mesh_ai_bad_frames_total 2.0" in ai_metrics
 
 
 def test_restarted_ai_node_never_runs_what_was_meant_for_its_previous_life(cluster) -> None:  # noqa: ANN001

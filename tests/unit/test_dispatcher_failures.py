@@ -123,3 +123,38 @@ def test_queued_tasks_past_their_deadline_expire_while_no_node_is_up() -> None:
     assert expired.state == wire.DEAD and expired.dead_reason == wire.EXPIRED
     assert alive.state == wire.QUEUED and forever.state == wire.QUEUED
     assert len(d.pending) == 2
+
+
+def test_a_done_for_a_task_queued_again_after_a_restart_takes_it_out_of_the_queue() -> None:
+    """After a Helper restart every unfinished task is queued again; a node that still ran one
+    answers DONE before it is adopted. The task is finished: it must never be dispatched again
+    (its payload is dropped on success; a CI run once spun on sending the empty shell)."""
+    d, sent = _dispatcher()
+    (task_id,) = _submit(d, 1)  # queued, as finish_replay leaves it
+    done = wire.Ack(task_id=task_id, delivery=1, kind=wire.DONE, result=b"r")
+    _beat(d, credit=4, known=False, acks=(done,))
+    assert d.tasks[task_id].state == wire.SUCCEEDED
+    assert len(d.pending) == 0
+    assert d.dispatch_pass() == 0 and not sent
+    assert d.tasks[task_id].state == wire.SUCCEEDED and d.tasks[task_id].result == b"r"
+
+
+def test_a_late_done_while_a_retry_waits_finishes_the_task_and_cancels_the_retry() -> None:
+    d, sent = _dispatcher(retry_base_s=5.0, retry_cap_s=5.0)
+    _beat(d, credit=4, known=False)
+    (task_id,) = _submit(d, 1)
+    assert d.dispatch_pass() == 1
+    failed = wire.Ack(task_id=task_id, delivery=1, kind=wire.FAILED, error="boom",
+                      error_class=wire.RETRYABLE)
+    _beat(d, credit=4, received=1, beat=2, acks=(failed,))
+    entry = d.tasks[task_id]
+    assert entry.state == wire.QUEUED and entry in d.retry_waiting
+    # A duplicate delivery answered from the node's dedup window, arriving late.
+    done = wire.Ack(task_id=task_id, delivery=1, kind=wire.DONE, result=b"r", from_dedup=True)
+    _beat(d, credit=4, received=1, beat=3, acks=(done,))
+    assert entry.state == wire.SUCCEEDED
+    d.tick()  # the retry is not due yet, but it is void: it no longer takes queue room
+    assert entry not in d.retry_waiting and len(d.pending) == 0
+    sent.clear()
+    assert d.dispatch_pass() == 0 and not sent
+    assert entry.state == wire.SUCCEEDED
