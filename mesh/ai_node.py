@@ -19,6 +19,7 @@ grace period, hand back what waits, then close.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -56,12 +57,20 @@ class _HelperLink:
 
 
 class _Job:
-    __slots__ = ("dispatch", "link", "task_id")
+    __slots__ = ("dispatch", "link", "task_id", "runner", "timeout_s", "deadline", "timed_out")
 
     def __init__(self, dispatch, link: _HelperLink) -> None:  # noqa: ANN001
         self.dispatch = dispatch
         self.link = link
         self.task_id = dispatch.task.task_id
+        self.runner: asyncio.Task | None = None
+        self.timeout_s = 0.0
+        self.deadline = 0.0  # monotonic; the run timeout's end, set when it starts
+        self.timed_out = False
+
+
+#: How often running jobs are checked against their run timeout: the precision of a timeout.
+TIMEOUT_SWEEP_S = 0.05
 
 
 class AINode:
@@ -105,7 +114,8 @@ class AINode:
             self.add_helper(endpoint)
         loop = asyncio.get_running_loop()
         self._reader.start(loop)
-        self._tasks = [loop.create_task(self._heartbeat_loop(), name="ai-heartbeat")]
+        self._tasks = [loop.create_task(self._heartbeat_loop(), name="ai-heartbeat"),
+                       loop.create_task(self._timeout_loop(), name="ai-run-timeouts")]
         log.info("ai node %s up: tasks %s, incarnation %x, kinds %s, concurrency %d",
                  self.settings.node_id, self.task_endpoint, self.incarnation, self._kinds,
                  self.settings.concurrency)
@@ -265,10 +275,46 @@ class AINode:
     # ---- running -----------------------------------------------------------------------
 
     def _start(self, job: _Job) -> None:
+        task = job.dispatch.task
+        job.timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
+                         else self.app.handlers[task.kind].run_timeout_s
+                         or self.settings.run_timeout_s)
+        # Set before the job is in _running: the sweep must never see a job with no deadline.
+        job.deadline = time.monotonic() + job.timeout_s
         self._running[job.task_id] = job
-        task = asyncio.get_running_loop().create_task(self._run(job))
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
+        runner = asyncio.get_running_loop().create_task(self._run(job))
+        job.runner = runner
+        self._handler_tasks.add(runner)
+        runner.add_done_callback(functools.partial(self._runner_done, job))
+
+    def _runner_done(self, job: _Job, runner: asyncio.Task) -> None:
+        self._handler_tasks.discard(runner)
+        if self._running.get(job.task_id) is job:
+            # Cancelled before its first step (a run timeout shorter than the wait for the
+            # loop, or a stop): _run never began, so nothing answered for it. Answer here, or
+            # the slot is lost and the delivery is held forever.
+            ack = wire.Ack(task_id=job.task_id, delivery=job.dispatch.delivery,
+                           attempt=job.dispatch.attempt)
+            if job.timed_out and not self._stopped:
+                ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
+                ack.error = f"run timeout of {job.timeout_s}s passed before it started"
+            else:
+                ack.kind, ack.error_class, ack.error = wire.REJECTED, wire.DRAINING, "node stopped"
+            self._finish(job, ack)
+
+    async def _timeout_loop(self) -> None:
+        """Cancel the runs past their timeout. One sweep for all, not a timer per run: arming
+        and disarming a timer for each task (asyncio.timeout) costs more than the sweep, on
+        the path from delivery to handler start."""
+        while True:
+            await asyncio.sleep(TIMEOUT_SWEEP_S)
+            if not self._running:
+                continue
+            now = time.monotonic()
+            for job in self._running.values():
+                if job.deadline <= now and not job.timed_out and job.runner is not None:
+                    job.timed_out = True
+                    job.runner.cancel()
 
     async def _run(self, job: _Job) -> None:
         dispatch = job.dispatch
@@ -281,8 +327,7 @@ class AINode:
                                     kind=wire.STARTED, started_ns=started_ns,
                                     attempt=dispatch.attempt))
         self._schedule_flush()
-        timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
-                     else handler.run_timeout_s or self.settings.run_timeout_s)
+        timeout_s = job.timeout_s
         ack = wire.Ack(task_id=job.task_id, delivery=dispatch.delivery, started_ns=started_ns,
                        attempt=dispatch.attempt)
         args: tuple = (task.payload,)
@@ -293,25 +338,25 @@ class AINode:
                 node_id=self.settings.node_id, headers=dict(task.headers),
                 submitted_ns=task.submitted_ns),)
         try:
-            # asyncio.timeout, not wait_for: no extra task per run.
-            async with asyncio.timeout(timeout_s):
-                if handler.is_async:
-                    value = await handler.fn(*args)
-                else:
-                    value = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, handler.fn, *args)
+            if handler.is_async:
+                value = await handler.fn(*args)
+            else:
+                value = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, handler.fn, *args)
             ack.kind = wire.DONE
             ack.result = encode_result(value)
             outcome = "succeeded"
-        except TimeoutError:
-            ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
-            ack.error = f"run timeout of {timeout_s}s passed"
-            self.metrics.timeouts.inc()
-            outcome = "timeout"
         except asyncio.CancelledError:
-            # Drain or stop: hand the task back rather than report a failure of the handler.
-            ack.kind, ack.error_class, ack.error = wire.REJECTED, wire.DRAINING, "node stopped"
-            outcome = "handed_back"
+            if job.timed_out and not self._stopped:
+                ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
+                ack.error = f"run timeout of {timeout_s}s passed"
+                self.metrics.timeouts.inc()
+                outcome = "timeout"
+            else:
+                # Drain or stop: hand the task back rather than report a handler failure.
+                ack.kind, ack.error_class = wire.REJECTED, wire.DRAINING
+                ack.error = "node stopped"
+                outcome = "handed_back"
         except RetryLater as exc:
             ack.kind, ack.error_class = wire.FAILED, wire.RETRY_LATER
             ack.retry_after_ms = int(exc.delay_s * 1000)
