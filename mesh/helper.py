@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -67,6 +68,8 @@ class Helper:
         self._bg_sync_again = False
         self.recovered: dict[str, int] = {}
         self._queue_high = False
+        # Answers of the submits read in this intake batch, waiting for one journal sync.
+        self._unsynced: list[Callable[[BaseException | None], None]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -92,7 +95,8 @@ class Helper:
             sockets.ack_pull, s.ack_endpoint, previous.get("ack_endpoint"), 64 * 2**20,
             self._sync_ctx)
         self._intake_reader = sockets.FrameReader(self._intake, self._on_client_frames,
-                                                  multipart=True, batch_max=_DRAIN_MAX)
+                                                  multipart=True, batch_max=_DRAIN_MAX,
+                                                  on_batch_end=self._sync_submits)
         self._ack_reader = sockets.FrameReader(self._ack, self._on_ack_frame,
                                                batch_max=_DRAIN_MAX,
                                                on_batch_end=self._after_acks)
@@ -408,17 +412,42 @@ class Helper:
             self._dispatch()  # queued at admission: send now, while the record is being synced
         started = time.monotonic()
 
-        def synced(future: asyncio.Future) -> None:
-            error = future.exception() if not future.cancelled() else JournalError("cancelled")
+        def synced(error: BaseException | None) -> None:
             self._settle_submit(results, new, dupes, error, started, kick=False)
             reply()
-            self._dispatch()  # after the answer, in the same turn: no loop turn in between
+
+        self._unsynced.append(synced)
+
+    def _sync_submits(self) -> None:
+        """End of an intake batch: one journal sync answers every submit read in it.
+
+        When the loop has nothing else to do (no ack batch waiting, the flusher idle), the
+        sync runs right here (`Journal.sync_here`): a lone submit skips two thread hand-overs.
+        Otherwise the flusher thread syncs while the loop goes on with acks and dispatch."""
+        answers, self._unsynced = self._unsynced, []
+        if not answers:
+            return
+        if self._ack.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            # Acks wait: keep the loop free for them. Asking took the edge of the socket's
+            # descriptor, so the reader must be told.
+            self._ack_reader.wake()
+        elif self.journal.sync_here():
+            self._answer_synced(answers, None)
+            return
+
+        def synced(future: asyncio.Future) -> None:
+            error = future.exception() if not future.cancelled() else JournalError("cancelled")
+            self._answer_synced(answers, error)
 
         try:
             self.journal.sync_future().add_done_callback(synced)
         except JournalError as exc:
-            self._settle_submit(results, new, dupes, exc, started)
-            reply()
+            self._answer_synced(answers, exc)
+
+    def _answer_synced(self, answers: list, error: BaseException | None) -> None:
+        for answer in answers:
+            answer(error)
+        self._dispatch()  # after the answers, in the same turn: no loop turn in between
 
     async def _answer_submit(self, identity: bytes, rid: int, tasks: list, wait_s: float,
                              results: list, new: list, dupes: list, no_room: list) -> None:

@@ -348,7 +348,9 @@ async def main():
         for i in range(count, count + n):
             journal.append(1, b"%d" % i, payload_for(i))
         count += n
-        await journal.sync()
+        # Every other round on the loop thread (sync_here), as a quiet Helper does.
+        if not (sys.argv[3] == "here" and n % 2 and journal.sync_here()):
+            await journal.sync()
         print(count, flush=True)
         n = n % 50 + 1
 
@@ -356,13 +358,14 @@ asyncio.run(main())
 """
 
 
-def test_sigkill_keeps_every_record_whose_sync_was_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["flusher", "here"])
+def test_sigkill_keeps_every_record_whose_sync_was_reported(tmp_path: Path, how: str) -> None:
     directory = tmp_path / "j"
     rng = random.Random(7)
     reported = 0
     for _round in range(3):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(directory), str(REPO)],
+            [sys.executable, "-c", _CHILD, str(directory), str(REPO), how],
             stdout=subprocess.PIPE,
             cwd=REPO,
         )
@@ -614,6 +617,74 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
 
     asyncio.run(main())
     assert replay(tmp_path / "j") == good + later
+
+
+async def _flusher_idle(journal: Journal) -> None:
+    """After start the flusher zero-fills the segments ahead (holding the writer)."""
+    def idle() -> bool:
+        if not journal._io_lock.acquire(blocking=False):
+            return False
+        try:
+            return not journal._writer.fill_pending()
+        finally:
+            journal._io_lock.release()
+    await wait_until(idle)
+
+
+def test_sync_here_makes_records_durable_on_the_loop_thread_only_when_the_flusher_is_idle(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        journal = Journal(tmp_path / "j")
+        list(journal.recover())
+        journal.start()
+        await journal.sync()
+        await _flusher_idle(journal)
+        journal.append(1, b"a", b"x" * 100)
+        before = journal.fsync_count
+        assert journal.sync_here()
+        assert journal.fsync_count == before + 1
+        assert journal.sync_here()  # nothing new: durable already, no fdatasync
+        assert journal.fsync_count == before + 1
+        # The flusher is at work (it holds the writer): not here, the caller uses sync().
+        journal.append(1, b"b", b"y")
+        with journal._io_lock:
+            assert not journal.sync_here()
+        # A sync() is waiting for the flusher: not here either (it would overtake it).
+        waiting = journal.sync_future()
+        journal.append(1, b"c", b"z")
+        assert not journal.sync_here()
+        await waiting
+        await journal.sync()
+        await journal.close()
+
+    asyncio.run(main())
+    assert [r.key for r in replay(tmp_path / "j")] == [b"a", b"b", b"c"]
+
+
+def test_a_failed_sync_here_drops_its_records_and_the_next_sync_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        journal = Journal(tmp_path / "j")
+        list(journal.recover())
+        journal.start()
+        await journal.sync()
+        await _flusher_idle(journal)
+        journal.append(1, b"kept", b"k")
+        assert journal.sync_here()
+        monkeypatch.setattr(writer_module.os, "fdatasync", _enospc)
+        journal.append(1, b"lost", b"l")
+        assert not journal.sync_here()
+        monkeypatch.undo()
+        with pytest.raises(JournalError, match="ENOSPC"):
+            await journal.sync()
+        journal.append(1, b"later", b"ok")
+        assert journal.sync_here()
+        await journal.close()
+
+    asyncio.run(main())
+    assert [r.key for r in replay(tmp_path / "j")] == [b"kept", b"later"]
 
 
 def _partial_then_fail(real_write):
