@@ -326,10 +326,12 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
                  + " — |" * (len(heads) - 2))
 
     out = ["\n".join(lines)]
-    mesh = figs_by.get("mesh")
-    if mesh:
-        peers = [r for r in rows if r.available and r.name != "mesh"]
-        rl = ["| mesh vs | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    peers = [r for r in rows if r.available and not r.name.startswith("mesh")]
+    for name in ("mesh", "mesh-early"):  # one table per mesh row, against the other systems
+        mesh = figs_by.get(name)
+        if not mesh or not peers:
+            continue
+        rl = [f"| {name} vs | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
         for r in peers:
             cells = []
             for key, _, lower in FIGS:
@@ -340,8 +342,8 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
                 better = (p / m) if lower else (m / p)  # > 1: mesh better
                 cells.append(f"{better:.2f}× better" if better >= 1 else f"{1 / better:.2f}× worse")
             rl.append(f"| {r.name} | " + " | ".join(cells) + " |")
-        out.append("Mesh relative to each peer (\"2.00× better\" = half the latency / RSS, or twice the throughput):\n\n"
-                   + "\n".join(rl))
+        out.append(f"`{name}` relative to each peer (\"2.00× better\" = half the latency / RSS, "
+                   "or twice the throughput):\n\n" + "\n".join(rl))
 
     notes = []
     for row in rows:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,19 +34,22 @@ ACCEPTING = -1  # local state: journaled, not yet durable; not dispatchable (unl
 
 
 class TaskEntry:
-    """One task as the Helper tracks it. `task` is the wire Task exactly as submitted."""
+    """One task as the Helper tracks it. `task` is the wire Task exactly as submitted, until
+    the task succeeds: then it is dropped (None), as the payload is no longer needed; up to
+    `max_retained_results` finished entries stay for status and result queries, and the wire
+    message was half of each one's memory."""
 
     __slots__ = (
         "task", "task_id", "kind", "priority", "size_bytes", "seq", "queued_at", "in_queue",
         "state", "attempt", "deliveries", "lost_deliveries", "delivery", "node_id",
         "result", "error", "dead_reason", "finished_ns", "not_before", "dispatched_at",
-        "accepted_at", "max_attempts", "encoded",
+        "accepted_at", "max_attempts", "encoded", "submitted_ns", "idempotency_key",
     )
 
     def __init__(self, task, seq: int, max_attempts: int) -> None:  # noqa: ANN001
         self.task = task
         self.task_id: str = task.task_id
-        self.kind: str = task.kind
+        self.kind: str = sys.intern(task.kind)  # one string per kind, not one per task
         self.priority: int = task.priority
         self.size_bytes: int = len(task.payload)
         self.seq = seq
@@ -66,6 +70,8 @@ class TaskEntry:
         self.accepted_at = 0.0
         self.max_attempts = task.max_attempts or max_attempts
         self.encoded = wire.task_bytes(task)  # spliced into records and dispatches as is
+        self.submitted_ns: int = task.submitted_ns
+        self.idempotency_key: str = task.idempotency_key
 
     @property
     def terminal(self) -> bool:
@@ -76,15 +82,20 @@ class TaskEntry:
             task_id=self.task_id, state=max(self.state, 0), attempts=self.attempt,
             deliveries=self.deliveries, node_id=self.node_id, result=self.result,
             error=self.error, dead_reason=self.dead_reason,
-            submitted_ns=self.task.submitted_ns, finished_ns=self.finished_ns,
+            submitted_ns=self.submitted_ns, finished_ns=self.finished_ns,
             kind=self.kind, priority=self.priority)
 
     def record(self):  # noqa: ANN201 - wire.TaskRecord, the full state for a rewrite
         wall_not_before = 0
         if self.not_before:
             wall_not_before = time.time_ns() + int((self.not_before - time.monotonic()) * 1e9)
+        task = self.task
+        if task is None:  # succeeded: what a status query and a replay need of it
+            task = wire.Task(task_id=self.task_id, kind=self.kind, priority=self.priority,
+                             submitted_ns=self.submitted_ns,
+                             idempotency_key=self.idempotency_key)
         return wire.TaskRecord(
-            task=self.task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
+            task=task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
             attempts=self.attempt, deliveries=self.lost_deliveries, result=self.result,
             error=self.error, dead_reason=self.dead_reason, finished_ns=self.finished_ns,
             not_before_ns=max(wall_not_before, 0), node_id=self.node_id)
@@ -410,12 +421,9 @@ class Dispatcher:
         self.pending.discard(entry)
         entry.state = wire.SUCCEEDED
         entry.result = result
-        # Kept for status and result queries only: drop the payload (dead tasks keep theirs,
-        # an operator may replay them).
-        task = entry.task
-        entry.task = wire.Task(task_id=task.task_id, kind=task.kind, priority=task.priority,
-                               submitted_ns=task.submitted_ns,
-                               idempotency_key=task.idempotency_key)
+        # Kept for status and result queries only: drop the task and its payload (dead tasks
+        # keep theirs, an operator may replay them).
+        entry.task = None
         entry.encoded = b""
         entry.finished_ns = time.time_ns()
         self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
@@ -673,6 +681,8 @@ class Dispatcher:
         live = sorted(self.tasks.values(), key=lambda e: e.seq)
         for entry in live:
             if entry.state == wire.SUCCEEDED:
+                entry.task = None
+                entry.encoded = b""
                 self.finished.append(entry.task_id)
                 counts["succeeded"] += 1
             elif entry.state == wire.DEAD:
