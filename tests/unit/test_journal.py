@@ -619,8 +619,14 @@ def test_disk_full_fails_that_sync_cuts_its_records_and_the_next_sync_succeeds(
     assert replay(tmp_path / "j") == good + later
 
 
-async def _flusher_idle(journal: Journal) -> None:
-    """After start the flusher zero-fills the segments ahead (holding the writer)."""
+async def _quiet_journal(directory: Path) -> Journal:
+    """A started journal whose flusher is idle: after start it zero-fills the segments ahead
+    (holding the writer), and sync_here() steps aside while it does."""
+    journal = Journal(directory)
+    list(journal.recover())
+    journal.start()
+    await journal.sync()
+
     def idle() -> bool:
         if not journal._io_lock.acquire(blocking=False):
             return False
@@ -629,17 +635,14 @@ async def _flusher_idle(journal: Journal) -> None:
         finally:
             journal._io_lock.release()
     await wait_until(idle)
+    return journal
 
 
 def test_sync_here_makes_records_durable_on_the_loop_thread_only_when_the_flusher_is_idle(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        journal = Journal(tmp_path / "j")
-        list(journal.recover())
-        journal.start()
-        await journal.sync()
-        await _flusher_idle(journal)
+        journal = await _quiet_journal(tmp_path / "j")
         journal.append(1, b"a", b"x" * 100)
         before = journal.fsync_count
         assert journal.sync_here()
@@ -666,11 +669,7 @@ def test_a_failed_sync_here_drops_its_records_and_the_next_sync_reports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def main() -> None:
-        journal = Journal(tmp_path / "j")
-        list(journal.recover())
-        journal.start()
-        await journal.sync()
-        await _flusher_idle(journal)
+        journal = await _quiet_journal(tmp_path / "j")
         journal.append(1, b"kept", b"k")
         assert journal.sync_here()
         monkeypatch.setattr(writer_module.os, "fdatasync", _enospc)
