@@ -8,8 +8,9 @@ Guarantees:
   the de-duplication window with its stored outcome.
 - Every ack batch carries a heartbeat: the node's credit, what it holds for that Helper, and how
   many deliveries it received from that Helper run (see `mesh.dispatcher`).
-- A handler past its run timeout is reported as a failed attempt (TIMEOUT) and its slot freed;
-  a sync handler's thread cannot be killed, so the pool has spare threads for that case.
+- A handler past its run timeout (checked every TIMEOUT_SWEEP_S) is reported as a failed
+  attempt (TIMEOUT) and its slot freed; a sync handler's thread cannot be killed, so the pool
+  has spare threads for that case.
 
 Shutdown (`drain` then `stop`): announce zero credit and `draining`, refuse new deliveries
 (DRAINING, so Helpers resend them elsewhere at once), let running handlers finish within the
