@@ -601,6 +601,58 @@ def test_sigterm_on_the_helper_flushes_and_a_restart_loses_nothing(cluster) -> N
     assert len(effects) == 300 and max(effects.values()) == 1
 
 
+def test_a_done_for_a_task_queued_again_after_a_helper_restart_finishes_it_for_good(
+        cluster) -> None:  # noqa: ANN001
+    """After a restart the Helper queues every unfinished task again. A node that finished one
+    meanwhile may answer DONE before any heartbeat of its lists the task as held. That DONE
+    must finish the task and take it out of the queue: a CI chaos run once saw the finished
+    task (payload dropped) dispatched again as an empty shell and DISPATCHED forever.
+    The node here is a raw socket, so the order of its messages is the test's to choose."""
+    helper = cluster.start_helper()
+
+    async def submit() -> str:
+        async with Client(cluster.intake) as client:
+            (task_id,) = await client.submit_many([make_task("simulate", _job(ms=1))])
+            return task_id
+
+    task_id = asyncio.run(submit())  # no node: it stays QUEUED
+    helper.kill()
+    helper = cluster.start_helper()
+    assert helper.ready["recovered"]["queued"] == 1
+
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        tasks_in = ctx.socket(zmq.PULL)
+        port = tasks_in.bind_to_random_port("tcp://127.0.0.1")
+        acks_out = ctx.socket(zmq.PUSH)
+        acks_out.connect(helper.ready["acks"])
+        try:
+            beat = wire.Heartbeat(
+                node_id="raw-node", incarnation=0x77, task_endpoint=f"tcp://127.0.0.1:{port}",
+                concurrency=4, credit=8, kinds=["simulate"], beat=1)
+            done = wire.Ack(task_id=task_id, delivery=1, kind=wire.DONE, attempt=1,
+                            result=json.dumps({"attempt": 1}).encode())
+            await acks_out.send(wire.encode_ack_batch(beat, [done]))
+            async with Client(cluster.intake) as client:
+                status = await client.wait(task_id, timeout=20)
+                assert status.state == wire.SUCCEEDED, wire.state_name(status.state)
+                # Keep the node alive with credit well past the reconcile window: the
+                # Helper has nothing to send it.
+                for n in range(2, 14):  # 2.4 s, past the 1 s reconcile window
+                    beat.beat = n
+                    await acks_out.send(wire.encode_ack_batch(beat, []))
+                    assert not await tasks_in.poll(200), "a finished task was dispatched again"
+                status = await client.status(task_id)
+                assert status.state == wire.SUCCEEDED, wire.state_name(status.state)
+                assert json.loads(status.result) == {"attempt": 1}
+        finally:
+            tasks_in.close(linger=0)
+            acks_out.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
 # ---- the journal's disk ------------------------------------------------------------------------
 
 @pytest.fixture
