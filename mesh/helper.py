@@ -41,6 +41,9 @@ log = logging.getLogger("mesh.helper")
 
 MAX_TASK_ID_CHARS = 200
 _DRAIN_MAX = 2000  # frames taken off a socket before yielding to the loop
+# A journal round runs on the loop thread only while fdatasyncs take less than this: on a
+# slow or busy disk, stalling the loop for each lone submit costs more than the hand-over.
+INLINE_SYNC_MAX_S = 0.002
 RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _flush_background)
 
 
@@ -431,7 +434,7 @@ class Helper:
             # Acks wait: keep the loop free for them. Asking took the edge of the socket's
             # descriptor, so the reader must be told.
             self._ack_reader.wake()
-        elif self.journal.sync_here():
+        elif self.journal.last_fsync_s < INLINE_SYNC_MAX_S and self.journal.sync_here():
             self._answer_synced(answers, None)
             return
 
