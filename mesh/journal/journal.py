@@ -409,8 +409,13 @@ class Journal:
                     return False
                 if self._appended == self._settled:
                     return True
-            if not self._flush_round(None):
-                return False  # the sticky error goes to the next sync()
+            try:
+                if not self._flush_round(None):
+                    return False  # the sticky error goes to the next sync()
+            except Exception:  # a bug, as in the flusher: make it loud and fail the journal
+                log.exception("journal round on the loop thread crashed")
+                self._fail("journal round on the loop thread crashed (see log)")
+                return False
             writer = self._writer
             if writer is not None and writer.fill_pending():
                 with self._lock:

@@ -686,6 +686,27 @@ def test_a_failed_sync_here_drops_its_records_and_the_next_sync_reports_it(
     assert [r.key for r in replay(tmp_path / "j")] == [b"kept", b"later"]
 
 
+def test_a_bug_in_a_sync_here_round_fails_the_journal_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        journal = await _quiet_journal(tmp_path / "j")
+        journal.append(1, b"k", b"v")
+
+        def broken(*_args: object, **_kwargs: object) -> bool:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(journal, "_flush_round", broken)
+        assert not journal.sync_here()
+        monkeypatch.undo()
+        with pytest.raises(JournalError, match="failed"):
+            await journal.sync()
+        await journal.close()
+
+    asyncio.run(main())
+    assert "journal round on the loop thread crashed" in caplog.text
+
+
 def _partial_then_fail(real_write):
     state = {"n": 0}
 
