@@ -50,11 +50,10 @@ def consume(index: int, args: dict, report_addr: str, stop_event) -> None:  # no
         await loop.run_in_executor(None, stop_event.wait)
         await node.stop()
 
+    from nodes.runtime import run as run_node  # the loop, GC and GIL settings of `mesh ai`
+
     try:
-        import uvloop
-        uvloop.run(run())
-    except ImportError:
-        asyncio.run(run())
+        run_node(run())
     finally:
         reporter.close()
 

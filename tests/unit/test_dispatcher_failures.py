@@ -158,3 +158,23 @@ def test_a_late_done_while_a_retry_waits_finishes_the_task_and_cancels_the_retry
     sent.clear()
     assert d.dispatch_pass() == 0 and not sent
     assert entry.state == wire.SUCCEEDED
+
+
+def test_task_entries_stay_out_of_the_cycle_collector_and_drop_the_task_on_success() -> None:
+    """100,000 retained results must not make each full collection stall the loop (they did:
+    50-75 ms), nor keep their wire Task (half of each entry's memory)."""
+    import gc
+
+    d, _ = _dispatcher()
+    _beat(d, credit=4, known=False)
+    (task_id,) = _submit(d, 1)
+    entry = d.tasks[task_id]
+    assert not gc.is_tracked(entry)
+    assert d.dispatch_pass() == 1
+    done = wire.Ack(task_id=task_id, delivery=1, kind=wire.DONE, result=b"r")
+    _beat(d, credit=4, received=1, beat=2, acks=(done,))
+    assert entry.state == wire.SUCCEEDED and entry.task is None and entry.encoded == b""
+    status = entry.status()
+    assert status.submitted_ns > 0 and status.kind == "k" and status.result == b"r"
+    record = entry.record()  # a journal rewrite of a finished task still says what it was
+    assert record.task.task_id == task_id and record.task.kind == "k"
