@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from mesh import wire  # noqa: E402
 from mesh.alert_handlers import HandlerSet  # noqa: E402
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings  # noqa: E402
+from nodes.launch import kill_tree  # noqa: E402
 
 
 # ---- the publisher process ---------------------------------------------------------------
@@ -167,36 +167,9 @@ def _normal_priority() -> None:
 _cleanup: list[str] = []
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid` (`mesh demo` starts its nodes in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop(0)
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
-
-
 def stop_load(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        for pid in [*_descendants(p.pid), p.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(p.pid)  # `mesh demo` starts its nodes in sessions of their own
         p.wait(10)
         if p.stdout is not None:
             p.stdout.close()

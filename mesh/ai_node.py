@@ -58,12 +58,14 @@ class _HelperLink:
 
 
 class _Job:
-    __slots__ = ("dispatch", "link", "task_id", "runner", "timeout_s", "deadline", "timed_out")
+    __slots__ = ("dispatch", "link", "task_id", "handler", "runner", "timeout_s", "deadline",
+                 "timed_out")
 
-    def __init__(self, dispatch, link: _HelperLink) -> None:  # noqa: ANN001
+    def __init__(self, dispatch, link: _HelperLink, handler) -> None:  # noqa: ANN001
         self.dispatch = dispatch
         self.link = link
         self.task_id = dispatch.task.task_id
+        self.handler = handler  # looked up once, when the delivery is taken
         self.runner: asyncio.Task | None = None
         self.timeout_s = 0.0
         self.deadline = 0.0  # monotonic; the run timeout's end, set when it starts
@@ -260,7 +262,7 @@ class AINode:
                          f"no handler for task kind {task.kind!r} on node "
                          f"{self.settings.node_id} (kinds: {', '.join(self._kinds) or 'none'})")
             return
-        job = _Job(dispatch, link)
+        job = _Job(dispatch, link, handler)
         link.held.add(job.task_id)
         if len(self._running) < self.settings.concurrency:
             self._start(job)
@@ -278,7 +280,7 @@ class AINode:
     def _start(self, job: _Job) -> None:
         task = job.dispatch.task
         job.timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
-                         else self.app.handlers[task.kind].run_timeout_s
+                         else job.handler.run_timeout_s
                          or self.settings.run_timeout_s)
         # Set before the job is in _running: the sweep must never see a job with no deadline.
         job.deadline = time.monotonic() + job.timeout_s
@@ -320,7 +322,7 @@ class AINode:
     async def _run(self, job: _Job) -> None:
         dispatch = job.dispatch
         task = dispatch.task
-        handler = self.app.handlers[task.kind]
+        handler = job.handler
         started_ns = time.time_ns()
         link = job.link
         link.started_at[job.task_id] = len(link.outbox)

@@ -132,3 +132,37 @@ def stop_all(procs: list[NodeProcess], timeout_s: float = 10.0) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), children before grandchildren. A launcher
+    such as `mesh demo` starts its nodes in sessions of their own, so its process group does
+    not hold them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid`, every descendant of it and its process group (the caller reaps `pid`)."""
+    for victim in [*descendants(pid), pid]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

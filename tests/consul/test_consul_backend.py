@@ -17,17 +17,7 @@ from discovery import (
     open_discovery,
 )
 from discovery.consul import ConsulDiscovery, go_duration
-
-
-def wait_until(cond, timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+from tests.support.waiting import wait_until
 
 
 def ai(n: int = 1) -> Instance:

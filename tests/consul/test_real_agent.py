@@ -13,20 +13,13 @@ import uuid
 import pytest
 
 from discovery import Health, Instance, consul_url_from_env, open_discovery
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.consul_real, pytest.mark.timeout(120)]
 
 URL = consul_url_from_env(os.environ)
 if URL is None:
     pytest.skip("CONSUL_HTTP_ADDR is not set: no real Consul agent to test against", allow_module_level=True)
-
-
-def wait_until(cond, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 @pytest.fixture

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zmq
 
 from mesh import wire
+from nodes.launch import kill_tree
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,37 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid` (from /proc), children before grandchildren."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], list(children.get(pid, []))
-    while todo:
-        child = todo.pop(0)
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
 
 
 class Proc:
@@ -119,17 +89,7 @@ class Proc:
             return self.popen.wait(5)
 
     def kill(self) -> None:
-        # its descendants first, by pid (a launcher such as `mesh demo` puts its nodes in
-        # sessions of their own), then the group we created for it
-        for pid in descendants(self.popen.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(self.popen.pid)  # `mesh demo` puts its nodes in sessions of their own
         self.popen.wait(5)
         try:
             self.popen.stdin.close()
@@ -208,11 +168,11 @@ def test_late_subscriber_receives_earlier_alerts_via_replay(lane):
     pub, info = lane.publisher()
     assert pub.publish(50) == 50
     lane.notifier([("pub-1", info)])
-    wait_until(lambda: len(lane.seqs()) >= 50, 15, "50 replayed alerts")
+    wait_until(lambda: len(lane.seqs()) >= 50, 15, what="50 replayed alerts")
     assert lane.seqs() == list(range(1, 51))
     # and live ones after the replay, in order
     assert pub.publish(10) == 60
-    wait_until(lambda: len(lane.seqs()) >= 60, 15, "60 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 60, 15, what="60 alerts")
     assert lane.seqs() == list(range(1, 61))
 
 
@@ -222,7 +182,7 @@ def test_notifier_started_before_its_publisher_gets_everything(lane):
     lane.notifier([("pub-1", endpoints)])
     pub, _ = lane.publisher(pub_port=pub_port, replay_port=replay_port)
     assert pub.publish(20) == 20
-    wait_until(lambda: len(lane.seqs()) >= 20, 15, "20 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 20, 15, what="20 alerts")
     assert lane.seqs() == list(range(1, 21))
 
 
@@ -230,9 +190,9 @@ def test_burst_of_10000_alerts_arrives_complete_and_in_order(lane):
     pub, info = lane.publisher()
     notifier = lane.notifier([("pub-1", info)])
     assert pub.publish(1) == 1
-    wait_until(lambda: lane.seqs() == [1], 15, "the first alert")
+    wait_until(lambda: lane.seqs() == [1], 15, what="the first alert")
     assert pub.publish(10_000) == 10_001
-    wait_until(lambda: len(lane.seqs()) >= 10_001, 30, "10,001 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 10_001, 30, what="10,001 alerts")
     assert lane.seqs() == list(range(1, 10_002))
     assert notifier.stop() == 0
     assert not [line for line in notifier.stderr if "lost" in line]
@@ -242,16 +202,16 @@ def test_subscriber_killed_and_restarted_misses_nothing(lane):
     pub, info = lane.publisher()
     notifier = lane.notifier([("pub-1", info)])
     assert pub.publish(300) == 300
-    wait_until(lambda: len(lane.seqs()) >= 300, 15, "300 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 300, 15, what="300 alerts")
     # kill it in the middle of a paced stream, keep publishing while it is dead
     pub.send("publish 400 equipment.fault critical 1")
-    wait_until(lambda: len(lane.seqs()) >= 350, 15, "alerts of the paced stream")
+    wait_until(lambda: len(lane.seqs()) >= 350, 15, what="alerts of the paced stream")
     notifier.stop(signal.SIGKILL)
     last = int(pub.expect("PUBLISHED ", 30).split()[1])
     assert last == 700
     assert pub.publish(100) == 800
     lane.notifier([("pub-1", info)])
-    wait_until(lambda: set(lane.seqs()) >= set(range(1, 801)), 20, "every alert after the restart")
+    wait_until(lambda: set(lane.seqs()) >= set(range(1, 801)), 20, what="every alert after the restart")
     seqs = lane.seqs()
     assert set(seqs) == set(range(1, 801))
     # in order within each run; the restart may repeat what was delivered right before the kill
@@ -267,12 +227,12 @@ def test_publisher_restart_continues_sequence_without_false_gap(lane):
     pub, info = lane.publisher(data_dir=data_dir, pub_port=pub_port, replay_port=replay_port)
     notifier = lane.notifier([("pub-1", info)])
     assert pub.publish(100) == 100
-    wait_until(lambda: len(lane.seqs()) >= 100, 15, "100 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 100, 15, what="100 alerts")
     assert pub.stop() == 0
     pub2, info2 = lane.publisher(data_dir=data_dir, pub_port=pub_port, replay_port=replay_port)
     assert info2["epoch"] == info["epoch"] and info2["next_seq"] == 101
     assert pub2.publish(100) == 200
-    wait_until(lambda: len(lane.seqs()) >= 200, 15, "200 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 200, 15, what="200 alerts")
     assert lane.seqs() == list(range(1, 201))
     assert notifier.stop() == 0
     assert not [line for line in notifier.stderr if "lost" in line or "new epoch" in line]
@@ -292,7 +252,7 @@ def test_publisher_crash_keeps_history_and_never_reuses_a_seq(lane):
     assert [a.seq for a in reply.alerts] == list(range(1, 101))
     first_new = pub2.publish(5)
     lane.notifier([("pub-1", info2)])
-    wait_until(lambda: len(lane.seqs()) >= 105, 15, "105 alerts")
+    wait_until(lambda: len(lane.seqs()) >= 105, 15, what="105 alerts")
     assert lane.seqs() == list(range(1, 101)) + list(range(first_new - 4, first_new + 1))
 
 
@@ -335,7 +295,7 @@ def test_alerts_flow_while_another_process_saturates_the_machine(lane, load):
     pub, info = lane.publisher()
     lane.notifier([("pub-1", info)])
     assert pub.publish(200, "equipment.fault", "critical", "2") == 200
-    wait_until(lambda: len(lane.seqs()) >= 200, 20, "200 alerts under load")
+    wait_until(lambda: len(lane.seqs()) >= 200, 20, what="200 alerts under load")
     assert lane.seqs() == list(range(1, 201))
     assert loader.popen.poll() is None, "the load ended before the alerts were through"
     latencies_ms = sorted(lat / 1000 for _, _, lat in lane.received())
@@ -372,9 +332,9 @@ def test_one_shot_cli_alert_reaches_a_notifier_found_through_discovery(lane):
     published = json.loads(cli.expect('{"published"'))["published"]
     assert published["seq"] == 1
     assert cli.popen.wait(25) == 0, "\n".join(cli.stderr[-20:])
-    wait_until(lambda: lane.seqs("cli-1") == [1], 10, "the CLI alert at the notifier")
+    wait_until(lambda: lane.seqs("cli-1") == [1], 10, what="the CLI alert at the notifier")
     wait_until(lambda: any("ALERT CRITICAL equipment.fault source=press-7" in line
-                           for line in notifier.stderr), 5, "the log handler's line")
+                           for line in notifier.stderr), 5, what="the log handler's line")
 
 
 def test_one_shot_cli_without_a_notifier_says_so_and_keeps_the_alert(lane):

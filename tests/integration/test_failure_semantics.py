@@ -48,6 +48,12 @@ async def _wait_all(client: Client, ids: list[str], timeout_s: float = 60.0) -> 
     return list(await asyncio.gather(*(client.wait(t, timeout=timeout_s) for t in ids)))
 
 
+async def _all_running(client: Client, ids: list[str], what: str) -> None:
+    async def running() -> bool:
+        return all(s.state == wire.RUNNING for s in await client.statuses(ids))
+    await async_wait_until(running, 10, what=what)
+
+
 def _metrics(proc) -> str:  # noqa: ANN001 - NodeProcess
     url = f"http://127.0.0.1:{proc.ready['metrics_port']}/metrics"
     return urllib.request.urlopen(url, timeout=5).read().decode()
@@ -232,10 +238,7 @@ def test_sigstopped_node_is_declared_dead_and_its_late_done_acks_count_nothing(c
             await _nodes_seen(client, 1)
             ids = await client.submit_many(
                 [make_task("simulate", _job(ms=2500)) for _ in range(4)])
-
-            async def all_running() -> bool:
-                return all(s.state == wire.RUNNING for s in await client.statuses(ids))
-            await async_wait_until(all_running, 10, what="4 tasks RUNNING on the zombie-to-be")
+            await _all_running(client, ids, "4 tasks RUNNING on the zombie-to-be")
             rescuer = cluster.start_ai("--concurrency", "4")
             await _nodes_seen(client, 2)
             zombie.signal(signal.SIGSTOP)
@@ -547,10 +550,7 @@ def test_sigterm_past_the_drain_grace_hands_running_tasks_back_to_run_elsewhere(
             await _nodes_seen(client, 1)
             ids = await client.submit_many(
                 [make_task("simulate", _job(ms=4000)) for _ in range(2)])
-
-            async def running() -> bool:
-                return all(s.state == wire.RUNNING for s in await client.statuses(ids))
-            await async_wait_until(running, 10, what="2 tasks running")
+            await _all_running(client, ids, "2 tasks running")
             staying = cluster.start_ai("--concurrency", "2")
             await _nodes_seen(client, 2)
             leaving.signal(signal.SIGTERM)

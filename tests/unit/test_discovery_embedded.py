@@ -15,19 +15,9 @@ import pytest
 
 from discovery import EmbeddedDiscovery, Health, Instance, Watch
 from discovery.embedded import process_alive
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(cond, timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 @pytest.fixture

@@ -10,14 +10,7 @@ import pytest
 
 from discovery import DiscoveryUnavailable, Health, Instance, Watch
 from discovery.base import _TokenBucket, worst
-
-
-def wait_until(cond, timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+from tests.support.waiting import wait_until
 
 
 def inst(n: int, health: Health = Health.PASSING, **meta) -> Instance:

@@ -776,17 +776,22 @@ def test_journal_stays_small_under_steady_churn_and_live_keys_survive(tmp_path: 
     assert sum(p.stat().st_size for _s, p in list_segments(tmp_path / "j")) <= 5 * segment
 
 
-def test_compaction_deletes_only_from_the_oldest_end_after_rewrites_are_durable(tmp_path: Path) -> None:
-    def rewrite(key: bytes) -> list[tuple[int, bytes]]:
-        return [(7, b"state of " + key)]
+async def _forty_synced_records(directory: Path) -> Journal:
+    """A started journal of 1 KiB segments holding k0..k39 (100 B each), all durable; a
+    compaction rewrites a live key as `(7, b"state of " + key)`."""
+    journal = Journal(directory, segment_size_bytes=1024,
+                      rewrite=lambda key: [(7, b"state of " + key)])
+    list(journal.recover())
+    journal.start()
+    for i in range(40):
+        journal.append(1, b"k%d" % i, b"x" * 100)
+    await journal.sync()
+    return journal
 
+
+def test_compaction_deletes_only_from_the_oldest_end_after_rewrites_are_durable(tmp_path: Path) -> None:
     async def main() -> None:
-        journal = Journal(tmp_path / "j", segment_size_bytes=1024, rewrite=rewrite)
-        list(journal.recover())
-        journal.start()
-        for i in range(40):
-            journal.append(1, b"k%d" % i, b"x" * 100)
-        await journal.sync()
+        journal = await _forty_synced_records(tmp_path / "j")
         for i in range(40):
             if i != 3:
                 journal.release(b"k%d" % i)
@@ -806,16 +811,8 @@ def test_compaction_deletes_only_from_the_oldest_end_after_rewrites_are_durable(
 def test_compaction_keeps_the_old_segment_when_its_rewrite_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = os.pwrite
 
-    def rewrite(key: bytes) -> list[tuple[int, bytes]]:
-        return [(7, b"state of " + key)]
-
     async def main() -> None:
-        journal = Journal(tmp_path / "j", segment_size_bytes=1024, rewrite=rewrite)
-        list(journal.recover())
-        journal.start()
-        for i in range(40):
-            journal.append(1, b"k%d" % i, b"x" * 100)
-        await journal.sync()
+        journal = await _forty_synced_records(tmp_path / "j")
         for i in range(1, 40):
             journal.release(b"k%d" % i)
         segments = [s for s, _p in list_segments(tmp_path / "j")]
