@@ -28,6 +28,30 @@ from mesh.task import make_task
 log = logging.getLogger("mesh.client")
 
 
+def _wait_request(task_id: str, timeout: float):  # noqa: ANN202 - wire.ClientRequest
+    """A long-poll for the task's terminal status (the Helper answers within `timeout`)."""
+    request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+    request.result.task_id = task_id
+    request.result.wait_ms = int(timeout * 1000)
+    return request
+
+
+def _terminal(status, task_id: str, timeout: float):  # noqa: ANN001, ANN202
+    """The long-poll's answer: the terminal status, or NotFound / RequestTimeout."""
+    if not status.state:
+        raise NotFound(task_id)
+    if status.state not in wire.TERMINAL_STATES:
+        raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
+                             f"after {timeout}s")
+    return status
+
+
+def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
+    if status.state == wire.DEAD:
+        raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
+    return status.result
+
+
 class Client:
     def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
                  timeout_s: float = 30.0) -> None:
@@ -110,24 +134,12 @@ class Client:
 
     async def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
         """The task's status once terminal; RequestTimeout if it is not by then."""
-        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
-        request.result.task_id = task_id
-        request.result.wait_ms = int(timeout * 1000)
-        reply = await self._call(request, timeout + self.timeout_s)
-        status = reply.status.statuses[0]
-        if not status.state:
-            raise NotFound(task_id)
-        if status.state not in wire.TERMINAL_STATES:
-            raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
-                                 f"after {timeout}s")
-        return status
+        reply = await self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
+        return _terminal(reply.status.statuses[0], task_id, timeout)
 
     async def result(self, task_id: str, timeout: float = 60.0) -> bytes:
         """The task's result; raises TaskFailed if it ended DEAD."""
-        status = await self.wait(task_id, timeout)
-        if status.state == wire.DEAD:
-            raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
-        return status.result
+        return _result_of(await self.wait(task_id, timeout), task_id)
 
     async def dead_letters(self, op: str = "list", task_ids: list[str] = (), limit: int = 100):  # noqa: ANN201
         """List, inspect, replay or purge dead tasks. Returns the DeadLetterReply."""
@@ -238,22 +250,11 @@ class SyncClient:
         return status
 
     def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
-        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
-        request.result.task_id = task_id
-        request.result.wait_ms = int(timeout * 1000)
-        status = self._call(request, timeout + self.timeout_s).status.statuses[0]
-        if not status.state:
-            raise NotFound(task_id)
-        if status.state not in wire.TERMINAL_STATES:
-            raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
-                                 f"after {timeout}s")
-        return status
+        reply = self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
+        return _terminal(reply.status.statuses[0], task_id, timeout)
 
     def result(self, task_id: str, timeout: float = 60.0) -> bytes:
-        status = self.wait(task_id, timeout)
-        if status.state == wire.DEAD:
-            raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
-        return status.result
+        return _result_of(self.wait(task_id, timeout), task_id)
 
     def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
         if self._sock is None:
