@@ -30,7 +30,13 @@ from discovery.base import (
     parse_addr,
     validate_instance,
 )
-from discovery.embedded import EmbeddedDiscovery, default_registry_dir
+from discovery.embedded import (
+    EmbeddedDiscovery,
+    default_registry_dir,
+    default_runtime_dir,
+    ensure_private_dirs,
+    private_runtime_dir,
+)
 from discovery.static import StaticDiscovery
 
 __all__ = [
@@ -51,6 +57,9 @@ __all__ = [
     "EmbeddedDiscovery",
     "StaticDiscovery",
     "default_registry_dir",
+    "default_runtime_dir",
+    "ensure_private_dirs",
+    "private_runtime_dir",
     # construction
     "open_discovery",
     "consul_url_from_env",

@@ -13,6 +13,11 @@ Readers decide health the way a Consul agent would:
 - CRITICAL for longer than deregister_after_s: removed by any reader;
 - otherwise the health last reported by heartbeat().
 
+Every directory of the path the registry owns (`/tmp/mesh-<uid>` or `$XDG_RUNTIME_DIR/mesh`,
+the registry, each service directory) is created 0700 and checked with lstat before use: ours,
+a real directory, not writable by others. Anything else (a directory another local user made
+first, a symlink) is refused with a one-line DiscoveryError. Lease files are 0600.
+
 Blocking queries poll the directory every `poll_s` and keep, per Discovery object and query,
 an index that grows whenever the visible set (ids, addresses, meta, health) changes.
 """
@@ -24,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -43,30 +49,130 @@ log = logging.getLogger(__name__)
 LEASE_SUFFIX = ".json"
 
 
-def default_registry_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """`$XDG_RUNTIME_DIR/mesh/registry`, else `/tmp/mesh-<uid>/registry`.
+def default_runtime_dir(environ: Mapping[str, str] | None = None, *, tmp_dir: str = "/tmp") -> Path:
+    """The mesh's private per-user directory on this host: `$XDG_RUNTIME_DIR/mesh`, else
+    `/tmp/mesh-<uid>`. The registry lives in it, and nodes keep their lock files there.
 
     `environ` defaults to os.environ; nodes/ may pass its own mapping.
     """
     env = os.environ if environ is None else environ
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "mesh" / "registry"
-    return Path(f"/tmp/mesh-{os.getuid()}") / "registry"
+        return Path(runtime) / "mesh"
+    return Path(tmp_dir) / f"mesh-{os.getuid()}"
 
 
-def _ensure_private_dir(path: Path) -> None:
-    """Create `path` (mode 0700) and refuse a directory another user owns (e.g. a pre-made /tmp one)."""
+def default_registry_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_RUNTIME_DIR/mesh/registry`, else `/tmp/mesh-<uid>/registry`."""
+    return default_runtime_dir(environ) / "registry"
+
+
+_ADVICE = "remove it or pass another directory (embedded:///some/dir)"
+
+
+def _check_private_dir(path: Path) -> None:
+    """Refuse `path` unless it is a real directory (lstat: a symlink is refused) that we own and
+    no other user can write. Group/other read bits of one of ours are removed (with a warning),
+    so a checked directory is 0700."""
+    uid = os.getuid()
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
+        st = os.lstat(path)
     except OSError as exc:
-        raise DiscoveryUnavailable(f"cannot create the registry directory {path}: {exc}") from exc
-    if st.st_uid != os.getuid():
+        raise DiscoveryUnavailable(f"cannot inspect the registry directory {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise DiscoveryError(f"registry directory {path} is a symbolic link, which another user may have planted; {_ADVICE}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DiscoveryError(f"registry directory {path} is not a directory; {_ADVICE}")
+    if st.st_uid != uid:
         raise DiscoveryError(
-            f"registry directory {path} belongs to uid {st.st_uid}, not to us (uid {os.getuid()}); "
-            "remove it or pass another directory (embedded:///some/dir)"
+            f"registry directory {path} belongs to uid {st.st_uid}, not to us (uid {uid}): that user "
+            f"could read or swap the registry; {_ADVICE}"
         )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise DiscoveryError(
+            f"registry directory {path} is writable by other users (mode {mode:04o}): they could swap "
+            f"the registry; {_ADVICE}"
+        )
+    if mode != 0o700:
+        try:
+            os.chmod(path, 0o700, follow_symlinks=False)
+            st = os.lstat(path)
+        except OSError as exc:
+            raise DiscoveryUnavailable(f"cannot make the registry directory {path} private: {exc.strerror}") from exc
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != uid or stat.S_IMODE(st.st_mode) != 0o700:
+            raise DiscoveryError(f"registry directory {path} changed while we checked it; {_ADVICE}")
+        log.warning("registry directory %s was mode %04o; made it 0700", path, mode)
+
+
+def _check_trusted_dir(path: Path) -> None:
+    """A directory we create ours in without owning it ($XDG_RUNTIME_DIR): ours, not writable by others."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise DiscoveryUnavailable(f"cannot inspect {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o022:
+        raise DiscoveryError(
+            f"runtime directory {path} ($XDG_RUNTIME_DIR) is a symbolic link, not ours (uid {st.st_uid}) "
+            f"or writable by others (mode {stat.S_IMODE(st.st_mode):04o}); unset XDG_RUNTIME_DIR or "
+            "pass a directory (embedded:///some/dir)"
+        )
+
+
+def ensure_private_dirs(root: Path, *children: str) -> Path:
+    """Create (mode 0700) and check `root` and each of `root/children[0]/children[1]...` in turn;
+    return the last. Nothing is trusted because it exists: each directory is made with
+    os.mkdir(0700) when missing, then checked with lstat (ours, a real directory, 0700), so a
+    directory another user made first, or a symlink, is refused with DiscoveryError. Missing
+    parents of `root` are created with the default mode (they are the caller's choice)."""
+    path = root
+    for part in ("", *children):
+        if part:
+            if part in (".", "..") or os.sep in part:
+                raise DiscoveryError(f"{part!r} cannot name a directory under {path}")
+            path = path / part
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            if part:  # a parent we checked was removed under us
+                raise DiscoveryUnavailable(f"cannot create the registry directory {path}: its parent vanished") from None
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise DiscoveryUnavailable(f"cannot create the registry directory {path}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise DiscoveryUnavailable(f"cannot create the registry directory {path}: {exc.strerror}") from exc
+        _check_private_dir(path)
+    return path
+
+
+def private_runtime_dir(name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """`<default_runtime_dir>/<name>`, created and checked like the registry (see ensure_private_dirs)."""
+    root = default_runtime_dir(environ)
+    _check_runtime_parent(root, environ)
+    return ensure_private_dirs(root, name)
+
+
+def _check_runtime_parent(root: Path, environ: Mapping[str, str] | None) -> None:
+    env = os.environ if environ is None else environ
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and root.parent == Path(runtime):
+        _check_trusted_dir(root.parent)
+
+
+def _create_private(path: Path) -> int:
+    """Open a new file 0600 for writing; a leftover of a crashed writer of the same name is replaced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, 0o600)
 
 
 def _proc_identity(pid: int) -> tuple[str, str] | None:
@@ -155,13 +261,23 @@ class EmbeddedRegistration:
         }
 
     def write(self) -> None:
-        """Write the whole lease atomically (readers never see a half-written file)."""
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Write the whole lease atomically (readers never see a half-written file), mode 0600,
+        into a service directory checked like the registry's own."""
         tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         data = json.dumps(self._record(), separators=(",", ":")).encode()
+        self._owner.service_dir(self._instance.service)
+        try:
+            fd = _create_private(tmp)
+        except FileNotFoundError:  # the service directory was removed: make and check it again
+            self._owner.service_dir(self._instance.service, recheck=True)
+            fd = _create_private(tmp)
         # No fsync: a lease only matters while this host runs; after a reboot it is stale anyway.
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, self._path)
 
     def heartbeat(self, health: Health = Health.PASSING, note: str = "") -> None:
@@ -200,8 +316,15 @@ class EmbeddedDiscovery:
     """The one-host registry. Thread-safe; one object per process is enough."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, poll_s: float = 0.05) -> None:
-        self._dir = Path(directory) if directory is not None else default_registry_dir()
-        _ensure_private_dir(self._dir)
+        # Every directory of the path we own is made 0700 and checked (ensure_private_dirs): in
+        # /tmp another user could otherwise make /tmp/mesh-<uid> first and swap the registry.
+        if directory is None:
+            root = default_runtime_dir()
+            _check_runtime_parent(root, None)
+            self._dir = ensure_private_dirs(root, "registry")
+        else:
+            self._dir = ensure_private_dirs(Path(directory))
+        self._service_dirs: set[str] = set()
         self._poll_s = poll_s
         self._host = socket.gethostname()
         self._lock = threading.Lock()
@@ -213,6 +336,21 @@ class EmbeddedDiscovery:
     @property
     def directory(self) -> Path:
         return self._dir
+
+    def service_dir(self, service: str, *, recheck: bool = False) -> Path:
+        """`<dir>/<service>`, created 0700 and checked once per process (or again on `recheck`)."""
+        path = self._dir / service
+        if recheck or service not in self._service_dirs:
+            ensure_private_dirs(self._dir, service)
+            self._service_dirs.add(service)
+        return path
+
+    def private_subdir(self, name: str) -> Path:
+        """A private directory beside the services (`name` starts with a dot, so it never names
+        a service), created 0700 and checked: nodes keep their lock files there."""
+        if not name.startswith("."):
+            raise DiscoveryError(f"{name!r}: a private registry subdirectory starts with a dot")
+        return ensure_private_dirs(self._dir, name)
 
     def lease_path(self, service: str, instance_id: str) -> Path:
         return self._dir / service / f"{instance_id}{LEASE_SUFFIX}"

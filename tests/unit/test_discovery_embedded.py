@@ -260,3 +260,111 @@ def test_watch_reports_changes_only(disco):
     finally:
         watch.stop()
     assert not any(t.name.startswith("discovery-watch") for t in threading.enumerate())
+
+
+# -- the directories the registry owns: created 0700, checked, never trusted because they exist --
+
+from discovery import DiscoveryError, default_runtime_dir, ensure_private_dirs  # noqa: E402
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+
+
+def mode_of(path) -> int:
+    return os.lstat(path).st_mode & 0o777
+
+
+@pytest.fixture
+def xdg(tmp_path, monkeypatch):
+    """$XDG_RUNTIME_DIR pointed at a private dir of this test: the default registry lives in it."""
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime
+
+
+def test_default_registry_dirs_are_0700_and_lease_files_0600_whatever_the_umask(xdg):
+    old_umask = os.umask(0)
+    try:
+        d = EmbeddedDiscovery()
+        reg = d.register(ai(1), ttl_s=5)
+        reg.heartbeat(Health.WARNING, "rewrites the lease")
+    finally:
+        os.umask(old_umask)
+        d.close()
+    assert d.directory == xdg / "mesh" / "registry"
+    for path in (xdg / "mesh", xdg / "mesh" / "registry", xdg / "mesh" / "registry" / "mesh-ai"):
+        assert mode_of(path) == 0o700, path
+    assert mode_of(reg.path) == 0o600
+
+
+def test_tmp_fallback_is_the_per_user_dir_under_the_given_tmp(tmp_path):
+    assert default_runtime_dir({}, tmp_dir=str(tmp_path)) == tmp_path / f"mesh-{os.getuid()}"
+
+
+@needs_root
+def test_runtime_dir_premade_by_another_user_is_refused(xdg):
+    premade = xdg / "mesh"
+    premade.mkdir(mode=0o755)
+    os.chown(premade, NOBODY, NOBODY)
+    with pytest.raises(DiscoveryError, match=f"registry directory {premade} belongs to uid {NOBODY}, not to us"):
+        EmbeddedDiscovery()
+    assert not (premade / "registry").exists()
+
+
+@needs_root
+def test_tmp_style_parent_premade_by_another_user_is_refused(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    root = default_runtime_dir({}, tmp_dir=str(tmp))
+    root.mkdir(mode=0o700)
+    os.chown(root, NOBODY, NOBODY)
+    with pytest.raises(DiscoveryError, match="belongs to uid 65534") as err:
+        ensure_private_dirs(root, "registry")
+    assert "\n" not in str(err.value)
+    assert not (root / "registry").exists()
+
+
+def test_world_writable_runtime_dir_is_refused(xdg):
+    premade = xdg / "mesh"
+    premade.mkdir()
+    premade.chmod(0o777)
+    with pytest.raises(DiscoveryError, match="writable by other users"):
+        EmbeddedDiscovery()
+
+
+def test_symlinked_runtime_dir_or_registry_is_refused(xdg, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (xdg / "mesh").symlink_to(elsewhere)
+    with pytest.raises(DiscoveryError, match="is a symbolic link"):
+        EmbeddedDiscovery()
+    (tmp_path / "reg-link").symlink_to(elsewhere)
+    with pytest.raises(DiscoveryError, match="is a symbolic link"):
+        EmbeddedDiscovery(tmp_path / "reg-link")
+
+
+@needs_root
+def test_service_dir_premade_by_another_user_is_refused(disco):
+    premade = disco.directory / "mesh-ai"
+    premade.mkdir(mode=0o755)
+    os.chown(premade, NOBODY, NOBODY)
+    with pytest.raises(DiscoveryError, match="belongs to uid 65534"):
+        disco.register(ai(1), ttl_s=5)
+    assert os.listdir(premade) == []
+
+
+def test_our_own_readable_dir_is_tightened_to_0700(tmp_path):
+    mine = tmp_path / "registry"
+    mine.mkdir(mode=0o755)
+    mine.chmod(0o755)
+    d = EmbeddedDiscovery(mine)
+    d.close()
+    assert mode_of(mine) == 0o700
+
+
+def test_xdg_runtime_dir_writable_by_others_is_refused(xdg):
+    xdg.chmod(0o777)
+    with pytest.raises(DiscoveryError, match="XDG_RUNTIME_DIR"):
+        EmbeddedDiscovery()
