@@ -19,6 +19,16 @@ class ConfigError(MeshError):
     """A setting is out of range or inconsistent; raised once, at construction."""
 
 
+class InUse(MeshError):
+    """Another live process owns what this one was asked to own (a Helper's data dir, an AI
+    node's id). `holder_pid` is the owner's pid when it is known, else None."""
+
+    def __init__(self, message: str, *, resource: str, holder_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.holder_pid = holder_pid
+
+
 class WireError(MeshError):
     """A frame could not be read: malformed, oversized or of an unsupported protocol version."""
 
