@@ -11,14 +11,14 @@ import sys
 import threading
 import time
 
-from discovery import DiscoveryError, Health, Instance, open_discovery
+from discovery import Discovery, DiscoveryError, Health, Instance, open_discovery
 from mesh import App, sockets, wire
 from mesh.ai_node import AINode
 from mesh.errors import ConfigError
 from mesh.metrics import serve
 from mesh.settings import AINodeSettings
 from nodes import config, runtime
-from nodes.registration import GoneNodes, Presence, watch_nodes
+from nodes.registration import GoneNodes, Presence, claim_node, watch_nodes
 
 log = logging.getLogger("mesh.node.ai")
 
@@ -58,7 +58,19 @@ def main(args: argparse.Namespace) -> int:
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout)
-    code = runtime.run(_serve(settings, load_app(args.app), args))
+    app = load_app(args.app)
+    discovery = open_discovery(config.discovery_url(args))
+    try:
+        # One live AI node per explicit id, refused before anything binds. A generated id
+        # (host and pid) is unique already.
+        owner = claim_node(discovery, args.service_name, settings.node_id) if args.node_id else None
+        try:
+            code = runtime.run(_serve(settings, app, args, discovery))
+        finally:
+            if owner is not None:
+                owner.release()
+    finally:
+        discovery.close()
     _exit_past_hung_handlers(code)
     return code
 
@@ -75,7 +87,8 @@ def _exit_past_hung_handlers(code: int) -> None:
         os._exit(code)
 
 
-async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -> int:
+async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
+                 discovery: Discovery) -> int:
     node = AINode(settings, app, helpers=args.helper)
     await node.start()
     server = None
@@ -83,11 +96,6 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
     port = config.metrics_port(args)
     if port is not None:
         server, _, metrics_port = serve(node.metrics.registry, port, args.metrics_addr)
-    try:
-        discovery = open_discovery(config.discovery_url(args))
-    except DiscoveryError:
-        await node.stop()
-        raise
     host = config.endpoint_host(node.task_endpoint)
     pool_tags = (f"pool={args.pool}",) if args.pool else ()
     instance = Instance(
@@ -115,7 +123,6 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
         await presence.start()
     except DiscoveryError:  # refused (wrong ACL token, invalid registration): fail at startup
         await node.stop()
-        discovery.close()
         if server is not None:
             server.shutdown()
         raise
@@ -161,7 +168,6 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace) -
     await node.drain()
     await presence.stop()
     await node.stop()
-    discovery.close()
     if server is not None:
         server.shutdown()
     return 0

@@ -8,6 +8,14 @@
     mesh dlq list|inspect|replay|purge [TASK_ID...]
     mesh notifier               receive fault alerts
     mesh alert publish ...      publish a fault alert
+
+exit codes:
+    0   done
+    1   failed (the message says why)
+    2   usage error
+    3   discovery unavailable or refused (e.g. a registry directory another user owns)
+    75  in use (EX_TEMPFAIL): another live Helper holds the --data-dir, or another live AI node
+        has the --node-id; the message names its pid. Stop it or choose another.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import sys
 
 from discovery import DiscoveryError, open_discovery
 from mesh import Client, MeshError, wire
+from mesh.errors import InUse
 from nodes import ai, config, demo, helper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_IN_USE = 75  # EX_TEMPFAIL: another live process owns the data dir or node id
 
 
 def _optional_commands(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or EXIT_OK
     except (MeshError, DiscoveryError) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
+        if isinstance(exc, InUse):
+            return EXIT_IN_USE
         return EXIT_UNAVAILABLE if isinstance(exc, DiscoveryError) else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED

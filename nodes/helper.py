@@ -13,6 +13,7 @@ from mesh import sockets, wire
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.helper import Helper
 from mesh.metrics import register_alert_publisher, serve
+from mesh.ownership import claim_data_dir
 from mesh.settings import HelperSettings
 from nodes import config, runtime
 from nodes.alert_cli import alert_instance
@@ -24,7 +25,9 @@ log = logging.getLogger("mesh.node.helper")
 def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("helper", help="run a Helper node")
     p.add_argument("--helper-id", default="helper-1", help="stable id; owns the data dir")
-    p.add_argument("--data-dir", default=None, help="journal directory (default ./mesh-data/ID)")
+    p.add_argument("--data-dir", default=None,
+                   help="journal directory (default ./mesh-data/ID), made 0700; one Helper at a "
+                        "time (a second exits with code 75)")
     p.add_argument("--intake", default="tcp://127.0.0.1:0", help="client endpoint to bind")
     p.add_argument("--acks", default="tcp://127.0.0.1:0", help="ack endpoint to bind")
     p.add_argument("--fsync", default="batch", choices=["always", "batch", "interval", "none"])
@@ -56,6 +59,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     runtime.setup_logging(args.log_level)
+    # Whatever the Helper writes (journal, state, alert journal) is its own: 0600 files, 0700 dirs.
+    os.umask(0o077)
     settings = HelperSettings(
         helper_id=args.helper_id,
         data_dir=args.data_dir or config.default_data_dir(args.helper_id),
@@ -70,7 +75,10 @@ def main(args: argparse.Namespace) -> int:
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         max_lost_deliveries=args.max_lost_deliveries, max_pending_bytes=args.max_pending_bytes,
         journal_segment_bytes=args.journal_segment_bytes)
-    return runtime.run(_serve(settings, args))
+    # One Helper per data dir, refused before the journal is opened; the kernel releases the
+    # lock when this process dies, however it dies.
+    with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):
+        return runtime.run(_serve(settings, args))
 
 
 async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:

@@ -13,10 +13,46 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from discovery import (Discovery, DiscoveryAuthError, DiscoveryError, DiscoveryUnavailable, Health,
-                       Instance, Watch)
+from pathlib import Path
+
+from discovery import (Discovery, DiscoveryAuthError, DiscoveryError, DiscoveryUnavailable,
+                       EmbeddedDiscovery, Health, Instance, Watch, private_runtime_dir)
+from mesh.errors import InUse
+from mesh.ownership import OwnerLock, claim_node_id
 
 log = logging.getLogger("mesh.registration")
+
+
+def node_lock_dir(discovery: Discovery) -> Path:
+    """Where AI nodes of one namespace lock their ids: beside the embedded registry they share
+    (so two test meshes on one host do not collide), else in the per-user runtime dir."""
+    if isinstance(discovery, EmbeddedDiscovery):
+        return discovery.private_subdir(".owners")
+    return private_runtime_dir("owners")
+
+
+def claim_node(discovery: Discovery, service: str, node_id: str) -> OwnerLock:
+    """Refuse a second AI node with a live `node_id`: one per host by a lock file (released by
+    the kernel when its holder dies), and across hosts by the registry: a passing instance of
+    `service` whose meta names the same node id. Raises InUse; an unreachable registry is logged
+    and skipped (the node works without it, as everywhere else)."""
+    advice = "stop it or choose another --node-id"
+    lock = claim_node_id(node_lock_dir(discovery), node_id, advice=advice)
+    try:
+        try:
+            _, found = discovery.instances(service, passing_only=True)
+        except DiscoveryUnavailable as exc:
+            log.warning("cannot check discovery for another node with id %s: %s", node_id, exc)
+            found = []
+        for inst in found:
+            if inst.meta.get("node_id") == node_id:
+                raise InUse(f"node id {node_id} is in use by {inst.instance_id} at "
+                            f"{inst.address}:{inst.port}, passing in discovery (another AI node); "
+                            f"{advice}", resource=f"node id {node_id}")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class Presence:
