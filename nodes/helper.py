@@ -17,7 +17,7 @@ from mesh.ownership import claim_data_dir
 from mesh.settings import HelperSettings
 from nodes import config, runtime
 from nodes.alert_cli import alert_instance
-from nodes.registration import GoneNodes, Presence, watch_nodes
+from nodes.registration import GoneNodes, Presence, service_health, watch_nodes
 
 log = logging.getLogger("mesh.node.helper")
 
@@ -118,9 +118,11 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
               # the names nodes/cli.py and mesh ai read
               "intake_endpoint": helper.intake_endpoint, "ack_endpoint": helper.ack_endpoint,
               "metrics_port": str(metrics_port or "")})
+    # CRITICAL, with the reason, while the Helper says it cannot serve (its journal failed):
+    # clients pick passing Helpers only, so they go elsewhere until it recovers.
     presence = Presence(discovery, instance, ttl_s=args.discovery_ttl,
                         deregister_after_s=args.deregister_after,
-                        health=lambda: (Health.PASSING, "serving"))
+                        health=service_health(helper))
     try:
         await presence.start()
     except DiscoveryError:  # refused (wrong ACL token, invalid registration): fail at startup

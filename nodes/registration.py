@@ -23,6 +23,34 @@ from mesh.ownership import OwnerLock, claim_node_id
 log = logging.getLogger("mesh.registration")
 
 
+def service_health(service: object, note: str = "serving") -> Callable[[], tuple[Health, str]]:
+    """The discovery health of a node whose mesh object may say `health() -> (ok, reason)`
+    (the Helper: not ok while its journal is failed): CRITICAL with the reason while not ok,
+    PASSING again when it recovers. An object without health() always passes. Each turn of the
+    value is logged once."""
+    last = {"ok": True}
+
+    def health() -> tuple[Health, str]:
+        check = getattr(service, "health", None)
+        if check is None:
+            return Health.PASSING, note
+        try:
+            ok, reason = check()
+        except Exception as exc:  # a bug in health() must not stop the heartbeat
+            ok, reason = False, f"health check raised {type(exc).__name__}: {exc}"
+        if bool(ok) != last["ok"]:
+            last["ok"] = bool(ok)
+            if ok:
+                log.info("healthy again (%s): discovery check passing", reason or note)
+            else:
+                log.error("unhealthy (%s): discovery check critical until it recovers", reason)
+        if ok:
+            return Health.PASSING, reason or note
+        return Health.CRITICAL, reason or "unhealthy"
+
+    return health
+
+
 def node_lock_dir(discovery: Discovery) -> Path:
     """Where AI nodes of one namespace lock their ids: beside the embedded registry they share
     (so two test meshes on one host do not collide), else in the per-user runtime dir."""
