@@ -6,8 +6,11 @@ Guarantees:
   node restarted at the same address never runs what was meant for its previous life.
 - A task that is running or waiting here is not started twice; a finished one is answered from
   the de-duplication window with its stored outcome.
-- Every ack batch carries a heartbeat: the node's credit, what it holds for that Helper, and how
-  many deliveries it received from that Helper run (see `mesh.dispatcher`).
+- Every ack batch carries a heartbeat: the node's credit, what it holds for that Helper, how
+  many deliveries it received from that Helper run, the highest frame number it read from it
+  (`dispatch_seq`), and the largest frame it accepts (see `mesh.dispatcher`). A delivery it read
+  is, as of any later heartbeat, either in that heartbeat's held list or answered by an ack
+  sent with it or before it: the Helper's ledger relies on that.
 - A handler past its run timeout (checked every TIMEOUT_SWEEP_S) is reported as a failed
   attempt (TIMEOUT) and its slot freed; a sync handler's thread cannot be killed, so the pool
   has spare threads for that case.
@@ -44,7 +47,7 @@ class _HelperLink:
     """This node's channel to one Helper (its ack endpoint)."""
 
     __slots__ = ("endpoint", "sock", "outbox", "started_at", "helper_incarnation", "received",
-                 "held", "last_used")
+                 "seq", "held", "last_used")
 
     def __init__(self, endpoint: str, sock: zmq.Socket) -> None:
         self.endpoint = endpoint
@@ -53,6 +56,7 @@ class _HelperLink:
         self.started_at: dict[str, int] = {}  # task_id -> index of its unsent STARTED ack
         self.helper_incarnation = 0
         self.received = 0
+        self.seq = 0  # highest DispatchBatch.seq read from that Helper run
         self.held: set[str] = set()
         self.last_used = time.monotonic()
 
@@ -204,11 +208,30 @@ class AINode:
             log.warning("malformed dispatch batch dropped: %s", exc)
             return
         self.metrics.received.inc(len(batch.dispatches))
+        link = self._batch_link(batch)
         for dispatch in batch.dispatches:
             try:
                 self._on_dispatch(dispatch)
             except Exception:
                 log.exception("failed to take a delivery")
+        if link is not None and batch.seq > link.seq:
+            # Echoed in the next heartbeat: every earlier frame of this link was read or is
+            # lost for good (a link keeps its frames in order), so the Helper can tell which.
+            link.seq = batch.seq
+
+    def _batch_link(self, batch) -> _HelperLink | None:  # noqa: ANN001
+        """The link a frame came on, from its batch fields (an older Helper sends none)."""
+        if not batch.reply_to:
+            return None
+        link = self._links.get(batch.reply_to)
+        if link is None:
+            self.add_helper(batch.reply_to)
+            link = self._links[batch.reply_to]
+        if link.helper_incarnation != batch.helper_incarnation:
+            link.helper_incarnation = batch.helper_incarnation
+            link.received = 0
+            link.seq = 0
+        return link
 
     def _link_for(self, dispatch) -> _HelperLink | None:  # noqa: ANN001
         link = self._links.get(dispatch.reply_to)
@@ -220,6 +243,7 @@ class AINode:
         if link.helper_incarnation != dispatch.helper_incarnation:
             link.helper_incarnation = dispatch.helper_incarnation
             link.received = 0
+            link.seq = 0
         link.received += 1
         link.last_used = time.monotonic()
         return link
@@ -407,7 +431,8 @@ class AINode:
             credit=self._credit(), running=len(self._running), held_task_ids=link.held,
             sent_ns=time.time_ns(), draining=self._draining, kinds=self._kinds,
             beat=self._beat, helper_incarnation=link.helper_incarnation,
-            received=link.received)
+            received=link.received, dispatch_seq=link.seq,
+            max_message_bytes=self.settings.max_message_bytes)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

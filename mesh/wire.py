@@ -251,12 +251,36 @@ def dispatch_suffix(incarnation: int, reply_to: str, helper_id: str,
             + b"\x39" + helper_incarnation.to_bytes(8, "little"))
 
 
-def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int]], suffix: bytes) -> bytes:
-    """DispatchBatch of (task bytes, attempt, delivery) sharing one `dispatch_suffix`."""
+def dispatch_batch_tail(reply_to: str, helper_incarnation: int) -> bytes:
+    """The DispatchBatch fields naming its link (reply_to, helper_incarnation): the same for
+    every frame to one node, and what lets a node place a probe (a frame with no dispatch)."""
+    reply = reply_to.encode()
+    return (b"\x2a" + _varint(len(reply)) + reply
+            + b"\x31" + helper_incarnation.to_bytes(8, "little"))
+
+
+def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int]], suffix: bytes,
+                              seq: int = 0, tail: bytes = b"") -> bytes:
+    """DispatchBatch of (task bytes, attempt, delivery) sharing one `dispatch_suffix`; `seq`
+    numbers the frame on its link, `tail` is its `dispatch_batch_tail`."""
     parts = [b"\x08" + _varint(PROTOCOL_VERSION)]
     for encoded, attempt, delivery in deliveries:
         body = (b"\x0a" + _varint(len(encoded)) + encoded + b"\x10" + _varint(attempt)
                 + b"\x18" + _varint(delivery) + suffix)
         parts.append(b"\x12" + _varint(len(body)) + body)
     parts.append(b"\x18" + _varint(time.time_ns()))
+    if seq:
+        parts.append(b"\x20" + _varint(seq))
+    parts.append(tail)
     return b"".join(parts)
+
+
+#: bytes of a DispatchBatch besides its dispatches and tail: version, sent_ns, seq (at most)
+DISPATCH_BATCH_HEAD_BYTES = 2 + 11 + 11
+
+
+def dispatch_size(task_bytes_len: int, suffix_len: int) -> int:
+    """Bytes one delivery adds to a DispatchBatch, at most (attempt and delivery numbers
+    counted at their largest, 5 bytes each): what a frame's byte budget is checked against."""
+    body = 1 + len(_varint(task_bytes_len)) + task_bytes_len + 6 + 6 + suffix_len
+    return 1 + len(_varint(body)) + body

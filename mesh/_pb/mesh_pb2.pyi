@@ -172,14 +172,20 @@ class Dispatch(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., attempt: _Optional[int] = ..., delivery: _Optional[int] = ..., incarnation: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_id: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
 
 class DispatchBatch(_message.Message):
-    __slots__ = ("version", "dispatches", "sent_ns")
+    __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    HELPER_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     version: int
     dispatches: _containers.RepeatedCompositeFieldContainer[Dispatch]
     sent_ns: int
-    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ...) -> None: ...
+    seq: int
+    reply_to: str
+    helper_incarnation: int
+    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt")
@@ -208,7 +214,7 @@ class Ack(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., delivery: _Optional[int] = ..., kind: _Optional[_Union[AckKind, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., retry_after_ms: _Optional[int] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., from_dedup: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received")
+    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received", "dispatch_seq", "max_message_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     TASK_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +228,8 @@ class Heartbeat(_message.Message):
     BEAT_FIELD_NUMBER: _ClassVar[int]
     HELPER_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: int
     task_endpoint: str
@@ -235,7 +243,9 @@ class Heartbeat(_message.Message):
     beat: int
     helper_incarnation: int
     received: int
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ...) -> None: ...
+    dispatch_seq: int
+    max_message_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ..., dispatch_seq: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class AckBatch(_message.Message):
     __slots__ = ("version", "heartbeat", "acks")
