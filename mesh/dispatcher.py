@@ -9,8 +9,13 @@ That keeps every rule of the lifecycle in one place a reader can follow top to b
        node dead (missed heartbeats, discovery, restart) ─► its deliveries re-queued at the front;
        a RUNNING delivery lost counts toward the delivery limit (poison pill)
 
-Credit: a node announces its free slots and how many deliveries of ours it has received; what
-we sent since is subtracted, so credit in flight is never spent twice (`NodeLink.available`).
+Credit: a node announces its free slots; the deliveries we sent it that it had not read when it
+said so are subtracted, so credit in flight is never spent twice (`NodeLink.available`). Which
+ones those are is known exactly: every frame to a node is numbered, the node echoes the highest
+number it read, and frames on one link stay in order. A frame at or below the echo either
+arrived (its deliveries are held or answered) or is lost for good (they are queued again); a
+frame left unconfirmed too long is followed by a probe that settles it (`_confirm`, `_probe`;
+docs/decisions/005-failure-semantics.md, "The credit ledger").
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from mesh.settings import HelperSettings
 log = logging.getLogger("mesh.dispatcher")
 
 ACCEPTING = -1  # local state: journaled, not yet durable; not dispatchable (unless configured)
+#: kept below a node's announced max message size: ZeroMQ's own framing of a message
+FRAME_MARGIN_BYTES = 64
+#: an older node announces no max message size: a frame may then hold our payload limit plus
+#: this, room for a task's other fields (headers are bounded at 64 KiB) and the Dispatch fields
+UNKNOWN_LIMIT_OVERHEAD_BYTES = 256 * 2**10
 
 
 class TaskEntry(msgspec.Struct, gc=False, eq=False):
@@ -116,7 +126,8 @@ class NodeLink:
     __slots__ = (
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
-        "suffix", "held", "running",
+        "suffix", "held", "running", "frames", "outstanding", "echoes", "base_received",
+        "confirmed", "frame_budget", "probed_at",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
@@ -127,8 +138,17 @@ class NodeLink:
         self.concurrency = 0
         self.kinds: frozenset[str] = frozenset()
         self.announced = 0      # credit in the node's last heartbeat
-        self.received = 0       # deliveries of ours it had received then
-        self.sent = 0           # deliveries we sent this node incarnation
+        self.received = 0       # deliveries of ours it had received then (this Helper run)
+        self.sent = 0           # deliveries we sent on this link
+        # The ledger: frames sent on this link that the node has not been seen to read, oldest
+        # first, as SentFrame; `outstanding` counts their deliveries.
+        self.frames: deque[SentFrame] = deque()
+        self.outstanding = 0
+        self.echoes = False     # the node echoes frame numbers (dispatch_seq); older ones do not
+        self.base_received = 0  # an older node: its `received` when this link began
+        self.confirmed = 0      # an older node: deliveries confirmed by its `received` count
+        self.frame_budget = 0   # the largest dispatch frame we send it, in bytes
+        self.probed_at = 0.0
         self.last_heard = time.monotonic()
         self.inflight: dict[str, int] = {}  # task_id -> delivery number
         self.draining = False
@@ -140,8 +160,19 @@ class NodeLink:
 
     @property
     def available(self) -> int:
-        """Credit not yet spent: announced minus what we sent that it had not seen."""
-        return self.announced - (self.sent - self.received)
+        """Credit not yet spent: announced minus what we sent that it had not read then."""
+        return self.announced - self.outstanding
+
+
+class SentFrame:
+    """One dispatch frame sent on a link, until the node is seen to have read it."""
+
+    __slots__ = ("seq", "sent_at", "deliveries")
+
+    def __init__(self, seq: int, sent_at: float, deliveries: list[tuple[str, int]]) -> None:
+        self.seq = seq
+        self.sent_at = sent_at
+        self.deliveries = deliveries  # (task id, delivery number); empty for a probe
 
 
 class Dispatcher:
@@ -181,6 +212,12 @@ class Dispatcher:
         self.unroutable_since: dict[str, float] = {}
         self.reconcile_until = 0.0
         self._expiry_sweep_at = 0.0
+        # Frame numbers: one counter for every link, so a node back after being declared dead
+        # (same incarnation, a new link) never sees a number its old link used.
+        self._frame_seq = 0
+        self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation)
+        #: a frame unconfirmed this long is followed by a probe (see `_probe`)
+        self.unconfirmed_after_s = settings.node_dead_after_s
         self._seq = 0
         self._waiters: dict[str, list[Callable[[TaskEntry], None]]] = {}
         self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0}
@@ -245,54 +282,103 @@ class Dispatcher:
         candidates.sort(key=lambda n: n.available, reverse=True)
         now_ns = time.time_ns()
         for node in candidates:
-            if not self.pending:
-                break
-            room = min(node.available, batch_max)
-            dispatches = []
-            entries = []
-            while room > 0:
-                entry = self.pending.pop(node.kinds)
-                if entry is None:
+            # One frame per node and pass, or more while frames fill up by bytes first.
+            while self.pending and node.available > 0:
+                sent, full = self._send_frame(node, min(node.available, batch_max), now,
+                                              now_ns)
+                sent_total += sent
+                if not full:
                     break
-                if entry.terminal:
-                    # Never send a finished task (its payload is gone): a bookkeeping bug.
-                    log.error("finished task %s was still queued; dropped from the queue",
-                              entry.task_id)
-                    continue
-                deadline = entry.task.deadline_ns
-                if deadline and deadline < now_ns:
-                    self._dead(entry, wire.EXPIRED,
-                               f"deadline passed {(now_ns - deadline) / 1e9:.3f}s before start")
-                    continue
-                entry.deliveries += 1
-                entry.delivery = entry.deliveries
-                dispatches.append((entry.encoded, entry.attempt, entry.delivery))
-                entries.append(entry)
-                room -= 1
-            if not entries:
-                continue
-            if not node.suffix:
-                node.suffix = wire.dispatch_suffix(node.incarnation, self.reply_to,
-                                                   self.settings.helper_id,
-                                                   self.helper_incarnation)
-            frame = wire.encode_dispatch_batch_raw(dispatches, node.suffix)
-            if not self._send(node.sock, frame):
-                # Not connected yet or not reading: put them back, try this node later.
-                for entry in reversed(entries):
-                    entry.deliveries -= 1
-                    self.pending.push(entry, front=True)
-                node.stalled_until = now + 0.05
-                continue
-            node.sent += len(entries)
-            for entry in entries:
-                entry.state = wire.DISPATCHED
-                entry.node_id = node.node_id
-                entry.dispatched_at = now
-                node.inflight[entry.task_id] = entry.delivery
-            sent_total += len(entries)
         if sent_total:
             self.metrics.dispatched.inc(sent_total)
         return sent_total
+
+    def _send_frame(self, node: NodeLink, room: int, now: float,
+                    now_ns: int) -> tuple[int, bool]:
+        """One frame to the node of up to `room` deliveries, within its byte budget. Returns
+        the deliveries sent, and whether the frame was cut short by its byte budget."""
+        if not node.suffix:
+            node.suffix = wire.dispatch_suffix(node.incarnation, self.reply_to,
+                                               self.settings.helper_id,
+                                               self.helper_incarnation)
+        # Frames are sized by bytes too: one above the node's max message size is dropped by
+        # ZeroMQ (which also disconnects us), and its deliveries with it.
+        frame_bytes = wire.DISPATCH_BATCH_HEAD_BYTES + len(self._tail)
+        suffix_len = len(node.suffix)
+        full = False
+        dispatches = []
+        entries = []
+        while room > 0:
+            entry = self.pending.pop(node.kinds)
+            if entry is None:
+                break
+            if entry.terminal:
+                # Never send a finished task (its payload is gone): a bookkeeping bug.
+                log.error("finished task %s was still queued; dropped from the queue",
+                          entry.task_id)
+                continue
+            deadline = entry.task.deadline_ns
+            if deadline and deadline < now_ns:
+                self._dead(entry, wire.EXPIRED,
+                           f"deadline passed {(now_ns - deadline) / 1e9:.3f}s before start")
+                continue
+            size = wire.dispatch_size(len(entry.encoded), suffix_len)
+            if frame_bytes + size > node.frame_budget:
+                if entries:
+                    self.pending.push(entry, front=True)  # first in the next frame
+                    full = True
+                    break
+                if self._fits_some_node(entry, size):
+                    self.pending.push(entry, front=True)  # for a node that takes it
+                    break
+                self._dead(entry, wire.PAYLOAD_REJECTED,
+                           f"the task's delivery takes {size} bytes, more than any AI node "
+                           f"serving {entry.kind!r} accepts (node {node.node_id}: "
+                           f"{node.frame_budget} bytes); raise the nodes' max message size "
+                           "or lower the Helper's max payload")
+                continue
+            frame_bytes += size
+            entry.deliveries += 1
+            entry.delivery = entry.deliveries
+            dispatches.append((entry.encoded, entry.attempt, entry.delivery))
+            entries.append(entry)
+            room -= 1
+        if not entries:
+            return 0, False
+        seq = self._frame_seq + 1
+        frame = wire.encode_dispatch_batch_raw(dispatches, node.suffix, seq, self._tail)
+        if not self._send(node.sock, frame):
+            # Not connected yet or not reading: put them back, try this node later.
+            for entry in reversed(entries):
+                entry.deliveries -= 1
+                self.pending.push(entry, front=True)
+            node.stalled_until = now + 0.05
+            return 0, False
+        self._frame_seq = seq
+        node.frames.append(SentFrame(seq, now, [(e.task_id, e.delivery) for e in entries]))
+        node.outstanding += len(entries)
+        node.sent += len(entries)
+        for entry in entries:
+            entry.state = wire.DISPATCHED
+            entry.node_id = node.node_id
+            entry.dispatched_at = now
+            node.inflight[entry.task_id] = entry.delivery
+        return len(entries), full
+
+    def _fits_some_node(self, entry: TaskEntry, size: int) -> bool:
+        """Some live node serving the task's kind takes a frame holding this delivery."""
+        need = wire.DISPATCH_BATCH_HEAD_BYTES + len(self._tail) + size
+        return any(n.frame_budget >= need and entry.kind in n.kinds
+                   for n in self.nodes.values())
+
+    def _frame_budget(self, hb) -> int:  # noqa: ANN001 - wire.Heartbeat
+        """The largest frame we send a node: what it announces, less a margin for ZeroMQ's
+        own framing. An older node announces nothing: then frames stay below our own payload
+        limit plus room for a task's other fields, which any node that takes our largest
+        task accepts (its default limit is 16 MiB)."""
+        if hb.max_message_bytes:
+            return hb.max_message_bytes - FRAME_MARGIN_BYTES
+        return self.settings.max_payload_bytes + UNKNOWN_LIMIT_OVERHEAD_BYTES
 
     # ---- acks and heartbeats -----------------------------------------------------------
 
@@ -307,10 +393,13 @@ class Dispatcher:
             node = NodeLink(hb.node_id, hb.incarnation, hb.task_endpoint,
                             self._connect(hb.task_endpoint))
             if hb.helper_incarnation == self.helper_incarnation:
-                # Back after we declared it dead (SIGSTOP/SIGCONT): what it received from us
-                # before is not in this link's ledger; without this its credit is inflated and
-                # _reconcile takes deliveries still on the way for lost ones.
-                node.sent = hb.received
+                # Back after we declared it dead (SIGSTOP/SIGCONT). A node that echoes frame
+                # numbers needs nothing here: this link's frames are numbered above any the
+                # old link sent. An older node's `received` also counts the old link's
+                # deliveries; that count, as of this heartbeat, is the base. It is only a
+                # guess: deliveries the old link sent may still be on the way (a heartbeat
+                # built before they were read), which is why nodes echo frame numbers.
+                node.base_received = hb.received
             self.nodes[hb.node_id] = node
             self.metrics.nodes_alive.set(len(self.nodes))
             log.info("node %s joined (incarnation %x, %s, concurrency %d)", hb.node_id,
@@ -329,28 +418,102 @@ class Dispatcher:
             node.kinds = frozenset(hb.kinds)
         node.draining = hb.draining
         node.announced = hb.credit
+        node.frame_budget = self._frame_budget(hb)
+        node.echoes = hb.max_message_bytes > 0  # a node of this protocol echoes frame numbers
         if hb.helper_incarnation == self.helper_incarnation:
             node.received = hb.received
-            if hb.received == node.sent:
-                self._reconcile(node, hb.held_task_ids)
+            self._confirm(node, hb)
         else:
             node.received = 0
             if hb.held_task_ids:
                 self._adopt(node, hb.held_task_ids)
 
-    def _reconcile(self, node: NodeLink, held) -> None:  # noqa: ANN001
-        """The node has seen every delivery we sent it: what it no longer holds and never
-        answered was lost on the way back (or dropped by the node): send it again."""
-        if len(node.inflight) <= len(held) and not node.inflight:
+    def _confirm(self, node: NodeLink, hb) -> None:  # noqa: ANN001 - wire.Heartbeat
+        """Take off the ledger the frames the node has been seen to read, and queue again
+        what they held that the node neither holds nor answered.
+
+        A node that read a delivery lists it as held, or has sent its ack with this
+        heartbeat or before it (on the same ordered channel, applied before this runs). So
+        a delivery of a frame at or below the node's echoed frame number that is neither
+        held nor answered never arrived: the frame was lost (dropped above the node's max
+        message size, or with a broken connection), and frames behind it cannot overtake it.
+        Nothing is charged to the delivery limit: the node did not die of it. A frame above
+        the echo may still be on the way: it is never taken for lost here.
+        An older node echoes no numbers (and announces no max message size): its `received`
+        count confirms frames in order instead (the count held before frame numbers)."""
+        frames = node.frames
+        popped: list[SentFrame] = []
+        if node.echoes:
+            while frames and frames[0].seq <= hb.dispatch_seq:
+                popped.append(frames.popleft())
+        else:
+            arrived = hb.received - node.base_received
+            while frames and node.confirmed + len(frames[0].deliveries) <= arrived:
+                frame = frames.popleft()
+                node.confirmed += len(frame.deliveries)
+                popped.append(frame)
+        for frame in popped:
+            node.outstanding -= len(frame.deliveries)
+        if popped or not frames:
+            self._reconcile(node, hb.held_task_ids, popped)
+
+    def _reconcile(self, node: NodeLink, held, popped: list[SentFrame]) -> None:  # noqa: ANN001
+        """Queue again the deliveries the node should hold and does not (see `_confirm`).
+        The deliveries of the frames just confirmed that it neither holds nor answered never
+        arrived ("not_received"). When no frame is left unconfirmed, the node has read
+        everything we sent: any other delivery it no longer holds and never answered was
+        lost on the way back, or dropped by the node ("not_held")."""
+        if not node.inflight:
             return
         held_set = set(held)
-        lost = [tid for tid in node.inflight if tid not in held_set]
-        for task_id in lost:
+        lost: dict[str, str] = {}
+        for frame in popped:
+            for task_id, delivery in frame.deliveries:
+                if task_id not in held_set and node.inflight.get(task_id) == delivery:
+                    lost[task_id] = "not_received"
+        if not node.frames:
+            for task_id in node.inflight:
+                if task_id not in held_set:
+                    lost.setdefault(task_id, "not_held")
+        if not lost:
+            return
+        requeued = []
+        for task_id, cause in lost.items():
             node.inflight.pop(task_id, None)
             entry = self.tasks.get(task_id)
             if entry is not None and not entry.terminal and entry.node_id == node.node_id:
-                self.metrics.redeliveries.labels("not_held").inc()
+                self.metrics.redeliveries.labels(cause).inc()
                 self.enqueue(entry, front=True)
+                requeued.append(f"{task_id}({cause})")
+        if requeued:
+            log.warning("node %s does not hold %d deliveries it never answered; queued again: "
+                        "%s", node.node_id, len(requeued), " ".join(requeued))
+
+    def _probe(self, node: NodeLink, now: float) -> None:
+        """A frame has gone unconfirmed for `unconfirmed_after_s`: send a frame with no
+        delivery behind it. Once the node echoes the probe's number, every earlier frame was
+        read or is lost for good, and `_confirm` tells which: a lost frame is found without
+        ever taking a delivery that is merely slow for a lost one. At most one probe per
+        period; one that cannot be sent now is tried on a later tick.
+        An older node does not echo: its frames unconfirmed that long are taken for lost
+        (their deliveries not held are queued again; a slower one may then run twice, which
+        the node's de-duplication window does not see across nodes)."""
+        if now - node.probed_at < self.unconfirmed_after_s:
+            return
+        if not node.echoes:
+            popped = []
+            while node.frames and now - node.frames[0].sent_at > self.unconfirmed_after_s:
+                frame = node.frames.popleft()
+                node.outstanding -= len(frame.deliveries)
+                popped.append(frame)
+            node.probed_at = now
+            self._reconcile(node, node.held, popped)
+            return
+        seq = self._frame_seq + 1
+        if self._send(node.sock, wire.encode_dispatch_batch_raw([], b"", seq, self._tail)):
+            self._frame_seq = seq
+            node.frames.append(SentFrame(seq, now, []))
+            node.probed_at = now
 
     def _adopt(self, node: NodeLink, held) -> None:  # noqa: ANN001
         """After our restart, a node still runs tasks we queued again: let it finish them."""
@@ -531,7 +694,7 @@ class Dispatcher:
         self._close(node.sock)
         self.metrics.node_deaths.labels(cause).inc()
         self.metrics.nodes_alive.set(len(self.nodes))
-        requeued = 0
+        requeued: list[str] = []
         for task_id in list(node.inflight):
             entry = self.tasks.get(task_id)
             if entry is None or entry.terminal or entry.node_id != node.node_id:
@@ -550,12 +713,12 @@ class Dispatcher:
                                           deliveries=entry.lost_deliveries)))
             self.metrics.redeliveries.labels("node_" + cause).inc()
             self.enqueue(entry, front=True)
-            requeued += 1
+            requeued.append(task_id)
         node.inflight.clear()
-        log.warning("node %s declared dead (%s); %d deliveries re-queued", node.node_id, cause,
-                    requeued)
+        log.warning("node %s declared dead (%s); %d deliveries re-queued: %s", node.node_id,
+                    cause, len(requeued), " ".join(requeued))
         self._on_event("node_down", {"node_id": node.node_id, "cause": cause,
-                                     "requeued": requeued})
+                                     "requeued": len(requeued)})
 
     def node_gone(self, node_id: str, cause: str = "discovery", incarnation: int = 0) -> None:
         """Discovery says the node (that incarnation of it, when given) is gone or critical."""
@@ -594,7 +757,11 @@ class Dispatcher:
                 node.inflight.pop(task_id, None)
                 self.metrics.redeliveries.labels("ack_timeout").inc()
                 self.metrics.timeouts.labels("ack").inc()
+                log.info("task %s sent again: no STARTED from node %s within the ack timeout",
+                         task_id, node.node_id)
                 self.enqueue(self.tasks[task_id], front=True)
+            if node.frames and now - node.frames[0].sent_at > self.unconfirmed_after_s:
+                self._probe(node, now)
         if self.retry_waiting:
             due = [e for e in self.retry_waiting if e.not_before <= now or e.terminal]
             if due:
