@@ -176,8 +176,8 @@ def test_a_node_back_from_the_dead_does_not_take_deliveries_still_on_the_way_for
     """SIGSTOP/SIGCONT: the node's first heartbeat after it resumes was built before it read
     the frame the Helper sent just before declaring it dead. The old ledger took that
     heartbeat's `received` as the new link's base, so it was short by that frame from then on:
-    once the node read it, `received == sent` said "everything arrived" while the first frame
-    of the new link was still on the way, and its tasks were queued again and run on another
+    once the node read it, `received == sent` said "everything arrived" while the new link's
+    first frame was still on the way, and its tasks were queued again and run on another
     node too (19 double runs on two healthy nodes in a fault run)."""
     d, w = _dispatcher()
     _beat(d, credit=4, known=False, beat=1)
@@ -190,27 +190,31 @@ def test_a_node_back_from_the_dead_does_not_take_deliveries_still_on_the_way_for
     assert d.dispatch_pass() == 2  # frame 2: the node is stopped before it reads it
     frame2 = w.frames[-1][0]
     d.node_dead(d.nodes["n1"], "missed_heartbeats")
-    assert all(d.tasks[t].state == wire.QUEUED for t in stragglers)
+    # A second node takes the re-queued stragglers (the node was declared dead: justified).
+    _beat(d, node_id="n2", incarnation=9, credit=2, known=False, beat=1)
+    assert d.dispatch_pass() == 2
+    to_n2 = w.frames[-1][0]
+    assert all(d.tasks[t].node_id == "n2" for t in stragglers)
     # SIGCONT: a heartbeat built before the node read frame 2 (received 2, echo frame 1).
-    _beat(d, credit=4, received=2, seq=frame1.seq, beat=10)
+    _beat(d, credit=2, received=2, seq=frame1.seq, beat=10)
     fresh = _submit(d, 2)
-    assert d.dispatch_pass() == 4  # the re-queued stragglers first, then the fresh ones
-    sent_again = w.frames[-1][0]
-    assert sorted(_ids(sent_again)) == sorted(stragglers + fresh)
-    # A second node with room, where anything queued again would go.
-    _beat(d, node_id="n2", incarnation=9, credit=8, known=False, beat=1)
-    # The node reads frame 2 (the stragglers, now held) and beats: received 4, which is what
-    # the old ledger believed it had sent on the new link.
+    assert d.dispatch_pass() == 2
+    frame3 = w.frames[-1][0]
+    assert sorted(_ids(frame3)) == sorted(fresh) and d.nodes["n1"].available == 0
+    # The second node has room again; anything queued again goes there.
+    _beat(d, node_id="n2", incarnation=9, credit=2, received=2, seq=to_n2.seq,
+          held=tuple(stragglers), beat=2)
+    # The node reads frame 2 (it runs the stragglers) and beats: received 4, which is what
+    # the old ledger believed it had sent on the new link. Frame 3 is still on the way.
     _beat(d, credit=0, received=4, seq=frame2.seq, held=tuple(stragglers), beat=11)
     assert all(d.tasks[t].state == wire.DISPATCHED and d.tasks[t].node_id == "n1"
                for t in fresh), "deliveries still on the way were taken for lost"
-    assert d.dispatch_pass() == 0, "nothing to send to the second node"
+    assert d.dispatch_pass() == 0, "nothing may go to the second node"
     assert _redeliveries(d, "not_held") == 0 and _redeliveries(d, "not_received") == 0
-    # It reads the new link's frame: everything is accounted for, credit is exact.
-    _beat(d, credit=0, received=8, seq=sent_again.seq, held=tuple(stragglers + fresh), beat=12)
-    assert all(d.tasks[t].node_id == "n1" for t in stragglers + fresh)
-    node = d.nodes["n1"]
-    assert not node.frames and node.available == 0
+    # It reads frame 3: every frame is accounted for, and the credit is exact.
+    _beat(d, credit=0, received=6, seq=frame3.seq, held=(*stragglers, *fresh), beat=12)
+    assert all(d.tasks[t].node_id == "n1" for t in fresh)
+    assert d.nodes["n1"].available == 0 and d.dispatch_pass() == 0
 
 
 # ---- item 4: frames sized by bytes ---------------------------------------------------------
