@@ -5,5 +5,6 @@ Only this package calls os.fsync / os.fdatasync in mesh.
 
 from .journal import FsyncPolicy, Journal
 from .record import Record
+from .recovery import DamagedRange, RecoveryReport
 
-__all__ = ["FsyncPolicy", "Journal", "Record"]
+__all__ = ["DamagedRange", "FsyncPolicy", "Journal", "Record", "RecoveryReport"]

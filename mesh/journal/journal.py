@@ -31,9 +31,18 @@ from pathlib import Path
 from mesh.errors import JournalError
 
 from . import writer as _writer_module
-from .record import MAX_KEY_BYTES, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields, decode_run, is_zero
 from .live_keys import LiveKeys
-from .segment import SEGMENT_HEADER_SIZE, header_problem, list_segments
+from .record import MAX_KEY_BYTES, PREFIX_SIZE, RECORD_HEADER, RECORD_OVERHEAD, Record, check_fields
+from .recovery import DamagedRange, RecoveryReport, find_marker, record_size, recover_segment
+from .segment import (
+    DIR_MODE,
+    FILE_MODE,
+    MARKER_NAME,
+    MARKER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    list_segments,
+    write_marker_file,
+)
 from .writer import PREP_NAME, SegmentWriter
 
 log = logging.getLogger("mesh.journal")
@@ -44,6 +53,9 @@ _pack_type_keylen = struct.Struct("<BB").pack
 
 #: the flusher zero-fills (preallocates) segments once no sync() request came for this long
 IDLE_FILL_S = 0.002
+#: a failed journal retries to reconcile its files after this long, doubling up to RETRY_MAX_S
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -68,7 +80,7 @@ class _Compaction:
     seqs: list[int]
     infos: dict[int, list[int]]  # seq -> [logical size, records], to restore on failure
     rewritten_seq: int | None = None
-    rewritten_keys: list[bytes] = field(default_factory=list)
+    rewritten_keys: list[tuple[bytes, int]] = field(default_factory=list)  # (key, its bytes in rewritten_seq)
 
 
 def _describe(exc: OSError) -> str:
@@ -110,8 +122,16 @@ class Journal:
         self.last_fsync_s = 0.0
         self.last_batch_records = 0
         self.on_fsync: Callable[[float, int], None] | None = None
+        #: called on the loop thread as ``on_health(failed, failure)`` when the journal turns
+        #: failed (True, why) or recovers (False, None); see ``failed``
+        self.on_health: Callable[[bool, str | None], None] | None = None
 
         self._state = _State.NEW
+        self._failure: str | None = None
+        self._recoverable = True
+        self._report: RecoveryReport | None = None
+        self._marker = bytes(MARKER_SIZE)
+        self._rewritten_bytes = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         # Held by whichever thread works the segment writer: the flusher, or the loop thread
@@ -133,6 +153,9 @@ class Journal:
         self._active_records = 0
         self._live = LiveKeys()
         self._oldest = self._live.oldest  # read on the hot path
+        self._oldest_get = self._live.oldest.get
+        self._key_bytes = self._live.key_bytes
+        self._live_bytes = self._live.live_bytes
         self._compaction_pending = False
         # --- flusher thread ---
         self._writer: SegmentWriter | None = None
@@ -163,105 +186,154 @@ class Journal:
     def live_keys(self) -> int:
         return len(self._oldest)
 
+    @property
+    def appended_bytes(self) -> int:
+        """Record bytes appended since this process opened the journal (compaction rewrites included)."""
+        return self._appended
+
+    @property
+    def rewritten_bytes(self) -> int:
+        """Record bytes compaction appended (the rewrites), since this process opened the journal."""
+        return self._rewritten_bytes
+
+    @property
+    def bytes_written(self) -> int:
+        """Header and record bytes written to segment files (the zero-fill is in ``fill_bytes``)."""
+        return self._writer.bytes_written if self._writer else 0
+
+    @property
+    def fill_bytes(self) -> int:
+        """Zero bytes written to preallocate segments."""
+        return self._writer.fill_bytes if self._writer else 0
+
+    @property
+    def failed(self) -> bool:
+        """True while a write failure could not be cut off the files (e.g. EMFILE, EIO): appends
+        and syncs raise JournalError at once, and the flusher retries (0.1 s .. 5 s apart) until
+        the disk recovers, then the journal is open again. False otherwise."""
+        return self._state is _State.FAILED
+
+    @property
+    def failure(self) -> str | None:
+        """Why the journal is failed (None when it is not)."""
+        return self._failure if self._state is _State.FAILED else None
+
+    @property
+    def recovery_report(self) -> RecoveryReport | None:
+        """What ``recover()`` found damaged (None until its iterator is exhausted)."""
+        return self._report
+
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> Iterator[Record]:
-        """Open the directory (creating it if missing) and yield every valid record, oldest first.
+        """Open the directory (creating it, mode 0700, if missing) and yield every valid record,
+        oldest segment first, in append order.
 
-        The journal is the longest valid prefix of its segments: at the first torn or corrupt
-        record (or bad segment header) the segment is truncated right before it, and every later
-        segment is renamed aside to ``*.seg.orphaned-<ns>`` (kept for inspection, never replayed),
-        each with a warning naming segment, offset and reason. A segment whose only content is a
-        torn header and that is the newest is simply removed (a crash while creating it).
-        Zero tail: a record length of 0 followed only by zeros is the clean end of the newest
-        segment (its preallocated space), silently; in an older segment (sealed ones are cut to
-        their data end) it means that segment's end was lost, and counts as a torn record.
-        After the iterator is exhausted the journal is ready for appends to the last segment,
-        at the end of its valid data.
-        A key is live from its first replayed record until ``release(key)``.
+        Every record that does not overlap damage is yielded, in every segment (see recovery.py
+        and docs/decisions/001): damaged ranges are logged, copied aside to
+        ``<segment>.damaged-<offset>-<length>`` and left in place, except after the last valid
+        record of the newest segment, where they are cut off (a torn tail). Zero tail: zeros
+        after the last record of the newest segment are its clean, preallocated end; in an older
+        segment they mean its end was lost (reported). ``recovery_report`` says what was found.
+        After the iterator is exhausted the journal is ready for appends after the last valid
+        record of the newest segment (or in a new segment, if that one is format 1 or its header
+        is damaged). A key is live from its first replayed record until ``release(key)``.
         """
         if self._state is not _State.NEW:
             raise JournalError(f"recover() runs once, before start(); the journal is {self._state.value}")
+        directory = self.directory
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            found = list_segments(self.directory)
-            (self.directory / PREP_NAME).unlink(missing_ok=True)  # a next segment being prepared
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            _restrict(directory, DIR_MODE)
+            found = list_segments(directory)
+            (directory / PREP_NAME).unlink(missing_ok=True)  # a next segment being prepared
+            (directory / (MARKER_NAME + ".tmp")).unlink(missing_ok=True)
+            marker, stored = find_marker(directory, found)
+            if marker is None:  # a new journal; no zero byte, so any part of a record is non-zero
+                marker = bytes(b or 0xA5 for b in os.urandom(MARKER_SIZE))
+            if not stored:
+                write_marker_file(directory, marker)
+            _restrict(directory / MARKER_NAME, FILE_MODE)
         except OSError as exc:
-            raise JournalError(f"cannot open journal directory {self.directory}: {_describe(exc)}") from exc
+            raise JournalError(f"cannot open journal directory {directory}: {_describe(exc)}") from exc
+        self._marker = marker
         ends: dict[int, int] = {}
         sizes: dict[int, int] = {}
+        ranges: list[DamagedRange] = []
+        format1: list[int] = []
         last_seq: int | None = None
-        stopped = False
-        for index, (seq, path) in enumerate(found):
-            if stopped:
-                self._set_aside(path, "follows a damaged segment")
-                continue
+        appendable = False
+        live = self._live
+        next_seq = found[-1][0] + 1 if found else 1
+        if found:  # the newest segment may be a crash's half-created file: then the one before is the newest
             try:
-                data = path.read_bytes()
+                removed = recover_segment(found[-1][0], found[-1][1], marker, newest=True, only_if_empty=True)
             except OSError as exc:
-                raise JournalError(f"cannot read journal segment {path}: {_describe(exc)}") from exc
-            problem = header_problem(data, seq)
-            if problem is not None:
-                stopped = True
-                if index == len(found) - 1 and (len(data) <= SEGMENT_HEADER_SIZE or is_zero(data, SEGMENT_HEADER_SIZE)):
-                    log.warning("journal segment %s offset 0: %s; removing it (crash while creating it)", path.name, problem)
-                    path.unlink()
-                else:
-                    self._set_aside(path, problem)
+                raise JournalError(f"cannot recover journal segment {found[-1][1]}: {_describe(exc)}") from exc
+            if removed is not None:
+                ranges += removed.ranges
                 self._recovery_dirty = True
-                continue
-            records, end, reason = decode_run(data, SEGMENT_HEADER_SIZE)
-            size = len(data)
-            del data
-            if reason is None and end < size and index < len(found) - 1:
-                reason = "zero tail (preallocated space) in a segment that later ones follow: its end was lost"
-            if reason is not None:
-                log.warning("journal segment %s offset %d: %s; truncating it there", path.name, end, reason)
-                try:
-                    os.truncate(path, end)
-                except OSError as exc:
-                    raise JournalError(f"cannot truncate journal segment {path}: {_describe(exc)}") from exc
-                stopped = True
+                found = found[:-1]
+        for index, (seq, path) in enumerate(found):
+            newest = index == len(found) - 1
+            try:
+                _restrict(path, FILE_MODE)
+                outcome = recover_segment(seq, path, marker, newest=newest)
+                assert outcome is not None
+            except OSError as exc:
+                raise JournalError(f"cannot recover journal segment {path}: {_describe(exc)}") from exc
+            ranges += outcome.ranges
+            if outcome.format1:
+                format1.append(seq)
+            if outcome.ranges or (newest and outcome.sealed):
                 self._recovery_dirty = True
-                size = end
-            ends[seq] = end
-            sizes[seq] = size
+            records = outcome.records
+            size = outcome.size
             last_seq = seq
-            live = self._live
+            appendable = newest and not outcome.sealed
+            # sealed segments keep every byte; only the newest one is appended to, at its end
+            ends[seq] = outcome.end if appendable else size
+            sizes[seq] = size
             live.open_segment(seq)
-            live.seal(seq, end, len(records))
-            oldest = live.oldest
+            live.seal(seq, ends[seq], len(records))
+            oldest_get = self._oldest_get
+            key_bytes, live_bytes = self._key_bytes, self._live_bytes
             for record in records:
                 key = record.key
-                if key and key not in oldest:
-                    live.add(key, seq)
+                if key:
+                    first = oldest_get(key)
+                    if first is None:
+                        live.add(key, seq, record_size(record))
+                    elif first == seq:
+                        grown = record_size(record)
+                        key_bytes[key] += grown
+                        live_bytes[seq] += grown
                 yield record
-        if last_seq is None:
-            self._active_seq = (found[-1][0] + 1) if found else 1
-            self._active_size = SEGMENT_HEADER_SIZE
-            self._live.open_segment(self._active_seq)
-        else:
+        if appendable:
+            assert last_seq is not None
             self._active_seq = last_seq
-            self._active_size, self._active_records = self._live.sealed.pop(last_seq)
+            self._active_size, self._active_records = live.sealed.pop(last_seq)
+        else:
+            # a new segment: the newest one is format 1 or has a damaged header (it stays as it
+            # is, sealed), or there is none
+            self._active_seq = next_seq
+            self._active_size = SEGMENT_HEADER_SIZE
+            live.open_segment(self._active_seq)
+        self._report = RecoveryReport(tuple(ranges), tuple(format1))
+        if format1:
+            log.warning("journal %s: read format-1 segments %s; new records go to format-2 segments", directory, format1)
         self._writer = SegmentWriter(
-            self.directory,
+            directory,
             ends,
             sizes,
             self._active_seq,
             sync_on_seal=self.policy is not FsyncPolicy.NONE,
             segment_size=self.segment_size_bytes,
             preallocate=_writer_module.PREALLOCATE and self.policy is not FsyncPolicy.NONE,
+            marker=marker,
         )
         self._writer.dir_dirty = self._recovery_dirty
         self._state = _State.OPEN
-
-    def _set_aside(self, path: Path, reason: str) -> None:
-        target = path.with_name(f"{path.name}.orphaned-{time.time_ns()}")
-        log.warning("journal segment %s offset 0: %s; renaming it to %s, not replayed", path.name, reason, target.name)
-        try:
-            path.rename(target)
-        except OSError as exc:
-            raise JournalError(f"cannot set aside journal segment {path}: {_describe(exc)}") from exc
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -332,21 +404,33 @@ class Journal:
         if not 0 < type < 256 or keylen > MAX_KEY_BYTES:
             check_fields(type, key)
         if self._state is not _State.OPEN or self._closing:
-            raise JournalError(f"cannot append: the journal is {'closing' if self._closing else self._state.value}")
+            raise JournalError(f"cannot append: the journal is {self._describe_state()}")
         crc = _crc32(payload, _crc32(key, _crc32(_pack_type_keylen(type, keylen))))
         with self._lock:
             if self._active_size + size > self.segment_size_bytes and self._active_size > SEGMENT_HEADER_SIZE:
                 self._rotate_locked()
             buf = self._buf
-            buf += _pack_header(size - 8, crc, type, keylen)
+            buf += _pack_header(self._marker, size - PREFIX_SIZE, crc, type, keylen)
             buf += key
             buf += payload
             self._buf_records += 1
             self._appended += size
         self._active_size += size
         self._active_records += 1
-        if key and key not in self._oldest:
-            self._live.add(key, self._active_seq)
+        if key:
+            seq = self._oldest_get(key)
+            if seq is None:
+                self._live.add(key, self._active_seq, size)
+            elif seq == self._active_seq:  # another record of the key in its oldest segment
+                self._key_bytes[key] += size
+                self._live_bytes[seq] += size
+
+    def _describe_state(self) -> str:
+        if self._closing:
+            return "closing"
+        if self._state is _State.FAILED and self._failure:
+            return f"failed ({self._failure})"
+        return self._state.value
 
     def _rotate_locked(self) -> None:
         self._chunks.append((self._active_seq, self._buf))
@@ -373,7 +457,7 @@ class Journal:
         the future's exception is the JournalError."""
         loop = self._loop
         if loop is None or self._state is not _State.OPEN or self._closing:
-            state = "not started" if self._state is _State.OPEN and loop is None else self._state.value
+            state = "not started" if self._state is _State.OPEN and loop is None else self._describe_state()
             raise JournalError(f"cannot sync: the journal is {'closing' if self._closing else state}")
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -414,7 +498,7 @@ class Journal:
                     return False  # the sticky error goes to the next sync()
             except Exception:  # a bug, as in the flusher: make it loud and fail the journal
                 log.exception("journal round on the loop thread crashed")
-                self._fail("journal round on the loop thread crashed (see log)")
+                self._fail("journal round on the loop thread crashed (see log)", recoverable=False)
                 return False
             writer = self._writer
             if writer is not None and writer.fill_pending():
@@ -431,14 +515,17 @@ class Journal:
         self._live.release(key)
 
     def compact(self) -> int:
-        """Schedule the deletion of old segments; returns the bytes they hold.
+        """Schedule the deletion of old segments; returns the bytes they hold (0: nothing to do,
+        and nothing was written).
 
-        Rule: take sealed segments oldest first. Each with no live key is deleted as is. The
-        oldest one that still has live keys is rewritten (``rewrite(key)`` for each of them,
-        appended to the active segment) and deleted if more than KEEP_SEALED (2) sealed segments
-        would remain or its live keys are at most 1/10 of its records. Files are
-        deleted only after everything appended up to now is durable, and only from the oldest
-        end. One compaction is in flight at a time.
+        Rule (live_keys.py, docs/decisions/001): take sealed segments oldest first. Each with no
+        live key is deleted as is. The oldest one that still has live keys is rewritten
+        (``rewrite(key)`` for each of them, appended to the active segment) and deleted only
+        when it starts a run of segments whose live bytes are at most half of what deleting
+        them frees; so each rewritten byte frees two, write amplification stays below 2, and a
+        journal where nothing is released writes nothing. Files are deleted only after
+        everything appended up to now is durable, and only from the oldest end. One compaction
+        is in flight at a time.
         """
         if self._state is not _State.OPEN or self._closing or self._compaction_pending:
             return 0
@@ -465,10 +552,11 @@ class Journal:
         try:
             for key in list(self._live.by_segment[seq]):
                 records = self._rewrite(key)
-                self._live.detach(key, seq)
-                job.rewritten_keys.append(key)
+                job.rewritten_keys.append((key, self._live.detach(key, seq)))
+                before = self._appended
                 for type_, payload in records:
                     self.append(type_, key, payload)
+                self._rewritten_bytes += self._appended - before
         except BaseException:
             self._live.restore({}, seq, job.rewritten_keys)
             raise
@@ -492,11 +580,14 @@ class Journal:
         interval_s = self.interval_ms / 1000 if self.policy is FsyncPolicy.INTERVAL else None
         next_tick = time.monotonic() + (interval_s or 0)
         idle_from = time.monotonic()  # when the last round ended
+        retry_delay = RETRY_MIN_S
+        retry_at = time.monotonic() + retry_delay
         try:
             io = self._io_lock
             while True:
                 with io:
                     fill = self._state is _State.OPEN and writer.fill_pending()
+                retry = self._state is _State.FAILED and self._recoverable
                 idle = False
                 with self._lock:
                     while not self._requests and not self._closing:
@@ -504,6 +595,8 @@ class Journal:
                         deadline = next_tick if interval_s is not None else None
                         if fill:
                             deadline = min(deadline, idle_from + IDLE_FILL_S) if deadline is not None else idle_from + IDLE_FILL_S
+                        if retry:
+                            deadline = min(deadline, retry_at) if deadline is not None else retry_at
                         if deadline is None:
                             self._cond.wait()
                             continue
@@ -514,12 +607,20 @@ class Journal:
                         self._cond.wait(remaining)
                     closing = self._closing
                 if closing:
+                    if self._state is _State.FAILED and self._recoverable:
+                        self._try_reconcile(writer)  # leave the files cut back if the disk allows
                     with io:
                         if self._state is _State.OPEN and not self._flush_round(None, final=True):
                             self._close_error = "the last records could not be written on close (see log)"
                     break
                 if self._state is not _State.OPEN:
-                    self._fail_pending(f"the journal is {self._state.value}")
+                    self._fail_pending(f"the journal is {self._describe_state()}")
+                    if retry and time.monotonic() >= retry_at:
+                        if self._try_reconcile(writer):
+                            retry_delay = RETRY_MIN_S
+                        else:
+                            retry_delay = min(RETRY_MAX_S, retry_delay * 2)
+                    retry_at = time.monotonic() + retry_delay
                     continue
                 if interval_s is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + interval_s
@@ -537,13 +638,46 @@ class Journal:
                 idle_from = time.monotonic()
         except BaseException:  # a bug: make it loud, fail the journal, release every waiter
             log.exception("journal flusher thread crashed")
-            self._fail("journal flusher thread crashed (see log)")
+            self._fail("journal flusher thread crashed (see log)", recoverable=False)
         finally:
             with self._io_lock:
                 writer.close()
+            self._recoverable = False  # nobody is left to retry
             self._state = _State.CLOSED if self._closing else _State.FAILED
             self._fail_pending(f"the journal is {self._state.value}")
             self._call_loop(self._set_closed)
+
+    def _try_reconcile(self, writer: SegmentWriter) -> bool:
+        """Flusher, failed journal: cut the failed batch off the files again, reopen the active
+        segment and make it durable; on success the journal is open again."""
+        with self._io_lock:
+            try:
+                writer.reconcile()
+            except OSError as exc:
+                log.warning("journal %s is still failed: reconciling its files failed (%s); retrying", self.directory, _describe(exc))
+                return False
+            with self._lock:
+                # appends raise while failed; one that raced with the failure is dropped too
+                if self._appended != self._settled:
+                    self._sticky_error = self._sticky_error or self._failure
+                self._chunks = []
+                self._buf = bytearray()
+                self._buf_records = 0
+                self._settled = self._appended
+                self._state = _State.OPEN
+            self._failure = None
+            self._failure = None
+        log.warning("journal %s recovered: its files are back at the last durable record; open again", self.directory)
+        self._call_loop(self._notify_health, False, None)
+        return True
+
+    def _notify_health(self, failed: bool, failure: str | None) -> None:
+        hook = self.on_health
+        if hook is not None:
+            try:
+                hook(failed, failure)
+            except Exception:
+                log.exception("journal on_health hook raised")
 
     def _fill_while_idle(self, writer: SegmentWriter) -> None:
         """Zero-fill chunk by chunk until done or a request or close() comes (it waits for one chunk)."""
@@ -616,10 +750,11 @@ class Journal:
         try:
             writer.rollback()
         except OSError as exc:
-            self._fail(f"{message}; cutting them off failed too ({_describe(exc)}): the journal is failed")
-            self._answer(requests, message)
-            return
-        log.error("%s", message)
+            # The journal is failed until the flusher manages to finish the cut (_try_reconcile).
+            message = f"{message}; cutting them off failed too ({_describe(exc)}): the journal is failed until the disk recovers"
+            self._mark_failed(message)
+        else:
+            log.error("%s", message)
         with self._lock:
             # Everything appended so far goes too: every sync() waiting now fails, so the records
             # still buffered belong to callers told "failed" (or to nobody yet: see sticky error).
@@ -663,11 +798,20 @@ class Journal:
             except Exception:
                 log.exception("journal on_fsync hook raised")
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, recoverable: bool = True) -> None:
+        """Mark the journal failed and fail every waiting sync()."""
+        self._mark_failed(message, recoverable=recoverable)
+        self._fail_pending(message)
+
+    def _mark_failed(self, message: str, *, recoverable: bool = True) -> None:
+        """A recoverable failure is retried by the flusher (_try_reconcile); a bug is not."""
         log.error("%s", message)
+        if not recoverable:
+            self._recoverable = False
         if self._state is _State.OPEN:
             self._state = _State.FAILED
-        self._fail_pending(message)
+            self._failure = message
+            self._call_loop(self._notify_health, True, message)
 
     def _fail_pending(self, message: str) -> None:
         with self._lock:
@@ -702,3 +846,10 @@ def _settle(futures: list[asyncio.Future[None]], error: str | None) -> None:
             future.set_result(None)
         else:
             future.set_exception(JournalError(error))
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` if it is ours and more open (files from older builds were 0644)."""
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and (st.st_mode & 0o777) != mode:
+        os.chmod(path, mode)

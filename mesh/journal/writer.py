@@ -26,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-from .segment import SEGMENT_HEADER_SIZE, encode_header, segment_name
+from .segment import FILE_MODE, SEGMENT_HEADER_SIZE, encode_header, fsync_directory, segment_name
 
 log = logging.getLogger("mesh.journal")
 
@@ -67,8 +67,11 @@ class SegmentWriter:
         sync_on_seal: bool,
         segment_size: int = 64 * 2**20,
         preallocate: bool = False,
+        marker: bytes = bytes(8),
     ) -> None:
         self.directory = directory
+        #: the journal's sync marker, written into every new segment's header
+        self.marker = marker
         #: data end (header + valid records) of every segment file, by sequence number
         self.ends = dict(ends)
         #: on-disk size of every segment file (data end + preallocated zero tail)
@@ -80,6 +83,10 @@ class SegmentWriter:
         self.seq = active_seq
         self.fd: int | None = None
         self.fsync_count = 0
+        #: header and record bytes written (pwrite) to segments, ever; the zero-fill is apart
+        self.bytes_written = 0
+        #: zero bytes the preallocation wrote, ever
+        self.fill_bytes = 0
         #: fdatasyncs of the zero-fill (not counted in fsync_count)
         self.fill_syncs = 0
         #: bytes written since the last fdatasync of the open segment
@@ -127,6 +134,7 @@ class SegmentWriter:
                 self.ends[seq] = end
                 self.data_bytes += done
                 self.unsynced_bytes += done
+                self.bytes_written += done
                 if end > self.sizes[seq]:
                     self.size_bytes += end - self.sizes[seq]
                     self.sizes[seq] = end
@@ -154,8 +162,10 @@ class SegmentWriter:
 
         A segment the batch created is removed; in one that existed, the bytes the batch wrote are
         overwritten with zeros (keeping the preallocation), or, if that fails, truncated away.
+        A failed rollback may be called again (the journal retries it until the disk recovers):
+        every step is idempotent, and the batch is forgotten only once all of them succeeded.
         """
-        touched, self._touched = self._touched, []
+        touched = self._touched
         if not touched:
             return
         for seq, before in reversed(touched):
@@ -178,6 +188,7 @@ class SegmentWriter:
                 self.fd = None
             self.seq = first
             self.fd = os.open(self.path(first), _OPEN_FLAGS)
+        self._touched = []
         try:  # make the cut durable; if this fails too the next batch's sync reports it
             if self.fd is not None:
                 os.fdatasync(self.fd)
@@ -226,6 +237,17 @@ class SegmentWriter:
             os.close(self.fd)
             self.fd = None
         self._drop_prep()
+
+    def reconcile(self) -> None:
+        """After a failure: finish cutting off the failed batch, reopen the active segment and
+        make both durable (raises OSError while the disk still fails)."""
+        self.rollback()
+        if self.fd is None and self.seq in self.ends:
+            self.fd = os.open(self.path(self.seq), _OPEN_FLAGS)
+        if self.fd is not None:
+            os.fdatasync(self.fd)
+        self._sync_directory()
+        self.unsynced_bytes = 0
 
     # ------------------------------------------------------------------ zero-fill
 
@@ -279,12 +301,13 @@ class SegmentWriter:
                 self.sizes[seq] = start + count
             else:
                 if self._prep_fd is None:
-                    self._prep_fd = os.open(self.directory / PREP_NAME, _OPEN_FLAGS | os.O_CREAT | os.O_TRUNC, 0o644)
+                    self._prep_fd = os.open(self.directory / PREP_NAME, _OPEN_FLAGS | os.O_CREAT | os.O_TRUNC, FILE_MODE)
                     self.prep_size = 0
                 count = min(chunk, self.segment_size - self.prep_size)
                 _zero_fill(self._prep_fd, self.prep_size, count)
                 self.prep_size += count
             self.size_bytes += count
+            self.fill_bytes += count
             self.fill_syncs += 1
             return True
         except OSError as exc:
@@ -336,22 +359,18 @@ class SegmentWriter:
             self._prep_fd, self.prep_size = None, 0
             self.size_bytes -= size  # counted again below, as the segment's
         else:
-            fd, size = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_TRUNC, 0o644), 0
+            fd, size = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_TRUNC, FILE_MODE), 0
         self.fd = fd
         self.sizes[seq] = size
         self.size_bytes += size
         self.ends[seq] = 0
         self._touched.append((seq, None))
         self.dir_dirty = True
-        self.write(seq, encode_header(seq))
+        self.write(seq, encode_header(seq, self.marker))
         assert self.ends[seq] == SEGMENT_HEADER_SIZE
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
         self.dir_dirty = False
 
 

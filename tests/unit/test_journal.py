@@ -21,8 +21,9 @@ from mesh.errors import JournalError
 from mesh.journal import FsyncPolicy, Journal, Record
 from mesh.journal import writer as writer_module
 from mesh.journal.live_keys import LiveKeys
-from mesh.journal.record import RECORD_OVERHEAD, decode_run, encode
-from mesh.journal.segment import SEGMENT_HEADER_SIZE, list_segments
+from mesh.journal import journal as journal_module
+from mesh.journal.record import RECORD_OVERHEAD, encode, scan
+from mesh.journal.segment import SEGMENT_HEADER_SIZE, list_segments, read_marker_file
 from mesh.journal.writer import PREP_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +67,11 @@ async def wait_until(predicate, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
+def segment_records(path: Path) -> list[Record]:
+    """The valid records of one segment file (format 2), decoded with its journal's marker."""
+    return scan(path.read_bytes(), SEGMENT_HEADER_SIZE, read_marker_file(path.parent)).records
+
+
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -81,9 +87,11 @@ def test_round_trip_of_varied_records_across_segments(tmp_path: Path) -> None:
 
 
 def test_codec_round_trip_and_overhead() -> None:
-    data = encode(7, b"k", b"payload")
+    marker = b"\x01marker\x02"
+    data = encode(7, b"k", b"payload", marker)
     assert len(data) == RECORD_OVERHEAD + 1 + 7
-    assert decode_run(data, 0) == ([Record(7, b"k", b"payload")], len(data), None)
+    decoded = scan(data, 0, marker)
+    assert (decoded.records, decoded.end, decoded.damage, decoded.tail) == ([Record(7, b"k", b"payload")], len(data), [], None)
 
 
 def test_reopened_journal_appends_after_the_old_records(tmp_path: Path) -> None:
@@ -108,7 +116,7 @@ def test_reopened_journal_appends_after_the_old_records(tmp_path: Path) -> None:
 
 def _last_record_span(directory: Path, records: list[Record]) -> tuple[Path, int, int]:
     last = list_segments(directory)[-1][1]
-    size = decode_run(last.read_bytes(), SEGMENT_HEADER_SIZE)[1]  # the data end, before the zero tail
+    size = _data_end(last)  # the data end, before the zero tail
     r = records[-1]
     return last, size - (RECORD_OVERHEAD + len(r.key) + len(r.payload)), size
 
@@ -155,17 +163,17 @@ def test_append_after_a_torn_tail_is_recovered_after_the_prefix(tmp_path: Path) 
     assert replay(directory) == records[:-1] + [Record(2, b"new", b"after the tear")]
 
 
-def test_flipped_byte_anywhere_in_a_record_stops_recovery_before_it(tmp_path: Path) -> None:
+def test_flipped_byte_anywhere_in_a_record_loses_only_that_record(tmp_path: Path) -> None:
     records = [Record(3, f"key{i}".encode(), payload_for(i, 30)) for i in range(40)]
     original = tmp_path / "orig"
     asyncio.run(write_journal(original, records, segment_size_bytes=512))
     segments = list_segments(original)
     assert len(segments) >= 3
     # the second record of the second segment
-    first_seg = decode_run(segments[0][1].read_bytes(), SEGMENT_HEADER_SIZE)[0]
-    index = len(first_seg) + 1
+    index = len(segment_records(segments[0][1])) + 1
     record_size = RECORD_OVERHEAD + len(records[index].key) + len(records[index].payload)
-    start = SEGMENT_HEADER_SIZE + record_size  # records in a segment have equal size here
+    before = records[index - 1]
+    start = SEGMENT_HEADER_SIZE + RECORD_OVERHEAD + len(before.key) + len(before.payload)
     name = segments[1][1].name
     for offset in range(start, start + record_size):
         work = tmp_path / f"flip{offset}"
@@ -173,24 +181,37 @@ def test_flipped_byte_anywhere_in_a_record_stops_recovery_before_it(tmp_path: Pa
         data = bytearray((work / name).read_bytes())
         data[offset] ^= 0x5A
         (work / name).write_bytes(bytes(data))
-        assert replay(work) == records[:index], offset
-        remaining = list_segments(work)
-        assert [p.name for _s, p in remaining] == [segments[0][1].name, name], "later segments set aside"
-        assert any(p.name.startswith(segments[2][1].name + ".orphaned-") for p in work.iterdir())
+        journal = Journal(work, segment_size_bytes=512)
+        assert list(journal.recover()) == records[:index] + records[index + 1 :], offset
+        report = journal.recovery_report
+        asyncio.run(journal.close())
+        assert report is not None and len(report.ranges) == 1
+        damaged = report.ranges[0]
+        assert (damaged.segment, damaged.offset, damaged.length) == (segments[1][0], start, record_size)
+        assert report.damaged_bytes == record_size and not damaged.torn_tail
+        assert report.skipped_records == (0 if offset < start + 8 else 1)  # unless the marker was hit
+        assert damaged.aside_path is not None and damaged.aside_path.read_bytes() == bytes(data[start : start + record_size])
+        assert damaged.aside_path.name == f"{name}.damaged-{start}-{record_size}"
+        assert (work / name).read_bytes() == bytes(data), "a sealed segment keeps every byte"
+        assert [p.name for _s, p in list_segments(work)] == [p.name for _s, p in segments], "no segment set aside"
+        assert replay(work) == records[:index] + records[index + 1 :], "the same again"
         shutil.rmtree(work)
 
 
-def test_corrupt_segment_header_sets_that_segment_and_later_ones_aside(tmp_path: Path) -> None:
+def test_corrupt_segment_header_loses_no_record(tmp_path: Path) -> None:
     records = [Record(3, b"k", payload_for(i, 200)) for i in range(30)]
     directory = tmp_path / "j"
     asyncio.run(write_journal(directory, records, segment_size_bytes=1024))
     segments = list_segments(directory)
-    kept = decode_run(segments[0][1].read_bytes(), SEGMENT_HEADER_SIZE)[0]
     data = bytearray(segments[1][1].read_bytes())
     data[3] ^= 1
     segments[1][1].write_bytes(bytes(data))
-    assert replay(directory) == kept
-    assert [s for s, _p in list_segments(directory)] == [segments[0][0]]
+    journal = Journal(directory)
+    assert list(journal.recover()) == records
+    report = journal.recovery_report
+    asyncio.run(journal.close())
+    assert report is not None and [(r.segment, r.offset, r.length) for r in report.ranges] == [(segments[1][0], 0, SEGMENT_HEADER_SIZE)]
+    assert list_segments(directory) == segments
 
 
 def test_newest_segment_with_a_torn_header_is_removed(tmp_path: Path) -> None:
@@ -207,7 +228,7 @@ def test_newest_segment_with_a_torn_header_is_removed(tmp_path: Path) -> None:
 
 
 def _data_end(path: Path) -> int:
-    return decode_run(path.read_bytes(), SEGMENT_HEADER_SIZE)[1]
+    return scan(path.read_bytes(), SEGMENT_HEADER_SIZE, read_marker_file(path.parent)).end
 
 
 def test_segments_are_preallocated_and_sealed_ones_cut_to_their_data(tmp_path: Path) -> None:
@@ -260,7 +281,7 @@ def test_reopened_journal_writes_over_the_zero_tail(tmp_path: Path) -> None:
     assert _data_end(newest) == end + sum(RECORD_OVERHEAD + len(r.key) + len(r.payload) for r in second)
 
 
-def test_zero_length_followed_by_data_is_corruption(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stray_bytes_in_the_zero_tail_are_copied_aside_and_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     records = [Record(1, b"k%d" % i, payload_for(i, 50)) for i in range(10)]
     directory = tmp_path / "j"
     asyncio.run(write_journal(directory, records, segment_size_bytes=4096))
@@ -271,25 +292,30 @@ def test_zero_length_followed_by_data_is_corruption(tmp_path: Path, caplog: pyte
     newest.write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="mesh.journal"):
         assert replay(directory) == records
-    assert any("record length 0" in r.getMessage() for r in caplog.records)
+    assert any("101 damaged bytes" in r.getMessage() for r in caplog.records)
     assert newest.stat().st_size == end, "cut like any torn tail"
+    assert (directory / f"{newest.name}.damaged-{end}-101").read_bytes() == bytes(100) + b"\x07"
 
 
-def test_zero_tail_in_an_older_segment_sets_the_later_ones_aside(tmp_path: Path) -> None:
+def test_zero_tail_in_an_older_segment_is_reported_and_later_segments_replayed(tmp_path: Path) -> None:
     records = [Record(1, b"k%d" % i, payload_for(i, 200)) for i in range(20)]
     directory = tmp_path / "j"
     asyncio.run(write_journal(directory, records, segment_size_bytes=1024))
     segments = list_segments(directory)
     assert len(segments) >= 3
-    first_records = decode_run(segments[0][1].read_bytes(), SEGMENT_HEADER_SIZE)[0]
+    first_records = segment_records(segments[0][1])
     # the first segment's last record never reached the disk, its preallocated zeros did
     path = segments[0][1]
     r = first_records[-1]
     os.truncate(path, path.stat().st_size - (RECORD_OVERHEAD + len(r.key) + len(r.payload)))
     os.truncate(path, 1024)
-    assert replay(directory) == first_records[:-1]
-    assert [s for s, _p in list_segments(directory)] == [segments[0][0]]
-    assert any(p.name.startswith(segments[1][1].name + ".orphaned-") for p in directory.iterdir())
+    journal = Journal(directory)
+    assert list(journal.recover()) == [x for x in records if x != r]
+    report = journal.recovery_report
+    asyncio.run(journal.close())
+    assert report is not None and len(report.ranges) == 1 and "end was lost" in report.ranges[0].reason
+    assert report.ranges[0].aside_path is None, "zeros are not copied"
+    assert list_segments(directory) == segments
 
 
 def test_failed_round_is_zeroed_in_place_and_keeps_the_preallocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -543,7 +569,7 @@ def test_oversized_record_raises_value_error_and_writes_nothing(tmp_path: Path) 
         list(journal.recover())
         journal.start()
         size = journal._writer.data_bytes  # size_bytes includes the preallocated space now
-        with pytest.raises(ValueError, match=r"1011 bytes.*max_record_bytes=1000"):
+        with pytest.raises(ValueError, match=rf"{1001 + RECORD_OVERHEAD} bytes.*max_record_bytes=1000"):
             journal.append(1, b"k", b"x" * 1000)
         journal.append(1, b"k", b"x" * (1000 - RECORD_OVERHEAD - 1))  # exactly at the limit
         await journal.sync()
@@ -869,6 +895,7 @@ def test_journal_that_cannot_cut_a_failed_batch_refuses_further_work(tmp_path: P
 
         monkeypatch.setattr(writer_module.os, "pwrite", pwrite_once)
         monkeypatch.setattr(writer_module.os, "truncate", _enospc)
+        monkeypatch.setattr(journal_module, "RETRY_MIN_S", 3600.0)  # no retry during this test
         journal.append(1, b"k", b"lost")
         with pytest.raises(JournalError, match="ENOSPC"):
             await journal.sync()
@@ -956,32 +983,52 @@ def test_records_appended_before_a_failure_are_dropped_with_it_and_their_sync_fa
 # ---------------------------------------------------------------- the compaction index (pure)
 
 
-def _index(live_per_segment: list[int], records: int = 100) -> LiveKeys:
+def _index(live_bytes: list[int], size: int = 1000) -> LiveKeys:
+    """Sealed segments of ``size`` bytes, each with one live key of ``live_bytes[i]`` bytes (none if 0)."""
     index = LiveKeys()
-    for seq, live in enumerate(live_per_segment, start=1):
+    for seq, live in enumerate(live_bytes, start=1):
         index.open_segment(seq)
-        for k in range(live):
-            index.add(b"%d-%d" % (seq, k), seq)
-        index.seal(seq, 1000, records)
-    index.open_segment(len(live_per_segment) + 1)
+        if live:
+            index.add(b"%d" % seq, seq, live)
+        index.seal(seq, size, 10)
+    index.open_segment(len(live_bytes) + 1)
     return index
 
 
-def test_compaction_plan_deletes_leading_empty_segments_and_rewrites_only_when_worth_it() -> None:
-    assert _index([0, 0, 50]).plan(can_rewrite=True) == ([1, 2], None)  # 1 sealed left: keep it
-    assert _index([0, 50, 50, 50]).plan(can_rewrite=True) == ([1], 2)  # more than 2 sealed left
-    assert _index([5, 50]).plan(can_rewrite=True) == ([], 1)  # 5 live of 100 records: cheap
-    assert _index([0, 50, 50, 50]).plan(can_rewrite=False) == ([1], None)
+def test_compaction_plan_rewrites_only_where_each_rewritten_byte_frees_two() -> None:
+    assert _index([0, 0, 900]).plan(can_rewrite=True) == ([1, 2], None)  # dense: left alone
+    assert _index([0, 600, 600, 600]).plan(can_rewrite=True) == ([1], None)  # all over half live
+    assert _index([400, 900]).plan(can_rewrite=True) == ([], 1)  # 400 live bytes free 1000
+    assert _index([900, 0, 0]).plan(can_rewrite=True) == ([], 1)  # 900 free 3000 (the empties after it)
+    assert _index([0, 300, 0]).plan(can_rewrite=False) == ([1], None)
     assert _index([0, 3, 0]).plan(can_rewrite=True) == ([1], 2)  # never skips past a live one
+    index = _index([600, 600, 100, 100])  # 1, then 1..2 are over half live; 1..3 is not
+    assert index.plan(can_rewrite=True) == ([], 1) and index.rewrite_through == 3
+    index.detach(b"1", 1)
+    index.forget([1])
+    index.by_segment[2].add(b"2")
+    assert index.plan(can_rewrite=True) == ([], 2), "the plan goes on through segment 3"
+
+
+def test_compaction_index_counts_live_bytes_per_segment() -> None:
+    index = _index([0, 0])
+    index.add(b"a", 3, 100)
+    index.grow(b"a", 3, 50)
+    index.add(b"b", 3, 10)
+    assert index.live_bytes[3] == 160
+    index.release(b"a")
+    assert index.live_bytes[3] == 10 and b"a" not in index.key_bytes
 
 
 def test_compaction_index_restores_keys_whose_rewrite_was_lost() -> None:
-    index = _index([2, 0])
-    index.detach(b"1-0", 1)
-    index.detach(b"1-1", 1)
+    index = _index([0, 0])
+    index.add(b"1-0", 1, 40)
+    index.add(b"1-1", 1, 60)
+    rewritten = [(b"1-0", index.detach(b"1-0", 1)), (b"1-1", index.detach(b"1-1", 1))]
     infos = index.forget([1])
-    index.add(b"1-0", 3)  # its rewrite went to the active segment
-    index.restore(infos, 1, [b"1-0", b"1-1"])  # 1-1 was released meanwhile: stays gone
+    index.add(b"1-0", 3, 25)  # its rewrite went to the active segment
+    index.restore(infos, 1, rewritten)  # 1-1 was released meanwhile: stays gone
     assert index.oldest == {b"1-0": 1}
     assert index.by_segment[1] == {b"1-0"} and index.by_segment[3] == set()
+    assert index.live_bytes[1] == 40 and index.live_bytes[3] == 0
     assert 1 in index.sealed
