@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -108,7 +109,10 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
               "ep_task": node.task_endpoint,
               "ep_metrics": config.metrics_endpoint(args.metrics_addr, host, metrics_port),
               "task_endpoint": node.task_endpoint,  # the name older readers use
-              "metrics_port": str(metrics_port or "")})
+              "metrics_port": str(metrics_port or ""),
+              # who registered it: a restart on this host after a SIGKILL is not refused for
+              # the dead run's registration (nodes.registration.claim_node)
+              "host": socket.gethostname(), "pid": str(os.getpid())})
 
     def health() -> tuple[Health, str]:
         if node.draining:

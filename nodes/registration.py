@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 import time
 from collections.abc import Callable, Iterable
 
 from pathlib import Path
 
 from discovery import (Discovery, DiscoveryAuthError, DiscoveryError, DiscoveryUnavailable,
-                       EmbeddedDiscovery, Health, Instance, Watch, private_runtime_dir)
+                       EmbeddedDiscovery, Health, Instance, Watch, ensure_private_dirs,
+                       private_runtime_dir)
+from discovery.embedded import process_alive
 from mesh.errors import InUse
 from mesh.ownership import OwnerLock, claim_node_id
 
@@ -52,35 +56,53 @@ def service_health(service: object, note: str = "serving") -> Callable[[], tuple
 
 
 def node_lock_dir(discovery: Discovery) -> Path:
-    """Where AI nodes of one namespace lock their ids: beside the embedded registry they share
-    (so two test meshes on one host do not collide), else in the per-user runtime dir."""
+    """Where AI nodes of one registry lock their ids (a node id is unique within its registry,
+    so two meshes on one host do not collide): beside the embedded registry they share, else in
+    the per-user runtime dir, one directory per Consul agent address."""
     if isinstance(discovery, EmbeddedDiscovery):
         return discovery.private_subdir(".owners")
-    return private_runtime_dir("owners")
+    registry = str(getattr(discovery, "addr", "") or type(discovery).__name__)
+    return ensure_private_dirs(private_runtime_dir("owners"), re.sub(r"[^A-Za-z0-9_.-]", "_", registry))
 
 
 def claim_node(discovery: Discovery, service: str, node_id: str) -> OwnerLock:
     """Refuse a second AI node with a live `node_id`: one per host by a lock file (released by
     the kernel when its holder dies), and across hosts by the registry: a passing instance of
-    `service` whose meta names the same node id. Raises InUse; an unreachable registry is logged
-    and skipped (the node works without it, as everywhere else)."""
+    `service` whose meta names the same node id. An instance of this host whose pid is gone is a
+    SIGKILLed predecessor's, still passing until its TTL lapses: not in the way (our lock proves
+    it). Raises InUse; a registry that cannot be read is logged and skipped (the node works
+    without it, and registering tells a refused token at once)."""
     advice = "stop it or choose another --node-id"
     lock = claim_node_id(node_lock_dir(discovery), node_id, advice=advice)
     try:
         try:
             _, found = discovery.instances(service, passing_only=True)
-        except DiscoveryUnavailable as exc:
+        except DiscoveryError as exc:
             log.warning("cannot check discovery for another node with id %s: %s", node_id, exc)
             found = []
         for inst in found:
-            if inst.meta.get("node_id") == node_id:
-                raise InUse(f"node id {node_id} is in use by {inst.instance_id} at "
+            if inst.meta.get("node_id") != node_id or _dead_here(inst):
+                continue
+            if inst.meta.get("host") == socket.gethostname() and inst.meta.get("pid"):
+                raise InUse(f"node id {node_id} is in use by pid {inst.meta['pid']} (another AI "
+                            f"node); {advice}", resource=f"node id {node_id}",
+                            holder_pid=int(inst.meta["pid"]))
+            raise InUse(f"node id {node_id} is in use by {inst.instance_id} at "
                             f"{inst.address}:{inst.port}, passing in discovery (another AI node); "
                             f"{advice}", resource=f"node id {node_id}")
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _dead_here(inst: Instance) -> bool:
+    """An instance registered from this host by a process that no longer runs."""
+    try:
+        pid = int(inst.meta.get("pid", ""))
+    except ValueError:
+        return False
+    return inst.meta.get("host") == socket.gethostname() and not process_alive(pid)
 
 
 class Presence:
