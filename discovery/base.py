@@ -8,6 +8,7 @@ an address, a port, tags, string metadata and a health value.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import random
 import re
@@ -96,6 +97,12 @@ def validate_instance(instance: Instance) -> None:
                 f"{what} {value!r} is not a valid name: use letters, digits and . _ : @ -, "
                 "starting with a letter or digit, at most 200 characters"
             )
+    if is_unspecified_address(instance.address):
+        raise DiscoveryError(
+            f"{instance.instance_id!r} advertises address {instance.address!r}, which is not routable "
+            "(a wildcard means 'this host' to whoever reads it): a node must advertise an address other "
+            "nodes can reach, such as its IP or host name"
+        )
     if not (0 <= instance.port <= 65535):
         raise DiscoveryError(f"port {instance.port} of {instance.instance_id!r} is out of range 0..65535")
     if len(instance.meta) > 64:
@@ -111,6 +118,19 @@ def validate_instance(instance: Instance) -> None:
     for tag in instance.tags:
         if not isinstance(tag, str):
             raise DiscoveryError(f"tag {tag!r} of {instance.instance_id!r} must be a string")
+
+
+def is_unspecified_address(address: str) -> bool:
+    """True for 0.0.0.0, ::, [::] and their spellings: a bind wildcard, never a peer's address.
+
+    Consul refuses them as a service address too (400 "Invalid service address")."""
+    text = address.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return text == "*"
 
 
 def membership_key(instances: list[Instance]) -> tuple:

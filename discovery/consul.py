@@ -10,6 +10,16 @@ dev agent, a 404 for the check) or a failed heartbeat makes the next heartbeat r
 Reads: GET /v1/health/service/<name> as a blocking query; each entry's health is the worst of
 its checks (serfHealth included, as Consul's `?passing` does). A read that ACLs emptied
 (X-Consul-Results-Filtered-By-ACLs) raises DiscoveryAuthError instead of looking like "no nodes".
+Consul sends that header only to a request that carries a token, so an empty answer to a
+request without one is logged as a likely missing token when the agent refuses anonymous
+requests (one GET /v1/agent/self tells).
+
+TLS: `verify` (False or a CA file) and `cert` (client certificate and key) go to py-consul as
+they are. A certificate the other side refuses, or a plain-HTTP agent behind an https://
+address, is a DiscoveryAuthError / DiscoveryError with the reason, not "unreachable".
+
+The ACL token travels only in the X-Consul-Token header (py-consul's way): it is in no URL
+we build, so in no log line of ours or of urllib3, and in no error message (tested).
 
 py-consul quirks handled here:
 - `Check.ttl()` takes no deregister argument: DeregisterCriticalServiceAfter is added by hand.
@@ -28,8 +38,10 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
-import urllib.parse
+import time
+from collections.abc import Callable
 from typing import Any
 
 import consul
@@ -75,14 +87,22 @@ class ConsulDiscovery:
         *,
         timeout_s: float = 5.0,
         verify: bool | str = True,
+        cert: tuple[str, str] | str | None = None,
         datacenter: str | None = None,
+        missing_token_log_every_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._scheme, self._host, self._port = parse_addr(addr)
         self.addr = f"{self._scheme}://{self._host}:{self._port}"
         self._token = token or None
         self._timeout_s = timeout_s
         self._verify = verify
+        self._cert = cert
         self._datacenter = datacenter
+        self._clock = clock
+        self._missing_token_log_every_s = missing_token_log_every_s
+        self._empty_logged: dict[str, float] = {}  # service -> when an empty answer was last logged
+        self._anonymous_refused: bool | None = None
         self._local = threading.local()
         self._clients: list[consul.Consul] = []
         self._lock = threading.Lock()
@@ -106,6 +126,7 @@ class ConsulDiscovery:
                     port=self._port,
                     scheme=self._scheme,
                     verify=self._verify,
+                    cert=self._cert,
                     dc=self._datacenter,
                     connections_timeout=self._timeout_s,
                 )
@@ -119,6 +140,9 @@ class ConsulDiscovery:
         try:
             return fn(*args, **kwargs)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            tls = _ssl_error(exc)
+            if tls is not None:
+                raise self._tls_error(what, tls) from exc
             kind = "did not answer in time" if isinstance(exc, requests.exceptions.Timeout) else "is unreachable"
             raise DiscoveryUnavailable(
                 f"Consul agent at {self.addr} {kind} ({what}): {type(exc).__name__}; "
@@ -128,8 +152,8 @@ class ConsulDiscovery:
             given = "the ACL token given" if self._token else "the anonymous token (no token given)"
             raise DiscoveryAuthError(
                 f"Consul refused {given} for {what} at {self.addr}: {_body(exc)}. Pass a token with "
-                "service:write on the service (and service:read, node:read to watch) as "
-                "consul://host:port?token=... (nodes/ reads it from CONSUL_HTTP_TOKEN)"
+                "service:write on the service (and service:read, node:read to watch) in "
+                "CONSUL_HTTP_TOKEN or a file named by CONSUL_HTTP_TOKEN_FILE"
             ) from exc
         except (BadRequest, ClientError, NotFound) as exc:
             raise DiscoveryError(f"Consul at {self.addr} rejected {what}: {exc}") from exc
@@ -137,6 +161,27 @@ class ConsulDiscovery:
             raise DiscoveryUnavailable(f"Consul agent at {self.addr} failed {what}: {exc}") from exc
         except requests.exceptions.RequestException as exc:
             raise DiscoveryUnavailable(f"Consul agent at {self.addr}: {what} failed: {exc}") from exc
+
+    def _tls_error(self, what: str, exc: ssl.SSLError) -> DiscoveryError:
+        """A TLS failure as an error that says which side refused what and what to set."""
+        reason = str(getattr(exc, "reason", None) or "").upper()
+        detail = reason.lower().replace("_", " ") or str(exc)
+        if getattr(exc, "verify_message", None):
+            detail = f"certificate verify failed: {exc.verify_message}"
+        head = f"TLS with the Consul agent at {self.addr} failed ({what}): {detail}"
+        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in reason:
+            return DiscoveryAuthError(
+                f"{head}. The agent's certificate is not signed by the CA we trust or does not name "
+                f"{self._host}: set CONSUL_CACERT to the CA that signed it"
+            )
+        if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:  # an alert from the agent about our cert
+            return DiscoveryAuthError(
+                f"{head}. The agent refused our client certificate (or got none): set CONSUL_CLIENT_CERT "
+                "and CONSUL_CLIENT_KEY to a certificate signed by the agent's CA"
+            )
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+            return DiscoveryError(f"{head}. Is the agent serving HTTPS on this port? Use http:// if it is not")
+        return DiscoveryUnavailable(head)
 
     # -- Discovery ----------------------------------------------------------------------------
 
@@ -176,6 +221,10 @@ class ConsulDiscovery:
         except (TypeError, ValueError):
             raise DiscoveryUnavailable(f"Consul at {self.addr} sent a bad X-Consul-Index {new_index!r}") from None
         found = [_to_instance(service, entry) for entry in entries or []]
+        if not entries and not filtered and self._token is None:
+            self._note_empty_without_token(service)
+        elif entries:
+            self._empty_logged.pop(service, None)
         if passing_only:
             found = [inst for inst in found if inst.health == Health.PASSING]
         if filtered:
@@ -190,6 +239,41 @@ class ConsulDiscovery:
                 self._warned_filtered.add(service)
                 log.warning("%s; the list may be incomplete", message)
         return parsed_index, found
+
+    def _note_empty_without_token(self, service: str) -> None:
+        """Log, at most every few minutes, that an empty answer may be ACLs hiding everything.
+
+        Consul sets X-Consul-Results-Filtered-By-ACLs only for a request with a token (not to
+        leak what exists), so with ACLs on (default deny) and no token every list is empty and
+        unmarked: the mesh would see "no nodes" forever. Quiet when the agent answers anonymous
+        requests (ACLs off): then empty means empty."""
+        now = self._clock()
+        last = self._empty_logged.get(service)
+        if last is not None and now - last < self._missing_token_log_every_s:
+            return
+        self._empty_logged[service] = now
+        if self._anonymous_refused is None:
+            self._anonymous_refused = self._probe_anonymous()
+        if self._anonymous_refused is False:
+            return
+        acl = ("refuses requests without a token (ACLs are on)" if self._anonymous_refused
+               else "may have ACLs on")
+        log.warning(
+            "Consul at %s returned no instances of %r and no ACL-filter header, and %s: Consul marks no "
+            "answer to a request without a token as filtered, so the list may be hidden, not empty. "
+            "Is CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) set? The token needs service:read and node:read",
+            self.addr, service, acl,
+        )
+
+    def _probe_anonymous(self) -> bool | None:
+        """True if the agent refuses an anonymous GET /v1/agent/self, False if it answers, None if unknown."""
+        try:
+            self.call("GET /v1/agent/self", self.client().http.get, CB.json(), "/v1/agent/self")
+        except DiscoveryAuthError:
+            return True
+        except DiscoveryError:
+            return None
+        return False
 
     def close(self) -> None:
         with self._lock:
@@ -212,6 +296,21 @@ def _health_callback(response) -> tuple[str | None, Any, bool]:
         raise consul.ConsulException(f"Missing index header: {dict(response.headers)}")
     filtered = str(response.headers.get("X-Consul-Results-Filtered-By-ACLs", "")).lower() == "true"
     return response.headers["X-Consul-Index"], data, filtered
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError under a requests/urllib3 error, if any (they nest it in args and .reason)."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError):
+            return cur
+        todo += [*cur.args, getattr(cur, "reason", None), cur.__cause__, cur.__context__]
+    return None
 
 
 def _body(exc: Exception) -> str:

@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout)
     app = load_app(args.app)
-    discovery = open_discovery(config.discovery_url(args))
+    discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
         # One live AI node per explicit id, refused before anything binds. A generated id
         # (host and pid) is unique already.

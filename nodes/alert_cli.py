@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace, labels: dict[str, str] | None = None) ->
         seq = publisher.publish(args.kind, args.severity, args.source,
                                 args.payload.encode(), labels or None)
         if not args.no_discovery:
-            discovery = open_discovery(config.discovery_url(args))
+            discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
             presence = Presence(discovery, alert_instance(publisher))
             await presence.start()
         print(json.dumps({"published": {"publisher_id": publisher_id, "seq": seq,

@@ -9,7 +9,7 @@ import os
 import socket
 from importlib import metadata
 
-from discovery import consul_url_from_env
+from discovery import ConsulSettings, consul_settings_from_env, consul_url_from_env
 from mesh.errors import ConfigError
 
 log = logging.getLogger("mesh.node.config")
@@ -22,11 +22,43 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="embedded:///dir | static://svc=h:p,... | consul://host:port "
                              "(default: $MESH_DISCOVERY, then Consul if CONSUL_HTTP_ADDR is set, "
                              "else the embedded registry)")
+    add_consul(parser)
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics here (0 = any free port; default: off "
                              "unless $MESH_METRICS_PORT)")
     parser.add_argument("--metrics-addr", default="127.0.0.1")
     parser.add_argument("--log-level", default=None)
+
+
+def add_consul(parser: argparse.ArgumentParser) -> None:
+    """Consul credentials and TLS files. There is deliberately no flag taking the token itself:
+    a command line shows in `ps` to every user of the host."""
+    group = parser.add_argument_group("Consul (also CONSUL_HTTP_TOKEN[_FILE], CONSUL_CACERT, "
+                                      "CONSUL_CLIENT_CERT/KEY, CONSUL_HTTP_SSL[_VERIFY])")
+    group.add_argument("--consul-token-file", default=None, metavar="PATH",
+                       help="file holding the ACL token (default: $CONSUL_HTTP_TOKEN_FILE, "
+                            "else $CONSUL_HTTP_TOKEN)")
+    group.add_argument("--consul-cacert", default=None, metavar="PATH",
+                       help="CA to verify the agent's HTTPS certificate with (default: $CONSUL_CACERT)")
+    group.add_argument("--consul-client-cert", default=None, metavar="PATH",
+                       help="client certificate for an agent that verifies incoming HTTPS "
+                            "(default: $CONSUL_CLIENT_CERT)")
+    group.add_argument("--consul-client-key", default=None, metavar="PATH",
+                       help="its key (default: $CONSUL_CLIENT_KEY)")
+
+
+def consul_settings(args: argparse.Namespace) -> ConsulSettings:
+    """Token and TLS for a consul:// discovery URL, from flags then Consul's variables (nothing is
+    read for another backend). Raises DiscoveryError, as open_discovery does, for a missing file."""
+    if not (discovery_url(args) or "").lower().startswith("consul://"):
+        return ConsulSettings()
+    return consul_settings_from_env(
+        os.environ,
+        token_file=getattr(args, "consul_token_file", None),
+        ca_file=getattr(args, "consul_cacert", None),
+        client_cert=getattr(args, "consul_client_cert", None),
+        client_key=getattr(args, "consul_client_key", None),
+    )
 
 
 def add_registration(parser: argparse.ArgumentParser, *, service: str, watched_flag: str,

@@ -101,7 +101,7 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
     if port is not None:
         server, _, metrics_port = serve(helper.metrics.registry, port, args.metrics_addr)
     try:
-        discovery = open_discovery(config.discovery_url(args))
+        discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     except DiscoveryError:
         await helper.stop()
         raise

@@ -125,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
     alert_watch = None
     stopping = False
     if not args.no_discovery:
-        discovery = open_discovery(config.discovery_url(args))
+        discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
 
         def on_publishers(found: list[Instance]) -> None:
             if stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -41,6 +42,27 @@ def agent():
 @pytest.fixture
 def acl_agent():
     fake = FakeConsulAgent(acl_token="s3cret-token", min_deregister_critical_s=0.0).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A throwaway CA with a server certificate for 127.0.0.1 and client certificates."""
+    from tls_certs import make_pki
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_agent(pki):
+    """A fake agent on HTTPS that requires a client certificate signed by the test CA
+    (Consul's verify_incoming + verify_server_hostname setup)."""
+    fake = FakeConsulAgent(min_deregister_critical_s=0.0, tls=pki.server_context()).start()
     try:
         yield fake
     finally:

@@ -14,19 +14,36 @@ Implemented (shapes follow hashicorp/consul api-docs agent/service, agent/check,
 - TTL checks turn critical when not fed ("TTL expired (last output before timeout follows): ...");
   DeregisterCriticalServiceAfter removes the service (minimum `min_deregister_critical_s`,
   60 s like Consul unless a test shortens it).
-- ACLs when started with `acl_token`: writes without a token get 403 "Permission denied: anonymous
-  token lacks permission ..."; a wrong token gets 403 "ACL not found"; reads without a token
-  return an empty, filtered result with X-Consul-Results-Filtered-By-ACLs (as default-deny does).
+- ACLs (default deny) when started with `acl_token` (a token allowed everything): writes without
+  a token get 403 "Permission denied: anonymous token lacks permission ..."; an unknown token gets
+  403 "ACL not found"; `limited_token` is a known token with no rules (403 "Permission denied:
+  token with AccessorID ... lacks permission" on writes). List reads a token may not see come back
+  empty, and X-Consul-Results-Filtered-By-ACLs: true is set only when the request carried a token:
+  Consul leaves it off for anonymous requests so as not to leak what exists (agent_endpoint.go,
+  "only if the user is authenticated"). GET /v1/agent/self needs agent:read (403 otherwise).
+  The token is read as Consul's parseToken does: ?token= first, then X-Consul-Token, then
+  Authorization: Bearer.
+- A service address of 0.0.0.0, :: or [::] is refused with 400 "Invalid service address".
+- TLS when started with `tls=` an ssl.SSLContext (server side; CERT_REQUIRED to ask for client
+  certificates); a plain HTTP request to it gets Go's 400 "Client sent an HTTP request to an
+  HTTPS server."
 
 Test controls: start() / stop() (start again binds the same port and, like a dev agent, starts
-with empty state and index 1 unless persist=True), services(), checks(), index, requests,
-set_node_health(), hang() to stop answering (a wedged agent).
+with empty state and index 1 unless persist=True: then, like an agent with a data dir and
+servers that kept the catalog, registrations, check states and the index survive),
+services(), checks(), index, set_index() (a snapshot restore: the index goes backwards, state
+stays), requests, set_node_health(), hang() to stop answering (a wedged agent),
+fail_next(n) to answer the next n catalog/health reads with 500 "No cluster leader" (agent-local
+endpoints such as register and check updates keep working without a leader, as in Consul).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -141,8 +158,13 @@ class FakeConsulAgent:
         reaper_interval_s: float = 0.02,
         persist: bool = False,
         node: str = "fake-node",
+        tls: ssl.SSLContext | None = None,
+        limited_token: str | None = None,
     ) -> None:
         self.acl_token = acl_token
+        self.limited_token = limited_token
+        self.tls = tls
+        self._failures: list[tuple[int, str, str]] = []  # (status, body, path prefix), consumed in order
         self.min_deregister_critical_s = min_deregister_critical_s
         self.reaper_interval_s = reaper_interval_s
         self.persist = persist
@@ -175,7 +197,8 @@ class FakeConsulAgent:
         self._hung.clear()
         self._hang_requests = False
         handler = type("Handler", (_Handler,), {"agent": self})
-        server = ThreadingHTTPServer((self.host, self.port), handler)
+        server = _Server((self.host, self.port), handler)
+        server.tls = self.tls
         server.daemon_threads = False  # server_close() joins every request thread
         self.port = server.server_address[1]
         self._server = server
@@ -224,7 +247,29 @@ class FakeConsulAgent:
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{'https' if self.tls else 'http'}://{self.addr}"
+
+    def fail_next(self, n: int, status: int = 500, body: str = "No cluster leader", prefix: str = "/v1/health/") -> None:
+        """Answer the next `n` requests under `prefix` with `status` and `body`.
+
+        Default: a lost leader. Consul's reads go to the servers and fail with 500 "No cluster
+        leader"; /v1/agent/* endpoints are served by the local agent and keep working."""
+        with self._cond:
+            self._failures += [(status, body, prefix)] * n
+
+    def set_index(self, index: int) -> None:
+        """Move the index (e.g. backwards: a snapshot restore) and wake blocked queries."""
+        with self._cond:
+            self._index = max(1, index)
+            self._cond.notify_all()
+
+    def _injected_failure(self, path: str) -> tuple[int, str] | None:
+        with self._cond:
+            for n, (status, body, prefix) in enumerate(self._failures):
+                if path.startswith(prefix):
+                    del self._failures[n]
+                    return status, body
+        return None
 
     # -- state for tests --------------------------------------------------------------------
 
@@ -345,9 +390,22 @@ class FakeConsulAgent:
                     "is used implicitly when a request does not specify a token.",
                 )
             return False
+        if token == self.limited_token:
+            if write:
+                raise ApiError(
+                    403,
+                    f"Permission denied: token with AccessorID '00000000-0000-4000-8000-00000000000b' lacks "
+                    f"permission '{resource}'",
+                )
+            return False
         if token != self.acl_token:
             raise ApiError(403, "ACL not found")
         return True
+
+    @staticmethod
+    def filtered_headers(token: str | None, allowed: bool) -> dict[str, str]:
+        """Consul marks a filtered answer only for a request that carried a token."""
+        return {} if allowed or not token else {"X-Consul-Results-Filtered-By-ACLs": "true"}
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: bytes, token: str | None):
         """Return (status, headers, json-able body or None)."""
@@ -355,9 +413,16 @@ class FakeConsulAgent:
         if parts[:1] != ["v1"]:
             raise ApiError(404, "404 page not found")
         route = parts[1:]
+        failure = self._injected_failure(path)
+        if failure is not None:
+            raise ApiError(*failure)
         if method == "PUT" and route[:3] == ["agent", "service", "register"]:
             data = self._json(body)
             name = str(_norm(data).get("name") or "")
+            if not name:
+                raise ApiError(400, "Missing service name")
+            if _is_any(str(_norm(data).get("address") or "")):
+                raise ApiError(400, "Invalid service address")
             self.authorize(token, True, f'service:write\' on "{name}')
             return self.register_service(data, replace=query.get("replace-existing-checks", ["false"])[0] == "true")
         if method == "PUT" and route[:3] == ["agent", "service", "deregister"] and len(route) == 4:
@@ -397,14 +462,16 @@ class FakeConsulAgent:
             return 200, {}, None
         if method == "GET" and route == ["agent", "services"]:
             if not self.authorize(token, False, "service:read"):
-                return 200, {"X-Consul-Results-Filtered-By-ACLs": "true"}, {}
+                return 200, self.filtered_headers(token, False), {}
             return 200, {}, self.services()
         if method == "GET" and route == ["agent", "checks"]:
             if not self.authorize(token, False, "node:read"):
-                return 200, {"X-Consul-Results-Filtered-By-ACLs": "true"}, {}
+                return 200, self.filtered_headers(token, False), {}
             return 200, {}, self.checks()
         if method == "GET" and route == ["agent", "self"]:
-            self.authorize(token, False, "agent:read")
+            if not self.authorize(token, False, "agent:read"):
+                who = "anonymous token" if not token else "token with AccessorID '00000000-0000-4000-8000-00000000000b'"
+                raise ApiError(403, f"Permission denied: {who} lacks permission 'agent:read' on \"{self.node}\"")
             return 200, {}, {"Config": {"NodeName": self.node, "Datacenter": "dc1"}, "Member": {"Name": self.node}}
         if method == "GET" and route[:2] == ["health", "service"] and len(route) == 3:
             return self.health_service(route[2], query, token)
@@ -504,8 +571,7 @@ class FakeConsulAgent:
                         }
                     )
         headers = {"X-Consul-Index": str(index), "X-Consul-Knownleader": "true", "X-Consul-Lastcontact": "0"}
-        if not allowed:
-            headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+        headers.update(self.filtered_headers(token, allowed))
         return 200, headers, entries
 
     def _serf_check(self) -> dict:
@@ -526,6 +592,64 @@ class FakeConsulAgent:
         }
 
 
+def _is_any(address: str) -> bool:
+    """Consul's ipaddr.IsAny: 0.0.0.0, :: and [::]."""
+    text = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        return ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return False
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with optional TLS; the handshake runs on the request's own thread, so a
+    client that never completes it blocks nobody else."""
+
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:  # noqa: ANN001
+        if self.tls is not None:
+            request.settimeout(10)
+            try:
+                first = request.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return
+            if first and first != b"\x16":  # not a TLS handshake record: plain HTTP, as Go answers it
+                try:
+                    request.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                except OSError:
+                    pass
+                return
+            request = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                # A refused client certificate, an unknown CA...: OpenSSL has sent the alert. Close
+                # gracefully (FIN, then drain what the client sent) so that a reset does not
+                # overtake the alert, which a TLS 1.3 client reads only after sending its request.
+                _drain_and_close(request)
+                return
+            request.settimeout(None)
+            try:
+                super().finish_request(request, client_address)
+            finally:
+                request.close()  # the plain socket was detached into the TLS one
+            return
+        super().finish_request(request, client_address)
+
+
+def _drain_and_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)  # on an SSLSocket this drops TLS and shuts the TCP side
+        sock.settimeout(1.0)
+        while socket.socket.recv(sock, 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     agent: FakeConsulAgent
     protocol_version = "HTTP/1.0"  # one request per connection: stop() never waits on keep-alive
@@ -539,11 +663,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        token = self.headers.get("X-Consul-Token")
+        # Consul's parseToken: the ?token= query parameter wins, then X-Consul-Token, then Bearer.
+        token = query["token"][0] if "token" in query else self.headers.get("X-Consul-Token")
         if token is None and self.headers.get("Authorization", "").startswith("Bearer "):
             token = self.headers["Authorization"][7:]
-        if token is None and "token" in query:
-            token = query["token"][0]
         agent.requests.append((method, url.path, query, token))
         if agent._hang_requests:
             agent._hung.wait()  # until stop()

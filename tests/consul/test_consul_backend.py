@@ -9,6 +9,7 @@ import time
 import pytest
 
 from discovery import (
+    ConsulSettings,
     DiscoveryAuthError,
     DiscoveryUnavailable,
     Health,
@@ -223,14 +224,15 @@ def test_wrong_acl_token_raises_auth_error_with_a_clear_message(acl_agent):
 
 def test_a_read_emptied_by_acls_is_an_auth_error_not_an_empty_list(acl_agent):
     good = ConsulDiscovery(acl_agent.addr, token="s3cret-token", timeout_s=2.0)
-    anon = ConsulDiscovery(acl_agent.addr, timeout_s=2.0)
+    limited = ConsulDiscovery(acl_agent.addr, token="no-rules-token", timeout_s=2.0)
+    acl_agent.limited_token = "no-rules-token"
     try:
         good.register(ai(1))
-        with pytest.raises(DiscoveryAuthError, match="hid instances of 'mesh-ai'.*service:read"):
-            anon.instances("mesh-ai")
+        with pytest.raises(DiscoveryAuthError, match="hid instances of 'mesh-ai' from the ACL token given.*service:read"):
+            limited.instances("mesh-ai")
     finally:
         good.close()
-        anon.close()
+        limited.close()
 
 
 def test_environment_is_not_read(agent, monkeypatch):
@@ -245,7 +247,7 @@ def test_environment_is_not_read(agent, monkeypatch):
 
 
 def test_open_discovery_consul_url(acl_agent):
-    d = open_discovery(f"consul://{acl_agent.addr}?token=s3cret-token&timeout_s=1.5")
+    d = open_discovery(f"consul://{acl_agent.addr}?timeout_s=1.5", consul=ConsulSettings(token="s3cret-token"))
     try:
         assert isinstance(d, ConsulDiscovery)
         d.register(ai(1))

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from discovery import Health, Instance, consul_url_from_env, open_discovery
+from discovery import Health, Instance, consul_settings_from_env, consul_url_from_env, open_discovery
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.consul_real, pytest.mark.timeout(120)]
@@ -24,7 +24,7 @@ if URL is None:
 
 @pytest.fixture
 def disco():
-    d = open_discovery(URL)
+    d = open_discovery(URL, consul=consul_settings_from_env(os.environ))
     yield d
     d.close()
 

@@ -74,8 +74,9 @@ def test_open_discovery_rejects_unknown_schemes():
 def test_consul_url_from_env():
     assert consul_url_from_env({}) is None
     assert consul_url_from_env({"CONSUL_HTTP_ADDR": "10.1.2.3:8500"}) == "consul://10.1.2.3:8500"
+    # the token is never put in the URL: consul_settings_from_env carries it
     assert consul_url_from_env({"CONSUL_HTTP_ADDR": "http://c:8501", "CONSUL_HTTP_TOKEN": "s3cr/t"}) == (
-        "consul://c:8501?token=s3cr%2Ft"
+        "consul://c:8501"
     )
     assert consul_url_from_env({"CONSUL_HTTP_ADDR": "https://c:8501"}) == "consul://c:8501?scheme=https"
     assert consul_url_from_env({"CONSUL_HTTP_ADDR": "c", "CONSUL_HTTP_SSL": "true"}) == (
@@ -88,6 +89,7 @@ def test_consul_url_from_env():
 def test_redact_url_hides_the_token():
     assert redact_url("consul://c:8500?token=secret&scheme=https") == "consul://c:8500?token=***&scheme=https"
     assert redact_url("consul://c:8500") == "consul://c:8500"
+    assert redact_url("consul://tok3n@c:8500/") == "consul://***@c:8500/"
 
 
 @pytest.mark.parametrize(
