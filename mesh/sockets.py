@@ -12,7 +12,13 @@ import logging
 import zmq
 import zmq.asyncio
 
+from mesh.trust import ClientLink, KeyPair, ServerLink
+
 log = logging.getLogger("mesh.sockets")
+
+#: what a factory's `link=` takes: a ServerLink for a binding socket, a ClientLink for a
+#: connecting one, or None for a plain link (`--insecure`; Trust hands out None then)
+Link = ServerLink | ClientLink | None
 
 #: how long a closing socket may try to deliver what it still holds. Tasks never rely on it (the
 #: journal is the source of truth), acks and replies get a moment.
@@ -52,6 +58,49 @@ def _common(sock: zmq.Socket, max_message_bytes: int | None) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
 
 
+def curve_server(sock: zmq.Socket, keypair: KeyPair, domain: str) -> None:
+    """Make a not yet bound socket a CURVE server whose clients the ZAP handler of `domain`
+    admits (mesh.trust.Trust.server starts that handler). Set before bind: ZeroMQ reads the
+    mechanism when a connection is made."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keypair.secret_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keypair.public_key)
+    sock.setsockopt(zmq.ZAP_DOMAIN, str(domain).encode())
+    # Fail closed: without this, a context with no ZAP handler lets every CURVE key in.
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+
+def curve_client(sock: zmq.Socket, keypair: KeyPair, server_public_key: bytes | str) -> None:
+    """Make a not yet connected socket a CURVE client of the server holding the secret of
+    `server_public_key` (Z85): the handshake fails against any other server."""
+    if isinstance(server_public_key, str):
+        server_public_key = server_public_key.encode("ascii")
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_public_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keypair.public_key)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keypair.secret_key)
+
+
+def secure(sock: zmq.Socket, link: Link) -> None:
+    """Apply a link's security before bind/connect; None leaves the link plain."""
+    if link is None:
+        return
+    if isinstance(link, ServerLink):
+        curve_server(sock, link.keypair, link.domain)
+    elif isinstance(link, ClientLink):
+        curve_client(sock, link.keypair, link.server_key)
+    else:
+        raise TypeError(f"link must be a ServerLink, a ClientLink or None, not {link!r}")
+
+
+def user_id(frame: zmq.Frame) -> str:
+    """The ZAP User-Id ZeroMQ attached to a frame received with copy=False ("" on a plain
+    link); mesh.trust.role_of reads the role from it."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:  # EINVAL: no ZAP metadata on this connection
+        return ""
+
+
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the real endpoint (port 0 -> the port the OS chose). A socket that
     cannot bind is closed at once, not left to the garbage collector."""
@@ -63,33 +112,42 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def intake_router(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int) -> tuple:
+def intake_router(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int, *,
+                  link: Link = None) -> tuple:
     sock = ctx.socket(zmq.ROUTER)
     _common(sock, max_message_bytes)
-    # Replies to a client that went away must not block the intake; ROUTER drops them (counted
-    # by the client's own timeout and idempotent resubmit).
-    sock.setsockopt(zmq.SNDHWM, 100_000)
+    # Replies to a client that went away or does not read must never block the intake nor pile
+    # up: at 10,000 unread replies per client a send fails at once; MANDATORY makes both cases
+    # an error the Helper counts (EAGAIN: not reading; EHOSTUNREACH: gone) instead of a silent
+    # drop, and tells it which clients are gone (their long-polls are dropped).
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.RCVHWM, 100_000)
+    secure(sock, link)
     return sock, bind(sock, endpoint)
 
 
-def ack_pull(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int) -> tuple:
+def ack_pull(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int, *,
+             link: Link = None) -> tuple:
     sock = ctx.socket(zmq.PULL)
     _common(sock, max_message_bytes)
     # Acks are small and bounded by credit; a generous HWM keeps nodes from blocking on us.
     sock.setsockopt(zmq.RCVHWM, 100_000)
+    secure(sock, link)
     return sock, bind(sock, endpoint)
 
 
-def task_pull(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int) -> tuple:
+def task_pull(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int, *,
+              link: Link = None) -> tuple:
     sock = ctx.socket(zmq.PULL)
     _common(sock, max_message_bytes)
     # Helpers send only against credit, so this never holds more than concurrency + prefetch.
     sock.setsockopt(zmq.RCVHWM, 10_000)
+    secure(sock, link)
     return sock, bind(sock, endpoint)
 
 
-def dispatch_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def dispatch_push(ctx: zmq.Context, endpoint: str, *, link: Link = None) -> zmq.Socket:
     """One PUSH per AI node: the Helper chooses the node, ZeroMQ never round-robins blindly."""
     sock = ctx.socket(zmq.PUSH)
     _common(sock, None)
@@ -100,11 +158,12 @@ def dispatch_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, 10_000)
     # Closing a dead node's socket must drop what it holds at once: those tasks are re-queued.
     sock.setsockopt(zmq.LINGER, 0)
+    secure(sock, link)
     sock.connect(endpoint)
     return sock
 
 
-def ack_push(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
+def ack_push(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None) -> zmq.Socket:
     """An AI node's channel to one Helper's ack endpoint."""
     sock = ctx.socket(zmq.PUSH)
     _common(sock, None)
@@ -113,50 +172,63 @@ def ack_push(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
     # what does not fit is recovered by redelivery and the node's de-duplication window.
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.LINGER, 1000)
+    secure(sock, link)
     sock.connect(endpoint)
     return sock
 
 
-def client_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def client_dealer(ctx: zmq.Context, endpoint: str, *, link: Link = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     _common(sock, None)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     # Requests queued while the Helper is away go out when it is back; a submit is idempotent.
     sock.setsockopt(zmq.LINGER, 0)
+    secure(sock, link)
     sock.connect(endpoint)
     return sock
 
 
-def alert_pub(ctx: zmq.asyncio.Context, endpoint: str) -> tuple:
+def alert_pub(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None) -> tuple:
     sock = ctx.socket(zmq.PUB)
     _common(sock, 1 * 2**20)
     # PUB drops at HWM; the sequence numbers and the replay endpoint recover what a slow
     # subscriber missed, so a large HWM only buys time.
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.LINGER, 500)
+    secure(sock, link)
     return sock, bind(sock, endpoint)
 
 
-def alert_sub(ctx: zmq.asyncio.Context) -> zmq.Socket:
+def alert_sub(ctx: zmq.asyncio.Context, *, link: Link = None) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     _common(sock, 1 * 2**20)
     sock.setsockopt(zmq.RCVHWM, 100_000)
+    secure(sock, link)
     return sock
 
 
-def replay_router(ctx: zmq.asyncio.Context, endpoint: str) -> tuple:
+def replay_router(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None) -> tuple:
     sock = ctx.socket(zmq.ROUTER)
     _common(sock, 64 * 1024)
+    secure(sock, link)
     return sock, bind(sock, endpoint)
 
 
-def replay_dealer(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.Socket:
+def replay_dealer(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     _common(sock, 64 * 2**20)
     sock.setsockopt(zmq.LINGER, 0)
+    secure(sock, link)
     sock.connect(endpoint)
     return sock
+
+
+def connect(sock: zmq.Socket, endpoint: str, link: Link = None) -> None:
+    """Connect with this connection's own security: CURVE options are read at connect time,
+    so one SUB can pin a different publisher key for each publisher it connects to."""
+    secure(sock, link)
+    sock.connect(endpoint)
 
 
 def port_of(endpoint: str) -> int:
@@ -174,13 +246,19 @@ class FrameReader:
     afterwards, because a send can consume the edge of a message that arrived meanwhile.
     One owner: the loop thread. `stop()` removes the reader; closing the socket is the
     owner's business.
+
+    With `with_user_id=True` the callback gets `(message, user_id)`: the sender's ZAP
+    User-Id ("ROLE:KEY" on a CURVE link, "" on a plain one), read from the frame's metadata
+    (frames are received with copy=False for it). Pass it to `Trust.permits`.
     """
 
     def __init__(self, sock: zmq.Socket, on_message, *, multipart: bool = False,  # noqa: ANN001
-                 batch_max: int = 1000, on_batch_end=None) -> None:  # noqa: ANN001
+                 batch_max: int = 1000, on_batch_end=None,  # noqa: ANN001
+                 with_user_id: bool = False) -> None:
         self._sock = sock
         self._on_message = on_message
         self._multipart = multipart
+        self._with_user_id = with_user_id
         self._batch_max = batch_max
         self._on_batch_end = on_batch_end
         self._loop = None
@@ -208,6 +286,12 @@ class FrameReader:
             return
         sock = self._sock
         recv = sock.recv_multipart if self._multipart else sock.recv
+        on_message = self._on_message
+        if self._with_user_id:
+            recv = self._recv_frames if self._multipart else self._recv_frame
+
+            def on_message(pair: tuple, deliver=self._on_message) -> None:  # noqa: ANN001
+                deliver(*pair)
         events = sock.getsockopt
         count = 0
         # Ask before each read rather than read until zmq.Again: raising and catching that
@@ -219,7 +303,7 @@ class FrameReader:
                 break
             count += 1
             try:
-                self._on_message(message)
+                on_message(message)
             except Exception:  # a bug in one handler must not stop the socket's reader
                 log.exception("handling a message failed")
         if count and self._on_batch_end is not None:
@@ -229,3 +313,11 @@ class FrameReader:
                 log.exception("handling a batch failed")
         if count >= self._batch_max:
             self.wake()  # more may wait: come back after the loop's other work
+
+    def _recv_frame(self, flags: int) -> tuple[bytes, str]:
+        frame = self._sock.recv(flags, copy=False)
+        return frame.bytes, user_id(frame)
+
+    def _recv_frames(self, flags: int) -> tuple[list[bytes], str]:
+        frames = self._sock.recv_multipart(flags, copy=False)
+        return [f.bytes for f in frames], user_id(frames[-1])

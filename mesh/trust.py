@@ -49,6 +49,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from mesh.errors import ConfigError
@@ -512,8 +513,19 @@ class _Authenticator(AsyncioAuthenticator):
         super().__init__(context, log=logging.getLogger("mesh.trust.zap"))
         self._trust = trust
 
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # pyzmq's handler task ends at the first exception, and every handshake after it would
+        # wait forever: refuse this one, keep serving.
+        try:
+            await super().handle_zap_message(msg)
+        except Exception:
+            log.exception("ZAP request failed; the connection is refused")
+            if len(msg) >= 2:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._send_zap_reply(msg[1], b"500", b"Internal error")
+
     def curve_user_id(self, client_public_key: bytes) -> str:
-        key = zmq.z85.encode(client_public_key)
+        key = z85.encode(client_public_key)
         role = self._trust.store.role_of_key(key)
         return f"{role.value if role else '?'}:{key.decode('ascii')}"
 
