@@ -1,0 +1,93 @@
+"""`mesh keys`: make and place CURVE keys; and the flags every node uses to pick its Trust.
+
+    mesh keys new --role ROLE --out DIR [--name NAME]   a key pair: NAME.key, NAME.key_secret
+    mesh keys local [--store DIR]                       the single-host store, made if missing
+    mesh keys allow --role ROLE FILE.key [--store DIR]  trust a public key as ROLE
+
+Where keys live (the only place that reads the environment for it): --keys/--store, else
+$MESH_KEY_DIR, else $XDG_DATA_HOME/mesh/keys, else ~/.local/share/mesh/keys. A persistent
+directory, not $XDG_RUNTIME_DIR: keys copied to other hosts must outlive a reboot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mesh.trust import KeyStore, Role, Trust, load_certificate, write_keypair
+
+
+def default_key_dir() -> str:
+    if os.environ.get("MESH_KEY_DIR"):
+        return os.environ["MESH_KEY_DIR"]
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data_home, "mesh", "keys")
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """--keys and --insecure, for every command that opens a socket."""
+    parser.add_argument("--keys", default=None, metavar="DIR",
+                        help="key store (default: $MESH_KEY_DIR, else "
+                             "$XDG_DATA_HOME/mesh/keys); made on first use")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain, unauthenticated links (warns at every start)")
+
+
+def trust_from_args(args: argparse.Namespace) -> Trust:
+    """The process's Trust: plain with --insecure, else the key store, completed with a
+    local key per role so one host works with no setup."""
+    if getattr(args, "insecure", False):
+        return Trust.plain()
+    return Trust.local(getattr(args, "keys", None) or default_key_dir())
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="CURVE keys: new, local, allow")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    roles = [r.value for r in Role]
+
+    new = keys_sub.add_parser("new", help="create a key pair for a role")
+    new.add_argument("--role", required=True, choices=roles)
+    new.add_argument("--out", required=True, help="directory for NAME.key and NAME.key_secret")
+    new.add_argument("--name", default=None, help="file name stem (default: the role)")
+    new.set_defaults(func=_new)
+
+    local = keys_sub.add_parser("local", help="make or complete this host's key store")
+    local.add_argument("--store", default=None, help="store directory (default: see mesh keys)")
+    local.set_defaults(func=_local)
+
+    allow = keys_sub.add_parser("allow", help="trust a public certificate as a role")
+    allow.add_argument("--role", required=True, choices=roles)
+    allow.add_argument("certificate", help="a NAME.key file (never the _secret one)")
+    allow.add_argument("--store", default=None)
+    allow.add_argument("--name", default=None, help="file name in the allow-list")
+    allow.set_defaults(func=_allow)
+
+
+def _new(args: argparse.Namespace) -> int:
+    role = Role(args.role)
+    public, secret = write_keypair(args.out, args.name or role.value, role)
+    print(json.dumps({"role": role.value, "public": str(public), "secret": str(secret),
+                      "public_key": load_certificate(public).public_key.decode()}))
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    store = KeyStore.ensure_local(args.store or default_key_dir())
+    print(json.dumps({"store": str(store.root),
+                      "keys": {r.value: store.keypair(r).public_z85 for r in Role}}))
+    return 0
+
+
+def _allow(args: argparse.Namespace) -> int:
+    if Path(args.certificate).name.endswith("_secret"):
+        print("mesh keys allow: give the public NAME.key, not the secret file", file=sys.stderr)
+        return 2
+    store = KeyStore(args.store or default_key_dir())
+    target = store.allow(Role(args.role), args.certificate, args.name)
+    print(json.dumps({"role": args.role, "allowed": str(target)}))
+    return 0
