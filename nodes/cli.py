@@ -8,6 +8,7 @@
     mesh dlq list|inspect|replay|purge [TASK_ID...]
     mesh notifier               receive fault alerts
     mesh alert publish ...      publish a fault alert
+    mesh keys new|local|allow   CURVE keys and the local key store
 
 exit codes:
     0   done
@@ -29,7 +30,7 @@ import sys
 from discovery import DiscoveryError, open_discovery
 from mesh import Client, MeshError, wire
 from mesh.errors import InUse
-from nodes import ai, config, demo, helper
+from nodes import ai, config, demo, helper, keys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     helper.register_commands(sub)
     ai.register_commands(sub)
     demo.register_commands(sub)
+    keys.register_commands(sub)
     _client_commands(sub)
     _optional_commands(sub)
     return parser
