@@ -135,3 +135,29 @@ def test_settings_refuse_missing_files_and_a_key_without_its_certificate(pki, tm
     assert ConsulSettings(ca_file=str(pki.ca), verify=False).requests_verify is False
     with pytest.raises(DiscoveryError, match="CONSUL_HTTP_SSL_VERIFY"):
         consul_settings_from_env({"CONSUL_HTTP_SSL_VERIFY": "maybe"})
+
+
+def test_an_ai_node_registers_over_tls_and_a_wrong_ca_stops_it_at_startup(tls_agent, pki, tmp_path):
+    import signal
+
+    from nodes.launch import NodeProcess
+
+    env = {**tls_env(tls_agent, pki), "MESH_DISCOVERY": "", "PYTHONUNBUFFERED": "1"}
+    with NodeProcess(["ai", "--node-id", "ai-tls", "--discovery-ttl", "1"], env=env,
+                     log_path=tmp_path / "ok.log") as node:
+        wait_until(lambda: [c["Output"] for c in tls_agent.checks().values()] == ["running 0/16"],
+                   10, what="registered and heart-beating over TLS")
+        node.signal(signal.SIGTERM)
+        assert node.proc.wait(10) == 0
+    assert tls_agent.services() == {}
+
+    log = tmp_path / "wrong-ca.log"
+    wrong = NodeProcess(["ai", "--node-id", "ai-tls", "--discovery-ttl", "1", "--consul-cacert", str(pki.other_ca)],
+                        env=env, log_path=log)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 3 before READY"):
+            wrong.start()
+    finally:
+        wrong.stop()
+    text = log.read_text()
+    assert "mesh ai: TLS with the Consul agent at https://" in text and "CONSUL_CACERT" in text, text
