@@ -79,8 +79,8 @@ class Inbox:
 
 
 @asynccontextmanager
-async def serving(trust: Trust, factory, role: Role, domain: Domain, *, multipart: bool,  # noqa: ANN001
-                  **kwargs):  # noqa: ANN003, ANN202
+async def serving(trust: Trust, factory, role: Role, domain: Domain,  # noqa: ANN001
+                  *, multipart: bool, **kwargs):  # noqa: ANN003, ANN202
     """A server socket of `factory`, in its own context (its own process, in real life)."""
     ctx = sockets.new_context()
     link = trust.server(ctx, role, domain)
@@ -238,8 +238,8 @@ def test_curve_server_without_a_zap_handler_admits_nobody(trust: Trust) -> None:
     asyncio.run(main())
 
 
-def test_a_failing_zap_decision_refuses_that_client_and_serves_the_next(trust: Trust,
-                                                                       monkeypatch) -> None:  # noqa: ANN001
+def test_a_failing_zap_decision_refuses_that_client_and_serves_the_next(
+        trust: Trust, monkeypatch: pytest.MonkeyPatch) -> None:
     real = trust.store.role_of_key
     calls = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import zmq.auth
@@ -64,7 +65,7 @@ def test_refusal_names_the_operation_and_the_role_that_would_allow_it() -> None:
 
 # ---- keys -------------------------------------------------------------------------------
 
-def test_new_key_pair_is_private_and_readable_by_zmq_auth(tmp_path) -> None:  # noqa: ANN001
+def test_new_key_pair_is_private_and_readable_by_zmq_auth(tmp_path: Path) -> None:
     public, secret = write_keypair(tmp_path / "keys", "alice", Role.CLIENT)
     assert _mode(tmp_path / "keys") == 0o700
     assert _mode(secret) == 0o600
@@ -81,7 +82,7 @@ def test_new_key_pair_is_private_and_readable_by_zmq_auth(tmp_path) -> None:  # 
     assert zmq.auth.load_certificate(secret) == (pub, sec)  # untouched
 
 
-def test_ensure_local_makes_a_complete_private_store_once(tmp_path) -> None:  # noqa: ANN001
+def test_ensure_local_makes_a_complete_private_store_once(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = KeyStore.ensure_local(root)
     assert _mode(root) == 0o700
@@ -98,14 +99,14 @@ def test_ensure_local_makes_a_complete_private_store_once(tmp_path) -> None:  # 
     assert {r: again.keypair(r).public_key for r in Role} == first
 
 
-def test_ensure_local_restores_a_missing_allow_list_entry(tmp_path) -> None:  # noqa: ANN001
+def test_ensure_local_restores_a_missing_allow_list_entry(tmp_path: Path) -> None:
     store = KeyStore.ensure_local(tmp_path)
     (store.allowed_dir / "helper" / "local.key").unlink()
     again = KeyStore.ensure_local(tmp_path)
     assert again.role_of_key(again.keypair(Role.HELPER).public_key) is Role.HELPER
 
 
-def test_store_refuses_loose_permissions(tmp_path) -> None:  # noqa: ANN001
+def test_store_refuses_loose_permissions(tmp_path: Path) -> None:
     store = KeyStore.ensure_local(tmp_path / "s")
     os.chmod(store.own_dir / "client.key_secret", 0o644)
     with pytest.raises(TrustError, match="chmod 600"):
@@ -120,7 +121,7 @@ def test_store_refuses_loose_permissions(tmp_path) -> None:  # noqa: ANN001
         KeyStore(store.root).load()
 
 
-def test_a_key_allowed_under_two_roles_is_refused(tmp_path) -> None:  # noqa: ANN001
+def test_a_key_allowed_under_two_roles_is_refused(tmp_path: Path) -> None:
     store = KeyStore.ensure_local(tmp_path / "s")
     (tmp_path / "k").mkdir()
     public, _ = zmq.auth.create_certificates(tmp_path / "k", "x")  # no role in its metadata
@@ -133,7 +134,8 @@ def test_a_key_allowed_under_two_roles_is_refused(tmp_path) -> None:  # noqa: AN
         store.load()
 
 
-def test_misfiled_and_unknown_role_certificates_grant_nothing(tmp_path, caplog) -> None:  # noqa: ANN001
+def test_misfiled_and_unknown_role_certificates_grant_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = KeyStore.ensure_local(tmp_path / "s")
     client_pub, _ = write_keypair(tmp_path / "k", "c", Role.CLIENT)
     other_pub, _ = write_keypair(tmp_path / "k", "w", Role.CLIENT)
@@ -149,7 +151,8 @@ def test_misfiled_and_unknown_role_certificates_grant_nothing(tmp_path, caplog) 
     assert "metadata says role client" in caplog.text and "no role is called wizard" in caplog.text
 
 
-def test_server_key_is_pinned_from_the_allow_list_never_from_the_announcement(tmp_path) -> None:  # noqa: ANN001
+def test_server_key_is_pinned_from_the_allow_list_never_from_the_announcement(
+        tmp_path: Path) -> None:
     store = KeyStore.ensure_local(tmp_path / "s")
     helper_key = store.keypair(Role.HELPER).public_key
     assert store.server_key(Role.HELPER, helper_key.decode()) == helper_key
@@ -164,7 +167,7 @@ def test_server_key_is_pinned_from_the_allow_list_never_from_the_announcement(tm
         store.server_key(Role.HELPER)
 
 
-def test_keypair_of_a_missing_role_says_how_to_make_one(tmp_path) -> None:  # noqa: ANN001
+def test_keypair_of_a_missing_role_says_how_to_make_one(tmp_path: Path) -> None:
     root = tmp_path / "s"
     root.mkdir(mode=0o700)
     with pytest.raises(TrustError, match="mesh keys new --role operator"):
@@ -173,7 +176,7 @@ def test_keypair_of_a_missing_role_says_how_to_make_one(tmp_path) -> None:  # no
 
 # ---- Trust (no sockets) ------------------------------------------------------------------
 
-def test_zap_decision_admits_only_the_domains_roles(tmp_path) -> None:  # noqa: ANN001
+def test_zap_decision_admits_only_the_domains_roles(tmp_path: Path) -> None:
     trust = Trust.local(tmp_path / "s")
     store = trust.store
     client = store.keypair(Role.CLIENT).public_key
@@ -187,7 +190,8 @@ def test_zap_decision_admits_only_the_domains_roles(tmp_path) -> None:  # noqa: 
     assert trust.refused[("mesh.nowhere", "role client not admitted")] == 1
 
 
-def test_a_key_copied_in_while_running_is_honoured_after_the_rescan_interval(tmp_path) -> None:  # noqa: ANN001
+def test_a_key_copied_in_while_running_is_honoured_after_the_rescan_interval(
+        tmp_path: Path) -> None:
     clock = FakeClock()
     trust = Trust(KeyStore.ensure_local(tmp_path / "s"), clock=clock)
     public, _ = write_keypair(tmp_path / "k", "late", Role.CLIENT)
@@ -198,7 +202,7 @@ def test_a_key_copied_in_while_running_is_honoured_after_the_rescan_interval(tmp
     assert trust.callback(Domain.INTAKE.value, key)
 
 
-def test_insecure_trust_permits_everything_and_says_so(caplog) -> None:  # noqa: ANN001
+def test_insecure_trust_permits_everything_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "mesh.trust"):
         trust = Trust.plain()
     assert "--insecure" in caplog.text
@@ -209,7 +213,7 @@ def test_insecure_trust_permits_everything_and_says_so(caplog) -> None:  # noqa:
         Trust(None)
 
 
-def test_secure_trust_permits_by_role(tmp_path) -> None:  # noqa: ANN001
+def test_secure_trust_permits_by_role(tmp_path: Path) -> None:
     trust = Trust.local(tmp_path / "s")
     assert trust.permits("client:k", Operation.SUBMIT)
     assert not trust.permits("client:k", Operation.STATS)
@@ -238,7 +242,7 @@ def test_inert_truncates_and_says_how_much() -> None:
     assert len(inert("\n" * 10, 5).split("...")[0]) <= 5
 
 
-def test_rate_limited_log_says_how_many_it_held_back(caplog) -> None:  # noqa: ANN001
+def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     limited = RateLimitedLog(logging.getLogger("t.ratelimit"), 10.0, clock=clock, max_keys=2)
     with caplog.at_level(logging.WARNING, "t.ratelimit"):
