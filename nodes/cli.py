@@ -96,7 +96,7 @@ def _helper_address(p: argparse.ArgumentParser) -> None:
 def _intake(args: argparse.Namespace) -> str:
     if args.intake:
         return args.intake
-    directory = open_discovery(config.discovery_url(args))
+    directory = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
         _, found = directory.instances(args.helper_service)
     finally:
