@@ -8,7 +8,12 @@ run (about a minute) runs in CI; `MESH_CHAOS_LONG=1 pytest tests/chaos -m slow` 
 At the end, from the submitter's records and the handlers' side-effect log:
 - every accepted task reached SUCCEEDED or DEAD, and every DEAD one has a reason;
 - every SUCCEEDED task has its result, and its side effect was applied exactly once;
-- no side effect was applied twice for the same idempotency key.
+- no side effect was applied twice for the same idempotency key;
+- no task ran on a second node without a cause: from every node's log of runs (node, process,
+  attempt, start time; `run_log_app.py`) and the Helper's log of what it sent again and why, a
+  task that started on more nodes within one attempt than the Helper had causes to send it
+  again (its node declared dead or restarted, an ack timeout, a Helper restart around the
+  runs) ran twice without one. A failed attempt and its retry are different attempts.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import collections
 import json
 import os
 import random
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +35,7 @@ from tests.support.waiting import async_wait_until
 
 HELPER_ARGS = ("--retry-base", "0.1", "--retry-cap", "0.5", "--node-dead-after", "1.0",
                "--max-lost-deliveries", "4", "--ack-timeout", "3")
-AI_ARGS = ("--concurrency", "8", "--prefetch", "8")
+AI_ARGS = ("--concurrency", "8", "--prefetch", "8", "--app", "tests.chaos.run_log_app:app")
 NODE_IDS = ("ai-a", "ai-b", "ai-c")
 
 
@@ -103,6 +110,7 @@ def run_chaos(cluster, duration_s: float) -> None:  # noqa: ANN001
     accepted: dict[str, str] = {}   # task id -> what kind of job
     uncertain: set[str] = set()     # submitted, never answered (the Helper was down)
     helper_kill_at = duration_s * rng.uniform(0.3, 0.6)
+    helper_restarts: list[tuple[int, int]] = []  # (wall ns before the kill, after the start)
 
     async def producer(client: Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -135,7 +143,9 @@ def run_chaos(cluster, duration_s: float) -> None:  # noqa: ANN001
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
                 if not helper_killed and time.monotonic() - began >= helper_kill_at:
                     helper_killed = True
+                    killed_ns = time.time_ns()
                     await asyncio.to_thread(cluster.restart_helper, *HELPER_ARGS)
+                    helper_restarts.append((killed_ns, time.time_ns()))
                     chaos.actions["helper_sigkill_restart"] += 1
                 else:
                     await asyncio.to_thread(chaos.step)
@@ -149,6 +159,7 @@ def run_chaos(cluster, duration_s: float) -> None:  # noqa: ANN001
                 statuses += await asyncio.gather(*(client.wait(t, timeout=120)
                                                    for t in ids[i:i + 500]))
             check(statuses, accepted, uncertain, chaos.actions, seed, cluster.applied_effects())
+            check_double_runs(cluster.workdir, helper_restarts, seed)
 
     asyncio.run(scenario())
 
@@ -178,6 +189,96 @@ def check(statuses: list, accepted: dict, uncertain: set, actions, seed: int,  #
             assert wire.dead_reason_name(s.dead_reason) in ("FATAL_ERROR", "DELIVERY_LIMIT")
     assert actions["helper_sigkill_restart"] == 1 and sum(actions.values()) >= 5, where
     assert states["SUCCEEDED"] > len(accepted) // 2, f"too little got through {where}"
+
+
+Run = collections.namedtuple("Run", "task_id node_id pid attempt delivery start_ns")
+
+_DEATH = re.compile(r"node (\S+) declared dead \((\w+)\); \d+ deliveries re-queued:(.*)$")
+_ACK_TIMEOUT = re.compile(r"task (\S+) sent again: no STARTED from node (\S+) within")
+
+
+def read_runs(effects_dir: Path) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = collections.defaultdict(list)
+    for path in effects_dir.glob("*.runs"):
+        for line in path.read_text().splitlines():
+            task_id, node_id, pid, attempt, delivery, start_ns = line.split()
+            runs[task_id].append(Run(task_id, node_id, int(pid), int(attempt), int(delivery),
+                                     int(start_ns)))
+    return runs
+
+
+def resend_causes(helper_log: str) -> collections.Counter[str]:
+    """Task id -> how many times the Helper sent it again for a cause that may make it run on
+    a second node: its node declared dead (any cause, a restart included) or an ack timeout.
+    Deliveries queued again because a node did not hold them (not_held/not_received) are not
+    causes: a healthy node that was sent a task runs it."""
+    causes: collections.Counter[str] = collections.Counter()
+    for line in helper_log.splitlines():
+        if (found := _DEATH.search(line)) is not None:
+            causes.update(found.group(3).split())
+        elif (found := _ACK_TIMEOUT.search(line)) is not None:
+            causes[found.group(1)] += 1
+    return causes
+
+
+def unjustified_double_runs(runs: dict[str, list[Run]], causes: collections.Counter[str],
+                            helper_restarts: list[tuple[int, int]],
+                            slack_ns: int = 5 * 10**9) -> list[str]:
+    """Tasks that started on more nodes (node id and process) within one attempt than their
+    causes to be sent again allow. A Helper restart justifies the runs of a task that started
+    from a little before it to any time after (the new Helper sends every unfinished task
+    again; nodes that still hold one usually keep it, not always)."""
+    found = []
+    for task_id, task_runs in runs.items():
+        by_attempt: dict[int, list[Run]] = collections.defaultdict(list)
+        for run in task_runs:
+            by_attempt[run.attempt].append(run)
+        for attempt, group in by_attempt.items():
+            nodes = {(r.node_id, r.pid) for r in group}
+            if len(nodes) < 2:
+                continue
+            first = min(r.start_ns for r in group)
+            last = max(r.start_ns for r in group)
+            if any(first - slack_ns <= after and before <= last
+                   for before, after in helper_restarts):
+                continue
+            if len(nodes) - 1 > causes[task_id]:
+                starts = sorted((r.start_ns, r.node_id, r.pid, r.delivery) for r in group)
+                found.append(f"{task_id} attempt {attempt}: runs (start_ns, node, pid, "
+                             f"delivery) {starts}, causes to resend {causes[task_id]}")
+    return found
+
+
+def check_double_runs(workdir: Path, helper_restarts: list[tuple[int, int]], seed: int) -> None:
+    runs = read_runs(workdir / "effects")
+    causes = resend_causes((workdir / "helper-1.log").read_text())
+    doubles = unjustified_double_runs(runs, causes, helper_restarts)
+    on_two = sum(1 for task_runs in runs.values()
+                 if len({(r.node_id, r.pid) for r in task_runs}) > 1)
+    print(f"chaos seed {seed}: {sum(len(r) for r in runs.values())} runs of {len(runs)} tasks, "
+          f"{on_two} tasks ran on more than one node, {sum(causes.values())} resend causes "
+          f"logged, unjustified double runs {len(doubles)}", flush=True)
+    assert not doubles, (f"{len(doubles)} tasks ran on a second node without a cause "
+                         f"(seed {seed}): {doubles[:5]}")
+
+
+def test_the_double_run_check_counts_only_runs_without_a_cause() -> None:
+    """The chaos check itself, on made-up logs: it must flag the double run of issue 9 item 6
+    (two healthy nodes, no death, no timeout) and nothing justified."""
+    def run(task: str, node: str, pid: int, start_s: float, attempt: int = 1) -> Run:
+        return Run(task, node, pid, attempt, 1, int(start_s * 1e9))
+
+    runs = {"ok": [run("ok", "ai-a", 1, 10.0)],
+            "retried": [run("retried", "ai-a", 1, 10.0), run("retried", "ai-b", 2, 11.0, 2)],
+            "zombie": [run("zombie", "ai-b", 2, 10.0), run("zombie", "ai-a", 1, 13.0)],
+            "double": [run("double", "ai-a", 1, 30.0), run("double", "ai-b", 2, 30.04)],
+            "restart": [run("restart", "ai-a", 1, 50.0), run("restart", "ai-b", 2, 52.0)]}
+    log = ("2026-01-01 00:00:09,000 WARNING mesh.dispatcher[9]: node ai-a declared dead "
+           "(missed_heartbeats); 2 deliveries re-queued: zombie other\n")
+    restarts = [(int(51.0e9), int(51.5e9))]
+    assert unjustified_double_runs(runs, resend_causes(log), restarts) == [
+        "double attempt 1: runs (start_ns, node, pid, delivery) "
+        "[(30000000000, 'ai-a', 1, 1), (30040000000, 'ai-b', 2, 1)], causes to resend 0"]
 
 
 @pytest.mark.timeout(240)
