@@ -27,6 +27,9 @@ from mesh.task import make_task
 
 log = logging.getLogger("mesh.client")
 
+#: task ids per status request; the Helper's bound (max_status_ids) is at least this by default
+STATUS_IDS_PER_REQUEST = 1000
+
 
 def _wait_request(task_id: str, timeout: float):  # noqa: ANN202 - wire.ClientRequest
     """A long-poll for the task's terminal status (the Helper answers within `timeout`)."""
@@ -127,10 +130,25 @@ class Client:
         return status
 
     async def statuses(self, task_ids: list[str]) -> list:
-        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
-        request.status.task_ids.extend(task_ids)
-        reply = await self._call(request, self.timeout_s)
-        return list(reply.status.statuses)
+        """One status per id given, in that order (an unknown id has state 0). Asks for each
+        distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for the
+        ids a reply left out (the Helper bounds each reply's bytes)."""
+        distinct = list(dict.fromkeys(task_ids))
+        found: dict[str, object] = {}
+        while len(found) < len(distinct):
+            ask = [t for t in distinct if t not in found][:STATUS_IDS_PER_REQUEST]
+            request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+            request.status.task_ids.extend(ask)
+            reply = await self._call(request, self.timeout_s)
+            before = len(found)
+            asked = set(ask)
+            for status in reply.status.statuses:
+                if status.task_id in asked:
+                    found[status.task_id] = status
+            if len(found) == before:
+                raise MeshError(f"the Helper answered a status request of {len(ask)} ids with "
+                                f"none of them: {reply.message or 'no reason given'}")
+        return [found[t] for t in task_ids]
 
     async def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
         """The task's status once terminal; RequestTimeout if it is not by then."""
@@ -189,6 +207,8 @@ class Client:
         return reply
 
     def _on_reply(self, frame: bytes) -> None:
+        if not frame:
+            return  # the Helper's probe: is this client still there?
         try:
             reply = wire.decode_client_reply(frame)
         except WireError as exc:
@@ -268,8 +288,11 @@ class SyncClient:
             if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
                 raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
                                      f"{timeout_s}s")
+            frame = self._sock.recv()
+            if not frame:
+                continue  # the Helper's probe: is this client still there?
             try:
-                reply = wire.decode_client_reply(self._sock.recv())
+                reply = wire.decode_client_reply(frame)
             except WireError as exc:
                 log.warning("malformed reply dropped: %s", exc)
                 continue

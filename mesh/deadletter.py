@@ -1,24 +1,88 @@
-"""Operators' view of dead tasks: list, inspect, replay (back to queued, attempts reset), purge.
+"""Operators' view of dead tasks: list, inspect, replay (back to queued, attempts reset), purge;
+and the bound on how many of them the Helper keeps.
 
-Dead tasks stay in the Helper's table and journal until purged, so they survive restarts.
-Replay writes a fresh TASK record (attempt 1, no lost deliveries) before queuing the task, so a
-crash right after a replay does not bring the dead state back.
+Dead tasks stay in the Helper's table and journal until purged, replayed or evicted, so they
+survive restarts. Replay writes a fresh TASK record (attempt 1, no lost deliveries) before
+queuing the task, so a crash right after a replay does not bring the dead state back.
+
+Overflow policy: the Helper keeps at most `max_dead_letters` dead letters and
+`max_dead_letter_bytes` of them (the task as submitted plus its error text). Past either bound
+the oldest dead letter (by the time it died) is forgotten: a FORGET record is journaled, so it
+stays gone after a restart. Evictions are counted (`mesh_dead_letters_evicted_total`) and the
+Helper publishes a `mesh.dead.letters.evicted` alert (at most one per second, with the count).
+The newest dead letter is always kept, even when it alone is above the byte bound.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from mesh import records, wire
-from mesh.dispatcher import Dispatcher
+
+if TYPE_CHECKING:
+    from mesh.dispatcher import Dispatcher
+
+#: what one dead letter costs beyond its task bytes and error text (the entry, the table slot)
+ENTRY_OVERHEAD_BYTES = 400
+
+
+class DeadLetterBook:
+    """Dead task ids oldest first, with their sizes; says which to evict. Pure bookkeeping."""
+
+    __slots__ = ("max_count", "max_bytes", "_sizes", "size_bytes")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._sizes: dict[str, int] = {}  # insertion order = death order
+        self.size_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._sizes))
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._sizes
+
+    def add(self, task_id: str, size_bytes: int) -> None:
+        self.remove(task_id)
+        self._sizes[task_id] = size_bytes
+        self.size_bytes += size_bytes
+
+    def remove(self, task_id: str) -> None:
+        size = self._sizes.pop(task_id, None)
+        if size is not None:
+            self.size_bytes -= size
+
+    def overflow(self) -> list[str]:
+        """Take out and return the oldest ids past the bounds (never the newest one)."""
+        out = []
+        sizes = self._sizes
+        while len(sizes) > 1 and (len(sizes) > self.max_count
+                                  or self.size_bytes > self.max_bytes):
+            task_id = next(iter(sizes))
+            self.size_bytes -= sizes.pop(task_id)
+            out.append(task_id)
+        return out
+
+
+def dead_letter_size(entry) -> int:  # noqa: ANN001 - TaskEntry
+    return len(entry.encoded) + len(entry.error) + len(entry.result) + ENTRY_OVERHEAD_BYTES
 
 
 def dead_entries(dispatcher: Dispatcher, task_ids) -> list:  # noqa: ANN001
     if task_ids:
-        found = (dispatcher.tasks.get(t) for t in task_ids)
+        found = (dispatcher.tasks.get(t) for t in dict.fromkeys(task_ids))
         return [e for e in found if e is not None and e.state == wire.DEAD]
-    return [e for e in dispatcher.tasks.values() if e.state == wire.DEAD]
+    found = (dispatcher.tasks.get(t) for t in dispatcher.dead_letters)
+    return [e for e in found if e is not None and e.state == wire.DEAD]
 
 
 def replay(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
+    dispatcher.dead_letters.remove(entry.task_id)
     entry.state = wire.QUEUED
     entry.attempt = 1
     entry.lost_deliveries = 0
@@ -31,22 +95,33 @@ def replay(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
 
 
 def purge(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
+    dispatcher.dead_letters.remove(entry.task_id)
     del dispatcher.tasks[entry.task_id]
     dispatcher.forget(entry.task_id)
 
 
-def answer(dispatcher: Dispatcher, request, request_id: int):  # noqa: ANN001, ANN201
-    """Serve one DeadLetterRequest from the intake."""
+def answer(dispatcher: Dispatcher, request, request_id: int,  # noqa: ANN001, ANN201
+           max_reply_bytes: int = 16 * 2**20):
+    """Serve one DeadLetterRequest from the intake. A list or inspect reply stops adding tasks
+    at `max_reply_bytes` (always at least one) and says so in its message."""
     reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=request_id, code=wire.OK)
     entries = dead_entries(dispatcher, list(request.task_ids))
     entries.sort(key=lambda e: e.finished_ns)
     op = request.op
     if op in (wire.LIST, wire.INSPECT):
         limit = request.limit or 100
+        size = 0
         for entry in entries[:limit]:
             status = entry.status()
             if op == wire.LIST:
                 status.ClearField("result")
+            size += status.ByteSize() + 8
+            if size > max_reply_bytes and reply.dead_letter.tasks:
+                reply.message = (f"listed {len(reply.dead_letter.tasks)} of "
+                                 f"{min(limit, len(entries))} dead letters: the reply reached "
+                                 f"its limit of {max_reply_bytes} bytes; ask with a lower limit "
+                                 "or by task ids")
+                break
             reply.dead_letter.tasks.append(status)
         reply.dead_letter.affected = len(entries)
     elif op == wire.REPLAY:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import msgspec
 
 from mesh import records, wire
+from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
 from mesh.policies.retry import RetryPolicy
@@ -84,12 +85,17 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
     accepted_at: float = 0.0
 
     @classmethod
-    def of(cls, task, seq: int, max_attempts: int) -> TaskEntry:  # noqa: ANN001
+    def of(cls, task, seq: int, max_attempts: int,  # noqa: ANN001
+           encoded: bytes | None = None) -> TaskEntry:
+        if encoded is None:
+            encoded = wire.task_bytes(task)
+        # size_bytes is the whole encoded task (payload, kind, headers, ids): what the queue's
+        # bytes bound counts.
         return cls(task=task, task_id=task.task_id,
                    kind=sys.intern(task.kind),  # one string per kind, not one per task
-                   priority=task.priority, size_bytes=len(task.payload), seq=seq,
+                   priority=task.priority, size_bytes=len(encoded), seq=seq,
                    max_attempts=task.max_attempts or max_attempts,
-                   encoded=wire.task_bytes(task), submitted_ns=task.submitted_ns,
+                   encoded=encoded, submitted_ns=task.submitted_ns,
                    idempotency_key=task.idempotency_key)
 
     @property
@@ -220,18 +226,23 @@ class Dispatcher:
         self.unconfirmed_after_s = settings.node_dead_after_s
         self._seq = 0
         self._waiters: dict[str, list[Callable[[TaskEntry], None]]] = {}
-        self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0}
+        self.dead_letters = DeadLetterBook(settings.max_dead_letters,
+                                           settings.max_dead_letter_bytes)
+        self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0,
+                      "dead_evicted": 0}
 
     # ---- admission ---------------------------------------------------------------------
 
-    def admit(self, task) -> TaskEntry:  # noqa: ANN001
-        """Create and journal a new task (caller validated it and checked for room)."""
-        self._seq += 1
-        entry = TaskEntry.of(task, self._seq, self._kind_attempts(task.kind))
-        entry.accepted_at = time.monotonic()
-        self.tasks[entry.task_id] = entry
+    def admit(self, task, encoded: bytes | None = None) -> TaskEntry:  # noqa: ANN001
+        """Create and journal a new task (caller validated it, see mesh/admission.py, and
+        checked for room). The record is appended first: if the journal refuses it, this
+        raises and nothing of the task is in the table, the queue or the journal."""
+        entry = TaskEntry.of(task, self._seq + 1, self._kind_attempts(task.kind), encoded)
         self._append(records.TASK, entry.task_id.encode(),
                      wire.encode_new_task_record(entry.encoded))
+        self._seq += 1
+        entry.accepted_at = time.monotonic()
+        self.tasks[entry.task_id] = entry
         if self.settings.dispatch_before_sync:
             self.enqueue(entry)
         return entry
@@ -626,7 +637,23 @@ class Dispatcher:
         log.warning("task %s (%s) is dead: %s: %s", entry.task_id, entry.kind, reason_name, error)
         self._on_event("task_dead", {"task_id": entry.task_id, "kind": entry.kind,
                                      "reason": reason_name, "error": error})
+        self.dead_letters.add(entry.task_id, dead_letter_size(entry))
         self._finish(entry)
+        self._evict_dead()
+
+    def _evict_dead(self) -> None:
+        """Forget the oldest dead letters past their bounds, for good (see mesh/deadletter.py)."""
+        evicted = 0
+        for task_id in self.dead_letters.overflow():
+            entry = self.tasks.get(task_id)
+            if entry is None or entry.state != wire.DEAD:
+                continue
+            del self.tasks[task_id]
+            self._forget(task_id)
+            evicted += 1
+        if evicted:
+            self.stats["dead_evicted"] += evicted
+            self.metrics.dead_letters_evicted.inc(evicted)
 
     def _finish(self, entry: TaskEntry) -> None:
         if entry.state == wire.SUCCEEDED:
@@ -812,6 +839,8 @@ class Dispatcher:
         m.inflight.set(sum(len(n.inflight) for n in self.nodes.values()))
         oldest = self.pending.oldest_queued_at()
         m.oldest_pending_age.set(0.0 if oldest is None else time.monotonic() - oldest)
+        m.dead_letters.set(len(self.dead_letters))
+        m.dead_letter_bytes.set(self.dead_letters.size_bytes)
 
     # ---- recovery ----------------------------------------------------------------------
 
@@ -849,6 +878,7 @@ class Dispatcher:
             entry.not_before = _monotonic_from_wall(rec.not_before_ns)
         elif record.type == records.FORGET:
             self.tasks.pop(record.key.decode(), None)
+            self.dead_letters.remove(record.key.decode())
             self._release(record.key)
 
     def finish_replay(self) -> dict[str, int]:
@@ -873,6 +903,10 @@ class Dispatcher:
                     self.enqueue(entry)
                 counts["queued"] += 1
         self._evict()
+        for entry in sorted((e for e in live if e.state == wire.DEAD),
+                            key=lambda e: e.finished_ns):
+            self.dead_letters.add(entry.task_id, dead_letter_size(entry))
+        self._evict_dead()
         if counts["queued"]:
             self.reconcile_until = time.monotonic() + self.settings.reconcile_window_s
         return counts

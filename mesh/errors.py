@@ -60,9 +60,9 @@ class InvalidTask(TaskRejected):
 class PayloadTooLarge(TaskRejected):
     code = 3
 
-    def __init__(self, size_bytes: int, limit_bytes: int) -> None:
+    def __init__(self, size_bytes: int, limit_bytes: int, message: str | None = None) -> None:
         super().__init__(
-            f"payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes; "
+            message or f"payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes; "
             "store large inputs elsewhere and pass a reference"
         )
         self.size_bytes = size_bytes

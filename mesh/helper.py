@@ -9,6 +9,14 @@ Guarantees:
 - The intake and ack sockets bind the ports the Helper had before a restart, so nodes and
   clients reconnect on their own.
 
+Bounds (docs in mesh/settings.py): a task is checked field by field before anything of it is
+stored (mesh/admission.py); dead letters by count and bytes (mesh/deadletter.py); result
+long-polls in all and per client (mesh/longpoll.py); task ids per status request and bytes per
+reply; large replies a client leaves unread; the intake's send queue per client (SNDHWM).
+
+Health (`health()`): not ok while the journal is failed or the Helper is stopping; the journal's
+failure and its recovery are published as alerts (mesh.journal.failed / mesh.journal.recovered).
+
 Shutdown order (`stop`): stop intake (new submits get SHUTTING_DOWN) -> last journal sync ->
 close sockets -> close the journal.
 """
@@ -20,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,24 +36,29 @@ import zmq
 import zmq.asyncio
 
 from mesh import sockets, wire
+from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge, QueueFull, ShuttingDown,
-    WireError, error_from_code,
+    JournalError, MeshError, NotFound, QueueFull, ShuttingDown, WireError, error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
+from mesh.longpoll import ResultWaiters
 from mesh.metrics import HelperMetrics
 from mesh.settings import HelperSettings
 from mesh.task import make_task
 
 log = logging.getLogger("mesh.helper")
 
-MAX_TASK_ID_CHARS = 200
+__all__ = ["MAX_TASK_ID_CHARS", "Helper"]
 _DRAIN_MAX = 2000  # frames taken off a socket before yielding to the loop
 # A journal round runs on the loop thread only while fdatasyncs take less than this: on a
 # slow or busy disk, stalling the loop for each lone submit costs more than the hand-over.
 INLINE_SYNC_MAX_S = 0.002
 RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _flush_background)
+#: replies of at least this size are tracked until ZeroMQ has sent them (max_unread_reply_bytes)
+LARGE_REPLY_BYTES = 64 * 2**10
+#: how often clients holding long-polls are probed (an empty frame) to learn whether they left
+PROBE_INTERVAL_S = 2.0
 
 
 class Helper:
@@ -73,6 +87,13 @@ class Helper:
         self._queue_high = False
         # Answers of the submits read in this intake batch, waiting for one journal sync.
         self._unsynced: list[Callable[[BaseException | None], None]] = []
+        self._limits = TaskLimits.of(settings)
+        self._long_polls = ResultWaiters(settings.max_result_waiters,
+                                         settings.max_result_waiters_per_client)
+        # identity -> large replies ZeroMQ may still hold: (tracker, bytes)
+        self._unread: dict[bytes, deque] = {}
+        self._journal_failed = False
+        self._dead_evicted_told = 0
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -87,8 +108,11 @@ class Helper:
         self.journal = Journal(
             data_dir / "journal", policy=FsyncPolicy(s.fsync_policy),
             segment_size_bytes=s.journal_segment_bytes, interval_ms=s.fsync_interval_ms,
-            max_record_bytes=s.max_payload_bytes + 64 * 1024, rewrite=self._rewrite)
+            max_record_bytes=journal_record_limit(s), rewrite=self._rewrite)
         self.journal.on_fsync = self._on_fsync
+        # Called on the loop thread when the journal fails or recovers (see health()).
+        self.journal.on_health = self._on_journal_health
+        self._limits = TaskLimits.of(s, self.journal.max_record_bytes)
         previous = self._load_state(data_dir)
         self._intake, self.intake_endpoint = self._bind(
             sockets.intake_router, s.intake_endpoint, previous.get("intake_endpoint"),
@@ -138,6 +162,8 @@ class Helper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._long_polls.clear()
+        self._unread.clear()
         if self._bg_sync is not None:
             await asyncio.gather(self._bg_sync, return_exceptions=True)
         if self.journal is not None:
@@ -154,6 +180,30 @@ class Helper:
         if self._own_context and self._ctx is not None:
             self._ctx.term()
         log.info("helper %s stopped", self.settings.helper_id)
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, reason) for a discovery health check: not ok before start, while stopping, and
+        while the journal is failed (no submit can be accepted then)."""
+        if self._stopped:
+            return False, "stopping"
+        if self.journal is None or not self._accepting:
+            return False, "not started"
+        if getattr(self.journal, "failed", False):
+            failure = getattr(self.journal, "failure", None) or "unknown failure"
+            return False, f"journal failed: {failure}"
+        return True, "serving"
+
+    def _on_journal_health(self, failed: bool, message: str | None) -> None:
+        """The journal failed or recovered (loop thread): one alert per transition."""
+        if failed == self._journal_failed:
+            return
+        self._journal_failed = failed
+        if failed:
+            log.error("journal failed: %s; submits are refused until it recovers", message)
+            self._on_event("journal_failed", {"error": message or ""})
+        else:
+            log.warning("journal recovered; submits are accepted again")
+            self._on_event("journal_recovered", {})
 
     async def __aenter__(self) -> Helper:
         await self.start()
@@ -206,17 +256,13 @@ class Helper:
 
     # ---- admission ---------------------------------------------------------------------
 
-    def _validate(self, task) -> None:  # noqa: ANN001
-        if not task.task_id or len(task.task_id) > MAX_TASK_ID_CHARS:
-            raise InvalidTask(f"task_id must be 1..{MAX_TASK_ID_CHARS} characters, "
-                              f"got {len(task.task_id)}")
-        if not task.kind:
-            raise InvalidTask(f"task {task.task_id} has no kind")
-        if len(task.payload) > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(len(task.payload), self.settings.max_payload_bytes)
-
     def _admit(self, tasks, results: list, new: list, dupes: list) -> list:  # noqa: ANN001
-        """Validate and journal what fits; returns the tasks refused for lack of room."""
+        """Validate and journal what fits; returns the tasks refused for lack of room.
+
+        Every task gets exactly one result. A task refused here (invalid, too large, or its
+        journal append failed) leaves nothing behind: no table entry, no queue entry, no
+        record. The check runs before the duplicate lookup, so an id that can never be stored
+        is refused every time, never answered as a duplicate."""
         d = self.dispatcher
         no_room = []
         for task in tasks:
@@ -226,11 +272,9 @@ class Helper:
                                                  message=str(err)))
                 continue
             try:
-                self._validate(task)
+                encoded = check_task(task, self._limits)
             except MeshError as exc:
-                self.metrics.rejected.labels(type(exc).__name__).inc()
-                results.append(wire.SubmitResult(task_id=task.task_id, code=exc.code,
-                                                 message=str(exc)))
+                self._refuse(task, exc, results)
                 continue
             known = d.tasks.get(task.task_id)
             if known is not None:
@@ -238,13 +282,44 @@ class Helper:
                 results.append(result)
                 dupes.append((result, known))
                 continue
-            if not d.has_room(1, len(task.payload)):
+            if not d.has_room(1, len(encoded)):
                 no_room.append(task)
                 continue
-            entry = d.admit(task)
+            try:
+                entry = d.admit(task, encoded)
+            except Exception as exc:  # the journal refused the record: nothing was stored
+                if not isinstance(exc, JournalError):
+                    log.exception("journal append of task %r failed", task.task_id[:64])
+                    exc = JournalError(f"the journal could not take the task's record "
+                                       f"({type(exc).__name__}: {exc}); nothing was stored, "
+                                       "submit again")
+                self._refuse(task, exc, results)
+                continue
             results.append(wire.SubmitResult(task_id=task.task_id, code=wire.OK))
             new.append(entry)
         return no_room
+
+    def _refuse(self, task, exc: MeshError, results: list) -> None:  # noqa: ANN001
+        self.metrics.rejected.labels(type(exc).__name__).inc()
+        results.append(wire.SubmitResult(task_id=task.task_id, code=exc.code or wire.INVALID_TASK,
+                                         message=str(exc)))
+
+    def _admission_failed(self, tasks, new: list, exc: BaseException) -> list:  # noqa: ANN001
+        """A bug broke admission half-way: take back what was admitted (a FORGET record keeps
+        it gone after a restart) and answer every task of the request with the error."""
+        log.exception("admission of a submit of %d tasks failed", len(tasks))
+        for entry in new:
+            if self.dispatcher.tasks.get(entry.task_id) is entry:
+                self.dispatcher.abandon(entry)
+                try:
+                    self.dispatcher.forget(entry.task_id)
+                except Exception:  # noqa: BLE001 - the journal is failing too; nothing to add
+                    log.exception("could not journal the withdrawal of task %r", entry.task_id)
+        err = JournalError(f"the Helper failed to admit the request ({type(exc).__name__}: "
+                           f"{exc}); nothing of it was accepted, submit again")
+        self.metrics.rejected.labels("AdmissionFailed").inc(len(tasks))
+        return [wire.SubmitResult(task_id=t.task_id, code=err.code, message=str(err))
+                for t in tasks]
 
     async def _submit(self, tasks, wait_s: float, admitted: tuple | None = None) -> list:  # noqa: ANN001
         """Admit, wait for room up to wait_s if asked, make durable. `admitted` carries the
@@ -283,8 +358,8 @@ class Helper:
         for task in no_room:
             depth = len(d.pending) + len(d.retry_waiting)
             if depth < self.settings.max_pending_tasks:  # the bytes bound is the one hit
-                err = QueueFull(d.pending.size_bytes + len(task.payload),
-                                self.settings.max_pending_bytes, "payload bytes")
+                err = QueueFull(d.pending.size_bytes + task.ByteSize(),
+                                self.settings.max_pending_bytes, "task bytes")
             else:
                 err = QueueFull(depth, self.settings.max_pending_tasks)
             self.metrics.rejected.labels("QueueFull").inc()
@@ -336,12 +411,77 @@ class Helper:
     def _connect_node(self, endpoint: str):  # noqa: ANN202
         return sockets.dispatch_push(self._sync_ctx, endpoint)
 
-    def _reply(self, identity: bytes, reply) -> None:  # noqa: ANN001
+    def _reply(self, identity: bytes, reply) -> bool:  # noqa: ANN001
+        """Send one reply; never blocks. A client that is gone, or not reading (its queue is at
+        the SNDHWM), loses the reply (counted). A large reply is refused, with a small error
+        reply instead, while the client leaves max_unread_reply_bytes of earlier ones unread.
+        Returns whether the reply was queued."""
+        frame = wire.encode(reply)
+        large = len(frame) >= LARGE_REPLY_BYTES
+        if large:
+            unread = self._unread_bytes(identity)
+            limit = self.settings.max_unread_reply_bytes
+            if unread + len(frame) > limit:
+                self.metrics.intake_refused.labels("unread_reply_bytes").inc()
+                frame = wire.encode(wire.ClientReply(
+                    version=wire.PROTOCOL_VERSION, request_id=reply.request_id,
+                    code=wire.QUEUE_FULL,
+                    message=f"reply of {len(frame)} bytes not sent: {unread} bytes of earlier "
+                            f"replies to this client are still unread (limit "
+                            f"max_unread_reply_bytes={limit}); read them, then ask again"))
+                large = False
         try:
-            self._intake.send_multipart([identity, wire.encode(reply)], zmq.NOBLOCK)
+            if large:
+                tracker = self._intake.send_multipart([identity, frame], zmq.NOBLOCK,
+                                                      copy=False, track=True)
+                self._unread.setdefault(identity, deque()).append((tracker, len(frame)))
+            else:
+                self._intake.send_multipart([identity, frame], zmq.NOBLOCK)
+            sent = True
         except zmq.ZMQError as exc:
-            log.debug("reply to a departed client dropped: %s", exc)
+            sent = False
+            self._reply_failed(identity, exc)
         self._intake_reader.wake()  # a send can take the edge of a request that just arrived
+        return sent
+
+    def _reply_failed(self, identity: bytes, exc: zmq.ZMQError) -> None:
+        if exc.errno == zmq.EAGAIN:
+            self.metrics.replies_dropped.labels("not_reading").inc()
+            return
+        self.metrics.replies_dropped.labels("gone").inc()
+        self._client_gone(identity)
+
+    def _client_gone(self, identity: bytes) -> None:
+        """No route to this client any more: its long-polls and reply trackers go."""
+        self._unread.pop(identity, None)
+        for waiter in self._long_polls.drop_client(identity):
+            if not self._long_polls.has_task(waiter.task_id):
+                self.dispatcher.remove_waiter(waiter.task_id, self._long_poll_done)
+        self.metrics.result_waiters.set(len(self._long_polls))
+
+    def _unread_bytes(self, identity: bytes) -> int:
+        pending = self._unread.get(identity)
+        if not pending:
+            return 0
+        while pending and pending[0][0].done:
+            pending.popleft()
+        if not pending:
+            del self._unread[identity]
+            return 0
+        return sum(size for tracker, size in pending if not tracker.done)
+
+    def _probe_clients(self) -> None:
+        """Send an empty frame to each client holding long-polls (clients skip it): a client
+        that is gone has no route any more, and its long-polls are dropped."""
+        for identity in self._long_polls.clients():
+            try:
+                self._intake.send_multipart([identity, b""], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EAGAIN:
+                    self._client_gone(identity)
+        for identity in list(self._unread):
+            self._unread_bytes(identity)  # forgets what was sent
+        self._intake_reader.wake()
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -361,17 +501,13 @@ class Helper:
         if which == "submit":
             self._on_submit(identity, rid, request.submit)
         elif which == "status":
-            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
-            for task_id in request.status.task_ids:
-                entry = self.dispatcher.tasks.get(task_id)
-                reply.status.statuses.append(
-                    entry.status() if entry else wire.TaskStatus(task_id=task_id))
-            self._reply(identity, reply)
+            self._reply(identity, self._answer_status(rid, request.status.task_ids))
         elif which == "result":
             self._answer_result(identity, rid, request.result.task_id, request.result.wait_ms)
         elif which == "dead_letter":
             from mesh.deadletter import answer  # small module, loaded on first use
-            self._reply(identity, answer(self.dispatcher, request.dead_letter, rid))
+            self._reply(identity, answer(self.dispatcher, request.dead_letter, rid,
+                                         self.settings.max_reply_bytes))
             self._kick()
         elif which == "stats":
             reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
@@ -391,7 +527,14 @@ class Helper:
         results: list = []
         new: list[TaskEntry] = []
         dupes: list = []
-        no_room = self._admit(tasks, results, new, dupes)
+        try:
+            no_room = self._admit(tasks, results, new, dupes)
+        except Exception as exc:  # a bug: still answer every task, and leave no trace
+            message = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
+                                       code=wire.OK)
+            message.submit.results.extend(self._admission_failed(tasks, new, exc))
+            self._reply(identity, message)
+            return
         if no_room and wait_s > 0:
             asyncio.get_running_loop().create_task(
                 self._answer_submit(identity, rid, list(tasks), wait_s, results, new, dupes,
@@ -459,32 +602,71 @@ class Helper:
         reply.submit.results.extend(results)
         self._reply(identity, reply)
 
-    def _answer_result(self, identity: bytes, rid: int, task_id: str, wait_ms: int) -> None:
-        def send(entry: TaskEntry | None) -> None:
-            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
-                                     code=wire.OK)
-            reply.status.statuses.append(
-                entry.status() if entry else wire.TaskStatus(task_id=task_id))
-            self._reply(identity, reply)
+    def _answer_status(self, rid: int, task_ids) -> object:  # noqa: ANN001
+        """Statuses of distinct task ids, at most max_status_ids of them. The reply stops
+        adding statuses before it passes max_reply_bytes (the first is always in) and says so
+        in its message; the caller asks again for the rest (Client.statuses does)."""
+        s = self.settings
+        reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > s.max_status_ids:
+            self.metrics.intake_refused.labels("status_ids").inc()
+            reply.code = wire.MALFORMED_REQUEST
+            reply.message = (f"status request names {len(ids)} distinct task ids; at most "
+                             f"{s.max_status_ids} per request (max_status_ids): ask in "
+                             "smaller requests")
+            return reply
+        tasks = self.dispatcher.tasks
+        statuses = reply.status.statuses
+        size = 0
+        for n, task_id in enumerate(ids):
+            entry = tasks.get(task_id)
+            status = entry.status() if entry else wire.TaskStatus(task_id=task_id)
+            size += status.ByteSize() + 8
+            if size > s.max_reply_bytes and n:
+                self.metrics.intake_refused.labels("reply_bytes").inc()
+                reply.message = (f"statuses of {n} of {len(ids)} tasks: the reply reached its "
+                                 f"limit of {s.max_reply_bytes} bytes (max_reply_bytes); ask "
+                                 f"again for the other {len(ids) - n}")
+                break
+            statuses.append(status)
+        return reply
 
+    def _answer_result(self, identity: bytes, rid: int, task_id: str, wait_ms: int) -> None:
+        """A long-poll: answered now if the task is unknown or terminal (or wait_ms is 0),
+        else when it ends or when the wait (cut to max_result_wait_s) passes."""
         entry = self.dispatcher.tasks.get(task_id)
         if entry is None or entry.terminal or wait_ms == 0:
-            send(entry)
+            self._send_status(identity, rid, task_id, entry)
             return
-        loop = asyncio.get_running_loop()
-        timer = None
+        refusal = self._long_polls.refusal(identity)
+        if refusal is not None:
+            self.metrics.intake_refused.labels("result_waiters").inc()
+            self._reply(identity, wire.ClientReply(
+                version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.QUEUE_FULL,
+                message=refusal))
+            return
+        wait_s = min(wait_ms / 1000.0, self.settings.max_result_wait_s)
+        if self._long_polls.add(identity, rid, task_id, time.monotonic() + wait_s):
+            self.dispatcher.add_waiter(task_id, self._long_poll_done)
 
-        def finished(e: TaskEntry) -> None:
-            if timer is not None:
-                timer.cancel()
-            send(e)
+    def _long_poll_done(self, entry: TaskEntry) -> None:
+        for waiter in self._long_polls.take_task(entry.task_id):
+            self._send_status(waiter.identity, waiter.request_id, entry.task_id, entry)
 
-        def expired() -> None:
-            self.dispatcher.remove_waiter(task_id, finished)
-            send(self.dispatcher.tasks.get(task_id))
+    def _expire_long_polls(self) -> None:
+        for waiter in self._long_polls.expired(time.monotonic()):
+            task_id = waiter.task_id
+            if not self._long_polls.has_task(task_id):
+                self.dispatcher.remove_waiter(task_id, self._long_poll_done)
+            self._send_status(waiter.identity, waiter.request_id, task_id,
+                              self.dispatcher.tasks.get(task_id))
 
-        self.dispatcher.add_waiter(task_id, finished)
-        timer = loop.call_later(wait_ms / 1000.0, expired)
+    def _send_status(self, identity: bytes, rid: int, task_id: str,
+                     entry: TaskEntry | None) -> None:
+        reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+        reply.status.statuses.append(entry.status() if entry else wire.TaskStatus(task_id=task_id))
+        self._reply(identity, reply)
 
     def _on_ack_frame(self, frame: bytes) -> None:
         try:
@@ -540,11 +722,14 @@ class Helper:
     async def _timer_loop(self) -> None:
         d = self.dispatcher
         last_compact = time.monotonic()
+        last_probe = last_compact
         while True:
             await asyncio.sleep(0.05)
             try:
                 d.tick()
                 self._dispatch()
+                if self._long_polls:
+                    self._expire_long_polls()
                 # Every tick: one segment is compacted at a time, and under full load several
                 # fill per second.
                 if self.journal.compact():
@@ -554,7 +739,14 @@ class Helper:
                     last_compact = now
                     d.update_gauges()
                     self._check_queue_level()
+                    self._check_dead_letter_evictions()
+                    self._on_journal_health(getattr(self.journal, "failed", False),
+                                            getattr(self.journal, "failure", None))
                     self.metrics.journal_bytes.set(self.journal.size_bytes)
+                    self.metrics.result_waiters.set(len(self._long_polls))
+                if now - last_probe >= PROBE_INTERVAL_S:
+                    last_probe = now
+                    self._probe_clients()
             except Exception:
                 log.exception("helper timer step failed")
 
@@ -572,6 +764,17 @@ class Helper:
             self._queue_high = False
             self._on_event("queue_normal", {"depth": depth})
 
+    def _check_dead_letter_evictions(self) -> None:
+        """One alert per second at most while dead letters are being evicted, with the count."""
+        evicted = self.dispatcher.stats["dead_evicted"]
+        if evicted > self._dead_evicted_told:
+            self._on_event("deadletter_evicted", {
+                "evicted": evicted - self._dead_evicted_told, "evicted_total": evicted,
+                "kept": len(self.dispatcher.dead_letters),
+                "max_dead_letters": self.settings.max_dead_letters,
+                "max_dead_letter_bytes": self.settings.max_dead_letter_bytes})
+            self._dead_evicted_told = evicted
+
     def _on_fsync(self, seconds: float, records: int) -> None:
         # Called from the journal's flusher thread; prometheus_client objects are thread-safe.
         self.metrics.fsync_latency.observe(seconds)
@@ -581,7 +784,9 @@ class Helper:
         if self._alerts is None:
             return
         severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
-                    "journal_error": "critical", "queue_high": "warning"}.get(kind, "info")
+                    "journal_error": "critical", "queue_high": "warning",
+                    "journal_failed": "critical", "journal_recovered": "info",
+                    "deadletter_evicted": "warning"}.get(kind, "info")
         source = info.get("node_id") or info.get("task_id") or self.settings.helper_id
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,
@@ -605,6 +810,10 @@ class Helper:
             "late_acks": float(d.stats["late_acks"]),
             "succeeded": float(d.stats["succeeded"]),
             "dead": float(d.stats["dead"]),
+            "dead_letters": float(len(d.dead_letters)),
+            "dead_letter_bytes": float(d.dead_letters.size_bytes),
+            "dead_letters_evicted": float(d.stats["dead_evicted"]),
+            "result_waiters": float(len(self._long_polls)),
         }
 
     # ---- state file --------------------------------------------------------------------

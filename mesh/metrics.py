@@ -66,6 +66,20 @@ class HelperMetrics:
         self.journal_bytes = Gauge("mesh_journal_bytes", "Journal size on disk", registry=r)
         self.journal_errors = Counter("mesh_journal_errors", "Journal write or sync failures",
                                       registry=r)
+        self.dead_letters = Gauge("mesh_dead_letters", "Dead letters kept", registry=r)
+        self.dead_letter_bytes = Gauge(
+            "mesh_dead_letter_bytes", "Bytes of the dead letters kept (task and error)",
+            registry=r)
+        self.dead_letters_evicted = Counter(
+            "mesh_dead_letters_evicted", "Oldest dead letters forgotten past the bounds",
+            registry=r)
+        self.result_waiters = Gauge("mesh_result_waiters", "Result long-polls held", registry=r)
+        self.intake_refused = Counter(
+            "mesh_intake_requests_refused", "Client requests refused by a bound, by which",
+            ["bound"], registry=r)
+        self.replies_dropped = Counter(
+            "mesh_intake_replies_dropped", "Replies not sent: the client is gone or not reading "
+            "(its send queue is at the high-water mark)", ["reason"], registry=r)
 
 
 class AINodeMetrics:

@@ -7,9 +7,10 @@ Ordering rule (documented for users in the README):
   1 in 8 deliveries go to the oldest waiting lower-priority task.
 - A task put back after a lost delivery goes to the front of its lane (it waited already).
 
-Bounds (count and payload bytes) are checked by the caller through `has_room` at admission;
+Bounds (count and task bytes: the whole encoded task, not only its payload) are checked by the caller through `has_room` at admission;
 tasks put back after a delivery are never refused (they were accepted already).
 Removal is lazy: `discard` marks the entry and `pop` skips it, so removal is O(1).
+A kind whose lanes are all empty is dropped, so a stream of one-off kinds leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class Queueable(Protocol):
 
 
 class _KindQueue:
-    __slots__ = ("lanes", "priorities", "picks")
+    __slots__ = ("name", "lanes", "priorities", "picks")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.lanes: dict[int, deque] = {}
         self.priorities: list[int] = []  # descending
         self.picks = 0
@@ -63,7 +65,7 @@ class PendingQueue:
     def push(self, entry: Queueable, *, front: bool = False) -> None:
         kq = self._kinds.get(entry.kind)
         if kq is None:
-            kq = self._kinds[entry.kind] = _KindQueue()
+            kq = self._kinds[entry.kind] = _KindQueue(entry.kind)
         lane = kq.lanes.get(entry.priority)
         if lane is None:
             lane = kq.lanes[entry.priority] = deque()
@@ -89,7 +91,7 @@ class PendingQueue:
         best_kq = None
         best_lane = None
         best_head = None
-        names = self._kinds.keys() if kinds is None else kinds
+        names = list(self._kinds) if kinds is None else kinds  # _head may drop empty kinds
         for name in names:
             kq = self._kinds.get(name)
             if kq is None or not kq.priorities:
@@ -126,12 +128,13 @@ class PendingQueue:
                 chosen_lane, chosen = lane, lane[0]
         return chosen_lane, chosen
 
-    @staticmethod
-    def _prune(kq: _KindQueue, priority: int) -> None:
+    def _prune(self, kq: _KindQueue, priority: int) -> None:
         lane = kq.lanes.get(priority)
         if lane is not None and not lane:
             del kq.lanes[priority]
             kq.priorities.remove(priority)
+            if not kq.priorities and self._kinds.get(kq.name) is kq:
+                del self._kinds[kq.name]
 
     def oldest_queued_at(self) -> float | None:
         oldest = None

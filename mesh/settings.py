@@ -59,6 +59,28 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     queue_alert_fraction: float = 0.8
     #: strict priority, except every Nth pick goes to the lane whose head waited longest
     priority_aging_every: int = 8
+    #: admission limits besides max_payload_bytes (see mesh/admission.py); the task id is
+    #: bounded by the journal's key limit (255 UTF-8 bytes), not by a setting
+    max_kind_bytes: int = 255
+    max_headers: int = 64
+    max_header_bytes: int = 64 * 2**10
+    max_idempotency_key_bytes: int = 1024
+    min_priority: int = -1000
+    max_priority: int = 1000
+    #: dead letters kept, by count and by bytes (task + error); past either bound the oldest
+    #: dead letter is forgotten for good (journaled, counted, alerted)
+    max_dead_letters: int = 10_000
+    max_dead_letter_bytes: int = 64 * 2**20
+    #: result long-polls held at once, in all and per client connection; a longer wait is cut
+    #: to max_result_wait_s (the client then sees the task not terminal yet and asks again)
+    max_result_waiters: int = 50_000
+    max_result_waiters_per_client: int = 5_000
+    max_result_wait_s: float = 600.0
+    #: task ids in one status request (duplicates count once) and bytes of one reply
+    max_status_ids: int = 1000
+    max_reply_bytes: int = 16 * 2**20
+    #: bytes of large replies a client may leave unread before more large ones are refused
+    max_unread_reply_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         if self.fsync_policy not in FSYNC_POLICIES:
@@ -67,7 +89,14 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
             )
         _positive(self, "max_payload_bytes", "max_pending_tasks", "max_pending_bytes",
                   "max_attempts", "max_lost_deliveries", "dispatch_batch_max",
-                  "max_retained_results", "priority_aging_every")
+                  "max_retained_results", "priority_aging_every", "max_kind_bytes",
+                  "max_headers", "max_header_bytes", "max_idempotency_key_bytes",
+                  "max_dead_letters", "max_dead_letter_bytes", "max_result_waiters",
+                  "max_result_waiters_per_client", "max_result_wait_s", "max_status_ids",
+                  "max_reply_bytes", "max_unread_reply_bytes")
+        if self.min_priority > self.max_priority:
+            raise ConfigError(f"min_priority {self.min_priority} is above max_priority "
+                              f"{self.max_priority}")
         _positive(self, "node_dead_after_s", "ack_timeout_s", "retry_base_s", "retry_cap_s")
         if not self.helper_id:
             raise ConfigError("helper_id must not be empty")

@@ -51,6 +51,16 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="running deliveries lost with their node before a task is DEAD")
     p.add_argument("--max-pending-bytes", type=int, default=512 * 2**20)
     p.add_argument("--journal-segment-bytes", type=int, default=32 * 2**20)
+    p.add_argument("--max-dead-letters", type=int, default=10_000,
+                   help="dead letters kept; past it (or the bytes bound) the oldest is forgotten")
+    p.add_argument("--max-dead-letter-bytes", type=int, default=64 * 2**20)
+    p.add_argument("--max-result-waiters", type=int, default=50_000,
+                   help="result long-polls held at once")
+    p.add_argument("--max-result-waiters-per-client", type=int, default=5_000)
+    p.add_argument("--max-reply-bytes", type=int, default=16 * 2**20,
+                   help="bytes of one reply to a client")
+    p.add_argument("--max-unread-reply-bytes", type=int, default=64 * 2**20,
+                   help="bytes of large replies a client may leave unread")
     config.add_common(p)
     config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
                             watched="mesh-ai")
@@ -74,7 +84,12 @@ def main(args: argparse.Namespace) -> int:
         kind_max_attempts=config.parse_int_kv(args.kind_max_attempts, "--kind-max-attempts"),
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         max_lost_deliveries=args.max_lost_deliveries, max_pending_bytes=args.max_pending_bytes,
-        journal_segment_bytes=args.journal_segment_bytes)
+        journal_segment_bytes=args.journal_segment_bytes,
+        max_dead_letters=args.max_dead_letters, max_dead_letter_bytes=args.max_dead_letter_bytes,
+        max_result_waiters=args.max_result_waiters,
+        max_result_waiters_per_client=args.max_result_waiters_per_client,
+        max_reply_bytes=args.max_reply_bytes,
+        max_unread_reply_bytes=args.max_unread_reply_bytes)
     # One Helper per data dir, refused before the journal is opened; the kernel releases the
     # lock when this process dies, however it dies.
     with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):

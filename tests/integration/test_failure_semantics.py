@@ -447,15 +447,18 @@ def test_full_queue_rejects_with_queue_full_and_wait_s_waits_for_room(cluster) -
     assert _metric(text, "mesh_submit_rejected_total", reason="QueueFull") == 10_002.0
 
 
-def test_queue_bound_by_payload_bytes_names_the_bytes_bound(cluster) -> None:  # noqa: ANN001
+def test_queue_bound_by_task_bytes_names_the_bytes_bound(cluster) -> None:  # noqa: ANN001
     cluster.start_helper("--max-pending-bytes", "10000")
 
     async def scenario() -> None:
         async with Client(cluster.intake) as client:
             await client.submit("echo", b"x" * 6000)
-            with pytest.raises(QueueFull, match=r"\(12000 of 10000 payload bytes\)"):
+            # The bound counts the whole task (payload, kind, headers, ids), not only its payload.
+            with pytest.raises(QueueFull, match=r"\(1\d{4} of 10000 task bytes\)"):
                 await client.submit("echo", b"y" * 6000)
-            await client.submit("echo", b"z" * 4000)  # what fits still goes in
+            with pytest.raises(QueueFull, match=r"of 10000 task bytes"):
+                await client.submit("echo", b"y" * 100, headers={"h": "v" * 4000})
+            await client.submit("echo", b"z" * 3000)  # what fits still goes in
 
     asyncio.run(scenario())
 
