@@ -726,7 +726,10 @@ class Helper:
         while True:
             await asyncio.sleep(0.05)
             try:
+                depth = len(d.pending) + len(d.retry_waiting)
                 d.tick()
+                if len(d.pending) + len(d.retry_waiting) < depth:
+                    self._room.set()  # dead-lettered or expired: room for a waiting submit
                 self._dispatch()
                 if self._long_polls:
                     self._expire_long_polls()
