@@ -1,13 +1,17 @@
 """Side-by-side benchmark: the same durable task workload on every system, one table.
 
-    python bench/compare.py                      # all systems, 3 runs each
+    python bench/compare.py                      # all rows, 3 runs each, interleaved
     python bench/compare.py --quick              # 1 run, fewer tasks: does everything work?
     python bench/compare.py --systems redis,zmq --runs 5
 
-Two passes, each system started fresh on loopback in its own temp dir and stopped after:
-  pass 1: submit->durable and submit->consumer latency (one at a time), pipelined throughput;
-  pass 2: latency at a fixed offered load = --load-fraction x the slowest system's throughput
-          (or --rate), so every system sees the same rate.
+Every system is driven the way its own docs recommend (see the header of each
+bench/peers/<system>.py). Runs are interleaved: run 1 of every system, then run 2 of every
+system, ..., the order rotated by one each round; every run starts its server fresh, and the
+1-minute load average is recorded before it. One run of one system:
+  start the server and the producer (no consumers) -> submit latency, one at a time;
+  start 3 consumer processes (16 unacked at most each) -> warm-up, submit->consumer latency
+  (one task every 3 ms), throughput (the system's fast client pattern), latency at a fixed
+  offered load (--rate).
 Each figure is the median over --runs runs of the per-run statistic. Results go to
 bench/results/latest.{md,json,png}; raw samples to bench/results/raw/ (not committed).
 See bench/README.md for how to read the table and bench/peers/base.py for the interface.
@@ -36,19 +40,24 @@ sys.path.insert(0, str(BENCH))
 
 from peers import base  # noqa: E402
 
-SYSTEMS = {  # name -> "module:factory" under bench/peers; factory() -> base.System
-    "mesh": "peers.mesh:make",
-    "mesh-early": "peers.mesh:make_early",
-    "rabbitmq": "peers.rabbitmq:make",
-    "nats": "peers.nats_js:make",
-    "nats-fsync": "peers.nats_js:make_fsync",
-    "redis": "peers.redis_list:make",
-    "zmq": "peers.zmq_plain:make",
+# Rows: name -> (factory "module:function" under bench/peers, keyword arguments). A variant of
+# a system is one more entry, e.g. "mesh-insecure": ("peers.mesh_row:make", {"name": "mesh-insecure",
+# "helper_args": ["--insecure"]}). Rows whose name starts with "mesh" get a relative table.
+ROWS: dict[str, tuple[str, dict]] = {
+    "mesh": ("peers.mesh_row:make", {}),
+    "mesh-early": ("peers.mesh_row:make", {"early": True}),
+    "rabbitmq": ("peers.rabbitmq:make", {}),
+    "nats": ("peers.nats_js:make", {}),
+    "nats-fsync": ("peers.nats_js:make_fsync", {}),
+    "redis": ("peers.redis_list:make", {}),
+    "zmq": ("peers.zmq_plain:make", {}),
 }
-DEFAULT_ORDER = list(SYSTEMS)
+SYSTEMS = ROWS  # the old name
+DEFAULT_ORDER = list(ROWS)
 
 FULL = dict(durable=1000, e2e=1000, throughput=20000, paced=5000, warmup=1000, runs=3)
 QUICK = dict(durable=200, e2e=200, throughput=3000, paced=1000, warmup=200, runs=1)
+DEFAULT_RATE = 1000.0  # tasks/s for the paced figure: well below every durable row's throughput
 
 CDF_QS = [0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 100]
 
@@ -100,7 +109,7 @@ def machine_info(workdir: Path) -> dict:
 
 def client_versions() -> dict:
     out = {}
-    for d in ("pyzmq", "pika", "nats-py", "redis", "matplotlib"):
+    for d in ("pyzmq", "pika", "nats-py", "uvloop", "redis", "hiredis", "matplotlib"):
         try:
             out[d] = importlib.metadata.version(d)
         except importlib.metadata.PackageNotFoundError:
@@ -113,14 +122,17 @@ def client_versions() -> dict:
 
 def load(name: str):
     """The system object, or raise NotAvailable saying why it cannot be built."""
-    if name not in SYSTEMS:
-        raise base.NotAvailable(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
-    modname, factory = SYSTEMS[name].split(":")
+    if name not in ROWS:
+        raise base.NotAvailable(f"unknown system {name!r}; known: {', '.join(ROWS)}")
+    spec, kwargs = ROWS[name]
+    modname, factory = spec.split(":")
     try:
         mod = importlib.import_module(modname)
     except ImportError as exc:
         raise base.NotAvailable(f"cannot import {modname}: {exc}") from None
-    return getattr(mod, factory)()
+    system = getattr(mod, factory)(**kwargs)
+    system.name = name
+    return system
 
 
 def oneline(text: str, limit: int = 240) -> str:
@@ -152,6 +164,7 @@ class Row:
         self.runs: dict[str, list] = {"durable": [], "e2e": [], "throughput": [], "paced": []}
         self.errors: dict[str, str] = {}
         self.rss_kib: int | None = None
+        self.loads: list[float] = []  # 1-minute load average before each run
         self.e2e_samples: list[list[int]] = []  # one list per run
         self.paced_samples: list[list[int]] = []
 
@@ -173,8 +186,8 @@ class Row:
             self.rss_kib = max(self.rss_kib or 0, kib)
 
 
-def with_system(row: Row, root: Path, tag: str, body) -> None:
-    """Start the system fresh in its own dir, run body(system), always stop it."""
+def run_once(row: Row, root: Path, r: int, sizes: dict, rate: float) -> None:
+    """One run of one system on a freshly started server: every figure once."""
     if not row.available:
         return
     try:
@@ -182,7 +195,8 @@ def with_system(row: Row, root: Path, tag: str, body) -> None:
     except base.NotAvailable as exc:
         row.available, row.reason = False, oneline(exc)
         return
-    workdir = Path(tempfile.mkdtemp(prefix=f"{row.name}-{tag}-", dir=root))
+    row.loads.append(round(os.getloadavg()[0], 2))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{row.name}-run{r + 1}-", dir=root))
     t0 = time.monotonic()
     try:
         system.start(workdir)
@@ -190,63 +204,48 @@ def with_system(row: Row, root: Path, tag: str, body) -> None:
         row.available, row.reason = False, oneline(f"{type(exc).__name__}: {exc}", 300)
         row.absorb(system)
         log(f"{row.name}: not available: {row.reason}")
+        shutil.rmtree(workdir, ignore_errors=True)
         return
-    log(f"{row.name}: started in {time.monotonic() - t0:.1f}s ({tag})")
+    log(f"{row.name}: run {r + 1}: started in {time.monotonic() - t0:.1f}s (load {row.loads[-1]})")
     try:
         row.absorb(system)
-        body(system)
+
+        def measured(key: str, fn, *args) -> None:
+            if row.errors.get(key, "").startswith("timeout"):
+                return  # timed out once: do not spend another deadline on it
+            val, err = figure(fn, *args)
+            if err:
+                row.errors[key] = err
+                log(f"{row.name}: {key} run {r + 1}: {err}")
+            elif key == "throughput":
+                row.runs[key].append(val)
+                log(f"{row.name}: throughput run {r + 1}: {val:,.0f} tasks/s")
+            else:
+                row.runs[key].append(summarize(val))
+                if key == "e2e":
+                    row.e2e_samples.append(val)
+                if key == "paced":
+                    row.paced_samples.append(val)
+                if val:
+                    log(f"{row.name}: {key} run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
+                        f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
+
+        figure(system.submit_latency, max(1, sizes["warmup"] // 5))  # connections, caches; discarded
+        measured("durable", system.submit_latency, sizes["durable"])  # no consumers attached
+        system.start_consumers()  # and drains the backlog the submit latency left
+        figure(system.throughput, sizes["warmup"])  # warm-up with consumers; discarded
+        measured("e2e", system.e2e_latency, sizes["e2e"])
+        measured("throughput", system.throughput, sizes["throughput"])
+        measured("paced", system.paced, rate, sizes["paced"])
         row.note_rss(system)
+    except Exception as exc:
+        traceback.print_exc()
+        row.errors.setdefault("run", oneline(f"run {r + 1}: {type(exc).__name__}: {exc}"))
+        log(f"{row.name}: run {r + 1} failed: {exc}")
     finally:
         system.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        log(f"{row.name}: stopped")
-
-
-def pass_one(row: Row, sizes: dict, runs: int, root: Path) -> None:
-    def body(system) -> None:
-        figure(system.throughput, sizes["warmup"])  # warm caches, JITs, connections; discarded
-        for r in range(runs):
-            for key, fn, n in (("durable", system.durable_latency, sizes["durable"]),
-                               ("e2e", system.e2e_latency, sizes["e2e"]),
-                               ("throughput", system.throughput, sizes["throughput"])):
-                if row.errors.get(key, "").startswith("timeout"):
-                    continue  # timed out once: do not spend another deadline on it
-                val, err = figure(fn, n)
-                if err:
-                    row.errors[key] = err
-                    log(f"{row.name}: {key} run {r + 1}: {err}")
-                    continue
-                if key == "throughput":
-                    row.runs[key].append(val)
-                    log(f"{row.name}: throughput run {r + 1}: {val:,.0f} tasks/s")
-                else:
-                    row.runs[key].append(summarize(val))
-                    if key == "e2e":
-                        row.e2e_samples.append(val)
-                    if val:
-                        log(f"{row.name}: {key} run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
-                            f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
-
-    with_system(row, root, "p1", body)
-
-
-def pass_two(row: Row, rate: float, sizes: dict, runs: int, root: Path) -> None:
-    def body(system) -> None:
-        figure(system.throughput, sizes["warmup"])
-        for r in range(runs):
-            if row.errors.get("paced", "").startswith("timeout"):
-                break
-            val, err = figure(system.paced, rate, sizes["paced"])
-            if err:
-                row.errors["paced"] = err
-                log(f"{row.name}: paced run {r + 1}: {err}")
-                continue
-            row.runs["paced"].append(summarize(val))
-            row.paced_samples.append(val)
-            log(f"{row.name}: paced {rate:,.0f}/s run {r + 1}: p50 {base.percentile(val, 50) / 1e6:.3f} ms"
-                f" p99 {base.percentile(val, 99) / 1e6:.3f} ms")
-
-    with_system(row, root, "p2", body)
+        log(f"{row.name}: run {r + 1}: stopped")
 
 
 def summarize(samples: list[int]) -> dict:
@@ -257,11 +256,11 @@ def summarize(samples: list[int]) -> dict:
 
 
 FIGS = [  # key, column header, lower_is_better
-    ("durable_p50_ms", "submit→durable p50 ms", True),
-    ("durable_p99_ms", "submit→durable p99 ms", True),
+    ("durable_p50_ms", "submit→durable p50 ms (no consumers)", True),
+    ("durable_p99_ms", "submit→durable p99 ms (no consumers)", True),
     ("e2e_p50_ms", "submit→consumer p50 ms", True),
     ("e2e_p99_ms", "submit→consumer p99 ms", True),
-    ("throughput", "durable throughput tasks/s", False),
+    ("throughput", "durable throughput tasks/s (fast client)", False),
     ("paced_p50_ms", "p50 @ {rate} ms", True),
     ("paced_p99_ms", "p99 @ {rate} ms", True),
     ("rss_mib", "broker peak RSS MiB", True),
@@ -327,7 +326,7 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
 
     out = ["\n".join(lines)]
     peers = [r for r in rows if r.available and not r.name.startswith("mesh")]
-    for name in ("mesh", "mesh-early"):  # one table per mesh row, against the other systems
+    for name in [r.name for r in rows if r.name.startswith("mesh")]:  # one table per mesh row
         mesh = figs_by.get(name)
         if not mesh or not peers:
             continue
@@ -352,6 +351,8 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
         notes.extend(f"- {n}" for n in row.notes)
         for k, e in row.errors.items():
             notes.append(f"- {row.name} {k}: {e}")
+        if row.loads:
+            notes.append(f"- {row.name}: 1-min load average before each run: {', '.join(map(str, row.loads))}")
         notes.extend(f"- {row.name}: {s}" for s in spread_notes(row))
     m = meta
     header = (f"Measured {m['date']} on {m['machine']['nproc']} × {m['machine']['cpu']}, kernel {m['machine']['kernel']},"
@@ -360,7 +361,10 @@ def render(rows: list[Row], rate: float | None, fsync: dict, meta: dict) -> str:
               " (other work on the machine shows up here)."
               f" Runs per figure: {m['runs']} (median of per-run p50/p99); tasks per run: durable {m['sizes']['durable']},"
               f" e2e {m['sizes']['e2e']}, throughput {m['sizes']['throughput']}, paced {m['sizes']['paced']}"
-              f" at {rate_s} ({m['rate_rule']}). {'QUICK run (smoke test, not for quoting).' if m['quick'] else ''}")
+              f" at {rate_s} ({m['rate_rule']}). Runs interleaved (run 1 of every system, then run 2, ...; order"
+              f" rotated each round), every run on a freshly started server. Submit→durable is measured with no"
+              f" consumers attached; every other figure with 3 consumer processes, 16 unacked at most each."
+              f" {'QUICK run (smoke test, not for quoting).' if m['quick'] else ''}")
     return header.strip() + "\n\n" + "\n\n".join(out) + ("\n\nNotes:\n" + "\n".join(notes) if notes else "") + "\n"
 
 
@@ -391,12 +395,11 @@ def cdf_points(runs: list[list[int]]) -> list[list[float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", default=",".join(DEFAULT_ORDER),
-                    help=f"comma list from {','.join(SYSTEMS)} (default: all, in that order)")
+                    help=f"comma list from {','.join(ROWS)} (default: all, in that order)")
     ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="1 run with fewer tasks: an end-to-end smoke test")
-    ap.add_argument("--rate", type=float, default=None, help="offered load for the paced figure, tasks/s")
-    ap.add_argument("--load-fraction", type=float, default=0.5,
-                    help="paced rate = this × the slowest durable system's throughput (default 0.5)")
+    ap.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                    help=f"offered load for the paced figure, tasks/s (default {DEFAULT_RATE:,.0f})")
     ap.add_argument("--out", type=Path, default=BENCH / "results", help="results directory")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where servers keep their data (default: a temp dir; its disk is the one measured)")
@@ -410,29 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     root = Path(tempfile.mkdtemp(prefix="mesh-bench-", dir=args.workdir))
     rows = [Row(n) for n in names]
+    rate = args.rate
+    rule = "--rate" if args.rate != DEFAULT_RATE else "fixed, the same for every row"
     load_before = os.getloadavg()
     try:
         log(f"work dir {root}")
         fs = base.fsync_probe(root)
         fsync = {"n": len(fs), "p50_ms": base.percentile(fs, 50) / 1e6, "p99_ms": base.percentile(fs, 99) / 1e6}
         log(f"raw fdatasync p50 {fsync['p50_ms']:.3f} ms p99 {fsync['p99_ms']:.3f} ms")
-
-        for row in rows:
-            pass_one(row, sizes, runs, root)
-
-        if args.rate:
-            rate, rule = args.rate, "--rate"
-        else:
-            tps = [base.median(r.runs["throughput"]) for r in rows if r.available and r.durable and r.runs["throughput"]]
-            tps = tps or [base.median(r.runs["throughput"]) for r in rows if r.available and r.runs["throughput"]]
-            rate = args.load_fraction * min(tps) if tps else None
-            rule = f"{args.load_fraction:.0%} of the slowest durable system's throughput"
-        if rate:
-            log(f"paced rate {rate:,.0f} tasks/s ({rule})")
-            for row in rows:
-                pass_two(row, rate, sizes, runs, root)
-        else:
-            rule = "no throughput measured, paced figure skipped"
+        for r in range(runs):  # interleaved: run r of every system, order rotated each round
+            k = r % len(rows)
+            for row in rows[k:] + rows[:k]:
+                run_once(row, root, r, sizes, rate)
     finally:
         base._kill_leftover_servers()
         shutil.rmtree(root, ignore_errors=True)
@@ -444,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "runs": runs, "sizes": sizes, "quick": args.quick, "rate": rate, "rate_rule": rule,
         "workload": {"task_size_bytes": base.TASK_SIZE_BYTES, "producers": 1, "consumers": base.CONSUMERS,
-                     "in_flight_per_consumer": base.IN_FLIGHT_PER_CONSUMER, "window": base.WINDOW},
+                     "in_flight_per_consumer": base.IN_FLIGHT_PER_CONSUMER,
+                     "throughput_batch": base.THROUGHPUT_BATCH, "pipeline_window": base.PIPELINE_WINDOW,
+                     "e2e_interval_s": base.E2E_INTERVAL_S},
     }
     md = render(rows, rate, fsync, meta)
     print(md)
@@ -455,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "systems": [{
             "name": r.name, "available": r.available, "reason": r.reason, "version": r.version,
             "durability": r.durability,
-            "durable": r.durable, "notes": r.notes, "errors": r.errors,
+            "durable": r.durable, "notes": r.notes, "errors": r.errors, "loadavg_1m_before_runs": r.loads,
             "figures": row_figures(r) if r.available else None, "runs": r.runs,
             "e2e_cdf_ms": cdf_points(r.e2e_samples), "paced_cdf_ms": cdf_points(r.paced_samples),
         } for r in rows],

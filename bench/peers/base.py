@@ -1,37 +1,34 @@
 """The common interface every benchmarked system implements, and the shared measuring kit.
 
 A *system* is one row of the comparison table (RabbitMQ, NATS JetStream, Redis, plain
-ZeroMQ, the mesh). `bench/compare.py` drives every system through the same phases; a system
-only has to know how to start its servers and consumers, and how to submit tasks durably.
+ZeroMQ, the mesh). `bench/compare.py` drives every system through the same phases, each run
+on a freshly started server:
 
-The contract (`System`) is deliberately small so the mesh row plugs in the same way:
+    start(workdir)          servers + the producer's connection; NO consumers yet
+    submit_latency(n)       one at a time: submit, wait for the durable ack, repeat (no consumers)
+    start_consumers()       3 consumer processes, 16 unacked at most each; the backlog is drained
+    throughput(warm-up n)   discarded
+    e2e_latency(n)          one task every E2E_INTERVAL_S, alone in the system: submit -> consumer
+    throughput(n)           the system's recommended high-throughput client pattern
+    paced(rate, n)          open loop at a fixed offered load: due time -> consumer
+    stop()                  kills everything start()/start_consumers() made; idempotent
 
-    class System(Protocol):
-        name: str                       # row label, e.g. "redis"
-        durable: bool                   # False only for the no-journal floor row
-        def start(self, workdir: Path) -> None      # servers + 3 consumer processes, ready
-        def stop(self) -> None                      # idempotent; kills everything start() made
-        def durable_latency(self, n: int) -> list[int]   # ns, submit -> durable ack, 1 at a time
-        def e2e_latency(self, n: int) -> list[int]       # ns, submit -> consumer receive, 1 at a time
-        def throughput(self, n: int) -> float            # tasks/s completed, pipelined durable submits
-        def paced(self, rate: float, n: int) -> list[int]  # ns, submit -> receive at fixed offered load
-        def server_pids(self) -> list[int]          # broker processes, for peak RSS (VmHWM)
+The producer is the harness process and does nothing but submit: no thread, no socket of
+the harness runs in it while it measures. Consumers record every task in their own log
+(`ConsumerLog`, a memory-mapped file in /dev/shm: a few stores per task, no system call, no
+message to anyone); the harness reads the logs after a phase (or polls them while it is
+otherwise idle) and merges them. Timestamps are `time.monotonic_ns()`: CLOCK_MONOTONIC is one
+clock for the whole machine on Linux, so producer and consumer stamps are comparable.
 
-The common workload: 200-byte tasks, 1 producer (the harness process), 3 consumer processes
-with 16 tasks in flight each, durability on. The easy way to implement a system is to
-subclass `BaseSystem` and provide four things:
+The easy way to implement a system is to subclass `BaseSystem` (a blocking client) or
+`AsyncSystem` (an asyncio client on uvloop) and provide the hooks they list. The consumer
+side is a module-level function run in 3 spawned processes:
 
-    start_servers(workdir)      start broker processes on 127.0.0.1, wait for readiness
-    consumer_target / consumer_args()   a module-level function run in 3 spawned processes
-    publish_window(payloads)    submit a batch, return when every task in it is durable
-    close_producer()/stop_servers()
+    def consume(index: int, args: dict, log_path: str, stop_event) -> None
 
-`BaseSystem` then supplies the four measurements, all built on `publish_window` and on a
-`Collector` that consumer processes report to (one 24-byte ZeroMQ message per task, sent
-after the task is acked, carrying seq, submit stamp and receive time). Timestamps are
-`time.monotonic_ns()`: CLOCK_MONOTONIC is one clock for the whole machine on Linux, so
-producer and consumer stamps are comparable across processes (perf_counter_ns is too,
-on Linux, but that is not documented).
+which opens `Reporter(log_path)` (= `ConsumerLog`), calls `hello()` once it can receive,
+`received(payload, recv_ns)` for every task once it is acked, and returns when
+`stop_event` is set (poll it at least every 0.1 s).
 
 Every wait is bounded: a phase that overruns its deadline raises `PhaseTimeout`, which the
 table shows instead of a number. Every server process is started through `Server`, killed
@@ -40,8 +37,10 @@ by `stop()`, and also by an atexit hook if the harness dies first.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import math
+import mmap
 import multiprocessing as mp
 import os
 import signal
@@ -49,23 +48,23 @@ import socket
 import statistics
 import struct
 import subprocess
-import threading
+import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
-
-import zmq
 
 TASK_SIZE_BYTES = 200
 CONSUMERS = 3
 IN_FLIGHT_PER_CONSUMER = 16
-WINDOW = 64  # pipelined submits per window of confirms in throughput()
+THROUGHPUT_BATCH = 1000  # tasks per call for clients whose fast path is a batch call (mesh, Redis pipeline)
+PIPELINE_WINDOW = 1000  # outstanding unconfirmed submits for clients whose fast path is a window of futures
+E2E_INTERVAL_S = 0.003  # one task every 3 ms: each task finds the system idle (every p99 here is below)
 PHASE_TIMEOUT_S = 120.0  # per measurement call; a timeout is reported, not hidden
+EARLY_WAKE_S = 0.0005  # loop timers have 1 ms resolution: wake this much early, stamp min(due, now)
 
 # Task payload: seq (u64), submit stamp monotonic ns (u64), padding to TASK_SIZE_BYTES.
 _HEAD = struct.Struct("<QQ")
-# Consumer report: seq, submit stamp, receive stamp. seq 0 = "consumer ready" hello.
-_REPORT = struct.Struct("<QQQ")
 
 
 class PhaseTimeout(Exception):
@@ -78,19 +77,16 @@ class NotAvailable(Exception):
 
 @runtime_checkable
 class System(Protocol):
-    """One row of the table. See the module docstring for the contract of each method.
-
-    Units: latencies are lists of integer nanoseconds, one per task; throughput is tasks
-    per second. `start` must leave servers *and* consumers ready (no warm-up sleeps in the
-    measurements); `stop` must be idempotent and safe after a failed `start`.
-    """
+    """One row of the table. Latencies are lists of integer nanoseconds, one per task;
+    throughput is tasks per second. See the module docstring for the order of the calls."""
 
     name: str
     durable: bool
 
     def start(self, workdir: Path) -> None: ...
+    def start_consumers(self) -> None: ...
     def stop(self) -> None: ...
-    def durable_latency(self, n: int) -> list[int]: ...
+    def submit_latency(self, n: int) -> list[int]: ...
     def e2e_latency(self, n: int) -> list[int]: ...
     def throughput(self, n: int) -> float: ...
     def paced(self, rate: float, n: int) -> list[int]: ...
@@ -268,125 +264,159 @@ def _kill_leftover_servers() -> None:
         srv.stop(grace_s=2.0)
 
 
-# --------------------------------------------------------------------------- consumer side
 
 
-class Reporter:
-    """Used inside a consumer process: one report per task, after its ack."""
+# --------------------------------------------------------------------------- consumer logs
 
-    def __init__(self, addr: str):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 2000)  # flush the last reports at exit, bounded
-        self.sock.connect(addr)
+_LOG_HEADER_BYTES = 64  # u64 magic, u64 count, u64 hello, u64 overflowed
+_LOG_MAGIC = 0x474F4C5F48534D  # "MSH_LOG"
+_REC = struct.Struct("<QQQQ")  # seq, submit stamp, receive stamp, logged (after the ack) stamp
+_U64 = struct.Struct("<Q")
+LOG_CAPACITY = 1 << 20  # records per consumer per run (a run uses ~30,000)
+
+
+def log_dir() -> Path:
+    """Consumer logs live in memory (tmpfs): no writeback competing with the brokers' fsyncs."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def create_log(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.truncate(_LOG_HEADER_BYTES + _REC.size * LOG_CAPACITY)  # sparse: pages appear as written
+        f.write(_U64.pack(_LOG_MAGIC))
+
+
+class ConsumerLog:
+    """Used inside a consumer process: one record per task, written into a shared mapping.
+
+    A record costs a struct pack into memory (well under a microsecond): no system call, no
+    message, no thread. The count is stored after the record, so a reader never sees a
+    half-written record (x86 keeps stores in order; the harness only runs on Linux)."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.mm = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        self.capacity = (len(self.mm) - _LOG_HEADER_BYTES) // _REC.size
+        self.count = 0
 
     def hello(self) -> None:
-        self.sock.send(_REPORT.pack(0, 0, 0))
+        _U64.pack_into(self.mm, 16, 1)
 
     def received(self, payload: bytes, recv_ns: int) -> None:
+        if self.count >= self.capacity:
+            _U64.pack_into(self.mm, 24, 1)
+            return
         seq, stamp = _HEAD.unpack_from(payload)
-        self.sock.send(_REPORT.pack(seq, stamp, recv_ns))
+        _REC.pack_into(self.mm, _LOG_HEADER_BYTES + _REC.size * self.count, seq, stamp, recv_ns, time.monotonic_ns())
+        self.count += 1
+        _U64.pack_into(self.mm, 8, self.count)
 
     def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
+        if not self.mm.closed:
+            self.mm.close()
 
 
-class Collector:
-    """Harness side: receives consumer reports on a PULL socket in a background thread."""
+Reporter = ConsumerLog  # the name bench/peers/mesh.py uses
 
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.addr = f"tcp://127.0.0.1:{port}"
-        self.cond = threading.Condition()
-        self.latency_ns: dict[int, int] = {}
-        self.hellos = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        while not self._stop.is_set():
-            if not poller.poll(100):
+class LogReader:
+    """Harness side: reads the consumers' logs; records by seq (first delivery wins)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.maps = []
+        for p in paths:
+            with open(p, "rb") as f:
+                self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self.read = [0] * len(paths)
+        self.records: dict[int, tuple[int, int, int]] = {}  # seq -> (stamp, recv, logged)
+        self.duplicates = 0
+
+    def hellos(self) -> int:
+        return sum(_U64.unpack_from(m, 16)[0] for m in self.maps)
+
+    def overflowed(self) -> bool:
+        return any(_U64.unpack_from(m, 24)[0] for m in self.maps)
+
+    def poll(self) -> int:
+        """Take in the records written since the last poll; return how many."""
+        new = 0
+        for i, m in enumerate(self.maps):
+            count = _U64.unpack_from(m, 8)[0]
+            if count <= self.read[i]:
                 continue
-            batch = []
-            while True:
-                try:
-                    batch.append(self.sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            with self.cond:
-                for raw in batch:
-                    seq, stamp, recv = _REPORT.unpack(raw)
-                    if seq == 0:
-                        self.hellos += 1
-                    else:
-                        self.latency_ns.setdefault(seq, recv - stamp)
-                self.cond.notify_all()
+            lo, hi = _LOG_HEADER_BYTES + _REC.size * self.read[i], _LOG_HEADER_BYTES + _REC.size * count
+            for seq, stamp, recv, logged in _REC.iter_unpack(m[lo:hi]):
+                if seq in self.records:
+                    self.duplicates += 1
+                else:
+                    self.records[seq] = (stamp, recv, logged)
+            new += count - self.read[i]
+            self.read[i] = count
+        return new
 
-    def wait_hellos(self, n: int, timeout_s: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: self.hellos >= n, timeout_s)
-
-    def wait_seq(self, seq: int, timeout_s: float) -> int:
-        with self.cond:
-            if not self.cond.wait_for(lambda: seq in self.latency_ns, timeout_s):
-                raise PhaseTimeout(f"task {seq} not received within {timeout_s:.0f}s")
-            return self.latency_ns[seq]
-
-    def wait_range(self, first: int, last: int, timeout_s: float) -> list[int]:
-        """Wait until every seq in [first, last] is reported; return their latencies."""
-        want = last - first + 1
-
-        def done() -> bool:
-            # count from the top: reports arrive nearly in order, so this stays cheap
-            return sum(1 for s in range(first, last + 1) if s in self.latency_ns) >= want
-
+    def wait_range(self, first: int, last: int, timeout_s: float) -> list[tuple[int, int, int]]:
+        """Wait until every seq in [first, last] is logged; return their records in seq order.
+        Polls every 5 ms: the wait itself is not measured (stamps are in the records)."""
         deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while True:
-                if last in self.latency_ns and done():
-                    return [self.latency_ns[s] for s in range(first, last + 1)]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    got = sum(1 for s in range(first, last + 1) if s in self.latency_ns)
-                    raise PhaseTimeout(f"{got}/{want} tasks received within {timeout_s:.0f}s")
-                self.cond.wait(min(left, 0.5))
+        missing = set(range(first, last + 1))
+        while True:
+            self.poll()
+            missing = {s for s in missing if s not in self.records}
+            if not missing:
+                return [self.records[s] for s in range(first, last + 1)]
+            if self.overflowed():
+                raise PhaseTimeout("a consumer log is full (LOG_CAPACITY)")
+            if time.monotonic() > deadline:
+                want = last - first + 1
+                raise PhaseTimeout(f"{want - len(missing)}/{want} tasks consumed within {timeout_s:.0f}s")
+            time.sleep(0.005)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.sock.close()
-        self.ctx.term()
+        for m in self.maps:
+            m.close()
+        for p in self.paths:
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- BaseSystem
 
 
 class BaseSystem:
-    """Implements the four measurements on top of `publish_window`; subclasses start things.
+    """The lifecycle, the consumer processes and the four measurements for a blocking client.
 
-    Subclass hooks (all called from the harness process):
+    Subclass hooks (all called from the harness process, which is the producer):
       start_servers(workdir)  -> None    start and wait for servers; raise NotAvailable
       setup_producer()        -> None    connect, declare queues/streams
-      consumer_target                    module-level function(index, addr_info, report_addr, stop_event)
+      consumer_target                    module-level function(index, args, log_path, stop_event)
       consumer_args()         -> dict    picklable connection info for consumers
+      consumers_ready()       -> None    optional: wait until the servers see the consumers
       publish_window(payloads)-> None    submit all; return when all are durable
       close_producer(), stop_servers()   idempotent
+
+    Throughput: `publish_window` in batches of `throughput_batch` (mesh: one submit request
+    per batch; Redis: one pipeline per batch). A client whose fast path is one call per task
+    returning a future (the mesh's pipelining client, when it lands) defines
+    `submit_nowait(payload) -> concurrent.futures.Future` (resolved when the task is durable):
+    then throughput and paced keep at most `pipeline_window` of them pending instead.
     """
 
     name = "base"
     durable = True
+    throughput_batch = THROUGHPUT_BATCH
+    pipeline_window = PIPELINE_WINDOW
     consumer_target: Callable[..., None]
 
     def __init__(self) -> None:
         self.workdir: Path | None = None
-        self.collector: Collector | None = None
+        self.logs: LogReader | None = None
         self.consumers: list[mp.process.BaseProcess] = []
         self.stop_event: Any = None
         self.servers: list[Server] = []
@@ -394,6 +424,7 @@ class BaseSystem:
         self.notes: list[str] = []  # caveats shown under the table
         self.durability = "fsynced"  # what the submit ack means, in a few words (table column)
         self.server_version = ""  # shown in the table notes and results JSON
+        self.client = ""  # how the producer submits, in a few words (table notes)
 
     # ---- hooks
     def start_servers(self, workdir: Path) -> None:
@@ -404,6 +435,9 @@ class BaseSystem:
 
     def consumer_args(self) -> dict:
         return {}
+
+    def consumers_ready(self) -> None:
+        pass
 
     def publish_window(self, payloads: list[bytes]) -> None:
         raise NotImplementedError
@@ -418,25 +452,43 @@ class BaseSystem:
 
     # ---- lifecycle
     def start(self, workdir: Path) -> None:
+        """Servers and the producer; no consumers (submit latency is measured without them)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.start_servers(workdir)
             self.setup_producer()
-            self.collector = Collector()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_consumers(self) -> None:
+        """3 consumer processes, each with its own log; returns once every task submitted so
+        far (the submit-latency backlog) has been consumed."""
+        try:
+            paths = []
+            for i in range(CONSUMERS):
+                p = log_dir() / f"mesh-bench-{os.getpid()}-{self.name}-{i}-{time.monotonic_ns()}.log"
+                create_log(p)
+                paths.append(p)
+            self.logs = LogReader(paths)
             ctx = mp.get_context("spawn")
             self.stop_event = ctx.Event()
             args = self.consumer_args()
             for i in range(CONSUMERS):
-                p = ctx.Process(target=type(self).consumer_target, args=(i, args, self.collector.addr, self.stop_event),
+                p = ctx.Process(target=type(self).consumer_target, args=(i, args, str(paths[i]), self.stop_event),
                                 name=f"{self.name}-consumer-{i}", daemon=True)
                 p.start()
                 self.consumers.append(p)
             deadline = time.monotonic() + 60.0
-            while not self.collector.wait_hellos(CONSUMERS, 0.5):
+            while self.logs.hellos() < CONSUMERS:
                 dead = [p.exitcode for p in self.consumers if not p.is_alive()]
                 if dead or time.monotonic() > deadline:
                     raise NotAvailable(f"consumers not ready (exit codes of dead ones: {dead}); see stderr")
+                time.sleep(0.02)
+            self.consumers_ready()
+            if self._seq:
+                self.logs.wait_range(1, self._seq, PHASE_TIMEOUT_S)
         except BaseException:
             self.stop()
             raise
@@ -457,85 +509,249 @@ class BaseSystem:
             self.close_producer()
         except Exception:
             pass
-        if self.collector is not None:
-            self.collector.close()
-            self.collector = None
+        if self.logs is not None:
+            self.logs.close()
+            self.logs = None
         self.stop_servers()
 
     def server_pids(self) -> list[int]:
         return [s.pid for s in self.servers if s.alive()]
 
-    # ---- measurements
+    # ---- shared by the measurements
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    def drain(self, first: int, last: int, timeout_s: float = PHASE_TIMEOUT_S) -> list[int]:
-        assert self.collector is not None
-        return self.collector.wait_range(first, last, timeout_s)
+    def consumed(self, first: int, last: int, deadline: float) -> list[tuple[int, int, int]]:
+        assert self.logs is not None, "start_consumers() first"
+        return self.logs.wait_range(first, last, max(1.0, deadline - time.monotonic()))
 
-    def durable_latency(self, n: int) -> list[int]:
-        """Submit one task, wait for the durable ack, repeat. Consumers run meanwhile."""
+    @staticmethod
+    def _check(deadline: float, what: str, done: int, n: int) -> None:
+        if time.monotonic() > deadline:
+            raise PhaseTimeout(f"{what}: {done}/{n} submitted in {PHASE_TIMEOUT_S:.0f}s")
+
+    # ---- measurements (blocking client)
+    def submit_latency(self, n: int) -> list[int]:
+        """Submit one task, wait for the durable ack, repeat."""
         out = []
-        first = self._seq + 1
         deadline = time.monotonic() + PHASE_TIMEOUT_S
-        for _ in range(n):
+        for i in range(n):
             seq = self._next_seq()
             t0 = time.monotonic_ns()
             self.publish_window([make_task(seq, t0)])
             out.append(time.monotonic_ns() - t0)
-            if time.monotonic() > deadline:
-                raise PhaseTimeout(f"durable_latency: {len(out)}/{n} done in {PHASE_TIMEOUT_S:.0f}s")
-        self.drain(first, self._seq)
+            self._check(deadline, "submit_latency", i + 1, n)
         return out
 
     def e2e_latency(self, n: int) -> list[int]:
-        """Submit one task (durably), wait until a consumer has received it, repeat."""
-        assert self.collector is not None
-        out = []
+        """One task every E2E_INTERVAL_S, each submitted durably on its own; latency =
+        consumer receive - submit stamp. Open loop: nothing waits for a consumer."""
+        first = self._seq + 1
         deadline = time.monotonic() + PHASE_TIMEOUT_S
-        for _ in range(n):
-            seq = self._next_seq()
-            self.publish_window([make_task(seq, time.monotonic_ns())])
-            out.append(self.collector.wait_seq(seq, max(0.1, deadline - time.monotonic())))
-        return out
+        interval_ns = int(E2E_INTERVAL_S * 1e9)
+        t0 = time.monotonic_ns()
+        for i in range(n):
+            due = t0 + i * interval_ns
+            left = due - time.monotonic_ns()
+            if left > 0:
+                time.sleep(left / 1e9)
+            self.publish_window([make_task(self._next_seq(), time.monotonic_ns())])
+            self._check(deadline, "e2e_latency", i + 1, n)
+        return [recv - stamp for stamp, recv, _ in self.consumed(first, self._seq, deadline)]
 
     def throughput(self, n: int) -> float:
-        """Pipelined durable submits in windows of WINDOW; tasks/s until the last is received
-        and acked by a consumer (reports are sent after the ack)."""
+        """The recommended high-throughput pattern; tasks/s from the first submit until the
+        last task was logged (after its ack) by a consumer."""
         first = self._seq + 1
         deadline = time.monotonic() + PHASE_TIMEOUT_S
         t0 = time.monotonic_ns()
-        left = n
-        while left > 0:
-            k = min(WINDOW, left)
-            now = time.monotonic_ns()
-            self.publish_window([make_task(self._next_seq(), now) for _ in range(k)])
-            left -= k
-            if time.monotonic() > deadline:
-                raise PhaseTimeout(f"throughput: {n - left}/{n} submitted in {PHASE_TIMEOUT_S:.0f}s")
-        self.drain(first, self._seq, max(1.0, deadline - time.monotonic()))
-        return n / ((time.monotonic_ns() - t0) / 1e9)
+        if hasattr(self, "submit_nowait"):
+            self._pipelined((make_task(self._next_seq(), time.monotonic_ns()) for _ in range(n)), deadline)
+        else:
+            left = n
+            while left > 0:
+                k = min(self.throughput_batch, left)
+                now = time.monotonic_ns()
+                self.publish_window([make_task(self._next_seq(), now) for _ in range(k)])
+                left -= k
+                self._check(deadline, "throughput", n - left, n)
+        recs = self.consumed(first, self._seq, deadline)
+        return n / ((max(r[2] for r in recs) - t0) / 1e9)
+
+    def _pipelined(self, payloads, deadline: float) -> None:
+        """At most `pipeline_window` submits pending; the oldest is waited for first."""
+        pending: deque = deque()
+        for p in payloads:
+            if len(pending) >= self.pipeline_window:
+                pending.popleft().result(timeout=max(0.1, deadline - time.monotonic()))
+            pending.append(self.submit_nowait(p))  # type: ignore[attr-defined]
+        for f in pending:
+            f.result(timeout=max(0.1, deadline - time.monotonic()))
 
     def paced(self, rate: float, n: int) -> list[int]:
-        """Open-loop offered load: task i is due at t0 + i/rate and is stamped with that due
-        time, so a stalled submit shows up as latency (no coordinated omission). Whatever is
-        due is submitted as one window; latency = consumer receive - due time."""
+        """Open-loop offered load: task i is due at t0 + i/rate and stamped with that due time,
+        so a stalled submit shows up as latency (no coordinated omission). Whatever is due is
+        submitted as one window; latency = consumer receive - due time."""
         first = self._seq + 1
         interval_ns = int(1e9 / rate)
         deadline = time.monotonic() + PHASE_TIMEOUT_S
         t0 = time.monotonic_ns() + 1_000_000
+        futures = []
         i = 0
         while i < n:
             now = time.monotonic_ns()
             due_upto = min(n, (now - t0) // interval_ns + 1)
             if due_upto <= i:
-                nxt = t0 + i * interval_ns
-                time.sleep(max(0.0, (nxt - now) / 1e9))
+                time.sleep(max(0.0, (t0 + i * interval_ns - now) / 1e9))
                 continue
             batch = [make_task(self._next_seq(), t0 + j * interval_ns) for j in range(i, due_upto)]
-            self.publish_window(batch)
+            if hasattr(self, "submit_nowait"):
+                futures.extend(self.submit_nowait(p) for p in batch)  # type: ignore[attr-defined]
+            else:
+                self.publish_window(batch)
             i = due_upto
-            if time.monotonic() > deadline:
-                raise PhaseTimeout(f"paced: {i}/{n} submitted in {PHASE_TIMEOUT_S:.0f}s")
-        return self.drain(first, self._seq, max(1.0, deadline - time.monotonic()))
+            self._check(deadline, "paced", i, n)
+        for f in futures:
+            f.result(timeout=max(0.1, deadline - time.monotonic()))
+        return [recv - stamp for stamp, recv, _ in self.consumed(first, self._seq, deadline)]
+
+
+# --------------------------------------------------------------------------- AsyncSystem
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (its README: asyncio 2-4x faster), else the default loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio default loop"
+
+
+class AsyncSystem(BaseSystem):
+    """The measurements for an asyncio client, each phase one coroutine on one long-lived loop
+    (uvloop when installed): no loop started and stopped per window or per task.
+
+    Hooks, besides the BaseSystem ones (start_servers, consumer_target, consumer_args):
+      async setup_async()                connect, declare; runs on self.loop
+      async publish_wait(payload)        submit one task, return when it is durable
+      async publish_nowait(payload)      submit one task without waiting for its ack; may
+                                         wait first while the window of pending acks is full
+      async flush()                      return when every submitted task is durable
+      async close_async()
+    """
+
+    def setup_producer(self) -> None:
+        self.loop = new_loop()
+        self.run(self.setup_async(), 30.0)
+
+    def run(self, coro, timeout_s: float = PHASE_TIMEOUT_S):
+        try:
+            return self.loop.run_until_complete(asyncio.wait_for(coro, timeout_s))
+        except asyncio.TimeoutError:
+            raise PhaseTimeout(f"no answer within {timeout_s:.0f}s") from None
+
+    def close_producer(self) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is None or loop.is_closed():
+            return
+        try:
+            self.run(self.close_async(), 5.0)
+        except Exception:
+            pass
+        finally:
+            loop.close()
+
+    async def setup_async(self) -> None:
+        raise NotImplementedError
+
+    async def publish_wait(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def publish_nowait(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+    async def close_async(self) -> None:
+        pass
+
+    @staticmethod
+    async def _sleep_until(due_ns: int) -> None:
+        left = due_ns - time.monotonic_ns() - EARLY_WAKE_S * 1e9
+        if left > 0:
+            await asyncio.sleep(left / 1e9)
+
+    def submit_latency(self, n: int) -> list[int]:
+        async def body() -> list[int]:
+            out = []
+            for _ in range(n):
+                seq = self._next_seq()
+                t0 = time.monotonic_ns()
+                await self.publish_wait(make_task(seq, t0))
+                out.append(time.monotonic_ns() - t0)
+            return out
+
+        return self.run(body())
+
+    def e2e_latency(self, n: int) -> list[int]:
+        first = self._seq + 1
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+
+        async def body() -> None:
+            interval_ns = int(E2E_INTERVAL_S * 1e9)
+            t0 = time.monotonic_ns()
+            for i in range(n):
+                await self._sleep_until(t0 + i * interval_ns)
+                await self.publish_nowait(make_task(self._next_seq(), time.monotonic_ns()))
+            await self.flush()
+
+        self.run(body())
+        return [recv - stamp for stamp, recv, _ in self.consumed(first, self._seq, deadline)]
+
+    def throughput(self, n: int) -> float:
+        first = self._seq + 1
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        t0 = time.monotonic_ns()
+
+        async def body() -> None:
+            for _ in range(n):
+                await self.publish_nowait(make_task(self._next_seq(), time.monotonic_ns()))
+            await self.flush()
+
+        self.run(body())
+        recs = self.consumed(first, self._seq, deadline)
+        return n / ((max(r[2] for r in recs) - t0) / 1e9)
+
+    def paced(self, rate: float, n: int) -> list[int]:
+        """As BaseSystem.paced. Loop timers wake up to 1 ms late, so the loop wakes
+        EARLY_WAKE_S early; a task sent before its due time is stamped with its actual send
+        time, one sent late with its due time: stamp = min(due, now), so lateness counts and
+        earliness does not help."""
+        first = self._seq + 1
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+
+        async def body() -> None:
+            interval_ns = int(1e9 / rate)
+            t0 = time.monotonic_ns() + 1_000_000
+            i = 0
+            while i < n:
+                due = t0 + i * interval_ns
+                await self._sleep_until(due)
+                now = time.monotonic_ns()
+                due_upto = max(i + 1, min(n, (now - t0) // interval_ns + 1))
+                for j in range(i, due_upto):
+                    await self.publish_nowait(make_task(self._next_seq(), min(t0 + j * interval_ns,
+                                                                               time.monotonic_ns())))
+                i = due_upto
+            await self.flush()
+
+        self.run(body())
+        return [recv - stamp for stamp, recv, _ in self.consumed(first, self._seq, deadline)]

@@ -16,8 +16,8 @@ import zmq
 from .base import BaseSystem, IN_FLIGHT_PER_CONSUMER, Reporter
 
 
-def consume(index: int, args: dict, report_addr: str, stop_event) -> None:
-    rep = Reporter(report_addr)
+def consume(index: int, args: dict, log_path: str, stop_event) -> None:
+    rep = Reporter(log_path)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, IN_FLIGHT_PER_CONSUMER)  # bounded prefetch, like the brokers' 16
@@ -63,7 +63,7 @@ class ZmqPlain(BaseSystem):
         for p in payloads:
             self.sock.send(p)
 
-    def durable_latency(self, n: int) -> list[int]:
+    def submit_latency(self, n: int) -> list[int]:
         return []  # nothing is ever durable
 
     def close_producer(self) -> None:
