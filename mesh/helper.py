@@ -100,7 +100,8 @@ class Helper:
     async def start(self) -> None:
         s = self.settings
         data_dir = Path(s.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Payloads and results are private: the data dir is 0700 (the journal makes its files 0600).
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         if self._ctx is None:
             self._ctx = sockets.new_context()
@@ -138,6 +139,7 @@ class Helper:
             replayed += 1
         self.recovered = self.dispatcher.finish_replay()
         self.recovered["records"] = replayed
+        self._report_damage(self.journal.recovery_report)
         self.journal.start(loop)
         self._save_state(data_dir)
         self._accepting = True
@@ -192,6 +194,27 @@ class Helper:
             failure = getattr(self.journal, "failure", None) or "unknown failure"
             return False, f"journal failed: {failure}"
         return True, "serving"
+
+    def _report_damage(self, report) -> None:  # noqa: ANN001 - journal RecoveryReport | None
+        """Damage found by recovery (beyond a torn tail, which a crash leaves): log it, set the
+        metrics and publish `mesh.journal.damaged`, so a disk that rots is never silent."""
+        if report is None:
+            return
+        self.metrics.journal_damaged_bytes.set(report.damaged_bytes)
+        self.metrics.journal_damaged_records.set(report.skipped_records)
+        self.recovered["damaged_bytes"] = report.damaged_bytes
+        if report.clean or report.only_torn_tail:
+            return
+        ranges = [{"segment": r.segment, "offset": r.offset, "length": r.length,
+                   "reason": r.reason, "aside": str(r.aside_path) if r.aside_path else ""}
+                  for r in report.ranges if not r.torn_tail]
+        log.error("journal damage found at recovery: %d bytes in %d ranges skipped, about %d "
+                  "records lost; the damaged bytes were copied aside (%s)",
+                  report.damaged_bytes, len(ranges), report.skipped_records,
+                  ", ".join(r["aside"] or f"segment {r['segment']}@{r['offset']}" for r in ranges[:5]))
+        self._on_event("journal_damaged", {"damaged_bytes": report.damaged_bytes,
+                                           "skipped_records": report.skipped_records,
+                                           "ranges": ranges[:20]})
 
     def _on_journal_health(self, failed: bool, message: str | None) -> None:
         """The journal failed or recovered (loop thread): one alert per transition."""
@@ -789,7 +812,7 @@ class Helper:
         severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
-                    "deadletter_evicted": "warning"}.get(kind, "info")
+                    "deadletter_evicted": "warning", "journal_damaged": "critical"}.get(kind, "info")
         source = info.get("node_id") or info.get("task_id") or self.settings.helper_id
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,

@@ -66,6 +66,13 @@ class HelperMetrics:
         self.journal_bytes = Gauge("mesh_journal_bytes", "Journal size on disk", registry=r)
         self.journal_errors = Counter("mesh_journal_errors", "Journal write or sync failures",
                                       registry=r)
+        self.journal_damaged_bytes = Gauge(
+            "mesh_journal_damaged_bytes",
+            "Bytes the last journal recovery found damaged and skipped (copied aside)", registry=r)
+        self.journal_damaged_records = Gauge(
+            "mesh_journal_damaged_records",
+            "Records the last journal recovery estimates it skipped inside damaged ranges",
+            registry=r)
         self.dead_letters = Gauge("mesh_dead_letters", "Dead letters kept", registry=r)
         self.dead_letter_bytes = Gauge(
             "mesh_dead_letter_bytes", "Bytes of the dead letters kept (task and error)",
