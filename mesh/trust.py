@@ -41,6 +41,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -92,13 +93,16 @@ class Operation(enum.StrEnum):
     ALERT_REPLAY = "alert-replay"
 
 
-#: What each role may do; nothing else is allowed. Least privilege: an operator key cannot
-#: submit, a client key cannot purge dead letters.
+_CLIENT_OPERATIONS = frozenset({Operation.SUBMIT, Operation.STATUS, Operation.RESULT})
+
+#: What each role may do; nothing else is allowed. A client key cannot purge dead letters nor
+#: read stats; an operator may do what a client may and administer dead letters (decided in
+#: issue 10 phase 2: an operator replaying a dead letter and then watching its status is one job).
 ALLOWED: dict[Role, frozenset[Operation]] = {
-    Role.CLIENT: frozenset({Operation.SUBMIT, Operation.STATUS, Operation.RESULT}),
-    Role.OPERATOR: frozenset({Operation.DEAD_LETTER_LIST, Operation.DEAD_LETTER_INSPECT,
-                              Operation.DEAD_LETTER_REPLAY, Operation.DEAD_LETTER_PURGE,
-                              Operation.STATS}),
+    Role.CLIENT: _CLIENT_OPERATIONS,
+    Role.OPERATOR: _CLIENT_OPERATIONS | frozenset({
+        Operation.DEAD_LETTER_LIST, Operation.DEAD_LETTER_INSPECT, Operation.DEAD_LETTER_REPLAY,
+        Operation.DEAD_LETTER_PURGE, Operation.STATS}),
     Role.AI_NODE: frozenset({Operation.HEARTBEAT, Operation.ACK}),
     Role.HELPER: frozenset({Operation.DELIVERY, Operation.ALERT_PUBLISH}),
     Role.NOTIFIER: frozenset({Operation.ALERT_SUBSCRIBE, Operation.ALERT_REPLAY}),
@@ -300,6 +304,18 @@ def write_keypair(directory: str | os.PathLike, name: str, role: Role) -> tuple[
     return public_path, secret_path
 
 
+_IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")
+
+
+def check_identity_name(name: str) -> None:
+    """An identity names key files: letters, digits, '.', '_', '-', at most 121 characters,
+    not starting with a dot."""
+    if not _IDENTITY_NAME.fullmatch(name or ""):
+        raise TrustError(f"key identity {inert(name, 60)!s} must be letters, digits, '.', '_' "
+                         "or '-' (at most 121, not starting with '.' or '-'); pick a node id "
+                         "like that or run with a named key")
+
+
 def _private_dir(path: Path) -> None:
     """Make `path` (and missing parents) and leave it 0700 if we created it."""
     if not path.is_dir():
@@ -434,9 +450,40 @@ class KeyStore:
     def allowed_keys(self, role: Role) -> list[Certificate]:
         return list(self._certs.get(role, ()))
 
-    def keypair(self, role: Role) -> KeyPair:
-        """This host's key pair for acting as `role` (own/ROLE.key_secret)."""
-        path = self.own_dir / f"{role.value}.key_secret"
+    def ensure_identity(self, role: Role, name: str) -> KeyPair:
+        """This host's own key pair NAME for `role` (own/NAME.key_secret), made if missing and
+        allowed as `role` (allowed/ROLE/NAME.key), behind the store's lock. For a process
+        that needs a key of its own rather than the host's shared ROLE key: an AI node's key
+        is what its node id is bound to at the Helper, so two nodes on one host must not share
+        one. Keeps an existing key."""
+        check_identity_name(name)
+        _private_dir(self.root)
+        check_private(self.root)
+        with self._locked():
+            _private_dir(self.own_dir)
+            secret_path = self.own_dir / f"{name}.key_secret"
+            if not secret_path.exists():
+                self.own_dir.joinpath(f"{name}.key").unlink(missing_ok=True)
+                write_keypair(self.own_dir, name, role)
+            pair = load_keypair(secret_path)
+            if pair.role is not None and pair.role is not role:
+                raise TrustError(f"{secret_path} is a {pair.role.value} key, not a "
+                                 f"{role.value} key; choose another name")
+            allow_dir = self.allowed_dir / role.value
+            _private_dir(self.allowed_dir)
+            _private_dir(allow_dir)
+            allowed_path = allow_dir / f"{name}.key"
+            if (not allowed_path.exists()
+                    or load_certificate(allowed_path).public_key != pair.public_key):
+                _write_new(allowed_path, _certificate_text(pair.public_key, None, role), 0o644,
+                           replace=True)
+        self.load()
+        return pair
+
+    def keypair(self, role: Role, name: str | None = None) -> KeyPair:
+        """This host's key pair for acting as `role`: own/ROLE.key_secret, or
+        own/NAME.key_secret for a named identity (`ensure_identity`)."""
+        path = self.own_dir / f"{name or role.value}.key_secret"
         if not path.exists():
             raise TrustError(f"no {role.value} key in {self.own_dir}; create one with "
                              f"`mesh keys new --role {role.value} --out {self.own_dir}` or "
@@ -546,11 +593,14 @@ class Trust:
     RESCAN_INTERVAL_S = 1.0
 
     def __init__(self, store: KeyStore | None, *, insecure: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 identities: dict[Role, str] | None = None) -> None:
         if store is None and not insecure:
             raise TrustError("a Trust needs a KeyStore, or insecure=True for plain links")
         self.store = store
         self.insecure = insecure
+        #: role -> name of the own key used for it instead of own/ROLE.key (`local(identity=)`)
+        self.identities: dict[Role, str] = dict(identities or {})
         self._clock = clock
         self._last_scan = clock()
         self._authenticators: dict[int, _Authenticator] = {}
@@ -566,12 +616,25 @@ class Trust:
         return cls(None, insecure=True)
 
     @classmethod
-    def local(cls, root: str | os.PathLike) -> Trust:
-        """The single-host store at `root`, created or completed as needed."""
-        return cls(KeyStore.ensure_local(root))
+    def local(cls, root: str | os.PathLike, *, identity: str | None = None,
+              identity_role: Role = Role.AI_NODE) -> Trust:
+        """The single-host store at `root`, created or completed as needed. With `identity`
+        (e.g. "ai-node-<node id>"), this process acts as `identity_role` with its own key
+        own/IDENTITY.key, made and allowed as that role if missing (`ensure_identity`)."""
+        store = KeyStore.ensure_local(root)
+        if identity is None:
+            return cls(store)
+        store.ensure_identity(identity_role, identity)
+        return cls(store, identities={identity_role: identity})
 
     def keypair(self, role: Role) -> KeyPair:
-        return self.store.keypair(role)
+        """The key pair this process acts as `role` with (its identity's, if it has one)."""
+        return self.store.keypair(role, self.identities.get(role))
+
+    def public_key(self, role: Role) -> str:
+        """The Z85 public key this process acts as `role` with ("" on an insecure Trust):
+        what a server announces in discovery (`curve_key`)."""
+        return "" if self.insecure else self.keypair(role).public_z85
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -583,7 +646,7 @@ class Trust:
             return None
         domain = Domain(domain)
         self._authenticator(ctx)
-        return ServerLink(self.store.keypair(role), domain)
+        return ServerLink(self.keypair(role), domain)
 
     def client(self, role: Role, server_role: Role,
                server_key: bytes | str | None = None) -> ClientLink | None:
@@ -592,7 +655,7 @@ class Trust:
         allow-list of `server_role`), or None when the store allows exactly one."""
         if self.insecure:
             return None
-        return ClientLink(self.store.keypair(role), self.store.server_key(server_role, server_key))
+        return ClientLink(self.keypair(role), self.store.server_key(server_role, server_key))
 
     def permits(self, frame_or_user_id: zmq.Frame | str | bytes | None,
                 operation: Operation) -> bool:

@@ -37,12 +37,23 @@ def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plain, unauthenticated links (warns at every start)")
 
 
-def trust_from_args(args: argparse.Namespace) -> Trust:
+def trust_from_args(args: argparse.Namespace, *, identity: str | None = None,
+                    identity_role: Role = Role.AI_NODE) -> Trust:
     """The process's Trust: plain with --insecure, else the key store, completed with a
-    local key per role so one host works with no setup."""
+    local key per role so one host works with no setup.
+
+    `identity` gives this process a key of its own for `identity_role` (own/IDENTITY.key, made
+    and allowed on first use), e.g. `identity=f"ai-node-{node_id}"` for an AI node: the Helper
+    binds a node id to the key its heartbeats come with, so nodes must not share a key."""
     if getattr(args, "insecure", False):
         return Trust.plain()
-    return Trust.local(getattr(args, "keys", None) or default_key_dir())
+    return Trust.local(getattr(args, "keys", None) or default_key_dir(), identity=identity,
+                       identity_role=identity_role)
+
+
+def ai_node_identity(node_id: str) -> str:
+    """The key name of the AI node `node_id` in a local store."""
+    return f"ai-node-{node_id}"
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:

@@ -36,7 +36,7 @@ def test_each_role_may_do_exactly_its_operations() -> None:
     assert not allowed(Role.CLIENT, Operation.DEAD_LETTER_PURGE)
     assert not allowed(Role.CLIENT, Operation.STATS)
     assert allowed(Role.OPERATOR, Operation.DEAD_LETTER_REPLAY)
-    assert not allowed(Role.OPERATOR, Operation.SUBMIT)
+    assert allowed(Role.OPERATOR, Operation.SUBMIT)  # operator includes client
     assert allowed(Role.AI_NODE, Operation.ACK) and allowed(Role.AI_NODE, Operation.HEARTBEAT)
     assert not allowed(Role.AI_NODE, Operation.DELIVERY)
     assert allowed(Role.HELPER, Operation.DELIVERY)
