@@ -7,8 +7,8 @@ nodes, and finishes every accepted task through node deaths and its own restarts
 from mesh.app import App, TaskContext
 from mesh.client import Client, SyncClient
 from mesh.errors import (
-    ConfigError, FatalError, InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge,
-    QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
+    ConfigError, FatalError, HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound,
+    PayloadTooLarge, PermissionDenied, QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
     UnknownTaskKind, WireError,
 )
 from mesh.settings import AINodeSettings, HelperSettings
@@ -22,7 +22,7 @@ __all__ = [
     # errors
     "MeshError", "ConfigError", "TaskRejected", "InvalidTask", "PayloadTooLarge", "QueueFull",
     "ShuttingDown", "JournalError", "UnknownTaskKind", "NotFound", "RequestTimeout",
-    "TaskFailed", "WireError",
+    "TaskFailed", "WireError", "PermissionDenied", "HelperRefusedKey",
     # raised by handlers
     "RetryLater", "FatalError",
 ]

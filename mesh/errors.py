@@ -115,6 +115,20 @@ class NotFound(MeshError):
         self.task_id = task_id
 
 
+class PermissionDenied(MeshError):
+    """The Helper refused a request: the key it came with has no role that may do it (e.g. a
+    client key asking to purge dead letters). The message names the operation and the role
+    that would allow it."""
+
+    code = 10  # PERMISSION_DENIED
+
+
+class HelperRefusedKey(MeshError):
+    """The Helper refused this client's key at the CURVE handshake: it is not in the Helper's
+    allow-list for the role, or the Helper is not the server the client pinned. Nothing was
+    sent. The message names the public key file to copy."""
+
+
 class RequestTimeout(MeshError):
     """No reply within the caller's deadline. For a submit this means: outcome unknown, resubmit
     with the same task id (it is idempotent)."""
@@ -154,6 +168,7 @@ _BY_CODE: dict[int, type[MeshError]] = {
     7: ShuttingDown,
     8: InvalidTask,
     9: UnsupportedVersion,
+    10: PermissionDenied,
 }
 
 

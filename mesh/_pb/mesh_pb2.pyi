@@ -58,6 +58,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHUTTING_DOWN: _ClassVar[ErrorCode]
     INVALID_TASK: _ClassVar[ErrorCode]
     UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
+    PERMISSION_DENIED: _ClassVar[ErrorCode]
 
 class DeadLetterOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -111,6 +112,7 @@ NOT_FOUND: ErrorCode
 SHUTTING_DOWN: ErrorCode
 INVALID_TASK: ErrorCode
 UNSUPPORTED_VERSION: ErrorCode
+PERMISSION_DENIED: ErrorCode
 DEAD_LETTER_OP_UNSPECIFIED: DeadLetterOp
 LIST: DeadLetterOp
 INSPECT: DeadLetterOp
