@@ -84,6 +84,18 @@ class HelperMetrics:
         self.intake_refused = Counter(
             "mesh_intake_requests_refused", "Client requests refused by a bound, by which",
             ["bound"], registry=r)
+        self.requests_denied = Counter(
+            "mesh_intake_requests_denied", "Client requests refused because the sender's key "
+            "has no role that may do them (PERMISSION_DENIED), by operation", ["operation"],
+            registry=r)
+        self.acks_refused = Counter(
+            "mesh_ack_frames_refused", "Ack batches (heartbeat and acks) dropped for who sent "
+            "them, by reason: role, node_id_bound (another key holds the node id), ids_per_key "
+            "(the key holds its allowed node ids), max_nodes (the node table is full), "
+            "untrusted_key", ["reason"], registry=r)
+        self.acks_not_holder = Counter(
+            "mesh_acks_not_holder", "Acks for a task the sending node's key was never given",
+            registry=r)
         self.replies_dropped = Counter(
             "mesh_intake_replies_dropped", "Replies not sent: the client is gone or not reading "
             "(its send queue is at the high-water mark)", ["reason"], registry=r)
