@@ -81,6 +81,12 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_reply_bytes: int = 16 * 2**20
     #: bytes of large replies a client may leave unread before more large ones are refused
     max_unread_reply_bytes: int = 64 * 2**20
+    #: live AI nodes (node ids) tracked at once, each with a PUSH socket; a heartbeat naming a
+    #: new node id beyond it is dropped (and counted), so forged ids cannot grow the table
+    max_nodes: int = 256
+    #: live node ids one ai-node key may hold (a key is one node; only with CURVE, where
+    #: heartbeats carry their sender's key): a flood of ids from one key stops at this many
+    max_node_ids_per_key: int = 1
 
     def __post_init__(self) -> None:
         if self.fsync_policy not in FSYNC_POLICIES:
@@ -93,7 +99,8 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
                   "max_headers", "max_header_bytes", "max_idempotency_key_bytes",
                   "max_dead_letters", "max_dead_letter_bytes", "max_result_waiters",
                   "max_result_waiters_per_client", "max_result_wait_s", "max_status_ids",
-                  "max_reply_bytes", "max_unread_reply_bytes")
+                  "max_reply_bytes", "max_unread_reply_bytes", "max_nodes",
+                  "max_node_ids_per_key")
         if self.min_priority > self.max_priority:
             raise ConfigError(f"min_priority {self.min_priority} is above max_priority "
                               f"{self.max_priority}")
@@ -124,10 +131,22 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_bytes: int = 16 * 2**20
     #: on SIGTERM, how long running tasks may take to finish before they are handed back
     drain_grace_s: float = 30.0
+    #: largest result a handler may return; a larger one fails the attempt (FATAL) instead of
+    #: being sent. The default is the Helper's default max_payload_bytes: the Helper journals
+    #: a result in one record, and its record limit (mesh.admission.journal_record_limit) is
+    #: that plus at least 64 KiB of slack, so a result this size always fits. A Helper run
+    #: with a smaller --max-payload-bytes wants its nodes' --max-result-bytes lowered to match.
+    max_result_bytes: int = 1 * 2**20
+    #: Helper links (ack sockets) at most; a delivery that would open one more is refused
+    #: (counted, dropped: its Helper resends it), so bogus reply_to endpoints cannot grow the
+    #: node. A link learned from a delivery, idle this long and holding nothing, may be
+    #: closed to make room for a new one.
+    max_helpers: int = 64
+    helper_link_idle_s: float = 60.0
 
     def __post_init__(self) -> None:
         _positive(self, "concurrency", "heartbeat_interval_s", "run_timeout_s", "dedup_window",
-                  "max_message_bytes")
+                  "max_message_bytes", "max_result_bytes", "max_helpers", "helper_link_idle_s")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if not self.node_id:
