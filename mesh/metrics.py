@@ -120,6 +120,8 @@ class AINodeMetrics:
                                      registry=r)
         self.timeouts = Counter("mesh_ai_timeouts", "Handlers past their run timeout",
                                 registry=r)
+        self.helper_links = Gauge("mesh_ai_helper_links", "Helpers this node has an ack link to",
+                                  registry=r)
 
 
 def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> tuple:
