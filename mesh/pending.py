@@ -10,7 +10,8 @@ Ordering rule (documented for users in the README):
 Bounds (count and task bytes: the whole encoded task, not only its payload) are checked by the caller through `has_room` at admission;
 tasks put back after a delivery are never refused (they were accepted already).
 Removal is lazy: `discard` marks the entry and `pop` skips it, so removal is O(1).
-A kind whose lanes are all empty is dropped, so a stream of one-off kinds leaves nothing behind.
+A kind whose lanes are all empty is dropped once more than 1,024 kinds are known, so a stream
+of one-off kinds leaves a bounded trace (below that, an empty kind keeps its aging pick count).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class Queueable(Protocol):
     seq: int
     queued_at: float
     in_queue: bool
+
+
+#: kinds kept while empty (their aging pick count survives a moment with nothing queued)
+_KEEP_EMPTY_KINDS = 1024
 
 
 class _KindQueue:
@@ -133,7 +138,10 @@ class PendingQueue:
         if lane is not None and not lane:
             del kq.lanes[priority]
             kq.priorities.remove(priority)
-            if not kq.priorities and self._kinds.get(kq.name) is kq:
+            # An empty kind keeps its pick count (the aging rule counts picks per kind) unless
+            # kinds pile up: past _KEEP_EMPTY_KINDS an emptied kind is dropped at once.
+            if (not kq.priorities and len(self._kinds) > _KEEP_EMPTY_KINDS
+                    and self._kinds.get(kq.name) is kq):
                 del self._kinds[kq.name]
 
     def oldest_queued_at(self) -> float | None:

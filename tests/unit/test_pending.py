@@ -84,3 +84,24 @@ def test_put_back_goes_to_the_front_of_its_lane() -> None:
     first = q.pop(None)
     q.push(first, front=True)
     assert drain(q) == [0, 1, 2]
+
+
+def test_aging_counts_picks_across_a_moment_with_nothing_queued() -> None:
+    q = PendingQueue(100, 10_000, aging_every=3)
+    q.push(Entry(0))
+    assert drain(q) == [0]  # pick 1; the kind is empty for a moment
+    q.push(Entry(1, priority=0))
+    for i in range(2, 6):
+        q.push(Entry(i, priority=5))
+    # picks 2 and 3: the 3rd pick goes to the lane that waited longest (the low one)
+    assert drain(q) == [2, 1, 3, 4, 5]
+
+
+def test_one_off_kinds_leave_a_bounded_trace() -> None:
+    from mesh.pending import _KEEP_EMPTY_KINDS
+
+    q = PendingQueue(100_000, 10**9)
+    for i in range(_KEEP_EMPTY_KINDS * 3):
+        q.push(Entry(i, kind=f"kind-{i}"))
+        assert q.pop(None).seq == i
+    assert len(q._kinds) <= _KEEP_EMPTY_KINDS + 1
