@@ -44,7 +44,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -616,6 +616,12 @@ class Trust:
         return cls(None, insecure=True)
 
     @classmethod
+    def default(cls) -> Trust:
+        """The single-host store at `default_key_dir()`: what a Helper or Client built with no
+        `trust` argument uses, so a local mesh is authenticated with no setup."""
+        return cls.local(default_key_dir())
+
+    @classmethod
     def local(cls, root: str | os.PathLike, *, identity: str | None = None,
               identity_role: Role = Role.AI_NODE) -> Trust:
         """The single-host store at `root`, created or completed as needed. With `identity`
@@ -719,6 +725,20 @@ class Trust:
         self._log.warning((domain, reason), "refused a connection to %s: %s (key %s)",
                           inert(domain, 40), reason, inert(client_key, 40))
         return False
+
+
+def default_key_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where this user's local key store lives: $MESH_KEY_DIR, else $XDG_DATA_HOME/mesh/keys,
+    else ~/.local/share/mesh/keys. A persistent directory, not $XDG_RUNTIME_DIR: keys copied to
+    other hosts must outlive a reboot. The one place `mesh` reads the environment (`environ`,
+    default os.environ), so that a Client or Helper made with no `trust` finds the same store
+    as the `mesh` commands; nodes/ passes its flags' choice explicitly."""
+    env = os.environ if environ is None else environ
+    if env.get("MESH_KEY_DIR"):
+        return env["MESH_KEY_DIR"]
+    data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                          "share")
+    return os.path.join(data_home, "mesh", "keys")
 
 
 def _context_key(ctx: zmq.Context) -> int:

@@ -17,15 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from mesh import trust
 from mesh.trust import KeyStore, Role, Trust, load_certificate, write_keypair
 
 
 def default_key_dir() -> str:
-    if os.environ.get("MESH_KEY_DIR"):
-        return os.environ["MESH_KEY_DIR"]
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data_home, "mesh", "keys")
+    return trust.default_key_dir(os.environ)
 
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
