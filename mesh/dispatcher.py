@@ -35,6 +35,7 @@ from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
 from mesh.policies.retry import RetryPolicy
 from mesh.settings import HelperSettings
+from mesh.trust import RateLimitedLog, TrustError, inert
 
 log = logging.getLogger("mesh.dispatcher")
 
@@ -44,6 +45,14 @@ FRAME_MARGIN_BYTES = 64
 #: an older node announces no max message size: a frame may then hold our payload limit plus
 #: this, room for a task's other fields (headers are bounded at 64 KiB) and the Dispatch fields
 UNKNOWN_LIMIT_OVERHEAD_BYTES = 256 * 2**10
+#: error text from a node is cut to this many characters before it is stored (journal records,
+#: dead letters, status replies): a node's error must never make a record too large
+MAX_ERROR_CHARS = 4096
+#: keys of the nodes a task was sent to, remembered per task (the most recent ones): an ack
+#: counts only from one of them
+MAX_HOLDER_KEYS = 8
+#: in `TaskEntry.holders`: recovered unfinished at start, so its holder is unknown
+ANY_HOLDER = "*"
 
 
 class TaskEntry(msgspec.Struct, gc=False, eq=False):
@@ -83,6 +92,9 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
     not_before: float = 0.0  # monotonic; a retry's backoff end
     dispatched_at: float = 0.0
     accepted_at: float = 0.0
+    #: the keys ("" on plain links) of the nodes this task was sent to or adopted by: only
+    #: these may ack it (see `Dispatcher._apply_ack`)
+    holders: tuple = ()
 
     @classmethod
     def of(cls, task, seq: int, max_attempts: int,  # noqa: ANN001
@@ -133,11 +145,15 @@ class NodeLink:
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
         "suffix", "held", "running", "frames", "outstanding", "echoes", "base_received",
-        "confirmed", "frame_budget", "probed_at",
+        "confirmed", "frame_budget", "probed_at", "key",
     )
 
-    def __init__(self, node_id: str, incarnation: int, endpoint: str, sock) -> None:  # noqa: ANN001
+    def __init__(self, node_id: str, incarnation: int, endpoint: str, sock,  # noqa: ANN001
+                 key: str = "") -> None:
         self.node_id = node_id
+        #: the CURVE public key (Z85) its heartbeats are authenticated with, "" on a plain
+        #: link: the node id is bound to it while this link lives, and the PUSH pins it
+        self.key = key
         self.incarnation = incarnation
         self.endpoint = endpoint
         self.sock = sock
@@ -190,12 +206,13 @@ class Dispatcher:
         reply_to: str,
         journal_append: Callable[[int, bytes, bytes], None],
         journal_release: Callable[[bytes], None],
-        connect: Callable[[str], object],
+        connect: Callable[[str, str], object],
         send: Callable[[object, bytes], bool],
         close: Callable[[object], None],
         metrics: HelperMetrics,
         on_event: Callable[[str, dict], None] | None = None,
         rng: random.Random | None = None,
+        record_limit_bytes: int = 0,
     ) -> None:
         self.settings = settings
         self.helper_incarnation = helper_incarnation
@@ -230,6 +247,11 @@ class Dispatcher:
                                            settings.max_dead_letter_bytes)
         self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0,
                       "dead_evicted": 0}
+        #: the journal's max_record_bytes, for the message when a result does not fit (0: unknown)
+        self.record_limit_bytes = record_limit_bytes
+        #: key -> node ids it holds among live nodes (max_node_ids_per_key)
+        self._ids_of_key: dict[str, set[str]] = {}
+        self._warn = RateLimitedLog(log, interval_s=10.0)
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -326,7 +348,7 @@ class Dispatcher:
             if entry.terminal:
                 # Never send a finished task (its payload is gone): a bookkeeping bug.
                 log.error("finished task %s was still queued; dropped from the queue",
-                          entry.task_id)
+                          inert(entry.task_id, 80))
                 continue
             deadline = entry.task.deadline_ns
             if deadline and deadline < now_ns:
@@ -344,7 +366,8 @@ class Dispatcher:
                     break
                 self._dead(entry, wire.PAYLOAD_REJECTED,
                            f"the task's delivery takes {size} bytes, more than any AI node "
-                           f"serving {entry.kind!r} accepts (node {node.node_id}: "
+                           f"serving {inert(entry.kind, 60)!r} accepts (node "
+                           f"{inert(node.node_id, 80)}: "
                            f"{node.frame_budget} bytes); raise the nodes' max message size "
                            "or lower the Helper's max payload")
                 continue
@@ -373,6 +396,7 @@ class Dispatcher:
             entry.state = wire.DISPATCHED
             entry.node_id = node.node_id
             entry.dispatched_at = now
+            _add_holder(entry, node.key)
             node.inflight[entry.task_id] = entry.delivery
         return len(entries), full
 
@@ -393,16 +417,35 @@ class Dispatcher:
 
     # ---- acks and heartbeats -----------------------------------------------------------
 
-    def on_ack_batch(self, batch) -> None:  # noqa: ANN001 - wire.AckBatch
+    def on_ack_batch(self, batch, key: str = "") -> None:  # noqa: ANN001 - wire.AckBatch
+        """One ack batch from the node whose CURVE key is `key` ("" on a plain link).
+
+        Identity: a node id is bound to the key of its first heartbeat while that node lives
+        (until it is declared dead or gone); a batch naming a node id bound to another key is
+        dropped. A new node id is refused when the table holds max_nodes, or when its key holds
+        max_node_ids_per_key live ids already. Each ack then counts only if the task was given
+        to a node with this key (`_apply_ack`)."""
         hb = batch.heartbeat
         node = self.nodes.get(hb.node_id)
+        if node is not None and node.key != key:
+            self._refuse_batch("node_id_bound", hb.node_id, key,
+                               "node id is bound to another key while that node lives")
+            return
         if node is None or node.incarnation != hb.incarnation:
-            if node is not None:
-                self.node_dead(node, "restarted")
             if not hb.task_endpoint:
                 return
-            node = NodeLink(hb.node_id, hb.incarnation, hb.task_endpoint,
-                            self._connect(hb.task_endpoint))
+            refused = self._node_refusal(hb.node_id, key, replacing=node is not None)
+            if refused:
+                self._refuse_batch(refused[0], hb.node_id, key, refused[1])
+                return
+            try:
+                sock = self._connect(hb.task_endpoint, key)
+            except (TrustError, ValueError) as exc:
+                self._refuse_batch("untrusted_key", hb.node_id, key, str(exc))
+                return
+            if node is not None:
+                self.node_dead(node, "restarted")
+            node = NodeLink(hb.node_id, hb.incarnation, hb.task_endpoint, sock, key)
             if hb.helper_incarnation == self.helper_incarnation:
                 # Back after we declared it dead (SIGSTOP/SIGCONT). A node that echoes frame
                 # numbers needs nothing here: this link's frames are numbered above any the
@@ -412,10 +455,14 @@ class Dispatcher:
                 # built before they were read), which is why nodes echo frame numbers.
                 node.base_received = hb.received
             self.nodes[hb.node_id] = node
+            self._ids_of_key.setdefault(key, set()).add(hb.node_id)
             self.metrics.nodes_alive.set(len(self.nodes))
-            log.info("node %s joined (incarnation %x, %s, concurrency %d)", hb.node_id,
-                     hb.incarnation, hb.task_endpoint, hb.concurrency)
-            self._on_event("node_up", {"node_id": hb.node_id, "endpoint": hb.task_endpoint})
+            log.info("node %s joined (incarnation %x, %s, concurrency %d, key %s)",
+                     inert(hb.node_id, 80), hb.incarnation, inert(hb.task_endpoint, 120),
+                     hb.concurrency, key or "none: plain link")
+            self._on_event("node_up", {"node_id": inert(hb.node_id, 80),
+                                       "endpoint": inert(hb.task_endpoint, 120),
+                                       "key": key})
         elif hb.beat and hb.beat < node.beat:
             return  # an older heartbeat overtaken by a newer one: ignore its credit
         node.last_heard = time.monotonic()
@@ -438,6 +485,26 @@ class Dispatcher:
             node.received = 0
             if hb.held_task_ids:
                 self._adopt(node, hb.held_task_ids)
+
+    def _node_refusal(self, node_id: str, key: str, *, replacing: bool) -> tuple[str, str] | None:
+        """Why a heartbeat may not create (or replace) the node `node_id` for `key`, or None."""
+        if not replacing and len(self.nodes) >= self.settings.max_nodes:
+            return ("max_nodes", f"the Helper tracks {len(self.nodes)} live nodes, its limit "
+                                 f"(max_nodes={self.settings.max_nodes})")
+        if key:  # on plain links there is no identity to count ids by
+            held = self._ids_of_key.get(key, ())
+            others = len(held) - (1 if node_id in held else 0)
+            if others >= self.settings.max_node_ids_per_key:
+                return ("ids_per_key", f"its key holds {others} other live node id(s), its limit "
+                                       f"(max_node_ids_per_key="
+                                       f"{self.settings.max_node_ids_per_key}); give every AI "
+                                       "node a key of its own")
+        return None
+
+    def _refuse_batch(self, reason: str, node_id: str, key: str, why: str) -> None:
+        self.metrics.acks_refused.labels(reason).inc()
+        self._warn.warning(("refused", reason), "ack batch for node %s from key %s dropped: %s",
+                           inert(node_id, 80), inert(key, 40) or "none", why)
 
     def _confirm(self, node: NodeLink, hb) -> None:  # noqa: ANN001 - wire.Heartbeat
         """Take off the ledger the frames the node has been seen to read, and queue again
@@ -498,7 +565,8 @@ class Dispatcher:
                 requeued.append(f"{task_id}({cause})")
         if requeued:
             log.warning("node %s does not hold %d deliveries it never answered; queued again: "
-                        "%s", node.node_id, len(requeued), " ".join(requeued))
+                        "%s", inert(node.node_id, 80), len(requeued),
+                        inert(" ".join(requeued), 2000))
 
     def _probe(self, node: NodeLink, now: float) -> None:
         """A frame has gone unconfirmed for `unconfirmed_after_s`: send a frame with no
@@ -536,8 +604,10 @@ class Dispatcher:
             entry.state = wire.RUNNING
             entry.node_id = node.node_id
             entry.dispatched_at = time.monotonic()
+            _add_holder(entry, node.key)
             node.inflight[task_id] = 0
-            log.info("adopted task %s still held by node %s", task_id, node.node_id)
+            log.info("adopted task %s still held by node %s", inert(task_id, 80),
+                     inert(node.node_id, 80))
 
     def _apply_ack(self, node: NodeLink, ack) -> None:  # noqa: ANN001 - wire.Ack
         self.stats["acks"] += 1
@@ -548,6 +618,14 @@ class Dispatcher:
             if kind == wire.DONE and entry is not None:
                 self.stats["duplicate_done"] += 1
             self.metrics.late_acks.inc()
+            return
+        if node.key not in entry.holders and entry.holders[:1] != (ANY_HOLDER,):
+            # Never given to a node with this key: a node may not finish, fail or reject
+            # another node's task.
+            self.metrics.acks_not_holder.inc()
+            self._warn.warning("not_holder", "ack for task %s from node %s (key %s) dropped: "
+                               "the task was never sent to that key", inert(ack.task_id, 80),
+                               inert(node.node_id, 80), node.key or "none")
             return
         current = entry.node_id == node.node_id and (
             ack.delivery == entry.delivery or node.inflight.get(ack.task_id) == 0)
@@ -562,6 +640,7 @@ class Dispatcher:
             entry.node_id = node.node_id
             self._succeed(entry, ack.result)
             return
+        error = ack.error[:MAX_ERROR_CHARS]
         if not current:
             self.stats["late_acks"] += 1
             self.metrics.late_acks.inc()
@@ -570,11 +649,11 @@ class Dispatcher:
         if kind == wire.FAILED:
             decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
                                                 ack.error_class, ack.retry_after_ms, self._rng)
-            entry.error = ack.error
+            entry.error = error
             if ack.error_class == wire.TIMEOUT:
                 self.metrics.timeouts.labels("run").inc()
             if not decision.retry:
-                self._dead(entry, decision.dead_reason, ack.error)
+                self._dead(entry, decision.dead_reason, error)
                 return
             entry.attempt += 1
             self.metrics.retries.inc()
@@ -585,7 +664,7 @@ class Dispatcher:
             if ack.error_class == wire.UNKNOWN_TASK_KIND:
                 node.kinds = node.kinds - {entry.kind}
             elif ack.error_class == wire.MALFORMED:
-                self._dead(entry, wire.PAYLOAD_REJECTED, ack.error)
+                self._dead(entry, wire.PAYLOAD_REJECTED, error)
                 return
             self.metrics.redeliveries.labels(cause).inc()
             self.enqueue(entry, front=True)
@@ -598,6 +677,24 @@ class Dispatcher:
     # ---- terminal states ---------------------------------------------------------------
 
     def _succeed(self, entry: TaskEntry, result: bytes) -> None:
+        """Record the task SUCCEEDED with `result`. The record is written first: a result too
+        large for a journal record makes the task DEAD (PAYLOAD_REJECTED) instead, with both
+        sizes in its error; nothing of it raises out of the ack path."""
+        finished_ns = time.time_ns()
+        try:
+            self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+                wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
+                                      attempts=entry.attempt, result=result,
+                                      at_ns=finished_ns, node_id=entry.node_id)))
+        except ValueError as exc:  # the journal's record size check
+            limit = (f"{self.record_limit_bytes} bytes" if self.record_limit_bytes
+                     else "its limit")
+            self._dead(entry, wire.PAYLOAD_REJECTED,
+                       f"the result of {len(result)} bytes from node {inert(entry.node_id, 80)} "
+                       f"does not fit the Helper's journal record limit of {limit} "
+                       f"({exc}); return smaller results (store large ones elsewhere and "
+                       "return a reference)")
+            return
         # A DONE can overtake the task's own bookkeeping: after our restart the task is queued
         # again while a node still finishes it, or a retry waits while an earlier delivery's
         # DONE comes in. Out of the queue with it, or it is dispatched again with no payload.
@@ -608,11 +705,7 @@ class Dispatcher:
         # keep theirs, an operator may replay them).
         entry.task = None
         entry.encoded = b""
-        entry.finished_ns = time.time_ns()
-        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
-            wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
-                                  attempts=entry.attempt, result=result,
-                                  at_ns=entry.finished_ns, node_id=entry.node_id)))
+        entry.finished_ns = finished_ns
         self.stats["succeeded"] += 1
         self.metrics.outcomes.labels("succeeded").inc()
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
@@ -634,9 +727,11 @@ class Dispatcher:
         self.stats["dead"] += 1
         self.metrics.outcomes.labels("dead").inc()
         self.metrics.dead.labels(reason_name).inc()
-        log.warning("task %s (%s) is dead: %s: %s", entry.task_id, entry.kind, reason_name, error)
-        self._on_event("task_dead", {"task_id": entry.task_id, "kind": entry.kind,
-                                     "reason": reason_name, "error": error})
+        log.warning("task %s (%s) is dead: %s: %s", inert(entry.task_id, 80),
+                    inert(entry.kind, 60), reason_name, inert(error, 500))
+        self._on_event("task_dead", {"task_id": inert(entry.task_id, 80),
+                                     "kind": inert(entry.kind, 60), "reason": reason_name,
+                                     "error": inert(error, 500)})
         self.dead_letters.add(entry.task_id, dead_letter_size(entry))
         self._finish(entry)
         self._evict_dead()
@@ -718,6 +813,11 @@ class Dispatcher:
         """Re-queue every delivery the node held, at the front; close its socket at once."""
         if self.nodes.get(node.node_id) is node:
             del self.nodes[node.node_id]
+            held = self._ids_of_key.get(node.key)
+            if held is not None:
+                held.discard(node.node_id)  # the binding of its id to its key ends here
+                if not held:
+                    del self._ids_of_key[node.key]
         self._close(node.sock)
         self.metrics.node_deaths.labels(cause).inc()
         self.metrics.nodes_alive.set(len(self.nodes))
@@ -732,7 +832,7 @@ class Dispatcher:
                 if entry.lost_deliveries >= self.settings.max_lost_deliveries:
                     self._dead(entry, wire.DELIVERY_LIMIT,
                                f"{entry.lost_deliveries} deliveries died with their node "
-                               f"(last: {node.node_id}); treated as a poison pill")
+                               f"(last: {inert(node.node_id, 80)}); treated as a poison pill")
                     continue
                 self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
                     wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
@@ -742,9 +842,10 @@ class Dispatcher:
             self.enqueue(entry, front=True)
             requeued.append(task_id)
         node.inflight.clear()
-        log.warning("node %s declared dead (%s); %d deliveries re-queued: %s", node.node_id,
-                    cause, len(requeued), " ".join(requeued))
-        self._on_event("node_down", {"node_id": node.node_id, "cause": cause,
+        log.warning("node %s declared dead (%s); %d deliveries re-queued: %s",
+                    inert(node.node_id, 80), cause, len(requeued),
+                    inert(" ".join(requeued), 2000))
+        self._on_event("node_down", {"node_id": inert(node.node_id, 80), "cause": cause,
                                      "requeued": len(requeued)})
 
     def node_gone(self, node_id: str, cause: str = "discovery", incarnation: int = 0) -> None:
@@ -785,7 +886,7 @@ class Dispatcher:
                 self.metrics.redeliveries.labels("ack_timeout").inc()
                 self.metrics.timeouts.labels("ack").inc()
                 log.info("task %s sent again: no STARTED from node %s within the ack timeout",
-                         task_id, node.node_id)
+                         inert(task_id, 80), inert(node.node_id, 80))
                 self.enqueue(self.tasks[task_id], front=True)
             if node.frames and now - node.frames[0].sent_at > self.unconfirmed_after_s:
                 self._probe(node, now)
@@ -829,7 +930,8 @@ class Dispatcher:
                 known = ", ".join(sorted(served)) or "none"
                 for entry in self.pending.drain_kind(kind):
                     self._dead(entry, wire.UNKNOWN_KIND,
-                               f"no AI node serves task kind {kind!r} (served kinds: {known})")
+                               f"no AI node serves task kind {inert(kind, 60)!r} (served kinds: "
+                               f"{inert(known, 500)})")
 
     def update_gauges(self) -> None:
         m = self.metrics
@@ -896,6 +998,9 @@ class Dispatcher:
             else:
                 entry.state = wire.QUEUED
                 entry.node_id = ""
+                # Which node held it before the restart is not journaled: a node finishing it
+                # now may be any ai-node key (as adoption lets any node claim what it holds).
+                entry.holders = (ANY_HOLDER,)
                 if entry.not_before > time.monotonic():
                     self.retry_waiting.append(entry)
                 else:
@@ -924,3 +1029,13 @@ def _monotonic_from_wall(wall_ns: int) -> float:
         return 0.0
     return time.monotonic() + (wall_ns - time.time_ns()) / 1e9
 
+
+
+def _add_holder(entry: TaskEntry, key: str) -> None:
+    """Remember that a node with `key` was given the task (the most recent MAX_HOLDER_KEYS)."""
+    holders = entry.holders
+    if key not in holders:
+        if holders[:1] == (ANY_HOLDER,):
+            entry.holders = (ANY_HOLDER, *holders[1:][-(MAX_HOLDER_KEYS - 2):], key)
+        else:
+            entry.holders = (*holders[-(MAX_HOLDER_KEYS - 1):], key)

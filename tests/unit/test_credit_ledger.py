@@ -44,7 +44,7 @@ def _dispatcher(**settings) -> tuple[Dispatcher, Wire]:  # noqa: ANN003
                        **settings),
         helper_incarnation=HELPER_INCARNATION, reply_to="tcp://127.0.0.1:1",
         journal_append=lambda *a: None, journal_release=lambda key: None,
-        connect=lambda endpoint: object(), send=w.send, close=lambda sock: None,
+        connect=lambda endpoint, key: object(), send=w.send, close=lambda sock: None,
         metrics=HelperMetrics(), rng=random.Random(1))
     return d, w
 
