@@ -24,6 +24,7 @@ close sockets -> close the journal.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -46,6 +47,9 @@ from mesh.longpoll import ResultWaiters
 from mesh.metrics import HelperMetrics
 from mesh.settings import HelperSettings
 from mesh.task import make_task
+from mesh.trust import (
+    Domain, Operation, RateLimitedLog, Role, Trust, inert, key_of, refusal, role_of,
+)
 
 log = logging.getLogger("mesh.helper")
 
@@ -59,12 +63,31 @@ RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _
 LARGE_REPLY_BYTES = 64 * 2**10
 #: how often clients holding long-polls are probed (an empty frame) to learn whether they left
 PROBE_INTERVAL_S = 2.0
+#: what each intake request asks to do (mesh.trust.ALLOWED says which roles may)
+_DEAD_LETTER_OPERATIONS = {
+    wire.LIST: Operation.DEAD_LETTER_LIST, wire.INSPECT: Operation.DEAD_LETTER_INSPECT,
+    wire.REPLAY: Operation.DEAD_LETTER_REPLAY, wire.PURGE: Operation.DEAD_LETTER_PURGE,
+}
+_REQUEST_OPERATIONS = {"submit": Operation.SUBMIT, "status": Operation.STATUS,
+                       "result": Operation.RESULT, "stats": Operation.STATS}
 
 
 class Helper:
+    """The Helper service (see the module docstring).
+
+    `trust` secures its sockets (mesh/trust.py): the intake ROUTER admits client and operator
+    keys and checks each request against the sender's role (PERMISSION_DENIED otherwise); the
+    ack PULL admits ai-node keys only, binds each node id to its key and pins that key on the
+    PUSH to the node. Default: the local key store (`Trust.default()`); `Trust.plain()` for
+    unauthenticated links (`--insecure`)."""
+
     def __init__(self, settings: HelperSettings, *, context: zmq.asyncio.Context | None = None,
-                 metrics: HelperMetrics | None = None, alerts=None) -> None:  # noqa: ANN001
+                 metrics: HelperMetrics | None = None, alerts=None,  # noqa: ANN001
+                 trust: Trust | None = None) -> None:
         self.settings = settings
+        self.trust = trust
+        self._own_trust = trust is None
+        self._warn = RateLimitedLog(log, interval_s=10.0)
         self.metrics = metrics or HelperMetrics()
         self._own_context = context is None
         self._ctx = context
@@ -106,6 +129,11 @@ class Helper:
         if self._ctx is None:
             self._ctx = sockets.new_context()
         self._sync_ctx = sockets.sync_view(self._ctx)
+        if self.trust is None:
+            self.trust = Trust.default()
+        # Starts the ZAP handler of this context (before any bind).
+        intake_link = self.trust.server(self._ctx, Role.HELPER, Domain.INTAKE)
+        ack_link = self.trust.server(self._ctx, Role.HELPER, Domain.ACKS)
         self.journal = Journal(
             data_dir / "journal", policy=FsyncPolicy(s.fsync_policy),
             segment_size_bytes=s.journal_segment_bytes, interval_ms=s.fsync_interval_ms,
@@ -116,23 +144,26 @@ class Helper:
         self._limits = TaskLimits.of(s, self.journal.max_record_bytes)
         previous = self._load_state(data_dir)
         self._intake, self.intake_endpoint = self._bind(
-            sockets.intake_router, s.intake_endpoint, previous.get("intake_endpoint"),
-            s.max_payload_bytes * 64 + 2**20,
+            functools.partial(sockets.intake_router, link=intake_link), s.intake_endpoint,
+            previous.get("intake_endpoint"), s.max_payload_bytes * 64 + 2**20,
             self._sync_ctx)
         self._ack, self.ack_endpoint = self._bind(
-            sockets.ack_pull, s.ack_endpoint, previous.get("ack_endpoint"), 64 * 2**20,
-            self._sync_ctx)
+            functools.partial(sockets.ack_pull, link=ack_link), s.ack_endpoint,
+            previous.get("ack_endpoint"), 64 * 2**20, self._sync_ctx)
         self._intake_reader = sockets.FrameReader(self._intake, self._on_client_frames,
                                                   multipart=True, batch_max=_DRAIN_MAX,
-                                                  on_batch_end=self._sync_submits)
+                                                  on_batch_end=self._sync_submits,
+                                                  with_user_id=True)
         self._ack_reader = sockets.FrameReader(self._ack, self._on_ack_frame,
                                                batch_max=_DRAIN_MAX,
-                                               on_batch_end=self._after_acks)
+                                               on_batch_end=self._after_acks,
+                                               with_user_id=True)
         self.dispatcher = Dispatcher(
             s, helper_incarnation=self.incarnation, reply_to=self.ack_endpoint,
             journal_append=self.journal.append, journal_release=self.journal.release,
             connect=self._connect_node, send=_send_noblock, close=_close_now,
-            metrics=self.metrics, on_event=self._on_event)
+            metrics=self.metrics, on_event=self._on_event,
+            record_limit_bytes=self.journal.max_record_bytes)
         replayed = 0
         for record in self.journal.recover():
             self.dispatcher.replay(record)
@@ -148,8 +179,9 @@ class Helper:
         self._tasks = [
             loop.create_task(self._timer_loop(), name="helper-timers"),
         ]
-        log.info("helper %s up: intake %s, acks %s, recovered %s", s.helper_id,
-                 self.intake_endpoint, self.ack_endpoint, self.recovered)
+        log.info("helper %s up: intake %s, acks %s, recovered %s, key %s", s.helper_id,
+                 self.intake_endpoint, self.ack_endpoint, self.recovered,
+                 self.public_key or "none (--insecure: plain links)")
 
     async def stop(self) -> None:
         """Stop intake, make the journal durable, close everything. Idempotent."""
@@ -179,9 +211,17 @@ class Helper:
         for sock in (self._intake, self._ack):
             if sock is not None:
                 sock.close(linger=0)
+        if self.trust is not None and self._ctx is not None:
+            self.trust.release(self._ctx)  # its ZAP socket would block term()
         if self._own_context and self._ctx is not None:
             self._ctx.term()
         log.info("helper %s stopped", self.settings.helper_id)
+
+    @property
+    def public_key(self) -> str:
+        """The Helper's CURVE public key (Z85) that clients and AI nodes pin; "" on plain
+        links. Announced in discovery as `curve_key`."""
+        return self.trust.public_key(Role.HELPER) if self.trust is not None else ""
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason) for a discovery health check: not ok before start, while stopping, and
@@ -431,8 +471,13 @@ class Helper:
                             previous, exc)
         return factory(ctx, endpoint, max_bytes)
 
-    def _connect_node(self, endpoint: str):  # noqa: ANN202
-        return sockets.dispatch_push(self._sync_ctx, endpoint)
+    def _connect_node(self, endpoint: str, key: str):  # noqa: ANN202
+        """The PUSH to a node, pinned to `key`, the key its heartbeats were authenticated with:
+        a heartbeat naming someone else's endpoint gets no payload out of us (the handshake
+        fails unless the server there holds that key's secret). TrustError if the key is not
+        (any longer) allowed as ai-node."""
+        link = self.trust.client(Role.HELPER, Role.AI_NODE, key or None)
+        return sockets.dispatch_push(self._sync_ctx, endpoint, link=link)
 
     def _reply(self, identity: bytes, reply) -> bool:  # noqa: ANN001
         """Send one reply; never blocks. A client that is gone, or not reading (its queue is at
@@ -506,7 +551,7 @@ class Helper:
             self._unread_bytes(identity)  # forgets what was sent
         self._intake_reader.wake()
 
-    def _on_client_frames(self, frames: list[bytes]) -> None:
+    def _on_client_frames(self, frames: list[bytes], user_id: str = "") -> None:
         if len(frames) != 2:
             self.metrics.bad_frames.labels("intake").inc()
             return
@@ -515,12 +560,18 @@ class Helper:
             request = wire.decode_client_request(body)
         except WireError as exc:
             self.metrics.bad_frames.labels("intake").inc()
-            log.warning("malformed client request dropped: %s", exc)
+            self._warn.warning("bad_request", "malformed client request dropped: %s",
+                               inert(str(exc), 300))
             self._reply(identity, wire.ClientReply(
                 version=wire.PROTOCOL_VERSION, code=exc.code, message=str(exc)))
             return
         which = request.WhichOneof("body")
         rid = request.request_id
+        operation = (_DEAD_LETTER_OPERATIONS.get(request.dead_letter.op)
+                     if which == "dead_letter" else _REQUEST_OPERATIONS.get(which))
+        if operation is not None and not self.trust.permits(user_id, operation):
+            self._deny(identity, rid, user_id, operation)
+            return
         if which == "submit":
             self._on_submit(identity, rid, request.submit)
         elif which == "status":
@@ -541,6 +592,16 @@ class Helper:
             self._reply(identity, wire.ClientReply(
                 version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.MALFORMED_REQUEST,
                 message="request has no body this Helper understands"))
+
+    def _deny(self, identity: bytes, rid: int, user_id: str, operation: Operation) -> None:
+        """A request the sender's role may not make: a PERMISSION_DENIED reply, counted."""
+        self.metrics.requests_denied.labels(operation.value).inc()
+        role = role_of(user_id)
+        self._warn.warning(("denied", operation), "%s refused for %s key %s", operation.value,
+                           role.value if role else "an unknown", inert(key_of(user_id), 40))
+        self._reply(identity, wire.ClientReply(
+            version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.PERMISSION_DENIED,
+            message=refusal(role, operation)))
 
     def _on_submit(self, identity: bytes, rid: int, submit) -> None:  # noqa: ANN001
         """Admit at once; reply from the journal sync's callback (no task, no extra loop turn).
@@ -691,14 +752,29 @@ class Helper:
         reply.status.statuses.append(entry.status() if entry else wire.TaskStatus(task_id=task_id))
         self._reply(identity, reply)
 
-    def _on_ack_frame(self, frame: bytes) -> None:
+    def _on_ack_frame(self, frame: bytes, user_id: str = "") -> None:
+        """One ack batch. Only an ai-node key gets through the ack PULL's handshake; the
+        check here is the second lock (and what an operator sees counted). The batch is
+        applied for the sender's key (`Dispatcher.on_ack_batch`); nothing raises out of here."""
+        if not self.trust.permits(user_id, Operation.HEARTBEAT):
+            self.metrics.acks_refused.labels("role").inc()
+            self._warn.warning("ack_role", "ack batch from a %s key dropped: only ai-node keys "
+                               "may send acks", inert(user_id.partition(":")[0], 20) or "unknown")
+            return
         try:
             batch = wire.decode_ack_batch(frame)
         except WireError as exc:
             self.metrics.bad_frames.labels("ack").inc()
-            log.warning("malformed ack batch dropped: %s", exc)
+            self._warn.warning("bad_ack", "malformed ack batch dropped: %s",
+                               inert(str(exc), 300))
             return
-        self.dispatcher.on_ack_batch(batch)
+        try:
+            self.dispatcher.on_ack_batch(batch, key_of(user_id))
+        except JournalError as exc:
+            # The journal failed under this batch: what it could not record is redone after
+            # recovery (the tasks are not terminal in the journal). Never out of the reader.
+            self.metrics.journal_errors.inc()
+            self._warn.warning("ack_journal", "ack batch not fully recorded: %s", exc)
 
     def _after_acks(self) -> None:
         self._flush_background()
@@ -813,7 +889,8 @@ class Helper:
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
                     "deadletter_evicted": "warning", "journal_damaged": "critical"}.get(kind, "info")
-        source = info.get("node_id") or info.get("task_id") or self.settings.helper_id
+        source = inert(info.get("node_id") or info.get("task_id") or self.settings.helper_id,
+                       120)
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,
                                  json.dumps(info).encode())

@@ -15,7 +15,7 @@ from mesh.helper import Helper
 from mesh.metrics import register_alert_publisher, serve
 from mesh.ownership import claim_data_dir
 from mesh.settings import HelperSettings
-from nodes import config, runtime
+from nodes import config, keys, runtime
 from nodes.alert_cli import alert_instance
 from nodes.registration import GoneNodes, Presence, service_health, watch_nodes
 
@@ -61,6 +61,11 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="bytes of one reply to a client")
     p.add_argument("--max-unread-reply-bytes", type=int, default=64 * 2**20,
                    help="bytes of large replies a client may leave unread")
+    p.add_argument("--max-nodes", type=int, default=256,
+                   help="live AI node ids tracked at once; heartbeats of new ids beyond are dropped")
+    p.add_argument("--max-node-ids-per-key", type=int, default=1,
+                   help="live AI node ids one ai-node key may hold")
+    keys.add_trust_arguments(p)
     config.add_common(p)
     config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
                             watched="mesh-ai")
@@ -89,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
         max_result_waiters=args.max_result_waiters,
         max_result_waiters_per_client=args.max_result_waiters_per_client,
         max_reply_bytes=args.max_reply_bytes,
-        max_unread_reply_bytes=args.max_unread_reply_bytes)
+        max_unread_reply_bytes=args.max_unread_reply_bytes,
+        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key)
     # One Helper per data dir, refused before the journal is opened; the kernel releases the
     # lock when this process dies, however it dies.
     with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):
@@ -97,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
+    trust = keys.trust_from_args(args)  # --insecure warns here, at every start
     # The Helper publishes its own fault alerts (node down/back, task dead, journal error,
     # queue over threshold) on a lane of its own, journaled beside the task journal.
     alerts = None
@@ -106,7 +113,7 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
             data_dir=os.path.join(settings.data_dir, "alerts"),
             pub_endpoint=args.alerts_bind, replay_endpoint=args.alerts_replay_bind))
         await alerts.start()
-    helper = Helper(settings, alerts=alerts)
+    helper = Helper(settings, alerts=alerts, trust=trust)
     await helper.start()
     if alerts is not None:
         register_alert_publisher(helper.metrics.registry, alerts.stats)
@@ -130,6 +137,8 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
               "protocol": str(wire.PROTOCOL_VERSION), "pool": args.pool or "",
               "ep_intake": helper.intake_endpoint, "ep_ack": helper.ack_endpoint,
               "ep_metrics": metrics_ep,
+              # the key clients and AI nodes pin (only if it is in their allowed/helper/)
+              "curve_key": helper.public_key,
               # the names nodes/cli.py and mesh ai read
               "intake_endpoint": helper.intake_endpoint, "ack_endpoint": helper.ack_endpoint,
               "metrics_port": str(metrics_port or "")})
@@ -181,7 +190,7 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
                                   deregister_after_s=args.deregister_after)
         await alert_presence.start()
     runtime.announce_ready("helper", intake=helper.intake_endpoint, acks=helper.ack_endpoint,
-                           metrics_port=metrics_port, recovered=helper.recovered,
+                           curve_key=helper.public_key, metrics_port=metrics_port, recovered=helper.recovered,
                            alerts=alerts.pub_endpoint if alerts else None,
                            alerts_replay=alerts.replay_endpoint if alerts else None)
     name = await runtime.until_signalled()
