@@ -7,6 +7,13 @@
 Guarantees: `submit` returns only when the Helper has the task on disk. If it raises
 `RequestTimeout` the outcome is unknown; submitting again with the same `task_id` is safe (the
 Helper answers a known id as a duplicate and stores nothing new).
+
+Trust: the link is CURVE with this user's local key store unless told otherwise (`trust=`,
+see mesh/trust.py): the Client acts as `role` (client; operator for dead letters and stats)
+and pins the Helper's key from its allowed/helper/ list (the one the Helper announced, if
+given). A Helper that refuses the key ends the handshake without a word: the Client watches
+its socket's handshake events and raises `HelperRefusedKey` naming the key file to allow,
+instead of waiting for a timeout. A request the role may not make raises `PermissionDenied`.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import time
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from mesh import sockets, wire
 from mesh.errors import (
-    MeshError, NotFound, RequestTimeout, TaskFailed, WireError, error_from_code,
+    HelperRefusedKey, MeshError, NotFound, RequestTimeout, TaskFailed, WireError,
+    error_from_code,
 )
 from mesh.task import make_task
+from mesh.trust import ClientLink, Role, Trust
 
 log = logging.getLogger("mesh.client")
 
@@ -49,6 +59,38 @@ def _terminal(status, task_id: str, timeout: float):  # noqa: ANN001, ANN202
     return status
 
 
+#: handshake outcomes the Client watches on its socket
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+_HANDSHAKE_EVENTS = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def _client_link(trust: Trust | None, role: Role, server_key: str | bytes | None):  # noqa: ANN202
+    trust = trust if trust is not None else Trust.default()
+    return trust, trust.client(role, Role.HELPER, server_key or None)
+
+
+def _refusal(event: int, endpoint: str, role: Role, link: ClientLink | None) -> HelperRefusedKey:
+    """The error for a failed handshake with the Helper, saying what to do about it."""
+    if link is None:
+        return HelperRefusedKey(
+            f"the Helper at {endpoint} refused the handshake of this plain (--insecure) "
+            "client: it expects CURVE; drop --insecure (or run the Helper with --insecure)")
+    own = link.keypair
+    public_file = (str(own.path).removesuffix("_secret") if own.path is not None
+                   else f"the {role.value} public key")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return HelperRefusedKey(
+            f"the Helper at {endpoint} refused this client's key ({role.value} key "
+            f"{own.public_z85}): add {public_file} to the Helper's allowed/{role.value}/ "
+            f"(on the Helper's host: mesh keys allow --role {role.value} {public_file})")
+    return HelperRefusedKey(
+        f"the handshake with the Helper at {endpoint} failed: the server there does not hold "
+        f"the Helper key this client pinned ({link.server_key.decode()}), or it does not use "
+        "CURVE (--insecure); copy the Helper's public key into this store's allowed/helper/ "
+        "(mesh keys allow --role helper FILE)")
+
+
 def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
     if status.state == wire.DEAD:
         raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
@@ -56,10 +98,24 @@ def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
 
 
 class Client:
+    """`trust`: the key store (default `Trust.default()`, the local one; `Trust.plain()` for an
+    --insecure Helper); `role`: Role.CLIENT, or Role.OPERATOR for dead letters and stats;
+    `server_key`: the Helper's key as announced in discovery (`curve_key`), pinned only if
+    it is in allowed/helper/."""
+
     def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, trust: Trust | None = None, role: Role = Role.CLIENT,
+                 server_key: str | bytes | None = None) -> None:
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
+        self.trust = trust
+        self.role = role
+        self.server_key = server_key
+        self._link: ClientLink | None = None
+        self._monitor = None
+        self._monitor_reader: sockets.FrameReader | None = None
+        #: set when the Helper refused the handshake; cleared by a later successful one
+        self.refused: HelperRefusedKey | None = None
         self._ctx = context
         self._own_context = context is None
         self._sock = None
@@ -69,11 +125,18 @@ class Client:
         self._closed = False
 
     async def start(self) -> None:
+        self.trust, self._link = _client_link(self.trust, self.role, self.server_key)
         if self._ctx is None:
             self._ctx = sockets.new_context()
-        self._sock = sockets.client_dealer(sockets.sync_view(self._ctx), self.endpoint)
+        self._sock = sockets.client_dealer(sockets.sync_view(self._ctx), self.endpoint,
+                                           link=self._link)
+        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        loop = asyncio.get_running_loop()
+        self._monitor_reader = sockets.FrameReader(self._monitor, self._on_monitor,
+                                                   multipart=True)
+        self._monitor_reader.start(loop)
         self._reader = sockets.FrameReader(self._sock, self._on_reply)
-        self._reader.start(asyncio.get_running_loop())
+        self._reader.start(loop)
 
     async def close(self) -> None:
         if self._closed:
@@ -81,10 +144,15 @@ class Client:
         self._closed = True
         if self._reader is not None:
             self._reader.stop()
+        if self._monitor_reader is not None:
+            self._monitor_reader.stop()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(MeshError("client closed"))
         self._waiting.clear()
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
         if self._sock is not None:
             self._sock.close(linger=0)
         if self._own_context and self._ctx is not None:
@@ -183,6 +251,8 @@ class Client:
     async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
         if self._sock is None:
             await self.start()
+        if self.refused is not None:
+            raise self.refused
         rid = next(self._ids)
         request.request_id = rid
         fut = asyncio.get_running_loop().create_future()
@@ -206,6 +276,20 @@ class Client:
             raise error_from_code(reply.code, reply.message)
         return reply
 
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.refused = None
+            return
+        if not event & _HANDSHAKE_FAILED:
+            return
+        self.refused = _refusal(event, self.endpoint, self.role, self._link)
+        log.error("%s", self.refused)
+        # Nothing sent will be read: every waiting request fails now, not at its timeout.
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(self.refused)
+
     def _on_reply(self, frame: bytes) -> None:
         if not frame:
             return  # the Helper's probe: is this client still there?
@@ -228,15 +312,26 @@ class SyncClient:
             result = client.result(task_id, timeout=30)
     """
 
-    def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0,
+                 trust: Trust | None = None, role: Role = Role.CLIENT,
+                 server_key: str | bytes | None = None) -> None:
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
+        self.role = role
+        self.trust, self._link = _client_link(trust, role, server_key)
         self._ctx = sockets.new_sync_context()
-        self._sock = sockets.client_dealer(self._ctx, intake_endpoint)
+        self._sock = sockets.client_dealer(self._ctx, intake_endpoint, link=self._link)
+        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self.refused: HelperRefusedKey | None = None
         self._ids = itertools.count(1)
 
     def close(self) -> None:
         if self._sock is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._sock = None
             self._ctx.term()
@@ -279,15 +374,25 @@ class SyncClient:
     def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
         if self._sock is None:
             raise MeshError("client closed")
+        self._read_monitor()
+        if self.refused is not None:
+            raise self.refused
         rid = next(self._ids)
         request.request_id = rid
         self._sock.send(wire.encode(request))
         deadline = time.monotonic() + timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self._sock.poll(remaining_ms):
-                raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
-                                     f"{timeout_s}s")
+            ready = dict(self._poller.poll(remaining_ms)) if remaining_ms > 0 else {}
+            if self._monitor in ready:
+                self._read_monitor()
+                if self.refused is not None:
+                    raise self.refused
+            if self._sock not in ready:
+                if not ready:
+                    raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
+                                         f"{timeout_s}s")
+                continue
             frame = self._sock.recv()
             if not frame:
                 continue  # the Helper's probe: is this client still there?
@@ -301,3 +406,11 @@ class SyncClient:
             if reply.code not in (wire.OK, 0):
                 raise error_from_code(reply.code, reply.message)
             return reply
+
+    def _read_monitor(self) -> None:
+        while self._monitor.poll(0):
+            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused = None
+            elif event & _HANDSHAKE_FAILED:
+                self.refused = _refusal(event, self.endpoint, self.role, self._link)

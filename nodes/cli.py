@@ -5,7 +5,8 @@
     mesh demo                   a local mesh with a node killed mid-run, and its figures
     mesh submit KIND PAYLOAD    submit one task (and wait for its result with --wait)
     mesh status TASK_ID...      the state of tasks
-    mesh dlq list|inspect|replay|purge [TASK_ID...]
+    mesh dlq list|inspect|replay|purge [TASK_ID...]   (with the operator key)
+    mesh stats                  the Helper's counters (with the operator key)
     mesh notifier               receive fault alerts
     mesh alert publish ...      publish a fault alert
     mesh keys new|local|allow   CURVE keys and the local key store
@@ -30,6 +31,7 @@ import sys
 from discovery import DiscoveryError, open_discovery
 from mesh import Client, MeshError, wire
 from mesh.errors import InUse
+from mesh.trust import Role
 from nodes import ai, config, demo, helper, keys
 
 EXIT_OK = 0
@@ -85,17 +87,23 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     _helper_address(p)
     p.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
 
+    p = sub.add_parser("stats", help="the Helper's counters (operator key)")
+    _helper_address(p)
+    p.set_defaults(func=lambda a: asyncio.run(_stats(a)))
+
 
 def _helper_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intake", default=None, help="Helper intake endpoint (default: discover)")
     p.add_argument("--discovery", default=None)
     p.add_argument("--helper-service", default="mesh-helper",
                    help="service name Helpers register under")
+    keys.add_trust_arguments(p)
 
 
-def _intake(args: argparse.Namespace) -> str:
+def _intake(args: argparse.Namespace) -> tuple[str, str]:
+    """The Helper's intake endpoint and the key it announced ("" when not announced)."""
     if args.intake:
-        return args.intake
+        return args.intake, ""
     directory = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
         _, found = directory.instances(args.helper_service)
@@ -104,8 +112,16 @@ def _intake(args: argparse.Namespace) -> str:
     for inst in found:
         endpoint = inst.meta.get("ep_intake") or inst.meta.get("intake_endpoint")
         if endpoint:
-            return endpoint
+            return endpoint, inst.meta.get("curve_key", "")
     raise MeshError("no Helper found in discovery; start one with `mesh helper` or pass --intake")
+
+
+def _client(args: argparse.Namespace, role: Role = Role.CLIENT) -> Client:
+    """A Client acting as `role` with the key store of --keys/--insecure, pinning the key the
+    Helper announced in discovery (if it is in allowed/helper/)."""
+    endpoint, announced = _intake(args)
+    return Client(endpoint, trust=keys.trust_from_args(args), role=role,
+                  server_key=None if args.insecure else announced or None)
 
 
 def _status_dict(status) -> dict:  # noqa: ANN001
@@ -121,7 +137,7 @@ def _status_dict(status) -> dict:  # noqa: ANN001
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    async with Client(_intake(args)) as client:
+    async with _client(args) as client:
         task_id = await client.submit(args.kind, args.payload.encode(), priority=args.priority,
                                       task_id=args.task_id, ttl_s=args.ttl)
         print(json.dumps({"task_id": task_id, "accepted": True}))
@@ -133,7 +149,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with Client(_intake(args)) as client:
+    async with _client(args) as client:
         for status in await client.statuses(args.task_ids):
             print(json.dumps(_status_dict(status)))
     return EXIT_OK
@@ -143,11 +159,17 @@ async def _dlq(args: argparse.Namespace) -> int:
     if args.op in ("replay", "purge") and not args.task_ids and not args.all:
         print(f"mesh dlq {args.op}: name task ids or pass --all", file=sys.stderr)
         return EXIT_USAGE
-    async with Client(_intake(args)) as client:
+    async with _client(args, Role.OPERATOR) as client:
         reply = await client.dead_letters(args.op, args.task_ids, args.limit)
         for status in reply.tasks:
             print(json.dumps(_status_dict(status)))
         print(json.dumps({"op": args.op, "affected": reply.affected}))
+    return EXIT_OK
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    async with _client(args, Role.OPERATOR) as client:
+        print(json.dumps(await client.stats(), sort_keys=True))
     return EXIT_OK
 
 

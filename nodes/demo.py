@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 
 from mesh import Client, make_task, wire
+from mesh.trust import Role, Trust
 from nodes.launch import NodeProcess, stop_all
 from nodes.sample_app import applied_effects
 
@@ -37,6 +38,11 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="SIGKILL one AI node when this fraction of tasks is submitted")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="key store shared by the demo's processes (default: one in the work "
+                        "directory, made for this run)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain, unauthenticated links (warns at every start)")
     p.set_defaults(func=main)
 
 
@@ -60,12 +66,18 @@ async def run_demo(args: argparse.Namespace) -> int:
     effects = work / "effects"
     effects.mkdir()
     discovery = f"embedded://{work / 'registry'}"
-    env = {"MESH_EFFECT_LOG_DIR": str(effects), "MESH_LOG_LEVEL": "WARNING"}
+    # Every process of the demo shares one local key store: authenticated with no setup.
+    key_dir = args.keys or str(work / "keys")
+    env = {"MESH_EFFECT_LOG_DIR": str(effects), "MESH_LOG_LEVEL": "WARNING",
+           "MESH_KEY_DIR": key_dir}
+    insecure = ["--insecure"] if args.insecure else []
+    trust = Trust.plain() if args.insecure else Trust.local(key_dir)
     print(f"mesh demo: work dir {work} (seed {seed})")
     helper = NodeProcess(["helper", "--helper-id", "demo-helper", "--data-dir",
-                          str(work / "helper"), "--discovery", discovery],
+                          str(work / "helper"), "--discovery", discovery, *insecure],
                          env=env, log_path=work / "helper.log", name="helper")
-    nodes = [NodeProcess(["ai", "--node-id", f"ai-{i + 1}", "--discovery", discovery],
+    nodes = [NodeProcess(["ai", "--node-id", f"ai-{i + 1}", "--discovery", discovery,
+                          *insecure],
                          env=env, log_path=work / f"ai-{i + 1}.log", name=f"ai-{i + 1}")
              for i in range(args.nodes)]
     try:
@@ -75,7 +87,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"started Helper (pid {helper.pid}) and {len(nodes)} AI nodes "
               f"(pids {', '.join(str(n.pid) for n in nodes)}); they found each other through "
               f"the embedded registry")
-        async with Client(helper.ready["intake"]) as client:
+        # The operator key: the demo reads the Helper's stats (an operator may also submit).
+        async with Client(helper.ready["intake"], trust=trust, role=Role.OPERATOR) as client:
             deadline = time.monotonic() + 20
             while (await client.stats())["nodes"] < len(nodes):
                 if time.monotonic() > deadline:
