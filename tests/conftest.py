@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.keys import session_store
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mesh_key_dir(tmp_path_factory):  # noqa: ANN001, ANN201
+    """$MESH_KEY_DIR: one local key store for the session (tests/support/keys.py)."""
+    with session_store(tmp_path_factory.mktemp("keys")) as root:
+        yield root
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 Every process it starts is stopped (SIGTERM, then SIGKILL) and reaped at teardown, whatever
 happened in the test. Nodes find each other through an embedded registry private to the test.
+Every process gets the same $MESH_KEY_DIR (the session's store, tests/support/keys.py), so the
+links are CURVE-authenticated as on one user's host, and a `Client()` in the test trusts them.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ class Cluster:
         self.helper: NodeProcess | None = None
         self.ai_nodes: list[NodeProcess] = []
         self._ai_count = 0
+        self.key_dir = os.environ.get("MESH_KEY_DIR") or str(workdir / "keys")
         self.env = {"MESH_EFFECT_LOG_DIR": str(self.effects), "MESH_LOG_LEVEL": "INFO",
-                    "PYTHONUNBUFFERED": "1"}
+                    "PYTHONUNBUFFERED": "1", "MESH_KEY_DIR": self.key_dir}
 
     def _start(self, args: list[str], name: str) -> NodeProcess:
         proc = NodeProcess(args, env=self.env, log_path=self.workdir / f"{name}.log", name=name)
