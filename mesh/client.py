@@ -97,64 +97,91 @@ def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
     return status.result
 
 
+class _Channel:
+    """One DEALER to the Helper acting as one role, with its handshake monitor."""
+
+    def __init__(self, client: Client, role: Role, link: ClientLink | None) -> None:
+        self.role = role
+        self.link = link
+        ctx = sockets.sync_view(client._ctx)
+        self.sock = sockets.client_dealer(ctx, client.endpoint, link=link)
+        self.monitor = self.sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        loop = asyncio.get_running_loop()
+        self.monitor_reader = sockets.FrameReader(
+            self.monitor, lambda frames: client._on_monitor(self, frames), multipart=True)
+        self.monitor_reader.start(loop)
+        self.reader = sockets.FrameReader(self.sock, client._on_reply)
+        self.reader.start(loop)
+        #: set when the Helper refused the handshake; cleared by a later successful one
+        self.refused: HelperRefusedKey | None = None
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.monitor_reader.stop()
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+#: requests that need the operator role; everything else is a client's
+_OPERATOR_REQUESTS = frozenset({"dead_letter", "stats"})
+
+
 class Client:
     """`trust`: the key store (default `Trust.default()`, the local one; `Trust.plain()` for an
-    --insecure Helper); `role`: Role.CLIENT, or Role.OPERATOR for dead letters and stats;
-    `server_key`: the Helper's key as announced in discovery (`curve_key`), pinned only if
-    it is in allowed/helper/."""
+    --insecure Helper). `role`: None (default) sends submits, statuses and results with the
+    client key and dead-letter and stats requests with the operator key (a second link, made
+    on first use); Role.CLIENT or Role.OPERATOR sends everything with that key. `server_key`:
+    the Helper's key as announced in discovery (`curve_key`), pinned only if it is in
+    allowed/helper/."""
 
     def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
-                 timeout_s: float = 30.0, trust: Trust | None = None, role: Role = Role.CLIENT,
+                 timeout_s: float = 30.0, trust: Trust | None = None, role: Role | None = None,
                  server_key: str | bytes | None = None) -> None:
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
         self.trust = trust
         self.role = role
         self.server_key = server_key
-        self._link: ClientLink | None = None
-        self._monitor = None
-        self._monitor_reader: sockets.FrameReader | None = None
-        #: set when the Helper refused the handshake; cleared by a later successful one
-        self.refused: HelperRefusedKey | None = None
         self._ctx = context
         self._own_context = context is None
-        self._sock = None
+        self._channels: dict[Role, _Channel] = {}
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._reader: sockets.FrameReader | None = None
+        self._waiting: dict[int, tuple[asyncio.Future, _Channel]] = {}
         self._closed = False
+        self._started = False
+
+    @property
+    def refused(self) -> HelperRefusedKey | None:
+        """The refusal of the first channel the Helper refused (None if none was)."""
+        return next((c.refused for c in self._channels.values() if c.refused), None)
 
     async def start(self) -> None:
-        self.trust, self._link = _client_link(self.trust, self.role, self.server_key)
+        if self.trust is None:
+            self.trust = Trust.default()
         if self._ctx is None:
             self._ctx = sockets.new_context()
-        self._sock = sockets.client_dealer(sockets.sync_view(self._ctx), self.endpoint,
-                                           link=self._link)
-        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
-        loop = asyncio.get_running_loop()
-        self._monitor_reader = sockets.FrameReader(self._monitor, self._on_monitor,
-                                                   multipart=True)
-        self._monitor_reader.start(loop)
-        self._reader = sockets.FrameReader(self._sock, self._on_reply)
-        self._reader.start(loop)
+        self._started = True
+        self._channel(self.role or Role.CLIENT)
+
+    def _channel(self, role: Role) -> _Channel:
+        channel = self._channels.get(role)
+        if channel is None:
+            link = self.trust.client(role, Role.HELPER, self.server_key or None)
+            channel = self._channels[role] = _Channel(self, role, link)
+        return channel
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._reader is not None:
-            self._reader.stop()
-        if self._monitor_reader is not None:
-            self._monitor_reader.stop()
-        for fut in self._waiting.values():
+        for fut, _ in self._waiting.values():
             if not fut.done():
                 fut.set_exception(MeshError("client closed"))
         self._waiting.clear()
-        if self._monitor is not None:
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
         if self._own_context and self._ctx is not None:
             self._ctx.term()
 
@@ -249,22 +276,27 @@ class Client:
     # ---- plumbing ----------------------------------------------------------------------
 
     async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
-        if self._sock is None:
+        if not self._started:
             await self.start()
-        if self.refused is not None:
-            raise self.refused
+        if self._closed:
+            raise MeshError("client closed")
+        role = self.role or (Role.OPERATOR if request.WhichOneof("body") in _OPERATOR_REQUESTS
+                             else Role.CLIENT)
+        channel = self._channel(role)
+        if channel.refused is not None:
+            raise channel.refused
         rid = next(self._ids)
         request.request_id = rid
         fut = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
+        self._waiting[rid] = (fut, channel)
         try:
-            self._sock.send(wire.encode(request), zmq.NOBLOCK)
+            channel.sock.send(wire.encode(request), zmq.NOBLOCK)
         except zmq.Again:
             del self._waiting[rid]
             raise RequestTimeout(f"cannot queue a request to {self.endpoint} "
                                  "(send queue full)") from None
         finally:
-            self._reader.wake()  # a send can take the edge of a reply that just arrived
+            channel.reader.wake()  # a send can take the edge of a reply that just arrived
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
@@ -276,19 +308,19 @@ class Client:
             raise error_from_code(reply.code, reply.message)
         return reply
 
-    def _on_monitor(self, frames: list[bytes]) -> None:
+    def _on_monitor(self, channel: _Channel, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.refused = None
+            channel.refused = None
             return
         if not event & _HANDSHAKE_FAILED:
             return
-        self.refused = _refusal(event, self.endpoint, self.role, self._link)
-        log.error("%s", self.refused)
-        # Nothing sent will be read: every waiting request fails now, not at its timeout.
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(self.refused)
+        channel.refused = _refusal(event, self.endpoint, channel.role, channel.link)
+        log.error("%s", channel.refused)
+        # Nothing sent on it will be read: its waiting requests fail now, not at their timeout.
+        for fut, on in self._waiting.values():
+            if on is channel and not fut.done():
+                fut.set_exception(channel.refused)
 
     def _on_reply(self, frame: bytes) -> None:
         if not frame:
@@ -298,9 +330,9 @@ class Client:
         except WireError as exc:
             log.warning("malformed reply dropped: %s", exc)
             return
-        fut = self._waiting.get(reply.request_id)
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
+        waiting = self._waiting.get(reply.request_id)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(reply)
 
 
 class SyncClient:
@@ -315,6 +347,7 @@ class SyncClient:
     def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0,
                  trust: Trust | None = None, role: Role = Role.CLIENT,
                  server_key: str | bytes | None = None) -> None:
+        # One link, one role: SyncClient has no dead-letter or stats calls.
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
         self.role = role
