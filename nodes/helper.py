@@ -111,7 +111,8 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
         alerts = AlertPublisher(AlertPublisherSettings(
             publisher_id=f"{settings.helper_id}-alerts",
             data_dir=os.path.join(settings.data_dir, "alerts"),
-            pub_endpoint=args.alerts_bind, replay_endpoint=args.alerts_replay_bind))
+            pub_endpoint=args.alerts_bind, replay_endpoint=args.alerts_replay_bind),
+            trust=trust)
         await alerts.start()
     helper = Helper(settings, alerts=alerts, trust=trust)
     await helper.start()
