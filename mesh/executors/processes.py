@@ -144,12 +144,14 @@ class Run:
 
 
 class _Child:
-    __slots__ = ("proc", "pid", "transport", "state", "run", "tasks", "rss_bytes", "pidfd",
+    __slots__ = ("proc", "pid", "sock", "transport", "state", "run", "tasks", "rss_bytes", "pidfd",
                  "ready", "kill_timer", "start_error", "started_at", "buffer", "poll_timer")
 
-    def __init__(self, proc: subprocess.Popen, ready: asyncio.Future) -> None:
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket,
+                 ready: asyncio.Future) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.sock = sock  # owned by `transport` once there is one
         self.transport: asyncio.Transport | None = None
         self.state = ChildState.STARTING
         self.run: Run | None = None
@@ -535,7 +537,7 @@ class ProcessExecutor:
             raise
         finally:
             child_sock.close()
-        child = _Child(proc, loop.create_future())
+        child = _Child(proc, parent_sock, loop.create_future())
         self._children.add(child)
         self._all_exited.clear()
         try:
@@ -693,6 +695,8 @@ class ProcessExecutor:
         code = child.proc.wait()  # it has exited: this reaps it without blocking
         if child.transport is not None:
             child.transport.close()
+        else:  # never connected (its start was cancelled before it began)
+            child.sock.close()
         self._children.discard(child)
         if child in self._idle:
             self._idle.remove(child)
