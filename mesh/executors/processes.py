@@ -305,6 +305,8 @@ class ProcessExecutor:
         self._state = "stopping"
         if self._spawn_timer is not None:
             self._spawn_timer.cancel()
+        self._quiet.clear()
+        self._check_quiet()
         if grace_s > 0 and not self._quiet.is_set():
             try:
                 await asyncio.wait_for(self._quiet.wait(), grace_s)
@@ -365,7 +367,6 @@ class ProcessExecutor:
         run.future.add_done_callback(lambda _f, run=run: self._on_run_done(run))
         if timeout_s is not None:
             run._timer = loop.call_later(timeout_s, self._on_timeout, run)
-        self._quiet.clear()
         if self._idle:
             self._assign(self._idle.pop(), run)
         else:
@@ -445,7 +446,8 @@ class ProcessExecutor:
                         "passed its timeout" if end == "timeout" else "was cancelled")
             self._kill(child)
             self._fill()
-        elif child is None:
+        elif run._frame is not None:  # never sent: it was waiting for a child
+            run._frame = None
             try:
                 self._waiting.remove(run)
             except ValueError:
@@ -453,6 +455,9 @@ class ProcessExecutor:
         self._check_quiet()
 
     def _check_quiet(self) -> None:
+        """Only `stop` waits for quiet: nothing to do (per outcome) while running."""
+        if self._state != "stopping":
+            return
         if not self._waiting and not any(c.state is ChildState.BUSY for c in self._children):
             self._quiet.set()
 

@@ -1,0 +1,186 @@
+"""What running a handler in a child process costs, against running it inline (asyncio) and in
+a thread pool: the same 1 ms handler, 16 slots, all in one run.
+
+    .venv/bin/python bench/executor_cost.py [--calls 20000] [--slots 16] [--serial 2000]
+
+Per way of running: p50/p99 latency of one call (from the caller's await to its result) and
+throughput, with `slots` callers each keeping one call in flight (a closed loop, as an AI node
+with concurrency 16 runs); then p50/p99 with one call in flight (the bare per-call cost).
+The parent runs uvloop, as the nodes do. Also: how long a child takes to start (spawn, what
+the pool uses) against multiprocessing's forkserver (the alternative we measured), and how
+long the pool takes to start `slots` children. Figures are for this machine and its load: the
+load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uvloop
+
+from mesh.app import App
+from mesh.executors import ProcessExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_PATH = "bench.executor_cost:app"
+HANDLER_S = 0.001
+
+app = App("executor-cost")
+
+
+@app.task("sleep_async")
+async def sleep_async(payload: bytes) -> bytes:
+    await asyncio.sleep(HANDLER_S)
+    return payload
+
+
+@app.task("sleep_sync")
+def sleep_sync(payload: bytes) -> bytes:
+    time.sleep(HANDLER_S)
+    return payload
+
+
+async def _closed_loop(call, slots: int, calls: int) -> tuple[list[float], float]:  # noqa: ANN001
+    latencies: list[float] = []
+    per_caller = calls // slots
+
+    async def caller(i: int) -> None:
+        payload = b"%d" % i
+        for _ in range(per_caller):
+            t = time.perf_counter()
+            await call(payload)
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(slots)))
+    return latencies, time.perf_counter() - t0
+
+
+async def _serial(call, calls: int) -> list[float]:  # noqa: ANN001
+    latencies = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        await call(b"x")
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _forkserver_target(conn) -> None:  # noqa: ANN001
+    conn.send_bytes(b"ready")
+    conn.close()
+
+
+def forkserver_start_s(n: int) -> list[float]:
+    """Time from Process.start() to the child's first message, forkserver with mesh.app
+    preloaded (the first start, which starts the server, is left out)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mesh.app", "mesh.executors.child"])
+    times = []
+    for i in range(n + 1):
+        parent, child = ctx.Pipe(duplex=False)
+        t = time.perf_counter()
+        p = ctx.Process(target=_forkserver_target, args=(child,))
+        p.start()
+        parent.recv_bytes()
+        elapsed = time.perf_counter() - t
+        p.join()
+        child.close()
+        parent.close()
+        if i:
+            times.append(elapsed)
+    return times
+
+
+async def spawn_start_s(n: int) -> list[float]:
+    """Time for a one-child pool to start: spawn, import the app, Ready."""
+    times = []
+    for _ in range(n):
+        pool = ProcessExecutor(APP_PATH, 1, cwd=str(ROOT))
+        t = time.perf_counter()
+        await pool.start()
+        times.append(time.perf_counter() - t)
+        await pool.stop()
+    return times
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"{os.cpu_count()} cores, python {sys.version.split()[0]}, uvloop")
+    slots, calls, serial = args.slots, args.calls, args.serial
+    threads = ThreadPoolExecutor(max_workers=slots)
+    loop = asyncio.get_running_loop()
+    pool = ProcessExecutor(APP_PATH, slots, cwd=str(ROOT))
+    t = time.perf_counter()
+    await pool.start()
+    pool_start_s = time.perf_counter() - t
+
+    async def inline(payload: bytes) -> bytes:
+        return await sleep_async(payload)
+
+    async def in_thread(payload: bytes) -> bytes:
+        return await loop.run_in_executor(threads, sleep_sync, payload)
+
+    async def process_sync(payload: bytes) -> bytes:
+        return await pool.run("sleep_sync", payload, timeout_s=30)
+
+    async def process_async(payload: bytes) -> bytes:
+        return await pool.run("sleep_async", payload, timeout_s=30)
+
+    ways = [("inline (asyncio)", inline), ("thread pool", in_thread),
+            ("process, sync handler", process_sync), ("process, async handler", process_async)]
+    rows = []
+    for name, call in ways:
+        await _closed_loop(call, slots, slots * 20)  # warm up
+        cpu = time.process_time()
+        loaded, elapsed = await _closed_loop(call, slots, calls)
+        cpu = time.process_time() - cpu
+        alone = await _serial(call, serial)
+        rows.append((name, _pct(loaded, 0.5), _pct(loaded, 0.99), len(loaded) / elapsed,
+                     _pct(alone, 0.5), _pct(alone, 0.99), cpu / len(loaded)))
+    await pool.stop()
+    threads.shutdown()
+
+    print(f"\n{calls} calls of a {HANDLER_S * 1000:.0f} ms handler, {slots} in flight; then "
+          f"{serial} calls one at a time")
+    print(f"{'':24} {'p50 us':>8} {'p99 us':>8} {'calls/s':>9} {'parent cpu us/call':>19} | "
+          f"{'alone p50':>9} {'alone p99':>9} | p50 - inline's: loaded / alone")
+    base = rows[0]
+    for name, p50, p99, rate, a50, a99, cpu in rows:
+        print(f"{name:24} {p50 * 1e6:8.0f} {p99 * 1e6:8.0f} {rate:9.0f} {cpu * 1e6:19.1f} | "
+              f"{a50 * 1e6:9.0f} {a99 * 1e6:9.0f} | {(p50 - base[1]) * 1e6:+.0f} / "
+              f"{(a50 - base[4]) * 1e6:+.0f} us")
+    best = min((r for r in rows if r[0].startswith("process")), key=lambda r: r[1])
+    print(f"\ntargets (process vs inline): p50 at most +150 us -> "
+          f"{(best[1] - base[1]) * 1e6:+.0f} us loaded, {(best[4] - base[4]) * 1e6:+.0f} us "
+          f"alone; throughput at least half -> {best[3] / base[3]:.2f}x ({best[0]})")
+
+    spawned = await spawn_start_s(args.starts)
+    forked = await asyncio.to_thread(forkserver_start_s, args.starts)
+    print(f"\nchild start, median of {args.starts}: spawn (the pool's: python -m "
+          f"mesh.executors.child, app imported, Ready) {statistics.median(spawned) * 1e3:.0f} "
+          f"ms; forkserver with mesh.app preloaded, to a trivial target "
+          f"{statistics.median(forked) * 1e3:.0f} ms")
+    print(f"pool of {slots} children started in {pool_start_s * 1e3:.0f} ms")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument("--serial", type=int, default=2_000)
+    parser.add_argument("--starts", type=int, default=5)
+    uvloop.run(main(parser.parse_args()))
