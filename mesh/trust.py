@@ -351,6 +351,7 @@ class KeyStore:
         self.allowed_dir = self.root / "allowed"
         self._roles: dict[bytes, Role] = {}
         self._certs: dict[Role, list[Certificate]] = {}
+        self._stamp: tuple = ()
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.root)!r})"
@@ -410,6 +411,7 @@ class KeyStore:
         permission or a key allowed under two roles; skips (with a warning) a certificate
         whose role metadata contradicts its directory, and directories of unknown roles."""
         self.check()
+        stamp = self.stamp()
         roles: dict[bytes, Role] = {}
         certs: dict[Role, list[Certificate]] = {role: [] for role in Role}
         if self.allowed_dir.is_dir():
@@ -436,10 +438,25 @@ class KeyStore:
                             "remove one of the files")
                     roles[cert.public_key] = role
                     certs[role].append(cert)
-        self._roles, self._certs = roles, certs
+        self._roles, self._certs, self._stamp = roles, certs, stamp
         return self
 
     reload = load
+
+    def stamp(self) -> tuple:
+        """The modification times of the allow-list directories: a key added or removed
+        changes its directory's (a few stat calls, no reading)."""
+        out = []
+        for d in (self.allowed_dir, *(self.allowed_dir / r.value for r in Role)):
+            try:
+                out.append(os.stat(d).st_mtime_ns)
+            except OSError:
+                out.append(0)
+        return tuple(out)
+
+    def changed(self) -> bool:
+        """Has an allow-list directory changed since the last load?"""
+        return self.stamp() != self._stamp
 
     def role_of_key(self, public_key: bytes | str) -> Role | None:
         """The role a Z85 public key is allowed as, or None."""
@@ -707,7 +724,11 @@ class Trust:
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook: admit `client_key` (Z85) to `domain`?"""
         role = self.store.role_of_key(client_key)
-        if role is None and self._clock() - self._last_scan >= self.RESCAN_INTERVAL_S:
+        # Re-read for an unknown key when an allow-list directory changed (a node that just
+        # made its own key, e.g. `mesh ai --node-id` next to a running Helper), and at most once
+        # per interval otherwise (an edited file in place).
+        if role is None and (self.store.changed()
+                             or self._clock() - self._last_scan >= self.RESCAN_INTERVAL_S):
             self._last_scan = self._clock()
             try:
                 self.store.reload()

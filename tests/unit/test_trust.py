@@ -190,13 +190,27 @@ def test_zap_decision_admits_only_the_domains_roles(tmp_path: Path) -> None:
     assert trust.refused[("mesh.nowhere", "role client not admitted")] == 1
 
 
-def test_a_key_copied_in_while_running_is_honoured_after_the_rescan_interval(
-        tmp_path: Path) -> None:
+def test_a_key_copied_in_while_running_is_honoured_at_once(tmp_path: Path) -> None:
     clock = FakeClock()
     trust = Trust(KeyStore.ensure_local(tmp_path / "s"), clock=clock)
     public, _ = write_keypair(tmp_path / "k", "late", Role.CLIENT)
     key = load_certificate(public).public_key
-    KeyStore(trust.store.root).allow(Role.CLIENT, public)  # another process adds it
+    assert not trust.callback(Domain.INTAKE.value, key)
+    # another process adds it (an AI node making its own key next to a running Helper): the
+    # allow-list directory changed, so the unknown key makes a re-read, interval or not
+    KeyStore(trust.store.root).allow(Role.CLIENT, public)
+    assert trust.callback(Domain.INTAKE.value, key)
+
+
+def test_a_key_edited_in_place_is_honoured_after_the_rescan_interval(tmp_path: Path) -> None:
+    clock = FakeClock()
+    trust = Trust(KeyStore.ensure_local(tmp_path / "s"), clock=clock)
+    public, _ = write_keypair(tmp_path / "k", "late", Role.CLIENT)
+    key = load_certificate(public).public_key
+    target = trust.store.allowed_dir / "client" / "local.key"
+    stamp = trust.store.stamp()
+    target.write_text(public.read_text())  # rewritten in place: no directory change
+    assert trust.store.stamp() == stamp
     assert not trust.callback(Domain.INTAKE.value, key)   # within the interval: no rescan
     clock.now += Trust.RESCAN_INTERVAL_S
     assert trust.callback(Domain.INTAKE.value, key)
