@@ -1,0 +1,293 @@
+"""Many Helpers behind one caller: spread submits over them, fail over on a timeout with the
+same task ids, and find a task on whichever Helper holds it. The HTTP gateway's mesh side.
+
+One `Client` per Helper and role (made on first use). A submit goes to the next Helper in turn;
+a Helper that does not answer within its share of the deadline is marked suspect and the same
+tasks (same ids) go to the next one. Suspects are asked last until a cheap probe (a status
+request) answers again. Every call is bounded by `timeout_s` in total, whatever the number of
+Helpers, so a caller with every Helper down hears so within that time.
+
+What a resend to another Helper guarantees: the Helpers of this phase do not share journals, so
+a task sent to A (which timed out, but had in fact accepted it) and then to B exists on both and
+may run on both; its effect is still applied once because handlers guard effects with the
+task's idempotency key (the task id unless given). A Helper group (one logical Helper,
+replicated journal) will answer the resend as a duplicate instead.
+
+When Client discovery lands (a Client that follows the Helpers in discovery and resends with
+the same task id itself), `submit` becomes one call to that Client and `endpoints` its
+current view; `find`, `wait`, `dead_letters` and `stats` keep asking every Helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+from mesh import wire
+from mesh.errors import (
+    HelperRefusedKey, JournalError, MeshError, NotFound, RequestTimeout, ShuttingDown,
+)
+from mesh.trust import Role
+
+log = logging.getLogger("mesh.helper_pool")
+
+#: per-task codes worth another Helper: nothing was stored where they came from
+RETRY_ELSEWHERE = frozenset((wire.QUEUE_FULL, wire.SHUTTING_DOWN, wire.JOURNAL_FAILED))
+#: whole-request failures after which the next Helper is tried
+_TRY_NEXT = (RequestTimeout, TimeoutError, HelperRefusedKey, ShuttingDown, JournalError)
+#: a task id no Helper holds: a status request for it is the cheapest "are you there?"
+PROBE_TASK_ID = "mesh-gateway-probe"
+_RANK = {wire.SUCCEEDED: 5, wire.DEAD: 5, wire.RUNNING: 3, wire.DISPATCHED: 2, wire.QUEUED: 1}
+
+
+class Unavailable(RequestTimeout):
+    """No Helper answered within the deadline (or none could take the request)."""
+
+
+class WaitTimedOut(MeshError):
+    """A long-poll ended with the task not terminal; `status` is the last one seen."""
+
+    def __init__(self, task_id: str, wait_s: float, status) -> None:  # noqa: ANN001
+        super().__init__(f"task {task_id} is still {wire.state_name(status.state)} after "
+                         f"{wait_s:g}s; ask again")
+        self.status = status
+
+
+class CancelNotSupported(MeshError):
+    """The Client has no `cancel` yet (the protocol change that adds it is pending)."""
+
+
+@dataclasses.dataclass(slots=True)
+class SubmitOutcome:
+    task_id: str
+    #: the Helper's wire ErrorCode (wire.OK: durable there); None: no Helper answered
+    code: int | None
+    message: str = ""
+    duplicate: bool = False
+    helper: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class Found:
+    status: object            # wire.TaskStatus, the most advanced any Helper reported
+    holders: list[str]        # the Helpers that know the task
+    unreachable: list[str]    # the Helpers that did not answer
+
+
+ClientFactory = Callable[[str, Role], object]
+
+
+class HelperPool:
+    """`make_client(endpoint, role)` builds a (not yet started) `mesh.Client`; the pool owns
+    and closes what it makes."""
+
+    def __init__(self, endpoints: list[str], make_client: ClientFactory, *,
+                 timeout_s: float = 3.0, probe_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not endpoints:
+            raise ValueError("a HelperPool needs at least one Helper endpoint")
+        self.endpoints = list(dict.fromkeys(endpoints))
+        self.timeout_s = timeout_s
+        self.probe_interval_s = probe_interval_s
+        self._make_client = make_client
+        self._clock = clock
+        self._clients: dict[tuple[str, Role], object] = {}
+        self._suspect: dict[str, str] = {}  # endpoint -> why
+        self._turn = itertools.count()
+        self._prober: asyncio.Task | None = None
+        self.failovers = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._prober is None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe_suspects())
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass
+            self._prober = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    def client(self, endpoint: str, role: Role = Role.CLIENT):  # noqa: ANN201
+        client = self._clients.get((endpoint, role))
+        if client is None:
+            client = self._clients[(endpoint, role)] = self._make_client(endpoint, role)
+        return client
+
+    @property
+    def suspects(self) -> dict[str, str]:
+        return dict(self._suspect)
+
+    # ---- submit -------------------------------------------------------------------------
+
+    async def submit(self, tasks: list) -> list[SubmitOutcome]:
+        """Submit wire Tasks; one outcome per task, in order. A task that no Helper took is
+        reported with the last Helper's code (QUEUE_FULL, ...) or None if none answered."""
+        deadline = self._clock() + self.timeout_s
+        outcomes: list[SubmitOutcome | None] = [None] * len(tasks)
+        todo = list(range(len(tasks)))
+        order = self._order()
+        tried: list[str] = []
+        for n, endpoint in enumerate(order):
+            remaining = deadline - self._clock()
+            if not todo or remaining <= 0:
+                break
+            share_s = remaining / (len(order) - n)
+            try:
+                async with asyncio.timeout(share_s):
+                    results = await self.client(endpoint).submit_results(
+                        [tasks[i] for i in todo])
+            except _TRY_NEXT as exc:
+                why = str(exc) or f"no answer within {share_s:.2f}s"
+                self._mark_suspect(endpoint, why)
+                tried.append(f"{endpoint}: {why}")
+                if n + 1 < len(order):
+                    self.failovers += 1
+                continue
+            self._suspect.pop(endpoint, None)
+            again = []
+            for i, result in zip(todo, results, strict=True):
+                outcomes[i] = SubmitOutcome(result.task_id, result.code, result.message,
+                                            result.duplicate, endpoint)
+                if result.code in RETRY_ELSEWHERE:
+                    again.append(i)
+            todo = again
+        why = "; ".join(tried) or "no time left"
+        return [outcome or SubmitOutcome(tasks[i].task_id, None,
+                                         f"no Helper answered within {self.timeout_s:g}s ({why})")
+                for i, outcome in enumerate(outcomes)]
+
+    def _order(self) -> list[str]:
+        """Healthy Helpers in turn (a different first one each call), suspects last."""
+        healthy = [e for e in self.endpoints if e not in self._suspect]
+        if healthy:
+            k = next(self._turn) % len(healthy)
+            healthy = healthy[k:] + healthy[:k]
+        return healthy + [e for e in self.endpoints if e in self._suspect]
+
+    def _mark_suspect(self, endpoint: str, why: str) -> None:
+        if endpoint not in self._suspect:
+            log.warning("Helper %s is suspect (%s): asked last until it answers a probe",
+                        endpoint, why)
+        self._suspect[endpoint] = why
+
+    async def _probe_suspects(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            for endpoint in list(self._suspect):
+                if (await self._probe(endpoint, self.probe_interval_s))[0]:
+                    log.info("Helper %s answers again", endpoint)
+                    self._suspect.pop(endpoint, None)
+
+    async def _probe(self, endpoint: str, timeout_s: float) -> tuple[bool, float, str]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.client(endpoint).statuses([PROBE_TASK_ID])
+        except (MeshError, TimeoutError) as exc:
+            return False, time.perf_counter() - started, str(exc) or "no answer in time"
+        return True, time.perf_counter() - started, ""
+
+    async def probe(self, timeout_s: float) -> dict[str, tuple[bool, float, str]]:
+        """Ask every Helper a cheap question at once: endpoint -> (answered, seconds, why)."""
+        answers = await asyncio.gather(*(self._probe(e, timeout_s) for e in self.endpoints))
+        for endpoint, (ok, _, why) in zip(self.endpoints, answers, strict=True):
+            if ok:
+                self._suspect.pop(endpoint, None)
+            else:
+                self._mark_suspect(endpoint, why)
+        return dict(zip(self.endpoints, answers, strict=True))
+
+    # ---- status and results ---------------------------------------------------------------
+
+    async def find(self, task_id: str) -> Found:
+        """The task's most advanced status over every Helper. NotFound if every Helper answered
+        and none knows it; Unavailable if none knows it and some did not answer."""
+        answers = await asyncio.gather(*(self._status_on(e, task_id) for e in self.endpoints),
+                                       return_exceptions=True)
+        best, holders, unreachable = None, [], []
+        for endpoint, answer in zip(self.endpoints, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, MeshError | TimeoutError):
+                    raise answer
+                unreachable.append(endpoint)
+            elif answer.state:
+                holders.append(endpoint)
+                if best is None or _RANK.get(answer.state, 0) > _RANK.get(best.state, 0):
+                    best = answer
+        if best is None:
+            if unreachable:
+                raise Unavailable(f"task {task_id} is not known to the Helpers that answered; "
+                                  f"{len(unreachable)} did not answer within "
+                                  f"{self.timeout_s:g}s ({', '.join(unreachable)})")
+            raise NotFound(task_id)
+        return Found(best, holders, unreachable)
+
+    async def _status_on(self, endpoint: str, task_id: str):  # noqa: ANN202
+        async with asyncio.timeout(self.timeout_s):
+            return (await self.client(endpoint).statuses([task_id]))[0]
+
+    async def wait(self, task_id: str, wait_s: float):  # noqa: ANN201 - wire.TaskStatus
+        """The task's status once terminal, waiting up to `wait_s` (a long-poll on every Helper
+        that holds it); WaitTimedOut with the last status seen if it is not by then."""
+        found = await self.find(task_id)
+        if found.status.state in wire.TERMINAL_STATES or wait_s <= 0:
+            return found.status
+        polls = [asyncio.ensure_future(self._wait_on(e, task_id, wait_s))
+                 for e in found.holders]
+        try:
+            for next_done in asyncio.as_completed(polls, timeout=wait_s + self.timeout_s):
+                try:
+                    status = await next_done
+                except (MeshError, TimeoutError):
+                    continue
+                if status.state in wire.TERMINAL_STATES:
+                    return status
+        except TimeoutError:
+            pass
+        finally:
+            for poll in polls:
+                poll.cancel()
+        raise WaitTimedOut(task_id, wait_s, found.status)
+
+    async def _wait_on(self, endpoint: str, task_id: str, wait_s: float):  # noqa: ANN202
+        return await self.client(endpoint).wait(task_id, timeout=wait_s)
+
+    # ---- operator requests ------------------------------------------------------------------
+
+    async def each(self, call: Callable, role: Role = Role.OPERATOR) -> dict[str, object]:
+        """`await call(client)` on every Helper at once (bounded by timeout_s): endpoint -> the
+        answer, or the MeshError/TimeoutError it raised."""
+        async def one(endpoint: str):  # noqa: ANN202
+            async with asyncio.timeout(self.timeout_s):
+                return await call(self.client(endpoint, role))
+        answers = await asyncio.gather(*(one(e) for e in self.endpoints),
+                                       return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and \
+                    not isinstance(answer, MeshError | TimeoutError):
+                raise answer
+        return dict(zip(self.endpoints, answers, strict=True))
+
+    async def cancel(self, task_id: str) -> dict[str, object]:
+        """Cancel on every Helper that holds the task, through `Client.cancel` (pending: the
+        protocol change that adds it). CancelNotSupported until the Client has it."""
+        if getattr(self.client(self.endpoints[0]), "cancel", None) is None:
+            raise CancelNotSupported("cancel not supported by this Helper yet")
+        found = await self.find(task_id)
+        answers = {}
+        for endpoint in found.holders:
+            async with asyncio.timeout(self.timeout_s):
+                answers[endpoint] = await self.client(endpoint).cancel(task_id)
+        return answers
