@@ -10,6 +10,7 @@
     mesh notifier               receive fault alerts
     mesh alert publish ...      publish a fault alert
     mesh keys new|local|allow   CURVE keys and the local key store
+    mesh http --bind H:P        the HTTP gateway and the live page
 
 exit codes:
     0   done
@@ -42,8 +43,8 @@ EXIT_IN_USE = 75  # EX_TEMPFAIL: another live process owns the data dir or node 
 
 
 def _optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands whose modules may be absent in a trimmed install (alerts lane)."""
-    for module in ("nodes.notifier", "nodes.alert_cli"):
+    """Commands whose modules may be absent in a trimmed install (alerts lane, HTTP gateway)."""
+    for module in ("nodes.notifier", "nodes.alert_cli", "nodes.http"):
         try:
             importlib.import_module(module).register_commands(sub)
         except ModuleNotFoundError:
