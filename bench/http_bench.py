@@ -1,0 +1,186 @@
+"""HTTP gateway vs the native Client, in one run: submit-to-accepted latency and throughput.
+
+    .venv/bin/python bench/http_bench.py [--count 2000] [--seconds 5] [--concurrency 8]
+
+Starts a Helper, one AI node (kind `noop`) and `mesh http --no-auth` as processes, then:
+
+- latency: one submit at a time, N times, after a warm-up: the native `Client.submit` until
+  "accepted", and an HTTP POST /v1/tasks/noop until its 202 (one keep-alive connection);
+- throughput: `--concurrency` submitters for `--seconds`, one submit in flight each: native
+  coroutines sharing one Client, and HTTP callers on a connection each.
+
+The HTTP side is measured with a minimal keep-alive HTTP/1.1 client written here (a few lines
+on asyncio streams), so the figure is the gateway's cost and not an HTTP library's. Targets
+(issue 12): 202 p50 <= native p50 + 300 us; HTTP throughput >= 50% of native. The load average
+is printed before and after: on a shared machine the figures are only as quiet as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesh import Client  # noqa: E402
+from mesh.trust import Trust  # noqa: E402
+from nodes.launch import NodeProcess, stop_all  # noqa: E402
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection: POST with a body, read status and body."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def connect(self) -> RawHttp:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def post(self, path: str, body: bytes) -> int:
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                          f"Content-Type: application/octet-stream\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    ordered = sorted(samples_s)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
+    return {"p50_us": round(pick(0.50), 1), "p99_us": round(pick(0.99), 1),
+            "mean_us": round(statistics.fmean(ordered) * 1e6, 1), "n": len(ordered)}
+
+
+async def native_latency(client: Client, count: int) -> dict:
+    for _ in range(200):
+        await client.submit("noop", b"")
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await client.submit("noop", b"")
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+async def http_latency(host: str, port: int, count: int) -> dict:
+    conn = await RawHttp(host, port).connect()
+    try:
+        for _ in range(200):
+            assert await conn.post("/v1/tasks/noop", b"") == 202
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            status = await conn.post("/v1/tasks/noop", b"")
+            samples.append(time.perf_counter() - started)
+            assert status == 202, status
+    finally:
+        conn.close()
+    return percentiles(samples)
+
+
+async def closed_loop(submit_factories: list, seconds: float) -> dict:
+    """Each submitter submits one task at a time until the time is up; tasks/s overall."""
+    done = [0]
+    stop_at = time.perf_counter() + seconds
+
+    async def run(submit) -> None:  # noqa: ANN001
+        while time.perf_counter() < stop_at:
+            await submit()
+            done[0] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(s) for s in submit_factories))
+    elapsed = time.perf_counter() - started
+    return {"tasks_per_s": round(done[0] / elapsed), "tasks": done[0]}
+
+
+async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust | None) -> dict:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    out: dict = {"load_before": os.getloadavg()}
+    async with Client(intake, trust=trust) as client:
+        out["native_latency"] = await native_latency(client, args.count)
+        out["http_latency"] = await http_latency(host, int(port), args.count)
+
+        async def native_submit() -> None:
+            await client.submit("noop", b"")
+        out["native_throughput"] = await closed_loop([native_submit] * args.concurrency,
+                                                     args.seconds)
+    conns = [await RawHttp(host, int(port)).connect() for _ in range(args.concurrency)]
+    try:
+        out["http_throughput"] = await closed_loop(
+            [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns], args.seconds)
+    finally:
+        for conn in conns:
+            conn.close()
+    out["load_after"] = os.getloadavg()
+    n, h = out["native_latency"], out["http_latency"]
+    out["verdict"] = {
+        "p50_overhead_us": round(h["p50_us"] - n["p50_us"], 1),
+        "p50_within_300us": h["p50_us"] <= n["p50_us"] + 300,
+        "throughput_ratio": round(out["http_throughput"]["tasks_per_s"]
+                                  / out["native_throughput"]["tasks_per_s"], 2),
+    }
+    out["verdict"]["throughput_at_least_half"] = out["verdict"]["throughput_ratio"] >= 0.5
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--insecure", action="store_true", help="plain links everywhere")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mesh-http-bench-"))
+    env = {"MESH_LOG_LEVEL": "WARNING", "MESH_KEY_DIR": os.environ.get("MESH_KEY_DIR")
+           or str(work / "keys")}
+    os.environ["MESH_KEY_DIR"] = env["MESH_KEY_DIR"]
+    plain = ["--insecure"] if args.insecure else []
+    discovery = f"embedded://{work / 'registry'}"
+    procs = []
+    try:
+        helper = NodeProcess(["helper", "--data-dir", str(work / "helper"), "--discovery",
+                              discovery, "--no-alerts", *plain], env=env,
+                             log_path=work / "helper.log", name="helper")
+        procs.append(helper.start())
+        procs.append(NodeProcess(["ai", "--discovery", discovery, *plain], env=env,
+                                 log_path=work / "ai.log", name="ai").start())
+        gateway = NodeProcess(["http", "--bind", "127.0.0.1:0", "--no-auth", "--intake",
+                               helper.ready["intake"], *plain], env=env,
+                              log_path=work / "http.log", name="http")
+        procs.append(gateway.start())
+        trust = Trust.plain() if args.insecure else None
+        try:
+            import uvloop
+            run = uvloop.run
+        except ImportError:
+            run = asyncio.run
+        result = run(measure(args, helper.ready["intake"], gateway.ready["url"], trust))
+    finally:
+        stop_all(procs)
+    result["cores"] = os.cpu_count()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
