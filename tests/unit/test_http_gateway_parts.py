@@ -1,0 +1,133 @@
+"""The HTTP gateway's pure parts: ids from idempotency keys, status views, problems, tokens,
+and the HelperPool's spread and failover with fake Helpers (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from mesh import wire
+from mesh.errors import ConfigError, NotFound, QueueFull
+from mesh.helper_pool import HelperPool, Unavailable
+from mesh.http_problem import problem_for, submit_problem
+from mesh.http_tokens import HttpRole, TokenTable, permits
+from mesh.http_views import iso, status_json, task_id_for_key
+from mesh.task import make_task
+
+
+def test_an_idempotency_key_always_gives_the_same_task_id() -> None:
+    assert task_id_for_key("order-17") == task_id_for_key("order-17")
+    assert task_id_for_key("order-17") != task_id_for_key("order-18")
+    assert len(task_id_for_key("k")) == 32
+
+
+def test_status_view_inlines_json_results_and_gives_iso_times() -> None:
+    status = wire.TaskStatus(task_id="t", state=wire.SUCCEEDED, attempts=1, kind="echo",
+                             result=b'{"a": 1}', submitted_ns=1_700_000_000_123_456_789)
+    view = status_json(status)
+    assert view["result"] == {"a": 1} and view["state"] == "SUCCEEDED"
+    assert view["submitted_at"] == "2023-11-14T22:13:20.123456Z" and view["finished_at"] is None
+    raw = status_json(wire.TaskStatus(task_id="t", state=wire.SUCCEEDED, result=b"\xff"))
+    assert "result" not in raw and raw["result_url"] == "/v1/tasks/t/result"
+    assert iso(0) is None
+
+
+def test_mesh_errors_map_to_problem_statuses() -> None:
+    full = problem_for(QueueFull(10, 10))
+    assert (full.status, full.code, full.headers["Retry-After"]) == (429, "QUEUE_FULL", "1")
+    assert problem_for(NotFound("x")).status == 404
+    assert problem_for(Unavailable("down")).status == 503
+    assert submit_problem(wire.PAYLOAD_TOO_LARGE, "big").status == 413
+    body = submit_problem(None, "nobody").body()
+    assert body["status"] == 503 and body["code"] == "UNAVAILABLE" and body["type"]
+
+
+def test_token_file_gives_roles_and_must_be_private(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "tokens"
+    path.write_text("# comment\nclient " + "c" * 20 + "\noperator " + "o" * 20 + "\n")
+    os.chmod(path, 0o600)
+    table = TokenTable.load(path)
+    assert table.role_of("Bearer " + "c" * 20) is HttpRole.CLIENT
+    assert table.role_of("Bearer " + "o" * 20) is HttpRole.OPERATOR
+    assert table.role_of("Bearer " + "x" * 20) is None and table.role_of(None) is None
+    assert permits(HttpRole.OPERATOR, HttpRole.CLIENT)
+    assert not permits(HttpRole.CLIENT, HttpRole.OPERATOR)
+    path.write_text('[{"role": "client", "token": "' + "j" * 20 + '"}]')
+    assert TokenTable.load(path).role_of("bearer " + "j" * 20) is HttpRole.CLIENT
+    path.write_text("client short\n")
+    with pytest.raises(ConfigError, match="too short"):
+        TokenTable.load(path)
+    os.chmod(path, 0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        TokenTable.load(path)
+
+
+class FakeHelper:
+    """Answers like a Helper's Client; `hang` never answers (a SIGKILLed Helper)."""
+
+    def __init__(self, endpoint: str, hang: bool = False, full: bool = False) -> None:
+        self.endpoint, self.hang, self.full = endpoint, hang, full
+        self.received: list[str] = []
+
+    async def submit_results(self, tasks: list) -> list:
+        self.received += [t.task_id for t in tasks]
+        if self.hang:
+            await asyncio.Event().wait()
+        code = wire.QUEUE_FULL if self.full else wire.OK
+        return [wire.SubmitResult(task_id=t.task_id, code=code) for t in tasks]
+
+    async def statuses(self, task_ids: list[str]) -> list:
+        if self.hang:
+            await asyncio.Event().wait()
+        return [wire.TaskStatus(task_id=t, state=wire.QUEUED if t in self.received else 0)
+                for t in task_ids]
+
+    async def close(self) -> None:
+        pass
+
+
+def _pool(helpers: dict[str, FakeHelper], timeout_s: float = 0.5) -> HelperPool:
+    return HelperPool(list(helpers), lambda endpoint, role: helpers[endpoint],
+                      timeout_s=timeout_s)
+
+
+def test_pool_resends_the_same_ids_to_the_next_helper_within_one_deadline() -> None:
+    async def scenario() -> None:
+        helpers = {"a": FakeHelper("a", hang=True), "b": FakeHelper("b")}
+        pool = _pool(helpers)
+        task = make_task("echo", b"x")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = (await pool.submit([task]))[0]
+        assert outcome.code == wire.OK and outcome.helper == "b"
+        assert helpers["a"].received == helpers["b"].received == [task.task_id]
+        assert loop.time() - started < 0.5 and pool.failovers == 1
+        assert "a" in pool.suspects
+        # The suspect is asked last: the next submits go to b first.
+        for _ in range(3):
+            assert (await pool.submit([make_task("echo", b"y")]))[0].helper == "b"
+        found = await pool.find(task.task_id)
+        assert found.holders == ["b"] and found.unreachable == ["a"]
+        await pool.close()
+    asyncio.run(scenario())
+
+
+def test_pool_spreads_submits_and_reports_unavailable_and_full() -> None:
+    async def scenario() -> None:
+        helpers = {"a": FakeHelper("a"), "b": FakeHelper("b")}
+        pool = _pool(helpers)
+        used = {(await pool.submit([make_task("echo", b"")]))[0].helper for _ in range(4)}
+        assert used == {"a", "b"}
+        with pytest.raises(NotFound):
+            await pool.find("unknown")
+        down = _pool({"a": FakeHelper("a", hang=True)}, timeout_s=0.2)
+        assert (await down.submit([make_task("echo", b"")]))[0].code is None
+        with pytest.raises(Unavailable):
+            await down.find("unknown")
+        full = _pool({"a": FakeHelper("a", full=True), "b": FakeHelper("b", full=True)})
+        outcome = (await full.submit([make_task("echo", b"")]))[0]
+        assert outcome.code == wire.QUEUE_FULL
+        assert len(full._clients) == 2, "a full queue is tried on every Helper"
+    asyncio.run(scenario())
