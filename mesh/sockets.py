@@ -163,10 +163,15 @@ def dispatch_push(ctx: zmq.Context, endpoint: str, *, link: Link = None) -> zmq.
     return sock
 
 
-def ack_push(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None) -> zmq.Socket:
+def ack_push(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None,
+             immediate: bool = False) -> zmq.Socket:
     """An AI node's channel to one Helper's ack endpoint."""
     sock = ctx.socket(zmq.PUSH)
     _common(sock, None)
+    if immediate:
+        # A link learned from a delivery's reply_to queues nothing before its handshake
+        # completes: an endpoint that never answers costs a socket, not a pile of heartbeats.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
     # Acks queue while the Helper restarts and flow when it is back (no IMMEDIATE): a DONE
     # written before the restart is still delivered. Bounded so a long outage cannot eat memory;
     # what does not fit is recovered by redelivery and the node's de-duplication window.
