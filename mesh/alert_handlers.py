@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from mesh import wire
 from mesh.errors import ConfigError
+from mesh.trust import inert
 
 log = logging.getLogger(__name__)
 alert_log = logging.getLogger("mesh.alert")
@@ -28,13 +29,15 @@ Handler = Callable[[wire.Alert], object]
 
 
 def log_handler(alert: wire.Alert) -> None:
-    """The sample handler: one line per alert."""
+    """The sample handler: one line per alert. Every text field came over the wire, so each is
+    made inert: a newline in a node id or a source cannot start a forged line."""
     lag_ms = (time.time_ns() - alert.time_ns) / 1e6
-    labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+    labels = ",".join(f"{inert(k, 64)}={inert(v, 200)}"
+                      for k, v in sorted(alert.labels.items())[:32])
     alert_log.info("ALERT %s %s source=%s publisher=%s seq=%d lag_ms=%.2f%s payload=%r",
-                   wire.severity_label(alert.severity).upper(), alert.kind, alert.source,
-                   alert.publisher_id, alert.seq, lag_ms, f" labels={labels}" if labels else "",
-                   bytes(alert.payload[:200]))
+                   wire.severity_label(alert.severity).upper(), inert(alert.kind, 100),
+                   inert(alert.source, 200), inert(alert.publisher_id, 100), alert.seq, lag_ms,
+                   f" labels={labels}" if labels else "", bytes(alert.payload[:200]))
 
 
 def load_handler(spec: str) -> Handler:
@@ -86,7 +89,8 @@ class HandlerSet:
                 self.failures += 1
                 delay = random.uniform(0, min(self.retry_cap_s, self.retry_base_s * 2 ** attempt))
                 log.warning("handler %s failed on alert %s seq %d (attempt %d): %s; retrying in "
-                            "%.2f s", name, alert.publisher_id, alert.seq, attempt, exc, delay)
+                            "%.2f s", name, inert(alert.publisher_id, 100), alert.seq, attempt,
+                            inert(str(exc)), delay)
                 await asyncio.sleep(delay)
 
 

@@ -19,6 +19,12 @@ Guide, with the publisher's replay endpoint as the snapshot):
   `state_flush_interval_s`, and at stop) and read at start: a subscriber killed and restarted
   resumes where it was. A kill can make it deliver again the last alerts delivered before it
   (at least once across a crash, never a loss while the publisher still has them).
+
+Trust: with a secure `Trust` both sockets of a publisher connect with this process's notifier
+key and pin the publisher's key: the `curve_key` it announced, taken only if the store allows
+it as a publisher (a helper or monitor key), else the one helper key of a single-host store.
+A publisher whose key is not allowed is not followed (counted, warned). Everything this module
+logs of what came over the wire goes through `inert`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ import zmq.asyncio
 
 from mesh import sockets, wire
 from mesh.errors import ConfigError, MeshError, WireError
+from mesh.trust import Role, Trust, TrustError, inert
+
+#: roles whose keys may publish alerts (Operation.ALERT_PUBLISH), in the order a subscriber
+#: tries to pin an announced key with
+PUBLISHER_ROLES: tuple[Role, ...] = tuple(
+    r for r in (Role.HELPER, getattr(Role, "MONITOR", None)) if r is not None)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +83,7 @@ class AlertSubscriberSettings(msgspec.Struct, frozen=True, kw_only=True):
 class AlertSubscriberStats:
     __slots__ = ("live", "replayed", "delivered", "filtered", "duplicates", "malformed", "lost",
                  "epoch_resets", "replay_requests", "replay_timeouts", "callback_errors",
-                 "overflow", "link_restarts")
+                 "overflow", "link_restarts", "untrusted_publishers")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -88,8 +100,12 @@ class AlertSubscriber:
     def __init__(self, settings: AlertSubscriberSettings,
                  on_alert: Callable[[wire.Alert], Awaitable[None]], *,
                  on_loss: LossCallback | None = None,
-                 context: zmq.asyncio.Context | None = None) -> None:
+                 context: zmq.asyncio.Context | None = None,
+                 trust: Trust | None = None) -> None:
+        """`trust`: the process's keys; None: the local key store (`Trust.default()`);
+        `Trust.plain()` for plain links."""
         self.settings = settings
+        self.trust = trust if trust is not None else Trust.default()
         self.stats = AlertSubscriberStats()
         self._on_alert = on_alert
         self._on_loss = on_loss
@@ -144,19 +160,41 @@ class AlertSubscriber:
 
     # ---- membership ------------------------------------------------------------------------
 
-    def add_publisher(self, publisher_id: str, pub_endpoint: str, replay_endpoint: str) -> None:
-        """Follow a publisher; again with new endpoints (a restart elsewhere) keeps its position."""
+    def add_publisher(self, publisher_id: str, pub_endpoint: str, replay_endpoint: str,
+                      curve_key: str | None = None) -> bool:
+        """Follow a publisher; again with new endpoints (a restart elsewhere) keeps its position.
+        `curve_key`: the key it announced. False (warned, counted) when its key is not one
+        this subscriber may pin."""
         if self._state != "running":
             raise MeshError(f"the alert subscriber is {self._state}; start() it first")
+        try:
+            client_link = self._publisher_link(curve_key)
+        except TrustError as exc:
+            self.stats.untrusted_publishers += 1
+            self._log_limited("untrusted", "not following alert publisher %s at %s: %s",
+                              inert(publisher_id, 100), inert(pub_endpoint, 100), exc)
+            return False
         link = self._links.get(publisher_id)
         if link is not None:
-            if (link.pub_endpoint, link.replay_endpoint) == (pub_endpoint, replay_endpoint):
-                return
+            if (link.pub_endpoint, link.replay_endpoint, link.client_link) == (
+                    pub_endpoint, replay_endpoint, client_link):
+                return True
             self._links.pop(publisher_id)
             self._close_later(link)
-        link = _Link(self, publisher_id, pub_endpoint, replay_endpoint)
+        link = _Link(self, publisher_id, pub_endpoint, replay_endpoint, client_link)
         self._links[publisher_id] = link
         link.start()
+        return True
+
+    def _publisher_link(self, curve_key: str | None):  # noqa: ANN202 - a ClientLink or None
+        """The link pinning a publisher's key; TrustError when no publisher role allows it."""
+        error: TrustError | None = None
+        for role in PUBLISHER_ROLES:
+            try:
+                return self.trust.client(Role.NOTIFIER, role, curve_key or None)
+            except TrustError as exc:
+                error = error or exc
+        raise error
 
     def remove_publisher(self, publisher_id: str) -> None:
         """Stop following a publisher (its position is kept, for when it comes back)."""
@@ -193,7 +231,7 @@ class AlertSubscriber:
                      reason: str) -> None:
         self.stats.lost += last - first + 1
         log.warning("alerts %d..%d of publisher %s (epoch %016x) are lost: %s",
-                    first, last, publisher_id, epoch, reason)
+                    first, last, inert(publisher_id, 100), epoch, reason)
         if self._on_loss is not None:
             try:
                 self._on_loss(publisher_id, epoch, first, last, reason)
@@ -203,7 +241,7 @@ class AlertSubscriber:
     def _malformed(self, publisher_id: str, what: str) -> None:
         self.stats.malformed += 1
         self._log_limited("malformed", "alert subscriber dropped a malformed frame from %s: %s",
-                          publisher_id, what)
+                          inert(publisher_id, 100), inert(what))
 
     def _log_limited(self, what: str, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -253,11 +291,12 @@ class _Link:
     """One publisher: its SUB and DEALER sockets, owned by one task, and its ordering state."""
 
     def __init__(self, owner: AlertSubscriber, publisher_id: str, pub_endpoint: str,
-                 replay_endpoint: str) -> None:
+                 replay_endpoint: str, client_link) -> None:  # noqa: ANN001 - ClientLink | None
         self.owner = owner
         self.publisher_id = publisher_id
         self.pub_endpoint = pub_endpoint
         self.replay_endpoint = replay_endpoint
+        self.client_link = client_link
         position = owner._positions.get(publisher_id)
         self.epoch, self.next_seq = (position[0], position[1] + 1) if position else (0, 1)
         self.old_epochs: set[int] = set()
@@ -278,7 +317,7 @@ class _Link:
         for topic in self.owner._topics:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.ALERT_STATE_TOPIC)
-        self.sub.connect(self.pub_endpoint)
+        sockets.connect(self.sub, self.pub_endpoint, self.client_link)
         self.task = asyncio.get_running_loop().create_task(
             self._supervise(), name=f"alert-sub-{self.publisher_id}")
 
@@ -305,7 +344,7 @@ class _Link:
             except Exception:  # noqa: BLE001
                 self.owner.stats.link_restarts += 1
                 log.exception("alert subscriber link to %s failed; restarting it in 1 s",
-                              self.publisher_id)
+                              inert(self.publisher_id, 100))
                 await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
@@ -419,7 +458,7 @@ class _Link:
                                     f"the publisher restarted without its history (new epoch "
                                     f"{epoch:016x})")
         log.warning("alert publisher %s has a new epoch %016x (was %016x): reading it from seq 1",
-                    self.publisher_id, epoch, old)
+                    inert(self.publisher_id, 100), epoch, old)
         self.pending.clear()
         self.epoch = epoch
         self.next_seq = 1
@@ -479,7 +518,8 @@ class _Link:
         if self.dealer is None or self.inflight is not None:
             if self.dealer is not None:
                 self.dealer.close(linger=0)
-            self.dealer = sockets.replay_dealer(self.owner._ctx, self.replay_endpoint)
+            self.dealer = sockets.replay_dealer(self.owner._ctx, self.replay_endpoint,
+                                                link=self.client_link)
         req = wire.ReplayRequest(version=wire.PROTOCOL_VERSION, publisher_id=self.publisher_id,
                                  from_seq=from_seq, to_seq=to_seq)
         try:
@@ -543,7 +583,7 @@ class _Link:
                 except Exception:  # noqa: BLE001 - offered again after a backoff
                     owner.stats.callback_errors += 1
                     log.exception("alert callback failed for %s seq %d; retrying in %.2f s",
-                                  self.publisher_id, alert.seq, backoff_s)
+                                  inert(self.publisher_id, 100), alert.seq, backoff_s)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, owner.settings.retry_cap_s)
                     continue

@@ -16,12 +16,19 @@ Guarantees (see docs/decisions/003-alert-lane.md):
 - Every `state_interval_s` the publisher sends its state (epoch, first and last seq) on PUB, so a
   subscriber that lost the tail of a burst (slow joiner, reconnect, HWM) finds out within one
   interval even when no further alert comes.
+
+Trust (docs/decisions/006-trust.md): with a secure `Trust`, the PUB and the replay ROUTER are
+CURVE servers in the ZAP domain `mesh.alerts`, which admits notifier keys only, so no other key
+can read the alert stream or its history; each replay request's User-Id is checked again
+(`Operation.ALERT_REPLAY`). The publisher's key (`public_key`) is what it announces in
+discovery (`curve_key`), and what subscribers pin if their store allows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import random
 import socket
@@ -37,6 +44,7 @@ import zmq.asyncio
 from mesh import sockets, wire
 from mesh.errors import ConfigError, MeshError, WireError
 from mesh.journal import FsyncPolicy, Journal
+from mesh.trust import Domain, Operation, RateLimitedLog, Role, Trust, inert
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +98,10 @@ class AlertPublisherStats:
     """Plain counters (the node wiring exports them to Prometheus)."""
 
     __slots__ = ("published", "replay_requests", "replayed_alerts", "malformed_requests",
-                 "journal_errors", "unreserved_seqs")
+                 "journal_errors", "unreserved_seqs", "refused_requests")
 
     def __init__(self) -> None:
+        self.refused_requests = 0
         self.published = 0
         self.replay_requests = 0
         self.replayed_alerts = 0
@@ -105,11 +114,19 @@ class AlertPublisher:
     """One alert publisher: a PUB socket, a replay ROUTER, a bounded journaled history.
 
     Lifecycle: `await start()`, `publish(...)` from the event loop, `await stop()` (idempotent).
+    `trust`: the process's keys; None: the local key store (`Trust.default()`);
+    `Trust.plain()` for plain links;
+    `role`: the key it publishes with (a Helper's, or a monitor's for `mesh alert publish`).
     """
 
     def __init__(self, settings: AlertPublisherSettings,
-                 context: zmq.asyncio.Context | None = None) -> None:
+                 context: zmq.asyncio.Context | None = None, *, trust: Trust | None = None,
+                 role: Role = Role.HELPER) -> None:
         self.settings = settings
+        self._own_trust = trust is None  # then its ZAP handler is ours to release
+        self.trust = trust if trust is not None else Trust.default()
+        self.role = role
+        self._warn = RateLimitedLog(log, interval_s=10.0)
         self.stats = AlertPublisherStats()
         self._own_context = context is None
         self._ctx = context
@@ -149,12 +166,14 @@ class AlertPublisher:
             old_endpoints = await self._open_history()
             if self._ctx is None:
                 self._ctx = sockets.new_context()
+            link = self.trust.server(self._ctx, self.role, Domain.ALERTS)
             self._pub, self.pub_endpoint = _bind_reusing(
-                sockets.alert_pub, self._ctx, self.settings.pub_endpoint, old_endpoints[0])
+                functools.partial(sockets.alert_pub, link=link), self._ctx,
+                self.settings.pub_endpoint, old_endpoints[0])
             self._pub_send = zmq.Socket.shadow(self._pub.underlying)
             self._router, self.replay_endpoint = _bind_reusing(
-                sockets.replay_router, self._ctx, self.settings.replay_endpoint,
-                old_endpoints[1])
+                functools.partial(sockets.replay_router, link=link), self._ctx,
+                self.settings.replay_endpoint, old_endpoints[1])
         except BaseException:
             # A failed bind leaves the socket the factory made open (sockets.bind does not
             # close it): our own context is destroyed, which closes it; a shared one keeps it
@@ -164,6 +183,7 @@ class AlertPublisher:
                     if sock is not None:
                         sock.close(linger=0)
                 self._pub = self._router = self._pub_send = None
+                self.trust.release(self._ctx)
                 self._ctx.destroy(linger=0)
                 self._ctx = None
             self._state = "running"  # so that stop() releases what was opened
@@ -208,6 +228,9 @@ class AlertPublisher:
             if sock is not None:
                 sock.close(linger=sockets.CLOSE_LINGER_MS)
         self._pub = self._router = self._pub_send = None
+        if self._ctx is not None and (self._own_context or self._own_trust):
+            self.trust.release(self._ctx)  # its ZAP socket would block term()
+            await asyncio.sleep(0)  # one loop turn: the handler's cancelled task ends
         if self._own_context and self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -269,6 +292,11 @@ class AlertPublisher:
             await self._journal.sync()
 
     # ---- state, for callers and tests ------------------------------------------------------
+
+    @property
+    def public_key(self) -> str:
+        """The Z85 key subscribers must pin ("" on plain links): announce it as `curve_key`."""
+        return self.trust.public_key(self.role)
 
     @property
     def last_seq(self) -> int:
@@ -344,9 +372,18 @@ class AlertPublisher:
             await router.poll(1000)
             for _ in range(256):  # drain what is ready, then yield
                 try:
-                    parts = drain.recv_multipart(zmq.NOBLOCK)
+                    frames = drain.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                # ZAP let only notifier keys connect; checked per request all the same.
+                user_id = sockets.user_id(frames[-1])
+                if not self.trust.permits(user_id, Operation.ALERT_REPLAY):
+                    self.stats.refused_requests += 1
+                    self._warn.warning("refused", "alert publisher %s refused a replay request "
+                                       "from %s", self.settings.publisher_id,
+                                       inert(user_id or "an unauthenticated peer", 60))
+                    continue
+                parts = [f.bytes for f in frames]
                 try:
                     self._answer(drain, parts)
                 except Exception:  # noqa: BLE001 - a bug must not close the replay endpoint
@@ -366,7 +403,7 @@ class AlertPublisher:
             self._malformed(str(exc))
             return
         if req.publisher_id and req.publisher_id != self.settings.publisher_id:
-            self._malformed(f"replay request for publisher {req.publisher_id!r}")
+            self._malformed(f"replay request for publisher {inert(req.publisher_id, 100)!r}")
             return
         last = self._next_seq - 1
         to_seq = last if req.to_seq == 0 else min(req.to_seq, last)
@@ -386,7 +423,7 @@ class AlertPublisher:
         self.stats.malformed_requests += 1
         self._log_limited("malformed", logging.WARNING,
                           "alert publisher %s dropped a malformed replay request: %s",
-                          self.settings.publisher_id, what)
+                          self.settings.publisher_id, inert(what))
 
     async def _beat(self) -> None:
         last_compact = time.monotonic()

@@ -10,6 +10,10 @@ to a port that did not exist a moment ago). So the one-shot publisher:
    --wait-s passes; then deregisters and exits.
 Exit status: 0 when a notifier fetched the alert, 3 when nobody did within --wait-s (the alert
 stays journaled and is served by the next run of the same publisher id), 2 on bad arguments.
+
+It publishes with this host's alert-publishing key (the local store, `--keys`; see
+`PUBLISH_ROLE`): only notifier keys can read it, and it announces its key in discovery
+(`curve_key`) for notifiers to pin. `--insecure` for plain links.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ from discovery import Instance, open_discovery
 from mesh import sockets
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.errors import ConfigError
-from nodes import config, runtime
+from mesh.trust import Role
+from nodes import config, keys, runtime
 from nodes.registration import Presence
 
 log = logging.getLogger("mesh.node.alert")
 
 ALERT_SERVICE = "mesh-alerts"
+
+#: the role whose key a one-shot publisher publishes with: a monitor key (may publish alerts
+#: and nothing else) where the store has that role, else a helper key
+PUBLISH_ROLE = getattr(Role, "MONITOR", Role.HELPER)
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +62,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--no-discovery", action="store_true",
                      help="do not register (a notifier must know the endpoints)")
     config.add_common(pub)
+    keys.add_trust_arguments(pub)
     pub.set_defaults(func=main)
 
 
@@ -61,14 +71,16 @@ build_parser = register_commands
 
 def alert_instance(publisher: AlertPublisher) -> Instance:
     """The discovery entry of a started publisher (service "mesh-alerts"), for any node that
-    runs one (the Helper too): register it with `nodes.registration.Presence`."""
+    runs one (the Helper too): register it with `nodes.registration.Presence`. Its meta
+    `curve_key` is the key subscribers pin ("" on plain links)."""
     pid = publisher.settings.publisher_id
     host = publisher.pub_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
     return Instance(
         service=ALERT_SERVICE, instance_id=pid, address=host,
         port=sockets.port_of(publisher.pub_endpoint),
         meta={"publisher_id": pid, "pub_endpoint": publisher.pub_endpoint,
-              "replay_endpoint": publisher.replay_endpoint})
+              "replay_endpoint": publisher.replay_endpoint,
+              "curve_key": publisher.public_key})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,7 +98,7 @@ async def run(args: argparse.Namespace, labels: dict[str, str] | None = None) ->
     data_dir = args.data_dir or config.default_data_dir(publisher_id)
     publisher = AlertPublisher(AlertPublisherSettings(
         publisher_id=publisher_id, data_dir=data_dir, pub_endpoint=args.bind,
-        replay_endpoint=args.replay_bind))
+        replay_endpoint=args.replay_bind), trust=keys.trust_from_args(args), role=PUBLISH_ROLE)
     await publisher.start()
     presence = None
     discovery = None

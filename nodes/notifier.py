@@ -1,7 +1,9 @@
 """`mesh notifier`: follow every alert publisher, call the alert handlers.
 
 Publishers come from discovery (service "mesh-alerts", meta publisher_id / pub_endpoint /
-replay_endpoint) and from `--publisher ID=PUB_ENDPOINT,REPLAY_ENDPOINT` flags. Positions are
+replay_endpoint / curve_key) and from `--publisher ID=PUB_ENDPOINT,REPLAY_ENDPOINT[,KEY]` flags.
+It subscribes with this host's notifier key (the local store, `--keys`), pinning each
+publisher's announced key if the store allows it; `--insecure` for plain links. Positions are
 kept in `--state-file`, so a restarted notifier misses nothing and starts where it was.
 Prints `READY {"role": "notifier", ...}` once subscribed to the static publishers and watching
 discovery; SIGTERM/SIGINT stop it cleanly (positions written, sockets closed).
@@ -21,7 +23,7 @@ from mesh.alert_handlers import HandlerSet, load_handler, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
 from mesh.metrics import register_alert_subscriber, serve
-from nodes import config, runtime
+from nodes import config, keys, runtime
 from nodes.registration import watch
 
 log = logging.getLogger("mesh.node.notifier")
@@ -33,8 +35,9 @@ HEALTH_RANK = {"passing": 0, "warning": 1, "critical": 2}
 def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("notifier", help="receive fault alerts from every publisher and handle them")
     p.add_argument("--notifier-id", default=None, help="stable name (names the default state file)")
-    p.add_argument("--publisher", action="append", default=[], metavar="ID=PUB,REPLAY",
-                   help="a publisher to follow besides discovery (repeatable)")
+    p.add_argument("--publisher", action="append", default=[], metavar="ID=PUB,REPLAY[,KEY]",
+                   help="a publisher to follow besides discovery (repeatable); KEY: its Z85 "
+                        "public key, needed when the store allows more than one helper key")
     p.add_argument("--no-discovery", action="store_true",
                    help="follow only the --publisher flags")
     p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
@@ -54,22 +57,26 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-cap", type=float, default=30.0,
                    help="longest backoff between two calls of a failing handler, seconds")
     config.add_common(p)
+    keys.add_trust_arguments(p)
     p.set_defaults(func=main)
 
 
 build_parser = register_commands
 
 
-def parse_publisher(spec: str) -> tuple[str, str, str]:
+def parse_publisher(spec: str) -> tuple[str, str, str, str | None]:
     pid, sep, rest = spec.partition("=")
-    pub, sep2, replay = rest.partition(",")
+    pub, sep2, rest = rest.partition(",")
+    replay, _, key = rest.partition(",")
     if not (sep and sep2 and pid and pub and replay):
-        raise ConfigError(f"--publisher takes ID=PUB_ENDPOINT,REPLAY_ENDPOINT, got {spec!r}")
-    return pid, pub, replay
+        raise ConfigError(f"--publisher takes ID=PUB_ENDPOINT,REPLAY_ENDPOINT[,KEY], got {spec!r}")
+    return pid, pub, replay, key or None
 
 
-def choose_publishers(found: list[Instance], static_ids: set[str]) -> dict[str, tuple[str, str]]:
-    """publisher_id -> (pub, replay endpoints) from the "mesh-alerts" entries of discovery.
+def choose_publishers(found: list[Instance],
+                      static_ids: set[str]) -> dict[str, tuple[str, str, str | None]]:
+    """publisher_id -> (pub, replay endpoints, announced key) from the "mesh-alerts" entries of
+    discovery.
 
     A publisher is followed whatever its health (an overloaded node may miss its discovery
     heartbeat exactly when it has alerts to send) until it is deregistered. When one id is
@@ -81,7 +88,7 @@ def choose_publishers(found: list[Instance], static_ids: set[str]) -> dict[str, 
         pid = inst.meta.get("publisher_id")
         pub, replay = inst.meta.get("pub_endpoint"), inst.meta.get("replay_endpoint")
         if pid and pub and replay and pid not in static_ids and pid not in chosen:
-            chosen[pid] = (pub, replay)
+            chosen[pid] = (pub, replay, inst.meta.get("curve_key") or None)
     return chosen
 
 
@@ -115,11 +122,13 @@ async def run(args: argparse.Namespace) -> int:
     statics = [parse_publisher(spec) for spec in args.publisher]
     settings = AlertSubscriberSettings(
         topics=tuple(args.topic) or ("",), state_path=state_file, start_from=args.start_from)
-    subscriber = AlertSubscriber(settings, HandlerSet(handlers, retry_cap_s=args.retry_cap))
+    trust = keys.trust_from_args(args)
+    subscriber = AlertSubscriber(settings, HandlerSet(handlers, retry_cap_s=args.retry_cap),
+                                 trust=trust)
     await subscriber.start()
-    for pid, pub, replay in statics:
-        subscriber.add_publisher(pid, pub, replay)
-    static_ids = {pid for pid, _, _ in statics}
+    for pid, pub, replay, key in statics:
+        subscriber.add_publisher(pid, pub, replay, key)
+    static_ids = {pid for pid, *_ in statics}
 
     discovery = None
     alert_watch = None
@@ -131,8 +140,8 @@ async def run(args: argparse.Namespace) -> int:
             if stopping:
                 return  # a change reported while we shut down
             chosen = choose_publishers(found, static_ids)
-            for pid, (pub, replay) in chosen.items():
-                subscriber.add_publisher(pid, pub, replay)
+            for pid, (pub, replay, key) in chosen.items():
+                subscriber.add_publisher(pid, pub, replay, key)
             for pid in subscriber.publishers:
                 if pid not in chosen and pid not in static_ids:
                     subscriber.remove_publisher(pid)

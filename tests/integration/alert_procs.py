@@ -1,7 +1,8 @@
 """Processes and handlers for the alert-lane integration tests and bench/alert_latency.py.
 
 - `python -m tests.integration.alert_procs publisher --publisher-id P --data-dir D [--pub E]
-  [--replay E]`: an AlertPublisher driven by stdin lines `publish N [KIND [SEVERITY [PACE_MS]]]`;
+  [--replay E] [--keys DIR | --insecure]`: an AlertPublisher with the helper key of the local
+  store (as a Helper's), driven by stdin lines `publish N [KIND [SEVERITY [PACE_MS [SOURCE]]]]`;
   prints `READY {...}` and `PUBLISHED <last seq>` after each command; `flush` waits until the
   journal holds them (`FLUSHED <last seq>`); SIGTERM stops it cleanly.
 - `python -m tests.integration.alert_procs load [--seconds S]`: a message-heavy load, a PUSH/PULL
@@ -33,11 +34,16 @@ async def record(alert) -> None:  # noqa: ANN001 - a wire.Alert
 
 
 async def _publisher(args: argparse.Namespace) -> int:
-    from mesh.alerts import AlertPublisher, AlertPublisherSettings
+    import logging
 
+    from mesh.alerts import AlertPublisher, AlertPublisherSettings
+    from nodes import keys
+
+    logging.basicConfig(level=os.environ.get("MESH_LOG_LEVEL", "WARNING"))
     pub = AlertPublisher(AlertPublisherSettings(
         publisher_id=args.publisher_id, data_dir=args.data_dir, pub_endpoint=args.pub,
-        replay_endpoint=args.replay, state_interval_s=args.state_interval))
+        replay_endpoint=args.replay, state_interval_s=args.state_interval),
+        trust=keys.trust_from_args(args))
     await pub.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -53,7 +59,8 @@ async def _publisher(args: argparse.Namespace) -> int:
     threading.Thread(target=read_stdin, daemon=True).start()
     print("READY " + json.dumps({"role": "alert-publisher", "pub": pub.pub_endpoint,
                                  "replay": pub.replay_endpoint, "epoch": pub.epoch,
-                                 "next_seq": pub.last_seq + 1}), flush=True)
+                                 "next_seq": pub.last_seq + 1, "curve_key": pub.public_key}),
+          flush=True)
     while not stop.is_set():
         get = asyncio.ensure_future(lines.get())
         stopped = asyncio.ensure_future(stop.wait())
@@ -73,8 +80,10 @@ async def _publisher(args: argparse.Namespace) -> int:
         kind = words[2] if len(words) > 2 else "equipment.fault"
         severity = words[3] if len(words) > 3 else "critical"
         pace_s = float(words[4]) / 1000 if len(words) > 4 else 0.0
+        # a source with escapes: "\\n" is a newline, as a forged node id would carry one
+        source = words[5].encode().decode("unicode_escape") if len(words) > 5 else "press-7"
         for i in range(count):
-            pub.publish(kind, severity, "press-7", b"payload", {"i": str(i)})
+            pub.publish(kind, severity, source, b"payload", {"i": str(i)})
             if pace_s:
                 await asyncio.sleep(pace_s)
             elif i % 500 == 499:
@@ -134,6 +143,8 @@ def main() -> int:
     p.add_argument("--pub", default="tcp://127.0.0.1:0")
     p.add_argument("--replay", default="tcp://127.0.0.1:0")
     p.add_argument("--state-interval", type=float, default=0.2)
+    from nodes import keys
+    keys.add_trust_arguments(p)
     load = sub.add_parser("load")
     load.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()

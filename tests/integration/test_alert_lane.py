@@ -1,5 +1,7 @@
 """The fault alert lane with real processes on loopback: publisher, notifier, load.
 
+Every process runs in the secure default: CURVE with the test's own local key store
+(MESH_KEY_DIR), publishers with the helper key, notifiers with the notifier key.
 Every wait is on a condition with a deadline; every process is killed and reaped at teardown.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from mesh import wire
+from mesh import sockets, wire
+from mesh.trust import Role, Trust
 from nodes.launch import kill_tree
 from tests.support.waiting import wait_until
 
@@ -107,8 +110,23 @@ class Lane:
         self.procs: list[Proc] = []
         self.cleanup: list[Path] = []  # directories made by the processes outside tmp
         self.out = tmp / "alerts.out"
+        self.keys = tmp / "keys"
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "MESH_TEST_ALERT_OUT": str(self.out),
-                    "MESH_LOG_LEVEL": "WARNING"}
+                    "MESH_LOG_LEVEL": "WARNING", "MESH_KEY_DIR": str(self.keys)}
+        self._trust: Trust | None = None
+
+    @property
+    def trust(self) -> Trust:
+        """The test's view of the same key store the processes use."""
+        if self._trust is None:
+            self._trust = Trust.local(self.keys)
+        return self._trust
+
+    def replay(self, endpoint: str, pid: str, from_seq: int):  # noqa: ANN201
+        """A replay request with the notifier key, as a notifier asks."""
+        reply = _replay(endpoint, pid, from_seq, self.trust.client(Role.NOTIFIER, Role.HELPER))
+        assert reply is not None, f"no replay reply from {endpoint}"
+        return reply
 
     def start(self, *argv: str) -> Proc:
         proc = Proc(list(argv), self.env)
@@ -155,6 +173,8 @@ class Lane:
             proc.kill()
         for path in self.cleanup:
             shutil.rmtree(path, ignore_errors=True)
+        if self._trust is not None:
+            self._trust.close()
 
 
 @pytest.fixture
@@ -248,7 +268,7 @@ def test_publisher_crash_keeps_history_and_never_reuses_a_seq(lane):
     pub2, info2 = lane.publisher(data_dir=data_dir)
     assert info2["epoch"] == info["epoch"]
     assert info2["next_seq"] > 100  # above the reservation: no number is ever given twice
-    reply = _replay(info2["replay"], "pub-1", 1)
+    reply = lane.replay(info2["replay"], "pub-1", 1)
     assert [a.seq for a in reply.alerts] == list(range(1, 101))
     first_new = pub2.publish(5)
     lane.notifier([("pub-1", info2)])
@@ -261,15 +281,15 @@ def test_malformed_frames_on_the_replay_endpoint_are_dropped(lane):
     assert pub.publish(3) == 3
     ctx = zmq.Context()
     try:
-        sock = ctx.socket(zmq.DEALER)
+        sock = ctx.socket(zmq.DEALER)  # a notifier's key: admitted, then talks garbage
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(info["replay"])
+        sockets.connect(sock, info["replay"], lane.trust.client(Role.NOTIFIER, Role.HELPER))
         sock.send(b"\xff\xff garbage")
         sock.send_multipart([b"two", b"frames"])
         sock.send(wire.encode(wire.ReplayRequest(version=99, publisher_id="pub-1", from_seq=1)))
         sock.send(b"x" * (100 * 1024))  # above the endpoint's MAXMSGSIZE: ZeroMQ drops the peer
         sock.close()
-        reply = _replay(info["replay"], "pub-1", 1)
+        reply = lane.replay(info["replay"], "pub-1", 1)
         assert [a.seq for a in reply.alerts] == [1, 2, 3]
     finally:
         ctx.term()
@@ -302,15 +322,19 @@ def test_alerts_flow_while_another_process_saturates_the_machine(lane, load):
     assert latencies_ms[-1] < 15_000  # the requirement; bench/alert_latency.py measures ms
 
 
-def _replay(endpoint: str, pid: str, from_seq: int):  # noqa: ANN202
+def _replay(endpoint: str, pid: str, from_seq: int, link=None, timeout_ms: int = 5000):  # noqa: ANN001, ANN202
+    """One replay request over a DEALER with `link` (a ClientLink: whose key asks); None when
+    no reply came within `timeout_ms`."""
     ctx = zmq.Context()
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        sockets.connect(sock, endpoint, link)
         sock.send(wire.encode(wire.ReplayRequest(
             version=wire.PROTOCOL_VERSION, publisher_id=pid, from_seq=from_seq)))
-        assert sock.poll(5000), f"no replay reply from {endpoint}"
+        if not sock.poll(timeout_ms):
+            sock.close()
+            return None
         reply = wire.decode_replay_reply(sock.recv())
         sock.close()
         return reply
@@ -347,3 +371,68 @@ def test_one_shot_cli_without_a_notifier_says_so_and_keeps_the_alert(lane):
     published = json.loads(second.expect('{"published"'))["published"]
     assert published["seq"] == 2  # the sequence went on; seq 1 is still in the journal
     assert second.popen.wait(15) == 3
+
+
+# ---- trust: who may read the alert stream, and what reaches a log --------------------------
+
+_AUTH_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+def _refused(sock: zmq.Socket, monitor: zmq.Socket) -> bool:
+    """True once the socket's monitor reported a failed handshake (ZAP said no)."""
+    from zmq.utils.monitor import recv_monitor_message
+    while monitor.poll(0):
+        if recv_monitor_message(monitor)["event"] & _AUTH_FAILED:
+            return True
+    return False
+
+
+def test_a_client_key_cannot_read_alerts_and_a_notifier_key_receives_them(lane):
+    pub, info = lane.publisher()
+    assert info["curve_key"] == lane.trust.keypair(Role.HELPER).public_z85  # announced
+    assert pub.publish(5) == 5
+    lane.notifier([("pub-1", info)])  # the notifier key: history and live alerts
+    wait_until(lambda: len(lane.seqs()) >= 5, 15, what="5 alerts at the notifier")
+    client = lane.trust.client(Role.CLIENT, Role.HELPER)  # a valid key, of the wrong role
+    ctx = zmq.Context()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.subscribe(b"")
+        sub_monitor = sub.get_monitor_socket(_AUTH_FAILED)
+        sockets.connect(sub, info["pub"], client)
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer_monitor = dealer.get_monitor_socket(_AUTH_FAILED)
+        sockets.connect(dealer, info["replay"], client)
+        dealer.send(wire.encode(wire.ReplayRequest(
+            version=wire.PROTOCOL_VERSION, publisher_id="pub-1", from_seq=1)))
+        wait_until(lambda: _refused(sub, sub_monitor), 10, what="the client SUB refused")
+        wait_until(lambda: _refused(dealer, dealer_monitor), 10,
+                   what="the client replay DEALER refused")
+        assert pub.publish(5) == 10
+        wait_until(lambda: len(lane.seqs()) >= 10, 15, what="10 alerts at the notifier")
+        assert lane.seqs() == list(range(1, 11))
+        assert not sub.poll(0) and not dealer.poll(0)  # refused: not one frame, ever
+        for sock in (sub, dealer, sub_monitor, dealer_monitor):
+            sock.close(linger=0)
+    finally:
+        ctx.term()
+    wait_until(lambda: any("refused a connection to mesh.alerts: role client not admitted"
+                           in line for line in pub.stderr), 10, what="the publisher's warning")
+
+
+def test_a_newline_in_a_node_id_cannot_forge_a_notifier_log_line(lane):
+    """Alert text comes from the wire: a source (a node id, in the mesh's own alerts) holding
+    a newline is escaped in the notifier's log, not written as a second line."""
+    pub, info = lane.publisher()
+    notifier = lane.start("-m", "nodes.notifier", "--no-discovery", "--log-level", "INFO",
+                          "--state-file", str(lane.tmp / "positions.json"),
+                          "--publisher", f"pub-1={info['pub']},{info['replay']}")
+    notifier.ready()
+    pub.send("publish 1 equipment.fault critical 0 node-7\\nFORGED-LINE")
+    assert int(pub.expect("PUBLISHED ", 30).split()[1]) == 1
+    wait_until(lambda: any("source=node-7\\nFORGED-LINE" in line for line in notifier.stderr),
+               15, what="the escaped alert line")
+    assert not [line for line in notifier.stderr if line.startswith("FORGED-LINE")]

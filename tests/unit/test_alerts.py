@@ -14,6 +14,7 @@ from mesh.alert_handlers import HandlerSet, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.errors import ConfigError, MeshError
+from mesh.trust import Domain, Role, Trust
 
 
 async def until(cond, timeout_s: float = 5.0, what: str = "condition"):  # noqa: ANN001, ANN201
@@ -37,6 +38,14 @@ class Sink:
 
     def seqs(self, pid: str | None = None) -> list[int]:
         return [a.seq for a in self.alerts if pid is None or a.publisher_id == pid]
+
+
+@pytest.fixture(autouse=True)
+def key_store(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+    """Publisher and subscriber built with no `trust` use the local key store (CURVE, the
+    notifier key subscribing): this test's own, not the user's."""
+    monkeypatch.setenv("MESH_KEY_DIR", str(tmp_path / "keys"))
+    return tmp_path / "keys"
 
 
 def pub_settings(pid: str = "p1", **kw) -> AlertPublisherSettings:  # noqa: ANN003
@@ -301,8 +310,10 @@ def test_malformed_frames_on_sub_and_in_replies_are_counted_and_dropped():
     """A fake publisher sends garbage on PUB and answers replays with garbage, then good data."""
     async def main() -> None:
         ctx = sockets.new_context()
-        pub, pub_ep = sockets.alert_pub(ctx, "tcp://127.0.0.1:0")
-        router, rep_ep = sockets.replay_router(ctx, "tcp://127.0.0.1:0")
+        trust = Trust.default()  # as a Helper's publisher: helper key, notifiers only
+        link = trust.server(ctx, Role.HELPER, Domain.ALERTS)
+        pub, pub_ep = sockets.alert_pub(ctx, "tcp://127.0.0.1:0", link=link)
+        router, rep_ep = sockets.replay_router(ctx, "tcp://127.0.0.1:0", link=link)
         sink = Sink()
         sub = AlertSubscriber(AlertSubscriberSettings(replay_timeout_s=0.2), sink, context=ctx)
         await sub.start()
@@ -336,6 +347,7 @@ def test_malformed_frames_on_sub_and_in_replies_are_counted_and_dropped():
         await sub.stop()
         pub.close(linger=0)
         router.close(linger=0)
+        trust.release(ctx)
         ctx.term()
     run(main())
 
@@ -345,7 +357,8 @@ def test_malformed_replay_requests_are_counted_and_the_endpoint_keeps_serving():
         async with AlertPublisher(pub_settings()) as pub:
             pub.publish("k", "error", "s")
             ctx = sockets.new_context()
-            dealer = sockets.replay_dealer(ctx, pub.replay_endpoint)
+            dealer = sockets.replay_dealer(  # a notifier's key: admitted, then talks garbage
+                ctx, pub.replay_endpoint, link=pub.trust.client(Role.NOTIFIER, Role.HELPER))
             await dealer.send(b"\xff\xff")
             await dealer.send_multipart([b"a", b"b"])
             await dealer.send(wire.encode(wire.ReplayRequest(version=1, publisher_id="other")))
@@ -503,7 +516,8 @@ def test_notifier_follows_the_healthiest_registration_of_each_publisher():
     def inst(iid: str, pid: str, port: int, health: Health) -> Instance:
         return Instance(service="mesh-alerts", instance_id=iid, address="127.0.0.1", port=port,
                         meta={"publisher_id": pid, "pub_endpoint": f"tcp://127.0.0.1:{port}",
-                              "replay_endpoint": f"tcp://127.0.0.1:{port + 1}"}, health=health)
+                              "replay_endpoint": f"tcp://127.0.0.1:{port + 1}",
+                              "curve_key": f"key-{port}"}, health=health)
 
     found = [inst("h1-old", "helper-1", 10, Health.CRITICAL),
              inst("h1-new", "helper-1", 20, Health.PASSING),
@@ -511,8 +525,8 @@ def test_notifier_follows_the_healthiest_registration_of_each_publisher():
              inst("s1", "static-1", 40, Health.PASSING),
              Instance(service="mesh-alerts", instance_id="x", address="h", port=1, meta={})]
     chosen = choose_publishers(found, {"static-1"})
-    assert chosen == {"helper-1": ("tcp://127.0.0.1:20", "tcp://127.0.0.1:21"),
-                      "monitor-1": ("tcp://127.0.0.1:30", "tcp://127.0.0.1:31")}
+    assert chosen == {"helper-1": ("tcp://127.0.0.1:20", "tcp://127.0.0.1:21", "key-20"),
+                      "monitor-1": ("tcp://127.0.0.1:30", "tcp://127.0.0.1:31", "key-30")}
     assert choose_publishers(list(reversed(found)), {"static-1"}) == chosen
 
 
