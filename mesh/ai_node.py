@@ -14,6 +14,15 @@ Guarantees:
 - A handler past its run timeout (checked every TIMEOUT_SWEEP_S) is reported as a failed
   attempt (TIMEOUT) and its slot freed; a sync handler's thread cannot be killed, so the pool
   has spare threads for that case.
+- A result larger than `max_result_bytes` is never sent: the attempt fails (FATAL) with an
+  error naming both sizes.
+
+Trust (docs/decisions/006-trust.md): the task PULL is a CURVE server that admits helper-role
+keys only, and every frame's User-Id is checked again (`Operation.DELIVERY`) before anything
+in it is read. Acks for a delivery go to its `reply_to` over a link pinned to the key of the
+Helper that sent it, so a forged reply_to cannot be connected to without that Helper's secret
+key. Links are bounded (`max_helpers`), a reply_to that is not a well-formed tcp:// or ipc://
+endpoint is refused, and text from the wire is logged through `inert`, rate-limited.
 
 Shutdown (`drain` then `stop`): announce zero credit and `draining`, refuse new deliveries
 (DRAINING, so Helpers resend them elsewhere at once), let running handlers finish within the
@@ -39,18 +48,25 @@ from mesh.dedup import DedupWindow
 from mesh.errors import FatalError, RetryLater, WireError
 from mesh.metrics import AINodeMetrics
 from mesh.settings import AINodeSettings
+from mesh.trust import (
+    Domain, Operation, RateLimitedLog, Role, Trust, TrustError, default_key_dir, inert, key_of,
+)
 
 log = logging.getLogger("mesh.ai")
 
 
 class _HelperLink:
-    """This node's channel to one Helper (its ack endpoint)."""
+    """This node's channel to one Helper (its ack endpoint), pinned to that Helper's key."""
 
-    __slots__ = ("endpoint", "sock", "outbox", "started_at", "helper_incarnation", "received",
-                 "seq", "held", "last_used")
+    __slots__ = ("endpoint", "helper_key", "pinned", "sock", "outbox", "started_at",
+                 "helper_incarnation", "received", "seq", "held", "last_used")
 
-    def __init__(self, endpoint: str, sock: zmq.Socket) -> None:
+    def __init__(self, endpoint: str, helper_key: str, sock: zmq.Socket, *,
+                 pinned: bool) -> None:
         self.endpoint = endpoint
+        self.helper_key = helper_key  # Z85, "" on a plain link
+        #: named by discovery or the command line (kept); else learned from a delivery
+        self.pinned = pinned
         self.sock = sock
         self.outbox: list = []
         self.started_at: dict[str, int] = {}  # task_id -> index of its unsent STARTED ack
@@ -79,20 +95,59 @@ class _Job:
 #: How often running jobs are checked against their run timeout: the precision of a timeout.
 TIMEOUT_SWEEP_S = 0.05
 
+#: Acks waiting for one Helper link at most (a link that does not connect keeps its acks):
+#: beyond it new acks for that link are dropped and counted, and the Helper's redelivery and
+#: the de-duplication window recover them.
+MAX_OUTBOX = 10_000
+
+#: The longest reply_to taken; the rest of a well-formed endpoint fits easily.
+MAX_ENDPOINT_CHARS = 256
+
+
+def endpoint_problem(endpoint: str) -> str:
+    """Why `endpoint` cannot be a Helper's ack endpoint ("" when it can): only tcp://HOST:PORT
+    (a concrete host, a port 1-65535) and ipc://PATH, of bounded length, printable."""
+    if not endpoint:
+        return "empty"
+    if len(endpoint) > MAX_ENDPOINT_CHARS:
+        return f"longer than {MAX_ENDPOINT_CHARS} characters"
+    if not endpoint.isprintable() or any(c.isspace() for c in endpoint):
+        return "contains spaces or control characters"
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc"):
+        return "not a tcp:// or ipc:// endpoint"
+    if scheme == "ipc":
+        return "" if rest and rest != "*" else "no ipc path"
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or host == "*" or ";" in host:
+        return "no concrete host"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return "no port between 1 and 65535"
+    return ""
+
 
 class AINode:
     def __init__(self, settings: AINodeSettings, app: App, *, helpers: list[str] = (),
                  context: zmq.asyncio.Context | None = None,
-                 metrics: AINodeMetrics | None = None) -> None:
+                 metrics: AINodeMetrics | None = None, trust: Trust | None = None) -> None:
+        """`trust`: the node's keys (nodes/ passes `keys.trust_from_args`). None: the local
+        key store (`mesh.trust.default_key_dir()`) with a key of this node's own,
+        own/ai-node-NODE_ID.key, made on first use; `Trust.plain()` for plain links."""
         self.settings = settings
         self.app = app
         self.metrics = metrics or AINodeMetrics()
+        self.trust = trust
+        self._own_trust = trust is None  # then its ZAP handler is ours to release
+        #: deliveries (or frames) refused before they were taken, by reason: for tests; the
+        #: same counts go to mesh_ai_rejected{reason}
+        self.refused: dict[str, int] = {}
+        self._warn = RateLimitedLog(log, interval_s=10.0)
         self.incarnation = int.from_bytes(os.urandom(8), "little") | 1
         self.task_endpoint = ""
         self._ctx = context
         self._own_context = context is None
         self._initial_helpers = list(helpers)
-        self._links: dict[str, _HelperLink] = {}
+        self._links: dict[tuple[str, str], _HelperLink] = {}  # (endpoint, helper key) ->
         self._waiting: deque[_Job] = deque()
         self._running: dict[str, _Job] = {}
         self._dedup = DedupWindow(settings.dedup_window)
@@ -110,13 +165,18 @@ class AINode:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.trust is None:
+            self.trust = Trust.local(default_key_dir(),
+                                     identity=f"ai-node-{self.settings.node_id}")
         if self._ctx is None:
             self._ctx = sockets.new_context()
         self._sync_ctx = sockets.sync_view(self._ctx)
         self._pull, self.task_endpoint = sockets.task_pull(
-            self._sync_ctx, self.settings.task_endpoint, self.settings.max_message_bytes)
+            self._sync_ctx, self.settings.task_endpoint, self.settings.max_message_bytes,
+            link=self.trust.server(self._ctx, Role.AI_NODE, Domain.TASKS))
         self._reader = sockets.FrameReader(self._pull, self._on_frame,
-                                           on_batch_end=self._schedule_flush)
+                                           on_batch_end=self._schedule_flush,
+                                           with_user_id=True)
         for endpoint in self._initial_helpers:
             self.add_helper(endpoint)
         loop = asyncio.get_running_loop()
@@ -127,23 +187,95 @@ class AINode:
                  self.settings.node_id, self.task_endpoint, self.incarnation, self._kinds,
                  self.settings.concurrency)
 
-    def add_helper(self, ack_endpoint: str) -> None:
-        """Start heartbeating a Helper (from discovery, a static list, or a delivery's reply_to)."""
-        if ack_endpoint and ack_endpoint not in self._links:
-            self._links[ack_endpoint] = _HelperLink(
-                ack_endpoint, sockets.ack_push(self._sync_ctx, ack_endpoint))
-            self._send_heartbeat(self._links[ack_endpoint])
+    def add_helper(self, ack_endpoint: str, helper_key: str | None = None) -> bool:
+        """Start heartbeating a Helper named by discovery or the command line. `helper_key` is
+        the key it announced (Z85; it must be allowed as helper), or None when the store allows
+        exactly one helper key. False (with a warning) when the link cannot be made."""
+        problem = endpoint_problem(ack_endpoint)
+        if problem:
+            self._warn.warning(("helper", "endpoint"), "not linking to Helper ack endpoint %s: "
+                               "%s", inert(ack_endpoint, 80), problem)
+            return False
+        try:
+            link = self.trust.client(Role.AI_NODE, Role.HELPER, helper_key or None)
+        except TrustError as exc:
+            self._warn.warning(("helper", "key"), "not linking to the Helper at %s: %s",
+                               inert(ack_endpoint, 80), exc)
+            return False
+        key = link.server_key.decode("ascii") if link is not None else ""
+        existing = self._links.get((ack_endpoint, key))
+        if existing is not None:
+            existing.pinned = True
+            return True
+        if len(self._links) >= self.settings.max_helpers and not self._evict_idle_link():
+            self._warn.warning(("helper", "full"), "not linking to the Helper at %s: this "
+                               "node has max_helpers=%d links already", inert(ack_endpoint, 80),
+                               self.settings.max_helpers)
+            return False
+        self._open_link(ack_endpoint, key, link, pinned=True)
+        return True
 
     def remove_helper(self, ack_endpoint: str) -> None:
-        """Discovery says the Helper is gone. Keep the link while it holds work of ours."""
-        link = self._links.get(ack_endpoint)
-        if link is not None and not link.held and not link.outbox:
-            del self._links[ack_endpoint]
-            link.sock.close(linger=0)
+        """Discovery says the Helper is gone. Keep a link while it holds work of ours."""
+        for key, link in list(self._links.items()):
+            if key[0] == ack_endpoint and not link.held and not link.outbox:
+                self._close_link(link)
 
     @property
     def helpers(self) -> list[str]:
-        return list(self._links)
+        """The ack endpoints this node has a link to."""
+        return sorted({endpoint for endpoint, _ in self._links})
+
+    def _open_link(self, endpoint: str, key: str, client_link, *, pinned: bool) -> _HelperLink:  # noqa: ANN001
+        link = _HelperLink(endpoint, key, sockets.ack_push(
+            self._sync_ctx, endpoint, link=client_link, immediate=not pinned), pinned=pinned)
+        self._links[(endpoint, key)] = link
+        self.metrics.helper_links.set(len(self._links))
+        self._send_heartbeat(link)
+        return link
+
+    def _close_link(self, link: _HelperLink) -> None:
+        self._links.pop((link.endpoint, link.helper_key), None)
+        link.sock.close(linger=0)
+        self.metrics.helper_links.set(len(self._links))
+
+    def _evict_idle_link(self) -> bool:
+        """Make room by closing the least recently used learned link that holds nothing and
+        was idle for helper_link_idle_s; False when there is none."""
+        cutoff = time.monotonic() - self.settings.helper_link_idle_s
+        idle = [link for link in self._links.values()
+                if not link.pinned and not link.held and not link.outbox
+                and link.last_used <= cutoff]
+        if not idle:
+            return False
+        self._close_link(min(idle, key=lambda link: link.last_used))
+        return True
+
+    def _learn_link(self, endpoint: str, helper_key: str) -> _HelperLink | None:
+        """The link for a delivery's reply_to, opened on first use and pinned to the key of
+        the Helper that sent it; None (refused, counted) when it cannot be."""
+        problem = endpoint_problem(endpoint)
+        if problem:
+            self._refuse("bad_reply_to", "refused a delivery with reply_to %s: %s",
+                         inert(endpoint, 80), problem)
+            return None
+        if len(self._links) >= self.settings.max_helpers and not self._evict_idle_link():
+            self._refuse("too_many_helpers", "refused a delivery with reply_to %s: this node "
+                         "has max_helpers=%d Helper links already", inert(endpoint, 80),
+                         self.settings.max_helpers)
+            return None
+        try:
+            client_link = self.trust.client(Role.AI_NODE, Role.HELPER, helper_key or None)
+        except TrustError as exc:  # e.g. the Helper's key was removed since it connected
+            self._refuse("untrusted_sender", "refused a delivery: %s", exc)
+            return None
+        return self._open_link(endpoint, helper_key, client_link, pinned=False)
+
+    def _refuse(self, reason: str, msg: str, *args: object) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.metrics.rejected.labels(reason).inc()
+        self._warn.warning(("refused", reason), msg + " (%d refused for this reason so far)",
+                           *args, self.refused[reason])
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop taking work, finish what runs within the grace period, hand back the rest."""
@@ -187,6 +319,9 @@ class AINode:
             link.sock.close(linger=500)
         self._pull.close(linger=0)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_context or self._own_trust:
+            self.trust.release(self._ctx)  # its ZAP socket would block term()
+            await asyncio.sleep(0)  # one loop turn: the handler's cancelled task ends
         if self._own_context:
             self._ctx.term()
         log.info("ai node %s stopped", self.settings.node_id)
@@ -200,18 +335,26 @@ class AINode:
 
     # ---- receiving ---------------------------------------------------------------------
 
-    def _on_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes, user_id: str = "") -> None:
+        # The ZAP handler admitted only helper keys to this socket; checked again per frame, so
+        # a change of the table or the domain can never let another role's frame run a task.
+        if not self.trust.permits(user_id, Operation.DELIVERY):
+            self._refuse("untrusted_sender", "dropped a dispatch frame from %s: not a trusted "
+                         "Helper key", inert(user_id or "an unauthenticated peer", 60))
+            return
+        helper_key = key_of(user_id)
         try:
             batch = wire.decode_dispatch_batch(frame)
         except WireError as exc:
             self.metrics.bad_frames.inc()
-            log.warning("malformed dispatch batch dropped: %s", exc)
+            self._warn.warning("malformed", "malformed dispatch batch dropped: %s",
+                               inert(str(exc)))
             return
         self.metrics.received.inc(len(batch.dispatches))
-        link = self._batch_link(batch)
+        link = self._batch_link(batch, helper_key)
         for dispatch in batch.dispatches:
             try:
-                self._on_dispatch(dispatch)
+                self._on_dispatch(dispatch, helper_key)
             except Exception:
                 log.exception("failed to take a delivery")
         if link is not None and batch.seq > link.seq:
@@ -219,27 +362,29 @@ class AINode:
             # lost for good (a link keeps its frames in order), so the Helper can tell which.
             link.seq = batch.seq
 
-    def _batch_link(self, batch) -> _HelperLink | None:  # noqa: ANN001
+    def _batch_link(self, batch, helper_key: str) -> _HelperLink | None:  # noqa: ANN001
         """The link a frame came on, from its batch fields (an older Helper sends none)."""
         if not batch.reply_to:
             return None
-        link = self._links.get(batch.reply_to)
+        link = self._links.get((batch.reply_to, helper_key))
         if link is None:
-            self.add_helper(batch.reply_to)
-            link = self._links[batch.reply_to]
+            link = self._learn_link(batch.reply_to, helper_key)
+            if link is None:
+                return None
         if link.helper_incarnation != batch.helper_incarnation:
             link.helper_incarnation = batch.helper_incarnation
             link.received = 0
             link.seq = 0
         return link
 
-    def _link_for(self, dispatch) -> _HelperLink | None:  # noqa: ANN001
-        link = self._links.get(dispatch.reply_to)
+    def _link_for(self, dispatch, helper_key: str) -> _HelperLink | None:  # noqa: ANN001
+        link = self._links.get((dispatch.reply_to, helper_key))
         if link is None:
             if not dispatch.reply_to:
                 return None
-            self.add_helper(dispatch.reply_to)
-            link = self._links[dispatch.reply_to]
+            link = self._learn_link(dispatch.reply_to, helper_key)
+            if link is None:
+                return None
         if link.helper_incarnation != dispatch.helper_incarnation:
             link.helper_incarnation = dispatch.helper_incarnation
             link.received = 0
@@ -248,16 +393,17 @@ class AINode:
         link.last_used = time.monotonic()
         return link
 
-    def _on_dispatch(self, dispatch) -> None:  # noqa: ANN001
-        link = self._link_for(dispatch)
+    def _on_dispatch(self, dispatch, helper_key: str = "") -> None:  # noqa: ANN001
+        link = self._link_for(dispatch, helper_key)
         if link is None:
-            self.metrics.bad_frames.inc()
-            return
+            if not dispatch.reply_to:
+                self.metrics.bad_frames.inc()
+            return  # no way to answer: dropped (and counted); its Helper resends it
         task = dispatch.task
         if not task.task_id or not task.kind:
             self.metrics.bad_frames.inc()
-            log.warning("delivery %d from %s has no task id or kind; rejected as malformed",
-                        dispatch.delivery, dispatch.reply_to)
+            self._warn.warning("no-id", "delivery %d from %s has no task id or kind; rejected "
+                               "as malformed", dispatch.delivery, inert(dispatch.reply_to, 80))
             self._reject(link, dispatch, wire.MALFORMED, "delivery has no task id or kind")
             return
         if dispatch.incarnation != self.incarnation:
@@ -278,12 +424,12 @@ class AINode:
             answer.CopyFrom(stored)
             answer.delivery = dispatch.delivery
             answer.from_dedup = True
-            link.outbox.append(answer)
+            self._queue_ack(link, answer)
             return
         handler = self.app.handlers.get(task.kind)
         if handler is None:
             self._reject(link, dispatch, wire.UNKNOWN_TASK_KIND,
-                         f"no handler for task kind {task.kind!r} on node "
+                         f"no handler for task kind {inert(task.kind, 100)!r} on node "
                          f"{self.settings.node_id} (kinds: {', '.join(self._kinds) or 'none'})")
             return
         job = _Job(dispatch, link, handler)
@@ -295,9 +441,19 @@ class AINode:
 
     def _reject(self, link: _HelperLink, dispatch, error_class: int, message: str) -> None:  # noqa: ANN001
         self.metrics.rejected.labels(wire.error_class_name(error_class).lower()).inc()
-        link.outbox.append(wire.Ack(task_id=dispatch.task.task_id, delivery=dispatch.delivery,
-                                    kind=wire.REJECTED, error=message, error_class=error_class,
-                                    attempt=dispatch.attempt))
+        self._queue_ack(link, wire.Ack(task_id=dispatch.task.task_id, delivery=dispatch.delivery,
+                                       kind=wire.REJECTED, error=message,
+                                       error_class=error_class, attempt=dispatch.attempt))
+
+    def _queue_ack(self, link: _HelperLink, ack) -> None:  # noqa: ANN001
+        """Queue an answer that holds no slot (a refusal, a stored outcome): bounded, since a
+        Helper can send deliveries faster than a link that does not connect drains."""
+        if len(link.outbox) >= MAX_OUTBOX:
+            self._refuse("ack_overflow", "dropped an answer for the Helper at %s: %d acks wait "
+                         "for it already (its redelivery recovers it)", inert(link.endpoint, 80),
+                         MAX_OUTBOX)
+            return
+        link.outbox.append(ack)
 
     # ---- running -----------------------------------------------------------------------
 
@@ -370,9 +526,20 @@ class AINode:
             else:
                 value = await asyncio.get_running_loop().run_in_executor(
                     self._pool, handler.fn, *args)
-            ack.kind = wire.DONE
-            ack.result = encode_result(value)
-            outcome = "succeeded"
+            result = encode_result(value)
+            if len(result) > self.settings.max_result_bytes:
+                ack.kind, ack.error_class = wire.FAILED, wire.FATAL
+                ack.error = (f"ResultTooLarge: the handler of {inert(task.kind, 100)!r} "
+                             f"returned {len(result)} bytes, above this node's "
+                             f"max_result_bytes of {self.settings.max_result_bytes}; store "
+                             "large results elsewhere and return a reference")
+                self._warn.warning("result-size", "task %s: %s", inert(task.task_id, 100),
+                                   ack.error)
+                outcome = "result_too_large"
+            else:
+                ack.kind = wire.DONE
+                ack.result = result
+                outcome = "succeeded"
         except asyncio.CancelledError:
             if job.timed_out and not self._stopped:
                 ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
@@ -468,6 +635,7 @@ class AINode:
     def _update_metrics(self) -> None:
         """Per-task counts go to Prometheus here, once per heartbeat, not once per task."""
         m = self.metrics
+        m.helper_links.set(len(self._links))
         m.waiting.set(len(self._waiting))
         m.running.set(len(self._running))
         outcomes, self._outcomes = self._outcomes, {}

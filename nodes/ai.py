@@ -18,7 +18,8 @@ from mesh.ai_node import AINode
 from mesh.errors import ConfigError
 from mesh.metrics import serve
 from mesh.settings import AINodeSettings
-from nodes import config, runtime
+from mesh.trust import Role, Trust
+from nodes import config, keys, runtime
 from nodes.registration import GoneNodes, Presence, claim_node, watch_nodes
 
 log = logging.getLogger("mesh.node.ai")
@@ -36,7 +37,13 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-grace", type=float, default=30.0)
     p.add_argument("--run-timeout", type=float, default=300.0,
                    help="run timeout of a task that carries none and whose handler sets none")
+    p.add_argument("--max-result-bytes", type=int, default=1 * 2**20,
+                   help="largest result sent; a larger one fails the attempt (FATAL). Keep it "
+                        "at or below the Helpers' --max-payload-bytes")
+    p.add_argument("--max-helpers", type=int, default=64,
+                   help="Helper links at most; deliveries needing one more are refused")
     config.add_common(p)
+    keys.add_trust_arguments(p)
     config.add_registration(p, service="mesh-ai", watched_flag="helper-service",
                             watched="mesh-helper")
     p.set_defaults(func=main)
@@ -58,7 +65,10 @@ def main(args: argparse.Namespace) -> int:
         node_id=args.node_id or config.default_node_id("ai"),
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
-        run_timeout_s=args.run_timeout)
+        run_timeout_s=args.run_timeout, max_result_bytes=args.max_result_bytes,
+        max_helpers=args.max_helpers)
+    # A key of its own: a Helper binds a node id to the key its heartbeats come with.
+    trust = keys.trust_from_args(args, identity=keys.ai_node_identity(settings.node_id))
     app = load_app(args.app)
     discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
@@ -66,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         # (host and pid) is unique already.
         owner = claim_node(discovery, args.service_name, settings.node_id) if args.node_id else None
         try:
-            code = runtime.run(_serve(settings, app, args, discovery))
+            code = runtime.run(_serve(settings, app, args, discovery, trust))
         finally:
             if owner is not None:
                 owner.release()
@@ -89,8 +99,8 @@ def _exit_past_hung_handlers(code: int) -> None:
 
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
-                 discovery: Discovery) -> int:
-    node = AINode(settings, app, helpers=args.helper)
+                 discovery: Discovery, trust: Trust) -> int:
+    node = AINode(settings, app, helpers=args.helper, trust=trust)
     await node.start()
     server = None
     metrics_port = None
@@ -107,6 +117,8 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
               "concurrency": str(settings.concurrency), "version": config.mesh_version(),
               "protocol": str(wire.PROTOCOL_VERSION), "app": app.name, "pool": args.pool or "",
               "ep_task": node.task_endpoint,
+              # the key this node's task endpoint answers with (Helpers pin it if allowed)
+              "curve_key": trust.public_key(Role.AI_NODE),
               "ep_metrics": config.metrics_endpoint(args.metrics_addr, host, metrics_port),
               "task_endpoint": node.task_endpoint,  # the name older readers use
               "metrics_port": str(metrics_port or ""),
@@ -154,7 +166,8 @@ async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
                 continue
             listed.append((endpoint, 0))
             if inst.health != Health.CRITICAL:
-                node.add_helper(endpoint)
+                # pinned to the key it announces, if that key is allowed as helper here
+                node.add_helper(endpoint, inst.meta.get("curve_key") or None)
         if registry_suspect:
             loop.call_later(gone_helpers.grace_s + 0.1,
                             lambda: drop(gone_helpers.expire(time.monotonic())))

@@ -13,6 +13,7 @@ import zmq.asyncio
 from mesh import App, make_task, wire
 from mesh.ai_node import AINode
 from mesh.settings import AINodeSettings
+from mesh.trust import Trust
 
 
 def _app() -> App:
@@ -53,7 +54,10 @@ def _run(scenario) -> None:  # noqa: ANN001
         pull = ctx.socket(zmq.PULL)
         port = pull.bind_to_random_port("tcp://127.0.0.1")
         acks = f"tcp://127.0.0.1:{port}"
-        node = AINode(AINodeSettings(node_id="n", concurrency=2), _app(), helpers=[acks])
+        # plain links: deliveries go straight to the frame handler here (tests/integration/
+        # test_trust_node.py runs them through CURVE)
+        node = AINode(AINodeSettings(node_id="n", concurrency=2), _app(), helpers=[acks],
+                      trust=Trust.plain())
         await node.start()
         try:
             await scenario(node, acks, pull)
