@@ -258,3 +258,49 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def test_acks_never_reach_a_forged_reply_to_without_the_helpers_secret(tmp_path: Path,
+                                                                       trust: Trust) -> None:
+    """A trusted Helper's delivery names an endpoint someone else listens on (a plain PULL, a
+    CURVE PULL with its own key): the node pins the sending Helper's key, so the handshake
+    fails and not one ack (results included) leaves for it."""
+    from zmq.utils.monitor import recv_monitor_message
+    failed_events = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    async def main() -> None:
+        async with mesh_ai(tmp_path, trust, "forged-1") as (node, helper):
+            ctx = zmq.Context()
+            plain = ctx.socket(zmq.PULL)
+            plain_ep = f"tcp://127.0.0.1:{plain.bind_to_random_port('tcp://127.0.0.1')}"
+            # a CURVE server with a key of its own that admits any client (no ZAP): only the
+            # pinned server key can make its handshake fail
+            impostor = ctx.socket(zmq.PULL)
+            public, secret = zmq.curve_keypair()
+            impostor.curve_server = True
+            impostor.curve_secretkey = secret
+            impostor.curve_publickey = public
+            impostor_ep = f"tcp://127.0.0.1:{impostor.bind_to_random_port('tcp://127.0.0.1')}"
+            monitors = [s.get_monitor_socket(failed_events) for s in (plain, impostor)]
+            try:
+                push = helper.push(node)
+                tasks = [make_task("mark", b""), make_task("mark", b"")]
+                await send(push, delivery(node, tasks[0], plain_ep, 1))
+                await send(push, delivery(node, tasks[1], impostor_ep, 2))
+                wait_until(lambda: all(node.ran(t.task_id) for t in tasks), 15,
+                           what="both deliveries run (they came from a trusted key)")
+
+                def refused(monitor: zmq.Socket) -> bool:
+                    while monitor.poll(0):
+                        if recv_monitor_message(monitor)["event"] & failed_events:
+                            return True
+                    return False
+                wait_until(lambda: refused(monitors[0]), 15, what="the plain listener refused")
+                wait_until(lambda: refused(monitors[1]), 15, what="the impostor refused")
+                assert not plain.poll(0) and not impostor.poll(0)
+            finally:
+                for sock in (*monitors, plain, impostor):
+                    sock.close(linger=0)
+                ctx.term()
+    asyncio.run(main())
