@@ -47,8 +47,7 @@ from mesh.trust import Role, Trust, TrustError, inert
 
 #: roles whose keys may publish alerts (Operation.ALERT_PUBLISH), in the order a subscriber
 #: tries to pin an announced key with
-PUBLISHER_ROLES: tuple[Role, ...] = tuple(
-    r for r in (Role.HELPER, getattr(Role, "MONITOR", None)) if r is not None)
+PUBLISHER_ROLES: tuple[Role, ...] = (Role.HELPER, Role.MONITOR)
 
 log = logging.getLogger(__name__)
 

@@ -74,6 +74,7 @@ class Role(enum.StrEnum):
     AI_NODE = "ai-node"
     HELPER = "helper"
     NOTIFIER = "notifier"
+    MONITOR = "monitor"   # publishes alerts and nothing else (`mesh alert publish`)
 
 
 class Operation(enum.StrEnum):
@@ -106,6 +107,7 @@ ALLOWED: dict[Role, frozenset[Operation]] = {
     Role.AI_NODE: frozenset({Operation.HEARTBEAT, Operation.ACK}),
     Role.HELPER: frozenset({Operation.DELIVERY, Operation.ALERT_PUBLISH}),
     Role.NOTIFIER: frozenset({Operation.ALERT_SUBSCRIBE, Operation.ALERT_REPLAY}),
+    Role.MONITOR: frozenset({Operation.ALERT_PUBLISH}),
 }
 
 

@@ -36,9 +36,9 @@ log = logging.getLogger("mesh.node.alert")
 
 ALERT_SERVICE = "mesh-alerts"
 
-#: the role whose key a one-shot publisher publishes with: a monitor key (may publish alerts
-#: and nothing else) where the store has that role, else a helper key
-PUBLISH_ROLE = getattr(Role, "MONITOR", Role.HELPER)
+#: the role whose key a one-shot publisher publishes with: a monitor key may publish alerts and
+#: nothing else (a helper key could also send AI nodes deliveries)
+PUBLISH_ROLE = Role.MONITOR
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:

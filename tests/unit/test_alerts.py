@@ -539,3 +539,28 @@ def _free_port() -> int:
 
 def test_zmq_is_real():  # the sockets above are real loopback sockets, not mocks
     assert zmq.zmq_version_info() >= (4, 3)
+
+
+def test_a_monitor_key_publishes_alerts_and_nothing_else():
+    from mesh.trust import DOMAIN_ROLES, Operation, allowed
+    assert allowed(Role.MONITOR, Operation.ALERT_PUBLISH)
+    assert not allowed(Role.MONITOR, Operation.DELIVERY)  # an AI node runs nothing it sends
+    assert Role.MONITOR not in DOMAIN_ROLES[Domain.TASKS]
+    assert Role.MONITOR not in DOMAIN_ROLES[Domain.ALERTS]  # nor reads the alert stream
+
+
+def test_a_publisher_announcing_a_key_not_allowed_here_is_not_followed():
+    async def main() -> None:
+        sink = Sink()
+        async with AlertPublisher(pub_settings(), role=Role.MONITOR) as pub:
+            pub.publish("k", "error", "s")
+            async with AlertSubscriber(AlertSubscriberSettings(), sink) as sub:
+                stranger = zmq.curve_keypair()[0].decode()
+                assert not sub.add_publisher("p1", pub.pub_endpoint, pub.replay_endpoint,
+                                             stranger)
+                assert sub.stats.untrusted_publishers == 1 and sub.publishers == []
+                # its real key, announced, is allowed as monitor: followed and read
+                assert sub.add_publisher("p1", pub.pub_endpoint, pub.replay_endpoint,
+                                         pub.public_key)
+                await until(lambda: sink.seqs() == [1], what="the monitor's alert")
+    run(main())
