@@ -14,6 +14,15 @@ Consul sends that header only to a request that carries a token, so an empty ans
 request without one is logged as a likely missing token when the agent refuses anonymous
 requests (one GET /v1/agent/self tells).
 
+Sessions and KV locks (for leader election, see discovery/leadership.py): create_session
+(TTL, LockDelay, Behavior as Go durations, so tests may use sub-10 s values where an agent
+allows them), renew_session (False once the session is gone: Consul answers 404),
+destroy_session, session_info, acquire / release (true/false, as Consul answers), get_key
+(a blocking query on one key: (index, KeyState | None)), put_key and delete_key (with cas).
+A session is invalidated by Consul at the earliest TTL after its last renewal and possibly
+up to twice that (SessionTTLMultiplier); its locks are then released (or deleted) and held
+back from other sessions for LockDelay.
+
 TLS: `verify` (False or a CA file) and `cert` (client certificate and key) go to py-consul as
 they are. A certificate the other side refuses, or a plain-HTTP agent behind an https://
 address, is a DiscoveryAuthError / DiscoveryError with the reason, not "unreachable".
@@ -42,6 +51,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import consul
@@ -66,6 +76,21 @@ _TTL_CALL = {Health.PASSING: "ttl_pass", Health.WARNING: "ttl_warn", Health.CRIT
 _STATUS = {"passing": Health.PASSING, "warning": Health.WARNING, "critical": Health.CRITICAL}
 # Consul's answers when it does not know a check: 404 (recent agents) or 500 (older ones).
 _UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "not found")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """One Consul KV entry as read: its value, the session holding its lock (None when free),
+    how many times a new session acquired it (LockIndex) and the Raft indexes of its creation
+    and last write (ModifyIndex grows with every write, release and invalidation)."""
+
+    key: str
+    value: bytes
+    session: str | None
+    lock_index: int
+    create_index: int
+    modify_index: int
+    flags: int = 0
 
 
 def go_duration(seconds: float) -> str:
@@ -274,6 +299,116 @@ class ConsulDiscovery:
         except DiscoveryError:
             return None
         return False
+
+    # -- sessions and KV locks ------------------------------------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        *,
+        ttl_s: float | None = 10.0,
+        lock_delay_s: float = 15.0,
+        behavior: str = "release",
+        node_checks: list[str] | None = None,
+    ) -> str:
+        """PUT /v1/session/create; returns the session id.
+
+        `node_checks` None keeps Consul's default (serfHealth: the session ends when this
+        agent's node fails); [] ties the session to its TTL alone. Consul accepts a TTL of
+        10 s to 24 h and a LockDelay of 0 to 60 s; py-consul's session.create takes whole
+        seconds only, so the body is built here with Go durations."""
+        if behavior not in ("release", "delete"):
+            raise DiscoveryError(f"session behavior must be 'release' or 'delete', got {behavior!r}")
+        body: dict[str, Any] = {"Name": name, "Behavior": behavior,
+                                "LockDelay": "0s" if lock_delay_s <= 0 else go_duration(lock_delay_s)}
+        if ttl_s:
+            body["TTL"] = go_duration(ttl_s)
+        if node_checks is not None:
+            body["NodeChecks"] = list(node_checks)
+        client = self.client()
+        params = [("dc", self._datacenter)] if self._datacenter else []
+        return self.call(
+            f"PUT /v1/session/create ({name})", client.http.put, CB.json(is_id=True), "/v1/session/create",
+            params=params, headers=client.prepare_headers(), data=json.dumps(body),
+        )
+
+    def renew_session(self, session_id: str) -> bool:
+        """PUT /v1/session/renew/<id>: True when renewed, False when the session is gone (404:
+        invalidated by TTL, a check or a destroy). Other failures raise."""
+        client = self.client()
+
+        def callback(response):
+            if response.code == 404:
+                return False
+            CB._status(response)
+            return True
+
+        return self.call(f"PUT /v1/session/renew/{session_id}", client.http.put, callback,
+                         f"/v1/session/renew/{session_id}", params=self._dc_params(),
+                         headers=client.prepare_headers())
+
+    def destroy_session(self, session_id: str) -> None:
+        """PUT /v1/session/destroy/<id>: invalidate now (its locks are released or deleted and get
+        their lock-delay). Idempotent: an unknown id is no error."""
+        client = self.client()
+        self.call(f"PUT /v1/session/destroy/{session_id}", client.session.destroy, session_id)
+
+    def session_info(self, session_id: str) -> dict | None:
+        """GET /v1/session/info/<id>: the session as Consul describes it, or None when gone."""
+        client = self.client()
+        _, info = self.call(f"GET /v1/session/info/{session_id}", client.session.info, session_id)
+        return info
+
+    def acquire(self, key: str, session_id: str, value: bytes = b"") -> bool:
+        """PUT /v1/kv/<key>?acquire=<session>: True when the session holds the lock now (also when
+        it held it already: the value is updated); False when another session holds it or the
+        key is in its lock-delay after the last holder's session was invalidated."""
+        client = self.client()
+        return bool(self.call(f"PUT /v1/kv/{key}?acquire", client.kv.put, key, value, acquire=session_id))
+
+    def release(self, key: str, session_id: str) -> bool:
+        """PUT /v1/kv/<key>?release=<session>: False when the session does not hold the lock.
+        An explicit release sets no lock-delay (only an invalidated session does)."""
+        client = self.client()
+        return bool(self.call(f"PUT /v1/kv/{key}?release", client.kv.put, key, None, release=session_id))
+
+    def get_key(self, key: str, *, index: int = 0, wait_s: float = 0.0) -> tuple[int, KeyState | None]:
+        """GET /v1/kv/<key> -> (X-Consul-Index, the entry or None when missing). With index > 0 and
+        wait_s > 0 a blocking query: it returns when the key may have changed since `index` or
+        when wait_s passes (a return is no proof of a change: compare the state)."""
+        client = self.client()
+        kwargs: dict[str, Any] = {}
+        if index > 0 and wait_s > 0:
+            kwargs = {"index": index, "wait": go_duration(wait_s)}
+        raw_index, entry = self.call(f"GET /v1/kv/{key}", client.kv.get, key, **kwargs)
+        try:
+            new_index = int(raw_index)
+        except (TypeError, ValueError):
+            raise DiscoveryUnavailable(f"Consul at {self.addr} sent a bad X-Consul-Index {raw_index!r}") from None
+        if entry is None:
+            return new_index, None
+        return new_index, KeyState(
+            key=str(entry.get("Key") or key),
+            value=entry.get("Value") or b"",
+            session=entry.get("Session") or None,
+            lock_index=int(entry.get("LockIndex") or 0),
+            create_index=int(entry.get("CreateIndex") or 0),
+            modify_index=int(entry.get("ModifyIndex") or 0),
+            flags=int(entry.get("Flags") or 0),
+        )
+
+    def put_key(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
+        """PUT /v1/kv/<key>[?cas=N]: False when the check-and-set did not match."""
+        client = self.client()
+        return bool(self.call(f"PUT /v1/kv/{key}", client.kv.put, key, value, cas=cas))
+
+    def delete_key(self, key: str, *, cas: int | None = None) -> bool:
+        """DELETE /v1/kv/<key>[?cas=N]: False when the check-and-set did not match."""
+        client = self.client()
+        return bool(self.call(f"DELETE /v1/kv/{key}", client.kv.delete, key, cas=cas))
+
+    def _dc_params(self) -> list[tuple[str, str]]:
+        return [("dc", self._datacenter)] if self._datacenter else []
 
     def close(self) -> None:
         with self._lock:

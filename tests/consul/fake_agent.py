@@ -28,6 +28,35 @@ Implemented (shapes follow hashicorp/consul api-docs agent/service, agent/check,
   certificates); a plain HTTP request to it gets Go's 400 "Client sent an HTTP request to an
   HTTPS server."
 
+Sessions and KV locks (api-docs session, kv; semantics from docs/automate/session):
+- PUT /v1/session/create  Name, Node, TTL ("10s"; 10s..24h as Consul: `min_session_ttl_s`
+  lowers the floor for tests), LockDelay ("15s" or nanoseconds; at most 60 s, default 15 s),
+  Behavior (release | delete), Checks / NodeChecks / ServiceChecks (default serfHealth; a check
+  that is critical at creation is refused) -> {"ID": ...}
+- PUT /v1/session/renew/<id>  -> [session] (404 "Session id '...' not found" when gone);
+  PUT /v1/session/destroy/<id> -> true (also for an unknown id);
+  GET /v1/session/info/<id> -> [session] or []; GET /v1/session/list -> [sessions]
+  (blocking with ?index=&wait= like every read here).
+- Invalidation: destroy, TTL not renewed, or one of its checks going critical (serfHealth:
+  set_node_health("critical")). **TTL**: like Consul's servers, the fake invalidates a session
+  `session_ttl_multiplier` x TTL after the last create/renew (2, Consul's
+  SessionTTLMultiplier: the TTL is a lower bound and Consul waits up to twice as long); a
+  test sets 1 for an exact TTL. On invalidation every key the session holds is released
+  (behavior release: Session cleared, ModifyIndex bumped, LockIndex kept) or deleted (behavior
+  delete), and each such key gets a lock-delay: any ?acquire of it fails (false) until
+  LockDelay has passed. An explicit ?release sets no lock-delay (as in Consul).
+- PUT /v1/kv/<key>[?acquire=S|?release=S|?cas=N|?flags=N] body = raw value -> true/false.
+  acquire: false while another session holds the key or during its lock-delay; a new holder
+  increments LockIndex, the holder re-acquiring only updates the value; an unknown session is
+  500 "invalid session". release: false unless S holds the key. cas=0: only if missing; cas=N:
+  only if ModifyIndex == N.
+- GET /v1/kv/<key> -> [{Key, Value (base64 or null), Flags, Session?, LockIndex, CreateIndex,
+  ModifyIndex}] with X-Consul-Index (the key's ModifyIndex, or the KV table's index when the
+  key is missing: 404 then); blocking with ?index=&wait= wakes when that index passes N.
+  DELETE /v1/kv/<key>[?cas=N] -> true/false.
+  KV and session reads and writes go to the servers: fail_next(..., prefix="/v1/kv/") or
+  "/v1/session/" makes them fail like a leaderless cluster.
+
 Test controls: start() / stop() (start again binds the same port and, like a dev agent, starts
 with empty state and index 1 unless persist=True: then, like an agent with a data dir and
 servers that kept the catalog, registrations, check states and the index survive),
@@ -39,6 +68,7 @@ endpoints such as register and check updates keep working without a leader, as i
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -47,6 +77,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -149,6 +180,65 @@ class Check:
         }
 
 
+@dataclass
+class Session:
+    id: str
+    name: str
+    node: str
+    lock_delay_s: float
+    behavior: str
+    ttl_s: float | None
+    ttl_text: str
+    multiplier: float
+    node_checks: list[str]
+    service_checks: list[str]
+    create_index: int
+    modify_index: int
+    deadline: float | None = None  # monotonic time the session is invalidated unless renewed
+
+    def renewed(self) -> None:
+        if self.ttl_s is not None:
+            self.deadline = time.monotonic() + self.ttl_s * self.multiplier
+
+    def json(self) -> dict:
+        return {
+            "ID": self.id,
+            "Name": self.name,
+            "Node": self.node,
+            "LockDelay": int(self.lock_delay_s * 1e9),  # nanoseconds, as Consul answers
+            "Behavior": self.behavior,
+            "TTL": self.ttl_text,
+            "NodeChecks": list(self.node_checks),
+            "ServiceChecks": [{"ID": c, "Namespace": ""} for c in self.service_checks] or None,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+
+
+@dataclass
+class KVEntry:
+    key: str
+    value: bytes
+    flags: int
+    session: str | None
+    lock_index: int
+    create_index: int
+    modify_index: int
+
+    def json(self) -> dict:
+        out = {
+            "Key": self.key,
+            "Value": base64.b64encode(self.value).decode() if self.value else None,
+            "Flags": self.flags,
+            "LockIndex": self.lock_index,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+        if self.session is not None:
+            out["Session"] = self.session
+        return out
+
+
 class FakeConsulAgent:
     def __init__(
         self,
@@ -160,8 +250,12 @@ class FakeConsulAgent:
         node: str = "fake-node",
         tls: ssl.SSLContext | None = None,
         limited_token: str | None = None,
+        min_session_ttl_s: float = 10.0,
+        session_ttl_multiplier: float = 2.0,
     ) -> None:
         self.acl_token = acl_token
+        self.min_session_ttl_s = min_session_ttl_s
+        self.session_ttl_multiplier = session_ttl_multiplier
         self.limited_token = limited_token
         self.tls = tls
         self._failures: list[tuple[int, str, str]] = []  # (status, body, path prefix), consumed in order
@@ -187,6 +281,10 @@ class FakeConsulAgent:
         self._services: dict[str, Service] = {}
         self._checks: dict[str, Check] = {}
         self._node_status = "passing"
+        self._sessions: dict[str, Session] = {}
+        self._kv: dict[str, KVEntry] = {}
+        self._kv_table_index = 1  # raised by every KV write and delete (Consul's kvs/tombstones index)
+        self._lock_delays: dict[str, float] = {}  # key -> monotonic time its lock-delay ends
 
     def start(self) -> FakeConsulAgent:
         if self._running:
@@ -194,6 +292,10 @@ class FakeConsulAgent:
         if not self.persist:
             with self._cond:
                 self._reset_state()
+        else:
+            with self._cond:  # Consul resets session TTL timers on a leader change
+                for sess in self._sessions.values():
+                    sess.renewed()
         self._hung.clear()
         self._hang_requests = False
         handler = type("Handler", (_Handler,), {"agent": self})
@@ -290,6 +392,22 @@ class FakeConsulAgent:
         with self._cond:
             self._node_status = status
             self._bump()
+            if status == "critical":
+                for sess in [x for x in self._sessions.values() if "serfHealth" in x.node_checks]:
+                    self._invalidate(sess.id)
+
+    def sessions(self) -> dict[str, dict]:
+        with self._cond:
+            return {sid: x.json() for sid, x in self._sessions.items()}
+
+    def kv(self) -> dict[str, dict]:
+        with self._cond:
+            return {k: e.json() for k, e in self._kv.items()}
+
+    def expire_session(self, session_id: str) -> None:
+        """Invalidate a session now, as its TTL running out would."""
+        with self._cond:
+            self._invalidate(session_id)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -310,6 +428,30 @@ class FakeConsulAgent:
             chk.critical_since = None
         chk.status = status
         chk.output = output
+        if status == "critical":
+            for sess in [x for x in self._sessions.values() if chk.id in x.service_checks or chk.id in x.node_checks]:
+                self._invalidate(sess.id)
+
+    def _invalidate(self, session_id: str) -> None:
+        """End a session: release or delete its keys, each with the session's lock-delay. Caller
+        holds the condition."""
+        sess = self._sessions.pop(session_id, None)
+        if sess is None:
+            return
+        now = time.monotonic()
+        for key, entry in list(self._kv.items()):
+            if entry.session != session_id:
+                continue
+            if sess.lock_delay_s > 0:
+                self._lock_delays[key] = now + sess.lock_delay_s
+            idx = self._bump()
+            self._kv_table_index = idx
+            if sess.behavior == "delete":
+                del self._kv[key]
+            else:
+                entry.session = None
+                entry.modify_index = idx
+        self._bump()
 
     def _reaper(self) -> None:
         while True:
@@ -330,6 +472,9 @@ class FakeConsulAgent:
                         and now - chk.critical_since >= max(chk.deregister_after_s, self.min_deregister_critical_s)
                     ):
                         self._remove_service(chk.service_id)
+                for sess in list(self._sessions.values()):
+                    if sess.deadline is not None and now >= sess.deadline:
+                        self._invalidate(sess.id)
                 self._cond.wait(self.reaper_interval_s)
 
     def _remove_service(self, service_id: str) -> None:
@@ -475,7 +620,183 @@ class FakeConsulAgent:
             return 200, {}, {"Config": {"NodeName": self.node, "Datacenter": "dc1"}, "Member": {"Name": self.node}}
         if method == "GET" and route[:2] == ["health", "service"] and len(route) == 3:
             return self.health_service(route[2], query, token)
-        raise ApiError(405 if route and route[0] in ("agent", "health") else 404, f"method {method} not allowed on {path}")
+        if route[:1] == ["session"]:
+            return self.session_api(method, route[1:], query, body, token)
+        if route[:1] == ["kv"] and len(route) > 1:
+            return self.kv_api(method, "/".join(route[1:]), query, body, token)
+        raise ApiError(405 if route and route[0] in ("agent", "health", "session", "kv") else 404,
+                       f"method {method} not allowed on {path}")
+
+    # -- sessions and KV ----------------------------------------------------------------------
+
+    def _block(self, query: dict[str, list[str]], current) -> None:
+        """A blocking read: wait while current() <= ?index, at most ?wait (default 5 min, cap 10).
+        Caller holds the condition."""
+        try:
+            min_index = int(query.get("index", ["0"])[0])
+            wait_s = parse_duration(query["wait"][0]) if "wait" in query else 300.0
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid wait or index: {exc}") from None
+        deadline = time.monotonic() + min(wait_s, 600.0)
+        if min_index <= 0:
+            return
+        while self._running and current() <= min_index:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def session_api(self, method: str, route: list[str], query: dict[str, list[str]], body: bytes, token: str | None):
+        if method == "PUT" and route == ["create"]:
+            d = _norm(self._json(body))
+            try:
+                ttl_s = parse_duration(str(d["ttl"])) if d.get("ttl") else None
+                raw_delay = d.get("lockdelay", "15s")
+                # Consul takes a duration string or nanoseconds (what the Go API sends).
+                delay_s = raw_delay / 1e9 if isinstance(raw_delay, (int, float)) else parse_duration(str(raw_delay))
+            except ValueError as exc:
+                raise ApiError(400, f"Request decode failed: {exc}") from None
+            if ttl_s is not None and ttl_s != 0 and not (self.min_session_ttl_s <= ttl_s <= 86400):
+                raise ApiError(400, f"Invalid Session TTL '{d['ttl']}', must be between [{self.min_session_ttl_s:g}s=24h0m0s]")
+            if delay_s > 60:
+                raise ApiError(400, f"Invalid LockDelay '{raw_delay}': at most 60s")
+            behavior = str(d.get("behavior") or "release")
+            if behavior not in ("release", "delete"):
+                raise ApiError(400, f"Invalid Behavior setting '{behavior}'")
+            if "checks" in d and d["checks"] is not None:
+                node_checks = [str(c) for c in d["checks"]]
+            else:
+                node_checks = [str(c) for c in d.get("nodechecks") or []] if "nodechecks" in d else ["serfHealth"]
+            service_checks = [str((c or {}).get("ID") or (c or {}).get("id") or "") for c in d.get("servicechecks") or []]
+            with self._cond:
+                self.authorize(token, True, "session:write")
+                for cid in node_checks + service_checks:
+                    status = self._node_status if cid == "serfHealth" else (self._checks[cid].status if cid in self._checks else None)
+                    if status is None:
+                        raise ApiError(500, f"Missing check '{cid}' registration")
+                    if status == "critical":
+                        raise ApiError(500, f"Check '{cid}' is in critical state")
+                idx = self._bump()
+                sess = Session(
+                    id=str(uuid.uuid4()), name=str(d.get("name") or ""), node=str(d.get("node") or self.node),
+                    lock_delay_s=delay_s, behavior=behavior, ttl_s=ttl_s or None, ttl_text=str(d.get("ttl") or ""),
+                    multiplier=self.session_ttl_multiplier, node_checks=node_checks, service_checks=service_checks,
+                    create_index=idx, modify_index=idx,
+                )
+                sess.renewed()
+                self._sessions[sess.id] = sess
+            return 200, {}, {"ID": sess.id}
+        if method == "PUT" and route[:1] == ["renew"] and len(route) == 2:
+            with self._cond:
+                self.authorize(token, True, "session:write")
+                sess = self._sessions.get(route[1])
+                if sess is None:
+                    raise ApiError(404, f"Session id '{route[1]}' not found")
+                sess.renewed()
+                return 200, {}, [sess.json()]
+        if method == "PUT" and route[:1] == ["destroy"] and len(route) == 2:
+            with self._cond:
+                self.authorize(token, True, "session:write")
+                self._invalidate(route[1])
+            return 200, {}, True
+        if method == "GET" and route[:1] == ["info"] and len(route) == 2:
+            allowed = self.authorize(token, False, "session:read")
+            with self._cond:
+                self._block(query, lambda: self._index)
+                sess = self._sessions.get(route[1]) if allowed else None
+                return 200, self._read_headers(self._index), ([sess.json()] if sess else [])  # [] as Consul, not null
+        if method == "GET" and route == ["list"]:
+            allowed = self.authorize(token, False, "session:read")
+            with self._cond:
+                self._block(query, lambda: self._index)
+                found = [x.json() for x in self._sessions.values()] if allowed else []
+                return 200, self._read_headers(self._index), found
+        raise ApiError(405, f"method {method} not allowed on /v1/session/{'/'.join(route)}")
+
+    @staticmethod
+    def _read_headers(index: int) -> dict[str, str]:
+        return {"X-Consul-Index": str(max(1, index)), "X-Consul-Knownleader": "true", "X-Consul-Lastcontact": "0"}
+
+    def _kv_index(self, key: str) -> int:
+        entry = self._kv.get(key)
+        return entry.modify_index if entry is not None else self._kv_table_index
+
+    def kv_api(self, method: str, key: str, query: dict[str, list[str]], body: bytes, token: str | None):
+        if method == "GET":
+            allowed = self.authorize(token, False, f"key:read' on \"{key}")
+            with self._cond:
+                self._block(query, lambda: self._kv_index(key))
+                entry = self._kv.get(key) if allowed else None
+                headers = self._read_headers(self._kv_index(key))
+                if entry is None:
+                    return 404, headers, None
+                return 200, headers, [entry.json()]
+        if method == "DELETE":
+            with self._cond:
+                self.authorize(token, True, f"key:write' on \"{key}")
+                entry = self._kv.get(key)
+                if "cas" in query:
+                    cas = int(query["cas"][0])
+                    if entry is None or entry.modify_index != cas:
+                        return 200, {}, False
+                if entry is not None:
+                    del self._kv[key]
+                    self._kv_table_index = self._bump()
+            return 200, {}, True
+        if method != "PUT":
+            raise ApiError(405, f"method {method} not allowed on /v1/kv/{key}")
+        with self._cond:
+            self.authorize(token, True, f"key:write' on \"{key}")
+            entry = self._kv.get(key)
+            try:
+                flags = int(query["flags"][0]) if "flags" in query else None
+                cas = int(query["cas"][0]) if "cas" in query else None
+            except ValueError as exc:
+                raise ApiError(400, f"Invalid flags or cas: {exc}") from None
+            if cas is not None:
+                if (cas == 0 and entry is not None) or (cas > 0 and (entry is None or entry.modify_index != cas)):
+                    return 200, {}, False
+            if "acquire" in query:
+                sid = query["acquire"][0]
+                if sid not in self._sessions:
+                    raise ApiError(500, f'invalid session "{sid}"')
+                if entry is not None and entry.session is not None and entry.session != sid:
+                    return 200, {}, False
+                if self._lock_delays.get(key, 0.0) > time.monotonic() and (entry is None or entry.session != sid):
+                    return 200, {}, False
+                idx = self._bump()
+                if entry is None:
+                    entry = self._kv[key] = KVEntry(key=key, value=body, flags=flags or 0, session=sid,
+                                                    lock_index=1, create_index=idx, modify_index=idx)
+                else:
+                    if entry.session != sid:
+                        entry.lock_index += 1
+                    entry.session = sid
+                    entry.value = body
+                    entry.flags = entry.flags if flags is None else flags
+                    entry.modify_index = idx
+                self._kv_table_index = idx
+                return 200, {}, True
+            if "release" in query:
+                sid = query["release"][0]
+                if entry is None or entry.session != sid:
+                    return 200, {}, False
+                idx = self._bump()
+                entry.session = None
+                entry.value = body if body else entry.value
+                entry.modify_index = idx
+                self._kv_table_index = idx
+                return 200, {}, True
+            idx = self._bump()
+            if entry is None:
+                self._kv[key] = KVEntry(key=key, value=body, flags=flags or 0, session=None,
+                                        lock_index=0, create_index=idx, modify_index=idx)
+            else:  # a plain write to a locked key is allowed: Consul's locks are advisory
+                entry.value = body
+                entry.flags = entry.flags if flags is None else flags
+                entry.modify_index = idx
+            self._kv_table_index = idx
+            return 200, {}, True
 
     @staticmethod
     def _json(body: bytes) -> dict:
@@ -697,3 +1018,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
