@@ -11,6 +11,8 @@ import pytest
 import zmq
 
 from mesh import Client, PayloadTooLarge, RequestTimeout, TaskFailed, make_task, wire
+from mesh import sockets
+from mesh.trust import Role, Trust
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -142,19 +144,27 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(cluster) -> None:  # n
 
     async def scenario() -> None:
         ctx = zmq.asyncio.Context()
+        # Peers with keys of the right roles (the session's store): a stranger gets nothing in
+        # at all (tests/integration/test_trust_helper.py); these must not break anything either.
+        trust = Trust.default()
+        node_key = Trust.local(trust.store.root, identity="ai-node-ai-1").public_key(
+            Role.AI_NODE)
         try:
             # Malformed frames on every socket: intake, ack channel, an AI node's task socket.
             dealer = ctx.socket(zmq.DEALER)
-            dealer.connect(cluster.intake)
+            sockets.connect(dealer, cluster.intake, trust.client(Role.CLIENT, Role.HELPER))
             await dealer.send(b"\xff\x00 this is not protobuf")
             assert await dealer.poll(5000), "the Helper must answer a malformed request"
             reply = wire.decode_client_reply(await dealer.recv())
             assert reply.code == wire.MALFORMED_REQUEST and "malformed" in reply.message
             push = ctx.socket(zmq.PUSH)
-            push.connect(cluster.helper.ready["acks"])
+            sockets.connect(push, cluster.helper.ready["acks"],
+                            Trust.local(trust.store.root, identity="ai-node-ai-1").client(
+                                Role.AI_NODE, Role.HELPER))
             await push.send(b"\x08\x96\x01garbage")
             push_ai = ctx.socket(zmq.PUSH)
-            push_ai.connect(ai.ready["tasks"])
+            sockets.connect(push_ai, ai.ready["tasks"],
+                            trust.client(Role.HELPER, Role.AI_NODE, node_key))
             await push_ai.send(b"\x00garbage\xff")
             # Well-formed protobuf, but the task in it is empty (no id, no kind).
             await push_ai.send(wire.encode_dispatch_batch_raw(
