@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from mesh import Client, WireError, make_task, wire
+from mesh import Client, WireError, make_task, sockets, wire
 from mesh.helper import Helper
 from mesh.journal import Journal
 from mesh.settings import HelperSettings
+from mesh.trust import Role, Trust
 from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,7 +71,7 @@ def _raw_dealer(endpoint: str) -> tuple[zmq.Context, zmq.Socket]:
     sock.setsockopt(zmq.RCVHWM, 1)
     sock.setsockopt(zmq.RCVBUF, 4096)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sockets.connect(sock, endpoint, Trust.default().client(Role.CLIENT, Role.HELPER))
     return ctx, sock
 
 

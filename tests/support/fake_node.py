@@ -81,3 +81,14 @@ class FakeNode:
             self.pull.close(linger=0)
         self.trust.release(self.ctx)
         self.ctx.term()
+
+
+def node_links(ctx: zmq.asyncio.Context, name: str) -> tuple:
+    """Links for a hand-made AI node `name` with a key of its own in the session's store:
+    (trust, server link for its task PULL, client link for its ack PUSH to the Helper).
+    Call `trust.release(ctx)` before `ctx.term()`."""
+    from mesh.trust import default_key_dir
+
+    trust = Trust.local(default_key_dir(), identity=f"ai-node-{name}")
+    return (trust, trust.server(ctx, Role.AI_NODE, Domain.TASKS),
+            trust.client(Role.AI_NODE, Role.HELPER))
