@@ -43,6 +43,7 @@ class FakeNode:
         sockets.connect(self.push, ack_endpoint,
                         ClientLink(self.keypair, helper_key.encode()))
         self.handshakes: list[int] = []
+        self.unsent = 0  # heartbeats that could not even be queued (no pipe: refused)
         self.received: list = []  # Dispatch messages read
 
     @property
@@ -58,7 +59,12 @@ class FakeNode:
             task_endpoint=task_endpoint or self.task_endpoint, concurrency=max(credit, 1),
             credit=credit, kinds=list(kinds), beat=self.beat, held_task_ids=list(held),
             max_message_bytes=64 * 2**20, sent_ns=time.time_ns())
-        await self.push.send(wire.encode_ack_batch(hb, list(acks)))
+        try:
+            # Never blocks: once the Helper refused the handshake there is no pipe left, and
+            # a blocking send would wait forever. What cannot be queued is counted.
+            await self.push.send(wire.encode_ack_batch(hb, list(acks)), zmq.NOBLOCK)
+        except zmq.Again:
+            self.unsent += 1
 
     async def read_monitor(self) -> list[int]:
         while await self.monitor.poll(0):
