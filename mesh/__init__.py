@@ -9,6 +9,7 @@ from mesh.client import Client, SyncClient
 from mesh.errors import (
     ConfigError, FatalError, HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound,
     PayloadTooLarge, PermissionDenied, QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
+    TooManyPending,
     UnknownTaskKind, WireError,
 )
 from mesh.settings import AINodeSettings, HelperSettings
@@ -22,7 +23,7 @@ __all__ = [
     # errors
     "MeshError", "ConfigError", "TaskRejected", "InvalidTask", "PayloadTooLarge", "QueueFull",
     "ShuttingDown", "JournalError", "UnknownTaskKind", "NotFound", "RequestTimeout",
-    "TaskFailed", "WireError", "PermissionDenied", "HelperRefusedKey",
+    "TaskFailed", "WireError", "PermissionDenied", "HelperRefusedKey", "TooManyPending",
     # raised by handlers
     "RetryLater", "FatalError",
 ]

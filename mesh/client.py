@@ -4,6 +4,16 @@
         task_id = await client.submit("vision", b"...")
         result = await client.result(task_id, timeout=30)
 
+Submitting fast: `submit_nowait` returns a future at once (resolved with the task id once the
+task is on the Helper's disk, or with the refusal); every task submitted in one turn of the
+event loop goes to the Helper in one request, and at most `max_pending` answers are awaited at
+a time (`submit_async` waits for room, `submit_nowait` raises `TooManyPending`). `submit`
+takes the same path, so many coroutines submitting one task each share requests too.
+
+    futures = [await client.submit_async("vision", p) for p in payloads]
+    await client.flush()                      # every future above is resolved
+    ids = [f.result() for f in futures]       # or the refusal of that one task
+
 Guarantees: `submit` returns only when the Helper has the task on disk. If it raises
 `RequestTimeout` the outcome is unknown; submitting again with the same `task_id` is safe (the
 Helper answers a known id as a duplicate and stores nothing new).
@@ -19,6 +29,7 @@ instead of waiting for a timeout. A request the role may not make raises `Permis
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -29,7 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import sockets, wire
 from mesh.errors import (
-    HelperRefusedKey, MeshError, NotFound, RequestTimeout, TaskFailed, WireError,
+    HelperRefusedKey, MeshError, NotFound, RequestTimeout, TaskFailed, TooManyPending, WireError,
     error_from_code,
 )
 from mesh.task import make_task
@@ -39,6 +50,12 @@ log = logging.getLogger("mesh.client")
 
 #: task ids per status request; the Helper's bound (max_status_ids) is at least this by default
 STATUS_IDS_PER_REQUEST = 1000
+#: submits awaiting their answer, per Client, by default (nats-py's publish_async_max_pending)
+MAX_PENDING = 1000
+#: bounds of one coalesced submit request: tasks, and encoded bytes (the Helper takes requests
+#: of up to 64 payload limits; a task larger than this goes alone)
+BATCH_MAX_TASKS = 1000
+BATCH_MAX_BYTES = 1 * 2**20
 
 
 def _wait_request(task_id: str, timeout: float):  # noqa: ANN202 - wire.ClientRequest
@@ -137,7 +154,12 @@ class Client:
 
     def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
                  timeout_s: float = 30.0, trust: Trust | None = None, role: Role | None = None,
-                 server_key: str | bytes | None = None) -> None:
+                 server_key: str | bytes | None = None, max_pending: int = MAX_PENDING,
+                 batch_max_tasks: int = BATCH_MAX_TASKS,
+                 batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
+        if max_pending < 1 or batch_max_tasks < 1 or batch_max_bytes < 1:
+            raise ValueError("max_pending, batch_max_tasks and batch_max_bytes must be >= 1, got "
+                             f"{max_pending}, {batch_max_tasks}, {batch_max_bytes}")
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
         self.trust = trust
@@ -150,6 +172,16 @@ class Client:
         self._waiting: dict[int, tuple[asyncio.Future, _Channel]] = {}
         self._closed = False
         self._started = False
+        # The pipelining path (submit_nowait): the open batch, filled during one loop turn and
+        # sent by a callback at the end of it; the batches sent and not answered yet, each
+        # with a future resolved once all its tasks' futures are; the submits not answered.
+        self.max_pending = max_pending
+        self.batch_max_tasks = batch_max_tasks
+        self.batch_max_bytes = batch_max_bytes
+        self.pending = 0
+        self._batch: _Batch | None = None
+        self._batches: set[asyncio.Future] = set()
+        self._room: collections.deque[asyncio.Future] = collections.deque()
 
     @property
     def refused(self) -> HelperRefusedKey | None:
@@ -157,6 +189,9 @@ class Client:
         return next((c.refused for c in self._channels.values() if c.refused), None)
 
     async def start(self) -> None:
+        self._start_now()
+
+    def _start_now(self) -> None:
         if self.trust is None:
             self.trust = Trust.default()
         if self._ctx is None:
@@ -175,10 +210,17 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._batch is not None:
+            batch, self._batch = self._batch, None
+            self._settle(batch, None, MeshError("client closed before the submit was sent"))
         for fut, _ in self._waiting.values():
             if not fut.done():
                 fut.set_exception(MeshError("client closed"))
         self._waiting.clear()
+        for waiter in self._room:
+            if not waiter.done():
+                waiter.set_exception(MeshError("client closed"))
+        self._room.clear()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -196,8 +238,59 @@ class Client:
 
     async def submit(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
                      **options) -> str:  # noqa: ANN003
-        """Submit one task; returns its id once durable. Options: see `mesh.helper.make_task`."""
-        return (await self.submit_many([make_task(kind, payload, **options)], wait_s=wait_s))[0]
+        """Submit one task; returns its id once durable. Options: see `mesh.task.make_task`.
+        Shares a request with the other submits of the same loop turn (see submit_nowait)."""
+        return await (await self.submit_async(kind, payload, wait_s=wait_s, **options))
+
+    def submit_nowait(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
+                      **options) -> asyncio.Future:  # noqa: ANN003
+        """Queue one task for the request that leaves at the end of this loop turn; returns a
+        future resolved with the task id once the task is on the Helper's disk, or with the
+        error for this task alone (QueueFull, InvalidTask, ...; RequestTimeout: outcome unknown,
+        submit again with the same `task_id`). Raises TooManyPending, sending nothing, while
+        `max_pending` submits await their answer. Call it from the loop's thread."""
+        return self.submit_task_nowait(make_task(kind, payload, **options), wait_s=wait_s)
+
+    async def submit_async(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
+                           **options) -> asyncio.Future:  # noqa: ANN003
+        """As submit_nowait, but waits for room in the pending window instead of raising."""
+        while self.pending >= self.max_pending:
+            await self._wait_room()
+        return self.submit_task_nowait(make_task(kind, payload, **options), wait_s=wait_s)
+
+    def submit_task_nowait(self, task, *, wait_s: float = 0.0) -> asyncio.Future:  # noqa: ANN001
+        """As submit_nowait, for a wire Task built with `mesh.make_task`."""
+        if self.pending >= self.max_pending:
+            raise TooManyPending(f"{self.pending} submits await their answer (max_pending "
+                                 f"{self.max_pending}); await submit_async() or flush() first")
+        if not self._started:
+            self._start_now()
+        if self._closed:
+            raise MeshError("client closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        size = task.ByteSize()
+        wait_ms = int(wait_s * 1000)
+        batch = self._batch
+        if batch is not None and (batch.wait_ms != wait_ms or len(batch.tasks) >= self.batch_max_tasks
+                                  or batch.size_bytes + size > self.batch_max_bytes):
+            self._send_batch()
+            batch = None
+        if batch is None:
+            batch = self._batch = _Batch(wait_ms)
+            loop.call_soon(self._send_batch, batch)
+        batch.tasks.append(task)
+        batch.futures.append(fut)
+        batch.size_bytes += size
+        self.pending += 1
+        return fut
+
+    async def flush(self) -> None:
+        """Return once every submit made before this call is answered (its future resolved)."""
+        if self._batch is not None:
+            self._send_batch()
+        if self._batches:
+            await asyncio.wait(list(self._batches))
 
     async def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
         """Submit wire Tasks (from `mesh.make_task`) in one request; raises the first rejection."""
@@ -275,9 +368,86 @@ class Client:
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+    async def _wait_room(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._room.append(waiter)
+        await waiter
+
+    def _send_batch(self, batch: _Batch | None = None) -> None:
+        """Send the open batch as one submit request (a call_soon callback names the batch it
+        was scheduled for: one sent early, because it was full, is not sent again)."""
+        if batch is None:
+            batch = self._batch
+        if batch is None or batch is not self._batch:
+            return
+        self._batch = None
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.submit.tasks.extend(batch.tasks)
+        request.submit.wait_ms = batch.wait_ms
+        try:
+            rid, reply = self._send(request)
+        except MeshError as exc:
+            self._settle(batch, None, exc)
+            return
+        loop = asyncio.get_running_loop()
+        timeout_s = self.timeout_s + batch.wait_ms / 1000
+        timer = loop.call_later(timeout_s, self._expire, rid, reply, timeout_s)
+        batch.done = loop.create_future()
+        self._batches.add(batch.done)
+        reply.add_done_callback(lambda _: self._answered(rid, batch, reply, timer))
+
+    def _expire(self, rid: int, reply: asyncio.Future, timeout_s: float) -> None:
+        self._waiting.pop(rid, None)
+        if not reply.done():
+            reply.set_exception(RequestTimeout(
+                f"no reply from the Helper at {self.endpoint} within {timeout_s}s; the outcome "
+                "is unknown: submit again with the same task_id"))
+
+    def _answered(self, rid: int, batch: _Batch, reply: asyncio.Future,
+                  timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        self._waiting.pop(rid, None)
+        if reply.cancelled():
+            self._settle(batch, None, MeshError("client closed"))
+        elif reply.exception() is not None:
+            self._settle(batch, None, reply.exception())
+        else:
+            answer = reply.result()
+            if answer.code not in (wire.OK, 0):
+                self._settle(batch, None, error_from_code(answer.code, answer.message))
+            else:
+                self._settle(batch, answer.submit.results, None)
+        self._batches.discard(batch.done)
+        if not batch.done.done():
+            batch.done.set_result(None)
+
+    def _settle(self, batch: _Batch, results, error: BaseException | None) -> None:  # noqa: ANN001
+        """Resolve each future of a batch with its own result, then let waiters in."""
+        ok = wire.OK
+        for i, fut in enumerate(batch.futures):
+            if fut.done():  # cancelled by its caller
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            elif i >= len(results):
+                fut.set_exception(MeshError(
+                    f"the Helper answered {len(results)} of {len(batch.tasks)} submits; the "
+                    "outcome of the others is unknown: submit them again with the same task_id"))
+            elif results[i].code == ok:
+                fut.set_result(results[i].task_id)
+            else:
+                fut.set_exception(error_from_code(results[i].code, results[i].message))
+        self.pending -= len(batch.futures)
+        room = self._room
+        while room and self.pending < self.max_pending:
+            waiter = room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _send(self, request) -> tuple[int, asyncio.Future]:  # noqa: ANN001
+        """Send a request; returns its id and the future of its reply (not timed)."""
         if not self._started:
-            await self.start()
+            self._start_now()
         if self._closed:
             raise MeshError("client closed")
         role = self.role or (Role.OPERATOR if request.WhichOneof("body") in _OPERATOR_REQUESTS
@@ -297,6 +467,10 @@ class Client:
                                  "(send queue full)") from None
         finally:
             channel.reader.wake()  # a send can take the edge of a reply that just arrived
+        return rid, fut
+
+    async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+        rid, fut = self._send(request)
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
@@ -335,6 +509,39 @@ class Client:
             waiting[0].set_result(reply)
 
 
+class _Batch:
+    """Submits of one loop turn, sent as one request."""
+
+    __slots__ = ("wait_ms", "tasks", "futures", "size_bytes", "done")
+
+    def __init__(self, wait_ms: int) -> None:
+        self.wait_ms = wait_ms
+        self.tasks: list = []
+        self.futures: list[asyncio.Future] = []
+        self.size_bytes = 0
+        self.done: asyncio.Future | None = None
+
+
+class _SyncChannel:
+    """One blocking DEALER to the Helper acting as one role, with its handshake monitor."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, role: Role,
+                 link: ClientLink | None) -> None:
+        self.role = role
+        self.link = link
+        self.sock = sockets.client_dealer(ctx, endpoint, link=link)
+        self.monitor = self.sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.refused: HelperRefusedKey | None = None
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
 class SyncClient:
     """The same API as `Client`, blocking, for code without an event loop (a web handler, a
     script). One per thread: a ZeroMQ socket must not be shared between threads.
@@ -342,31 +549,39 @@ class SyncClient:
         with SyncClient("tcp://127.0.0.1:7001") as client:
             task_id = client.submit("vision", b"...")
             result = client.result(task_id, timeout=30)
+
+    Fast: `submit_results(tasks)` sends many tasks in one request and returns each task's own
+    answer (a refusal of one does not hide the others' acceptance).
+
+    `role`: the key submits, statuses and results go with (default client); `stats` and
+    `dead_letters` go with the operator key, on a second link made on first use, unless
+    `role` is given as Role.OPERATOR (then everything goes on that one).
     """
 
     def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0,
                  trust: Trust | None = None, role: Role = Role.CLIENT,
                  server_key: str | bytes | None = None) -> None:
-        # One link, one role: SyncClient has no dead-letter or stats calls.
         self.endpoint = intake_endpoint
         self.timeout_s = timeout_s
         self.role = role
-        self.trust, self._link = _client_link(trust, role, server_key)
+        self.server_key = server_key
+        self.trust, link = _client_link(trust, role, server_key)
         self._ctx = sockets.new_sync_context()
-        self._sock = sockets.client_dealer(self._ctx, intake_endpoint, link=self._link)
-        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self.refused: HelperRefusedKey | None = None
+        self._channels = {role: _SyncChannel(self._ctx, intake_endpoint, role, link)}
         self._ids = itertools.count(1)
+        self._closed = False
+
+    @property
+    def refused(self) -> HelperRefusedKey | None:
+        """The refusal of the first link the Helper refused (None if none was)."""
+        return next((c.refused for c in self._channels.values() if c.refused), None)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._sock.close(linger=0)
-            self._sock = None
+        if not self._closed:
+            self._closed = True
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
             self._ctx.term()
 
     def __enter__(self) -> SyncClient:
@@ -380,14 +595,21 @@ class SyncClient:
         return self.submit_many([make_task(kind, payload, **options)], wait_s=wait_s)[0]
 
     def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
+        """Submit wire Tasks in one request; raises the first rejection (submit_results does
+        not)."""
+        results = self.submit_results(tasks, wait_s=wait_s)
+        for result in results:
+            if result.code != wire.OK:
+                raise error_from_code(result.code, result.message)
+        return [r.task_id for r in results]
+
+    def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
+        """Submit wire Tasks in one request; returns each task's SubmitResult (task_id, code,
+        message, duplicate), in order."""
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
-        reply = self._call(request, self.timeout_s + wait_s)
-        for result in reply.submit.results:
-            if result.code != wire.OK:
-                raise error_from_code(result.code, result.message)
-        return [r.task_id for r in reply.submit.results]
+        return list(self._call(request, self.timeout_s + wait_s).submit.results)
 
     def status(self, task_id: str):  # noqa: ANN201
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
@@ -404,29 +626,47 @@ class SyncClient:
     def result(self, task_id: str, timeout: float = 60.0) -> bytes:
         return _result_of(self.wait(task_id, timeout), task_id)
 
+    def stats(self) -> dict[str, float]:
+        """The Helper's counters (operator role)."""
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.stats.SetInParent()
+        return dict(self._call(request, self.timeout_s).stats.values)
+
+    def _channel(self, request) -> _SyncChannel:  # noqa: ANN001
+        role = self.role
+        if role is Role.CLIENT and request.WhichOneof("body") in _OPERATOR_REQUESTS:
+            role = Role.OPERATOR
+        channel = self._channels.get(role)
+        if channel is None:
+            link = self.trust.client(role, Role.HELPER, self.server_key or None)
+            channel = self._channels[role] = _SyncChannel(self._ctx, self.endpoint, role, link)
+        return channel
+
     def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
-        if self._sock is None:
+        if self._closed:
             raise MeshError("client closed")
-        self._read_monitor()
-        if self.refused is not None:
-            raise self.refused
+        channel = self._channel(request)
+        sock, monitor = channel.sock, channel.monitor
+        self._read_monitor(channel)
+        if channel.refused is not None:
+            raise channel.refused
         rid = next(self._ids)
         request.request_id = rid
-        self._sock.send(wire.encode(request))
+        sock.send(wire.encode(request))
         deadline = time.monotonic() + timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            ready = dict(self._poller.poll(remaining_ms)) if remaining_ms > 0 else {}
-            if self._monitor in ready:
-                self._read_monitor()
-                if self.refused is not None:
-                    raise self.refused
-            if self._sock not in ready:
+            ready = dict(channel.poller.poll(remaining_ms)) if remaining_ms > 0 else {}
+            if monitor in ready:
+                self._read_monitor(channel)
+                if channel.refused is not None:
+                    raise channel.refused
+            if sock not in ready:
                 if not ready:
                     raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
                                          f"{timeout_s}s")
                 continue
-            frame = self._sock.recv()
+            frame = sock.recv()
             if not frame:
                 continue  # the Helper's probe: is this client still there?
             try:
@@ -440,10 +680,10 @@ class SyncClient:
                 raise error_from_code(reply.code, reply.message)
             return reply
 
-    def _read_monitor(self) -> None:
-        while self._monitor.poll(0):
-            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+    def _read_monitor(self, channel: _SyncChannel) -> None:
+        while channel.monitor.poll(0):
+            event = parse_monitor_message(channel.monitor.recv_multipart())["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.refused = None
+                channel.refused = None
             elif event & _HANDSHAKE_FAILED:
-                self.refused = _refusal(event, self.endpoint, self.role, self._link)
+                channel.refused = _refusal(event, self.endpoint, channel.role, channel.link)

@@ -134,6 +134,11 @@ class RequestTimeout(MeshError):
     with the same task id (it is idempotent)."""
 
 
+class TooManyPending(MeshError):
+    """`Client.submit_nowait` with `max_pending` submits already waiting for their answers.
+    Nothing was sent: await `Client.submit_async` (it waits for room) or `Client.flush()`."""
+
+
 class TaskFailed(MeshError):
     """`Client.result()` of a task that ended DEAD."""
 
