@@ -41,11 +41,14 @@ sys.path.insert(0, str(BENCH))
 from peers import base  # noqa: E402
 
 # Rows: name -> (factory "module:function" under bench/peers, keyword arguments). A variant of
-# a system is one more entry, e.g. "mesh-insecure": ("peers.mesh_row:make", {"name": "mesh-insecure",
-# "helper_args": ["--insecure"]}). Rows whose name starts with "mesh" get a relative table.
+# a system is one more entry, e.g. "mesh-fsync-always": ("peers.mesh:make", {"insecure": True,
+# "helper_args": ["--fsync", "always"]}). Rows whose name starts with "mesh" get a
+# relative table. The peers run without TLS, so the mesh rows compared with them run plain
+# (--insecure); `mesh-curve` is the mesh as installed (CURVE on every link) beside them.
 ROWS: dict[str, tuple[str, dict]] = {
-    "mesh": ("peers.mesh_row:make", {}),
-    "mesh-early": ("peers.mesh_row:make", {"early": True}),
+    "mesh": ("peers.mesh:make", {"insecure": True}),
+    "mesh-early": ("peers.mesh:make", {"insecure": True, "early": True}),
+    "mesh-curve": ("peers.mesh:make", {}),
     "rabbitmq": ("peers.rabbitmq:make", {}),
     "nats": ("peers.nats_js:make", {}),
     "nats-fsync": ("peers.nats_js:make_fsync", {}),

@@ -89,17 +89,18 @@ def run_helper(out: str, argv: list[str]) -> int:
     return main(argv)
 
 
-def run_ai(out: str, acks: str) -> None:
+def run_ai(out: str, acks: str, insecure: bool = False) -> None:
     import mesh.ai_node as ai_module
     from mesh import App, wire
     from mesh.settings import AINodeSettings
+    from mesh.trust import Trust
 
     stamps: dict = {"has_task": {}, "handler": {}}
     on_frame = ai_module.AINode._on_frame
 
-    def _on_frame(self, frame):  # noqa: ANN001, ANN202
+    def _on_frame(self, frame, *rest):  # noqa: ANN001, ANN002, ANN202 - rest: the sender's key
         t = now()
-        on_frame(self, frame)
+        on_frame(self, frame, *rest)
         for dispatch in wire.decode_dispatch_batch(frame).dispatches:
             stamps["has_task"].setdefault(dispatch.task.task_id, t)
 
@@ -113,7 +114,10 @@ def run_ai(out: str, acks: str) -> None:
         return b""
 
     async def main() -> None:
-        node = ai_module.AINode(AINodeSettings(node_id="probe-ai"), app, helpers=[acks])
+        # Trust: plain with --insecure, else the local store with a key of the node's own
+        trust = Trust.plain() if insecure else None
+        node = ai_module.AINode(AINodeSettings(node_id="probe-ai"), app, helpers=[acks],
+                                trust=trust)
         await node.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(15, stop.set)
@@ -129,8 +133,11 @@ def _median_us(a: dict, b: dict, ids: list[str]) -> float:
     return statistics.median(deltas) / 1000 if deltas else float("nan")
 
 
-def drive(tasks: int, early: bool) -> None:
+def drive(tasks: int, early: bool, insecure: bool = False) -> None:
     from mesh import Client, SyncClient, make_task
+    from mesh.trust import Trust
+
+    trust = Trust.plain() if insecure else Trust.default()  # the Helper's: --insecure or the local store
 
     work = Path(tempfile.mkdtemp(prefix="mesh-probe-"))
     env = dict(os.environ, MESH_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
@@ -142,7 +149,8 @@ def drive(tasks: int, early: bool) -> None:
             procs.append(subprocess.Popen(
                 me + ["--role", "helper", "--out", str(work / "helper.json"), "--", "helper",
                       "--data-dir", str(work / "h"), "--discovery", f"embedded://{work / 'reg'}",
-                      "--metrics-port", "0"] + (["--dispatch-before-sync"] if early else []),
+                      "--metrics-port", "0"] + (["--dispatch-before-sync"] if early else [])
+                + (["--insecure"] if insecure else []),
                 stdout=log, stderr=subprocess.STDOUT, env=env))
         ready = None
         deadline = time.monotonic() + 30
@@ -153,15 +161,16 @@ def drive(tasks: int, early: bool) -> None:
                 if line.startswith("READY "):
                     ready = json.loads(line[6:])
         procs.append(subprocess.Popen(
-            me + ["--role", "ai", "--out", str(work / "ai.json"), "--acks", ready["acks"]], env=env))
+            me + ["--role", "ai", "--out", str(work / "ai.json"), "--acks", ready["acks"]]
+            + (["--insecure"] if insecure else []), env=env))
 
         async def node_up() -> None:
-            async with Client(ready["intake"]) as client:
+            async with Client(ready["intake"], trust=trust) as client:
                 while (await client.stats())["nodes"] < 1:
                     await asyncio.sleep(0.05)
         asyncio.run(asyncio.wait_for(node_up(), 30))
 
-        client = SyncClient(ready["intake"])
+        client = SyncClient(ready["intake"], trust=trust)
         sent, accepted, ids = {}, {}, []
         for i in range(WARMUP + tasks):
             task = make_task("probe", b"x" * 200)
@@ -191,7 +200,8 @@ def drive(tasks: int, early: bool) -> None:
         ("answer sent -> client has it", helper["answered"], accepted),
         ("= client send -> accepted", sent, accepted),
     ]
-    mode = "dispatch during sync" if early else "dispatch after sync"
+    mode = ("dispatch during sync" if early else "dispatch after sync") + (
+        ", plain links" if insecure else ", CURVE links")
     print(f"latency probe: {tasks} tasks one at a time, {mode}, medians in us")
     for name, a, b in legs:
         print(f"  {name:40s} {_median_us(a, b, ids):8.1f}")
@@ -206,6 +216,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--early", action="store_true", help="--dispatch-before-sync")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain links everywhere (as the compared peers), not CURVE")
     parser.add_argument("--role", choices=("helper", "ai"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--acks", help=argparse.SUPPRESS)
@@ -213,9 +225,9 @@ def main() -> None:
     if args.role == "helper":
         sys.exit(run_helper(args.out, [a for a in rest if a != "--"]))
     if args.role == "ai":
-        run_ai(args.out, args.acks)
+        run_ai(args.out, args.acks, args.insecure)
         return
-    drive(args.tasks, args.early)
+    drive(args.tasks, args.early, args.insecure)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@
 - Each consumer process runs an AI node (the library's AINode, as `mesh ai` does) whose one
   handler reports the task to the harness the moment it starts: "submit to consumer" is
   submit to handler start. The DONE ack goes back to the Helper after the handler returns.
-- The producer is a `mesh.SyncClient`: `publish_window` is one submit request carrying the
-  whole window, answered once the window is on the Helper's disk.
+- The producer is a `mesh.Client` on the harness's uvloop loop, used as README "Submitting
+  fast" says: one at a time `await client.submit(...)`; throughput and paced
+  `await client.submit_async(...)` (a future per task, at most 1,000 pending, the tasks of
+  one loop turn coalesced into one request), like nats-py's `publish_async`.
 
-`make_early()` is the same mesh with `dispatch_before_sync`: a task is sent to a node while its
-journal record is still being synced; the submitter still hears "accepted" only after the sync
-(see docs/decisions/004-dispatch-during-sync.md for what that means on a Helper crash).
+Trust: `insecure=True` runs every link plain (`--insecure` on the Helper, `Trust.plain()` in
+the client and the AI nodes), as the peers have no TLS; otherwise every link is CURVE with a
+key store private to the run (made in the work dir, handed to the Helper as $MESH_KEY_DIR).
+
+`early=True` is the same mesh with `--dispatch-before-sync`: a task is sent to a node while
+its journal record is still being synced; the submitter still hears "accepted" only after the
+sync (see docs/decisions/004-dispatch-during-sync.md for what that means on a Helper crash).
 """
 
 from __future__ import annotations
@@ -21,9 +27,22 @@ import sys
 import time
 from pathlib import Path
 
-from .base import BaseSystem, IN_FLIGHT_PER_CONSUMER, NotAvailable, Reporter, Server, wait_until
+from .base import (
+    IN_FLIGHT_PER_CONSUMER, PIPELINE_WINDOW, AsyncSystem, NotAvailable, Reporter, Server,
+    loop_name, wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _trust(key_dir: str | None, identity: str | None = None):  # noqa: ANN202
+    """Plain links (key_dir None), or the run's key store; `identity`: a key of this process's
+    own (each AI node needs one: the Helper binds a node id to its key, as `mesh ai` does)."""
+    from mesh.trust import Trust
+
+    if key_dir is None:
+        return Trust.plain()
+    return Trust.local(key_dir, identity=identity)
 
 
 def consume(index: int, args: dict, report_addr: str, stop_event) -> None:  # noqa: ANN001
@@ -43,7 +62,8 @@ def consume(index: int, args: dict, report_addr: str, stop_event) -> None:  # no
     async def run() -> None:
         node = AINode(AINodeSettings(node_id=f"bench-ai-{index}",
                                      concurrency=IN_FLIGHT_PER_CONSUMER), app,
-                      helpers=[args["acks"]])
+                      helpers=[args["acks"]],
+                      trust=_trust(args["key_dir"], f"ai-node-bench-ai-{index}"))
         await node.start()
         reporter.hello()
         loop = asyncio.get_running_loop()
@@ -58,34 +78,46 @@ def consume(index: int, args: dict, report_addr: str, stop_event) -> None:  # no
         reporter.close()
 
 
-class MeshSystem(BaseSystem):
+class MeshSystem(AsyncSystem):
     name = "mesh"
     consumer_target = staticmethod(consume)
 
-    def __init__(self, *, early: bool = False) -> None:
+    def __init__(self, *, early: bool = False, insecure: bool = False, name: str = "",
+                 helper_args: list[str] | None = None) -> None:
         super().__init__()
         self.early = early
-        if early:
-            self.name = "mesh-early"
+        self.insecure = insecure
+        self.name = name or ("mesh-early" if early else "mesh")
+        self.helper_args = list(helper_args or [])
         self.durability = "fsynced (group commit)"
         self.ready: dict = {}
-        self.client = None
-        if early:
-            self.notes.append("mesh-early dispatches a task while its journal record is being "
-                              "synced; the submitter is still answered after the sync")
+        self.key_dir: str | None = None
+        self.mesh_client = None
+        self.futures: list[asyncio.Future] = []
+
+    def helper_argv(self, workdir: Path) -> list[str]:
+        argv = [sys.executable, "-m", "nodes.cli", "helper", "--data-dir",
+                str(workdir / "helper"), "--discovery", f"embedded://{workdir / 'registry'}"]
+        if self.early:
+            argv.append("--dispatch-before-sync")
+        if self.insecure:
+            argv.append("--insecure")
+        return argv + self.helper_args
 
     def start_servers(self, workdir: Path) -> None:
         sys.path.insert(0, str(ROOT))
-        from mesh import __name__ as _  # noqa: F401 - importable, or not available
         import mesh.wire as wire
 
         self.server_version = f"mesh protocol {wire.PROTOCOL_VERSION}"
-        args = [sys.executable, "-m", "nodes.cli", "helper", "--data-dir",
-                str(workdir / "helper"), "--discovery", f"embedded://{workdir / 'registry'}"]
-        if self.early:
-            args.append("--dispatch-before-sync")
+        env = {"MESH_LOG_LEVEL": "WARNING"}
+        if not self.insecure:
+            from mesh.trust import KeyStore
+
+            self.key_dir = str(workdir / "keys")
+            KeyStore.ensure_local(self.key_dir)
+            env["MESH_KEY_DIR"] = self.key_dir
         log_path = workdir / "helper.log"
-        srv = Server(args, log_path, env={"MESH_LOG_LEVEL": "WARNING"}, cwd=ROOT)
+        srv = Server(self.helper_argv(workdir), log_path, env=env, cwd=ROOT)
         self.servers.append(srv)
 
         def ready() -> bool:
@@ -97,45 +129,53 @@ class MeshSystem(BaseSystem):
 
         wait_until(ready, 30, "mesh helper", server=srv)
 
-    def setup_producer(self) -> None:
-        from mesh import SyncClient
+    async def setup_async(self) -> None:
+        from mesh import Client
 
-        self.client = SyncClient(self.ready["intake"])
+        self.mesh_client = Client(self.ready["intake"], trust=_trust(self.key_dir),
+                                  max_pending=PIPELINE_WINDOW)
+        await self.mesh_client.start()
+        links = "plain links (--insecure)" if self.insecure else "CURVE links"
+        flags = " ".join((["--dispatch-before-sync"] if self.early else [])
+                         + (["--insecure"] if self.insecure else []) + self.helper_args)
+        self.client = (f"mesh Client: submit one at a time; submit_async, window {PIPELINE_WINDOW}"
+                       f", coalesced per loop turn; {links}; {loop_name(self.loop)}")
+        self.notes.append(f"{self.name}: {self.client}" + (f"; Helper flags {flags}" if flags else ""))
+        if self.early:
+            self.notes.append(f"{self.name} dispatches a task while its journal record is being "
+                              "synced; the submitter is still answered after the sync")
 
     def consumer_args(self) -> dict:
-        return {"acks": self.ready["acks"]}
+        return {"acks": self.ready["acks"], "key_dir": self.key_dir}
 
-    def start(self, workdir: Path) -> None:
-        super().start(workdir)
+    def consumers_ready(self) -> None:
         deadline = time.monotonic() + 30
-        while self._stats()["nodes"] < 3:  # every AI node has announced its credit
+        while self.run(self.mesh_client.stats(), 10.0)["nodes"] < 3:  # each node's credit is in
             if time.monotonic() > deadline:
                 raise NotAvailable("the Helper did not see the 3 AI nodes within 30 s")
             time.sleep(0.05)
 
-    def _stats(self) -> dict:
-        from mesh import Client
+    async def publish_wait(self, payload: bytes) -> None:
+        await self.mesh_client.submit("bench", payload)
 
-        async def ask() -> dict:
-            async with Client(self.ready["intake"]) as client:
-                return await client.stats()
+    async def publish_nowait(self, payload: bytes) -> None:
+        self.futures.append(await self.mesh_client.submit_async("bench", payload))
 
-        return asyncio.run(ask())
+    async def flush(self) -> None:
+        await self.mesh_client.flush()
+        futures, self.futures = self.futures, []
+        for fut in futures:
+            fut.result()  # raises if the Helper refused the task
 
-    def publish_window(self, payloads: list[bytes]) -> None:
-        from mesh import make_task
-
-        self.client.submit_many([make_task("bench", p) for p in payloads])
-
-    def close_producer(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+    async def close_async(self) -> None:
+        if self.mesh_client is not None:
+            await self.mesh_client.close()
+            self.mesh_client = None
 
 
-def make() -> MeshSystem:
-    return MeshSystem()
+def make(**kwargs) -> MeshSystem:  # noqa: ANN003
+    return MeshSystem(**kwargs)
 
 
-def make_early() -> MeshSystem:
-    return MeshSystem(early=True)
+def make_early(**kwargs) -> MeshSystem:  # noqa: ANN003
+    return MeshSystem(early=True, **kwargs)
