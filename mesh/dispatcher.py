@@ -33,6 +33,7 @@ from mesh import records, wire
 from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
+from mesh.retained import RetainedStore
 from mesh.policies.retry import RetryPolicy
 from mesh.settings import HelperSettings
 from mesh.trust import RateLimitedLog, TrustError, inert
@@ -213,6 +214,9 @@ class Dispatcher:
         on_event: Callable[[str, dict], None] | None = None,
         rng: random.Random | None = None,
         record_limit_bytes: int = 0,
+        retained: RetainedStore | None = None,
+        journal_segment: Callable[[], int] | None = None,
+        journal_keep_from: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.helper_incarnation = helper_incarnation
@@ -231,7 +235,16 @@ class Dispatcher:
                                     settings.priority_aging_every)
         self.retry_waiting: list[TaskEntry] = []  # not a heap: scanned on ticks (bounded)
         self.nodes: dict[str, NodeLink] = {}
-        self.finished: deque[str] = deque()
+        #: succeeded tasks kept for status and result queries, out of `tasks` and of the heap
+        #: (see mesh/retained.py); `find` looks in both
+        self.retained = retained if retained is not None else RetainedStore()
+        # A succeeded task's record is self-contained (a TASK record in state SUCCEEDED) and its
+        # key is released at once, so the journal tracks no key per retained result; instead
+        # it keeps every segment from the one holding the oldest retained result's record.
+        self._segment = journal_segment or (lambda: 0)
+        self._keep_from = journal_keep_from or (lambda seq: None)
+        self._floor: int | None = None
+        self._migrate: list[str] = []  # replayed from the older format: rewritten at the end
         self.unroutable_since: dict[str, float] = {}
         self.reconcile_until = 0.0
         self._expiry_sweep_at = 0.0
@@ -615,7 +628,7 @@ class Dispatcher:
         kind = ack.kind
         if entry is None or entry.terminal:
             node.inflight.pop(ack.task_id, None)
-            if kind == wire.DONE and entry is not None:
+            if kind == wire.DONE and (entry is not None or ack.task_id in self.retained):
                 self.stats["duplicate_done"] += 1
             self.metrics.late_acks.inc()
             return
@@ -681,11 +694,15 @@ class Dispatcher:
         large for a journal record makes the task DEAD (PAYLOAD_REJECTED) instead, with both
         sizes in its error; nothing of it raises out of the ack path."""
         finished_ns = time.time_ns()
+        key = entry.task_id.encode()
+        record = wire.encode_record(wire.TaskRecord(
+            task=wire.Task(task_id=entry.task_id, kind=entry.kind, priority=entry.priority,
+                           submitted_ns=entry.submitted_ns,
+                           idempotency_key=entry.idempotency_key),
+            state=wire.SUCCEEDED, attempts=entry.attempt, deliveries=entry.lost_deliveries,
+            result=result, error=entry.error, finished_ns=finished_ns, node_id=entry.node_id))
         try:
-            self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
-                wire.TransitionRecord(task_id=entry.task_id, state=wire.SUCCEEDED,
-                                      attempts=entry.attempt, result=result,
-                                      at_ns=finished_ns, node_id=entry.node_id)))
+            self._append(records.TASK, key, record)
         except ValueError as exc:  # the journal's record size check
             limit = (f"{self.record_limit_bytes} bytes" if self.record_limit_bytes
                      else "its limit")
@@ -706,6 +723,10 @@ class Dispatcher:
         entry.task = None
         entry.encoded = b""
         entry.finished_ns = finished_ns
+        if self.tasks.get(entry.task_id) is entry:
+            del self.tasks[entry.task_id]
+        self._release(key)
+        self._retain(entry.task_id, record, self._segment())
         self.stats["succeeded"] += 1
         self.metrics.outcomes.labels("succeeded").inc()
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
@@ -751,23 +772,45 @@ class Dispatcher:
             self.metrics.dead_letters_evicted.inc(evicted)
 
     def _finish(self, entry: TaskEntry) -> None:
-        if entry.state == wire.SUCCEEDED:
-            self.finished.append(entry.task_id)
-            self._evict()
         waiters = self._waiters.pop(entry.task_id, None)
         if waiters:
             for waiter in waiters:
                 waiter(entry)
 
+    def _retain(self, task_id: str, record: bytes, segment: int) -> None:
+        """A succeeded task's self-contained record (journaled in `segment`, its key released)
+        goes to the retained store; the oldest past retention are evicted."""
+        self.retained.put(task_id, record, segment)
+        if self._floor is None:
+            self._floor = segment
+            self._keep_from(segment)
+        self._evict()
+
     def _evict(self) -> None:
-        """Forget the oldest finished tasks past retention (dead ones stay for operators)."""
+        """Forget the oldest succeeded tasks past retention (dead ones stay for operators), and
+        let the journal drop segments older than the oldest retained result's record. No FORGET
+        record: an evicted result the journal still holds is evicted again after a restart."""
         limit = self.settings.max_retained_results
-        while len(self.finished) > limit:
-            task_id = self.finished.popleft()
-            entry = self.tasks.get(task_id)
-            if entry is not None and entry.state == wire.SUCCEEDED:
-                del self.tasks[task_id]
-                self._forget(task_id)
+        retained = self.retained
+        if len(retained) <= limit:
+            return
+        while len(retained) > limit:
+            if retained.pop_oldest() is None:
+                break
+        floor = retained.oldest_tag()
+        if floor != self._floor:
+            self._floor = floor
+            self._keep_from(floor)
+
+    def find(self, task_id: str) -> TaskEntry | None:
+        """The task, live or retained (a retained one is a snapshot read from the store:
+        changing it changes nothing)."""
+        entry = self.tasks.get(task_id)
+        if entry is not None:
+            return entry
+        record = self.retained.get(task_id)
+        return None if record is None else _entry_of_record(
+            wire.decode_task_record(record), 0, self.settings.max_attempts)
 
     def journal_record(self, record_type: int, task_id: str, message) -> None:  # noqa: ANN001
         self._append(record_type, task_id.encode(), wire.encode_record(message))
@@ -951,22 +994,20 @@ class Dispatcher:
         if record.type == records.TASK:
             rec = wire.decode_task_record(record.payload)
             self._seq += 1
-            entry = TaskEntry.of(rec.task, self._seq, self._kind_attempts(rec.task.kind))
-            entry.state = rec.state or wire.QUEUED
-            entry.attempt = rec.attempts or 1
-            entry.lost_deliveries = rec.deliveries
-            entry.result = rec.result
-            entry.error = rec.error
-            entry.dead_reason = rec.dead_reason
-            entry.finished_ns = rec.finished_ns
-            entry.node_id = rec.node_id
-            entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+            if rec.state == wire.SUCCEEDED:  # a retained result (self-contained): key released
+                self.tasks.pop(rec.task.task_id, None)
+                self.retained.put(rec.task.task_id, record.payload, self._segment())
+                self._release(record.key)
+                return
+            self.retained.remove(rec.task.task_id)
+            entry = _entry_of_record(rec, self._seq, self._kind_attempts(rec.task.kind))
             self.tasks[entry.task_id] = entry
         elif record.type == records.TRANSITION:
             rec = wire.decode_transition_record(record.payload)
             entry = self.tasks.get(rec.task_id)
             if entry is None:
-                self._release(record.key)  # its task was forgotten; compaction may drop it
+                if rec.task_id not in self.retained:
+                    self._release(record.key)  # its task was forgotten; compaction may drop it
                 return
             entry.state = rec.state
             entry.attempt = rec.attempts or entry.attempt
@@ -978,8 +1019,15 @@ class Dispatcher:
             entry.finished_ns = rec.at_ns if entry.terminal else 0
             entry.node_id = rec.node_id
             entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+            if entry.state == wire.SUCCEEDED:  # older format: out of the heap at once, and
+                self.tasks.pop(entry.task_id)  # rewritten self-contained by finish_replay
+                entry.task = None
+                self.retained.put(entry.task_id, wire.encode_record(entry.record()),
+                                  self._segment())
+                self._migrate.append(entry.task_id)
         elif record.type == records.FORGET:
             self.tasks.pop(record.key.decode(), None)
+            self.retained.remove(record.key.decode())
             self.dead_letters.remove(record.key.decode())
             self._release(record.key)
 
@@ -987,13 +1035,9 @@ class Dispatcher:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""
         counts = {"queued": 0, "succeeded": 0, "dead": 0}
         live = sorted(self.tasks.values(), key=lambda e: e.seq)
+        counts["succeeded"] = len(self.retained)
         for entry in live:
-            if entry.state == wire.SUCCEEDED:
-                entry.task = None
-                entry.encoded = b""
-                self.finished.append(entry.task_id)
-                counts["succeeded"] += 1
-            elif entry.state == wire.DEAD:
+            if entry.state == wire.DEAD:
                 counts["dead"] += 1
             else:
                 entry.state = wire.QUEUED
@@ -1007,7 +1051,10 @@ class Dispatcher:
                     entry.not_before = 0.0
                     self.enqueue(entry)
                 counts["queued"] += 1
+        self._migrate_retained()
         self._evict()
+        self._floor = self.retained.oldest_tag()
+        self._keep_from(self._floor)
         for entry in sorted((e for e in live if e.state == wire.DEAD),
                             key=lambda e: e.finished_ns):
             self.dead_letters.add(entry.task_id, dead_letter_size(entry))
@@ -1016,12 +1063,44 @@ class Dispatcher:
             self.reconcile_until = time.monotonic() + self.settings.reconcile_window_s
         return counts
 
+    def _migrate_retained(self) -> None:
+        """Results replayed from the older format (a SUCCEEDED transition) are journaled again
+        as one self-contained record each, and their keys released (see `_retain`)."""
+        migrate, self._migrate = self._migrate, []
+        for task_id in migrate:
+            record = self.retained.get(task_id)
+            if record is None:
+                continue
+            key = task_id.encode()
+            self._append(records.TASK, key, record)
+            self._release(key)
+            self.retained.put(task_id, record, self._segment())
+
     def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
         """The full state of one live task, for journal compaction."""
         entry = self.tasks.get(key.decode())
         if entry is None:
-            return []
+            record = self.retained.get(key.decode())
+            return [] if record is None else [(records.TASK, record)]
         return [(records.TASK, wire.encode_record(entry.record()))]
+
+
+def _entry_of_record(rec, seq: int, max_attempts: int) -> TaskEntry:  # noqa: ANN001
+    """A TaskEntry from a journal TaskRecord (recovery; a retained task's snapshot)."""
+    entry = TaskEntry.of(rec.task, seq, max_attempts)
+    entry.state = rec.state or wire.QUEUED
+    entry.attempt = rec.attempts or 1
+    entry.lost_deliveries = rec.deliveries
+    entry.result = rec.result
+    entry.error = rec.error
+    entry.dead_reason = rec.dead_reason
+    entry.finished_ns = rec.finished_ns
+    entry.node_id = rec.node_id
+    entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+    if entry.state == wire.SUCCEEDED:
+        entry.task = None
+        entry.encoded = b""
+    return entry
 
 
 def _monotonic_from_wall(wall_ns: int) -> float:

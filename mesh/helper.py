@@ -45,6 +45,7 @@ from mesh.errors import (
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
 from mesh.metrics import HelperMetrics
+from mesh.retained import RetainedStore
 from mesh.settings import HelperSettings
 from mesh.task import make_task
 from mesh.trust import (
@@ -163,7 +164,9 @@ class Helper:
             journal_append=self.journal.append, journal_release=self.journal.release,
             connect=self._connect_node, send=_send_noblock, close=_close_now,
             metrics=self.metrics, on_event=self._on_event,
-            record_limit_bytes=self.journal.max_record_bytes)
+            record_limit_bytes=self.journal.max_record_bytes,
+            retained=RetainedStore(data_dir / "retained"),
+            journal_segment=lambda: self.journal.segment, journal_keep_from=self.journal.keep_from)
         replayed = 0
         for record in self.journal.recover():
             self.dispatcher.replay(record)
@@ -208,6 +211,7 @@ class Helper:
         if self.dispatcher is not None:
             for node in list(self.dispatcher.nodes.values()):
                 _close_now(node.sock)
+            self.dispatcher.retained.close()
         for sock in (self._intake, self._ack):
             if sock is not None:
                 sock.close(linger=0)
@@ -290,14 +294,14 @@ class Helper:
         return [r.task_id for r in results]
 
     def status(self, task_id: str):  # noqa: ANN201 - wire.TaskStatus
-        entry = self.dispatcher.tasks.get(task_id)
+        entry = self.dispatcher.find(task_id)
         if entry is None:
             raise NotFound(task_id)
         return entry.status()
 
     async def wait(self, task_id: str, timeout_s: float):  # noqa: ANN201 - wire.TaskStatus
         """Wait until the task is terminal (or the timeout passes) and return its status."""
-        entry = self.dispatcher.tasks.get(task_id)
+        entry = self.dispatcher.find(task_id)
         if entry is None:
             raise NotFound(task_id)
         if entry.terminal:
@@ -339,7 +343,7 @@ class Helper:
             except MeshError as exc:
                 self._refuse(task, exc, results)
                 continue
-            known = d.tasks.get(task.task_id)
+            known = d.find(task.task_id)
             if known is not None:
                 result = wire.SubmitResult(task_id=task.task_id, code=wire.OK, duplicate=True)
                 results.append(result)
@@ -700,11 +704,11 @@ class Helper:
                              f"{s.max_status_ids} per request (max_status_ids): ask in "
                              "smaller requests")
             return reply
-        tasks = self.dispatcher.tasks
+        find = self.dispatcher.find
         statuses = reply.status.statuses
         size = 0
         for n, task_id in enumerate(ids):
-            entry = tasks.get(task_id)
+            entry = find(task_id)
             status = entry.status() if entry else wire.TaskStatus(task_id=task_id)
             size += status.ByteSize() + 8
             if size > s.max_reply_bytes and n:
@@ -719,7 +723,7 @@ class Helper:
     def _answer_result(self, identity: bytes, rid: int, task_id: str, wait_ms: int) -> None:
         """A long-poll: answered now if the task is unknown or terminal (or wait_ms is 0),
         else when it ends or when the wait (cut to max_result_wait_s) passes."""
-        entry = self.dispatcher.tasks.get(task_id)
+        entry = self.dispatcher.find(task_id)
         if entry is None or entry.terminal or wait_ms == 0:
             self._send_status(identity, rid, task_id, entry)
             return
@@ -744,7 +748,7 @@ class Helper:
             if not self._long_polls.has_task(task_id):
                 self.dispatcher.remove_waiter(task_id, self._long_poll_done)
             self._send_status(waiter.identity, waiter.request_id, task_id,
-                              self.dispatcher.tasks.get(task_id))
+                              self.dispatcher.find(task_id))
 
     def _send_status(self, identity: bytes, rid: int, task_id: str,
                      entry: TaskEntry | None) -> None:
@@ -900,7 +904,8 @@ class Helper:
     def stats(self) -> dict[str, float]:
         d = self.dispatcher
         return {
-            "tasks": float(len(d.tasks)),
+            "tasks": float(len(d.tasks) + len(d.retained)),
+            "retained_results": float(len(d.retained)),
             "queued": float(len(d.pending)),
             "retry_waiting": float(len(d.retry_waiting)),
             "inflight": float(sum(len(n.inflight) for n in d.nodes.values())),

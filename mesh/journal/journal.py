@@ -157,6 +157,8 @@ class Journal:
         self._key_bytes = self._live.key_bytes
         self._live_bytes = self._live.live_bytes
         self._compaction_pending = False
+        #: compaction keeps every segment from this one on, live keys or not (see keep_from)
+        self._keep_from: int | None = None
         # --- flusher thread ---
         self._writer: SegmentWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,6 +187,19 @@ class Journal:
     @property
     def live_keys(self) -> int:
         return len(self._oldest)
+
+    @property
+    def segment(self) -> int:
+        """The segment of the record appended last (during recovery: yielded last). With
+        `keep_from`, a caller keeps records it has released without a live key each."""
+        return self._active_seq
+
+    def keep_from(self, seq: int | None) -> None:
+        """Compaction deletes (or rewrites) no segment numbered `seq` or later, whatever its
+        live keys; None lifts the floor. For records whose keys were released but that must
+        survive a restart while they are still wanted, oldest first: the Helper's retained
+        results, a floor that moves forward as the oldest are evicted."""
+        self._keep_from = seq
 
     @property
     def appended_bytes(self) -> int:
@@ -296,6 +311,7 @@ class Journal:
             sizes[seq] = size
             live.open_segment(seq)
             live.seal(seq, ends[seq], len(records))
+            self._active_seq = seq  # what `segment` says while this segment's records are read
             oldest_get = self._oldest_get
             key_bytes, live_bytes = self._key_bytes, self._live_bytes
             for record in records:
@@ -530,6 +546,10 @@ class Journal:
         if self._state is not _State.OPEN or self._closing or self._compaction_pending:
             return 0
         empty, rewrite_seq = self._live.plan(can_rewrite=self._rewrite is not None)
+        if self._keep_from is not None:
+            empty = [seq for seq in empty if seq < self._keep_from]
+            if rewrite_seq is not None and rewrite_seq >= self._keep_from:
+                rewrite_seq = None
         job = _Compaction(target=0, seqs=empty, infos={})
         if rewrite_seq is not None:
             self._rewrite_segment(rewrite_seq, job)

@@ -121,7 +121,7 @@ def test_a_dropped_frame_is_found_by_a_probe_queued_again_uncharged_and_its_cred
     assert {dispatch.delivery for dispatch in again.dispatches} == {2}
     done = [wire.Ack(task_id=t, delivery=2, kind=wire.DONE, result=b"r") for t in ids]
     _beat(d, credit=4, received=4, seq=again.seq, beat=7, acks=done)
-    assert all(d.tasks[t].state == wire.SUCCEEDED for t in ids)
+    assert all(d.find(t).state == wire.SUCCEEDED for t in ids)
     assert node.available == 4
 
 

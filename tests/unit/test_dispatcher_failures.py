@@ -134,10 +134,10 @@ def test_a_done_for_a_task_queued_again_after_a_restart_takes_it_out_of_the_queu
     d.tasks[task_id].holders = (ANY_HOLDER,)  # as finish_replay marks it: holder unknown
     done = wire.Ack(task_id=task_id, delivery=1, kind=wire.DONE, result=b"r")
     _beat(d, credit=4, known=False, acks=(done,))
-    assert d.tasks[task_id].state == wire.SUCCEEDED
+    assert d.find(task_id).state == wire.SUCCEEDED
     assert len(d.pending) == 0
     assert d.dispatch_pass() == 0 and not sent
-    assert d.tasks[task_id].state == wire.SUCCEEDED and d.tasks[task_id].result == b"r"
+    assert d.find(task_id).state == wire.SUCCEEDED and d.find(task_id).result == b"r"
 
 
 def test_a_late_done_while_a_retry_waits_finishes_the_task_and_cancels_the_retry() -> None:
