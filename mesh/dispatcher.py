@@ -1035,7 +1035,6 @@ class Dispatcher:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""
         counts = {"queued": 0, "succeeded": 0, "dead": 0}
         live = sorted(self.tasks.values(), key=lambda e: e.seq)
-        counts["succeeded"] = len(self.retained)
         for entry in live:
             if entry.state == wire.DEAD:
                 counts["dead"] += 1
@@ -1051,8 +1050,9 @@ class Dispatcher:
                     entry.not_before = 0.0
                     self.enqueue(entry)
                 counts["queued"] += 1
-        self._migrate_retained()
         self._evict()
+        self._migrate_retained()
+        counts["succeeded"] = len(self.retained)
         self._floor = self.retained.oldest_tag()
         self._keep_from(self._floor)
         for entry in sorted((e for e in live if e.state == wire.DEAD),
