@@ -265,6 +265,7 @@ class Dispatcher:
         #: key -> node ids it holds among live nodes (max_node_ids_per_key)
         self._ids_of_key: dict[str, set[str]] = {}
         self._warn = RateLimitedLog(log, interval_s=10.0)
+        self._succeeded_metric = metrics.outcomes.labels("succeeded")  # looked up once: hot path
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -728,7 +729,7 @@ class Dispatcher:
         self._release(key)
         self._retain(entry.task_id, record, self._segment())
         self.stats["succeeded"] += 1
-        self.metrics.outcomes.labels("succeeded").inc()
+        self._succeeded_metric.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
         self._finish(entry)
 
@@ -794,10 +795,14 @@ class Dispatcher:
         retained = self.retained
         if len(retained) <= limit:
             return
+        floor = self._floor
         while len(retained) > limit:
-            if retained.pop_oldest() is None:
+            popped = retained.pop_oldest()
+            if popped is None:
                 break
-        floor = retained.oldest_tag()
+            # Tags grow from oldest to newest: the evicted one's is a floor that may keep a
+            # segment a little longer than needed, never shorter; one read less per eviction.
+            floor = popped[1]
         if floor != self._floor:
             self._floor = floor
             self._keep_from(floor)

@@ -31,6 +31,7 @@ from array import array
 from pathlib import Path
 
 BUFFER_BYTES = 256 * 2**10
+READ_AHEAD_BYTES = 64 * 2**10
 SEGMENT_BYTES = 16 * 2**20
 _SEG_SHIFT = 40
 _POS_MASK = (1 << _SEG_SHIFT) - 1
@@ -68,6 +69,8 @@ class RetainedStore:
         self._buf = bytearray()
         self._buf_start = 0  # position of the buffer's first byte (in segment self._seg)
         self._head = 0  # no live record before this position
+        self._ahead = b""  # bytes read ahead from the head: eviction reads one file at a time
+        self._ahead_at = -1  # position of self._ahead[0]
         self._roll()
 
     # ---- the store ---------------------------------------------------------------------
@@ -123,16 +126,20 @@ class RetainedStore:
         self._drop_slot(slot)
         return True
 
-    def pop_oldest(self) -> str | None:
-        """Remove the oldest record; returns its task id (None when empty)."""
+    def pop_oldest(self) -> tuple[str, int] | None:
+        """Remove the oldest record; returns its task id and tag (None when empty)."""
         if self._memory is not None:
-            return self._memory.popitem(last=False)[0] if self._memory else None
+            if not self._memory:
+                return None
+            task_id, (tag, _) = self._memory.popitem(last=False)
+            return task_id, tag
         found = self._oldest()
         if found is None:
             return None
-        slot, task_id, _ = found
+        slot, task_id, tag, size = found
+        self._head += size  # before the drop: it may delete the segment and move the head on
         self._drop_slot(slot)
-        return task_id
+        return task_id, tag
 
     def oldest_tag(self) -> int | None:
         """The tag of the oldest record (None when empty)."""
@@ -141,23 +148,42 @@ class RetainedStore:
         found = self._oldest()
         return None if found is None else found[2]
 
-    def _oldest(self) -> tuple[int, str, int] | None:
-        """(slot, task id, tag) of the oldest live record; moves the head past dead ones."""
+    def _oldest(self) -> tuple[int, str, int, int] | None:
+        """(slot, task id, tag, record size) of the oldest live record; moves the head past
+        dead ones."""
         while self._count:
-            seg, offset = self._head >> _SEG_SHIFT, self._head & _POS_MASK
+            head = self._head
+            seg, offset = head >> _SEG_SHIFT, head & _POS_MASK
             if offset >= self._ends.get(seg, 0):
                 if seg >= self._seg:
                     break  # nothing left: cannot happen while _count > 0
                 self._head = (seg + 1) << _SEG_SHIFT
                 continue
-            length, key_length, tag = _HEAD.unpack(self._read(self._head, _HEAD.size))
-            task_id = self._read(self._head + _HEAD.size, key_length).decode(
+            length, key_length, tag = _HEAD.unpack(self._read_ahead(head, _HEAD.size))
+            task_id = self._read_ahead(head + _HEAD.size, key_length).decode(
                 "utf-8", "surrogatepass")
-            slot = self._slot_of(_fingerprint(task_id), self._head)
+            slot = self._slot_of(_fingerprint(task_id), head)
             if slot >= 0:
-                return slot, task_id, tag
-            self._head += _HEAD.size + length
+                return slot, task_id, tag, _HEAD.size + length
+            self._head = head + _HEAD.size + length
         return None
+
+    def _read_ahead(self, position: int, size: int) -> bytes:
+        """`_read` for the head's walk: from a chunk of up to READ_AHEAD_BYTES read once."""
+        start = position - self._ahead_at
+        if self._ahead_at < 0 or start < 0 or start + size > len(self._ahead) or (
+                position >> _SEG_SHIFT) != (self._ahead_at >> _SEG_SHIFT):
+            seg, offset = position >> _SEG_SHIFT, position & _POS_MASK
+            if seg == self._seg and offset >= self._buf_start:
+                return self._read(position, size)  # still in the write buffer
+            end = self._buf_start if seg == self._seg else self._ends[seg]
+            self._ahead = os.pread(self._fds[seg], max(size, min(READ_AHEAD_BYTES, end - offset)),
+                                   offset)
+            self._ahead_at = position
+            start = 0
+            if len(self._ahead) < size:
+                raise OSError(f"retained results: short read in segment {seg} at {offset}")
+        return self._ahead[start:start + size]
 
     def task_ids(self):  # noqa: ANN201 - Iterator[str]
         """Every retained task id, oldest first (reads the spill files)."""
@@ -288,6 +314,8 @@ class RetainedStore:
             self._head = self._seg << _SEG_SHIFT
 
     def _delete_segment(self, seg: int) -> None:
+        if self._ahead_at >= 0 and self._ahead_at >> _SEG_SHIFT == seg:
+            self._ahead, self._ahead_at = b"", -1
         os.close(self._fds.pop(seg))
         os.unlink(self._dir / f"{seg:08d}.spill")
         del self._live[seg]

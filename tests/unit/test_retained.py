@@ -32,7 +32,8 @@ def test_the_store_on_disk_answers_as_an_ordered_dict(tmp_path_factory, ops) -> 
                 assert store.remove(task_id) == (model.pop(task_id, None) is not None)
             else:
                 expected = model.popitem(last=False)[0] if model else None
-                assert store.pop_oldest() == expected
+                popped = store.pop_oldest()
+                assert (popped[0] if popped else None) == expected
             assert len(store) == len(model)
         for task_id in {i for _, i, _ in ops if i}:
             assert store.get(task_id) == model.get(task_id)
@@ -51,7 +52,7 @@ def test_many_results_grow_the_table_and_fully_evicted_segments_are_deleted(tmp_
     assert store.get(f"{12345:032x}") == b"result 12345"
     assert store.get("missing") is None
     for i in range(15_000):
-        assert store.pop_oldest() == f"{i:032x}"
+        assert store.pop_oldest() == (f"{i:032x}", 0)
     files = sorted(directory.iterdir())
     assert len(files) < 12, f"{len(files)} spill files left for 5,000 records"
     assert store.get(f"{19_999:032x}") == b"result 19999"
@@ -73,4 +74,4 @@ def test_without_a_directory_the_store_is_in_memory() -> None:
     store.put("a", b"1")
     store.put("b", b"2")
     store.put("a", b"3")
-    assert store.pop_oldest() == "b" and store.get("a") == b"3" and len(store) == 1
+    assert store.pop_oldest() == ("b", 0) and store.get("a") == b"3" and len(store) == 1
