@@ -9,7 +9,19 @@ Handlers take the payload, and optionally a `TaskContext` as second argument. As
 run on the node's event loop; sync ones run in a thread pool so they never block it. A handler
 returns bytes (or str, or None, or anything msgspec can encode to JSON). Raise
 `mesh.RetryLater(delay_s)` to retry after a delay of your choosing, `mesh.FatalError` to skip
-retries; any other exception is retried with the Helper's backoff.
+retries; any other exception is retried with the Helper's backoff. Raise
+`mesh.executors.DependencyDown("ocr-api")` when a service the handler calls is down: the
+Helper's circuit breaker for that dependency is charged instead of the kind's.
+
+`concurrency=N` bounds the runs of one kind on a node (a GPU-bound kind next to light ones),
+within the node's total `--concurrency`. With `mesh ai --executor process`, handlers run in
+child processes, and `@app.on_child_start` functions run once in each child before its first
+task (load a model once per child, not per task):
+
+    @app.on_child_start
+    def load_model() -> None:
+        global MODEL
+        MODEL = load("weights.bin")
 """
 
 from __future__ import annotations
@@ -42,16 +54,30 @@ class Handler:
     is_async: bool
     wants_context: bool
     run_timeout_s: float | None
+    #: runs of this kind at once on a node (0: only the node's own limit)
+    concurrency: int = 0
 
 
 class App:
     def __init__(self, name: str = "mesh-app") -> None:
         self.name = name
         self.handlers: dict[str, Handler] = {}
+        #: run once per child process by the process executor, in order (sync or async)
+        self.child_start_hooks: list[Callable] = []
 
-    def task(self, kind: str, *, run_timeout_s: float | None = None) -> Callable:
+    def on_child_start(self, fn: Callable) -> Callable:
+        """Decorator: run `fn()` once in each child process before its first task (only with
+        the process executor; a failure there fails the child's start, with its traceback)."""
+        self.child_start_hooks.append(fn)
+        return fn
+
+    def task(self, kind: str, *, run_timeout_s: float | None = None,
+             concurrency: int = 0) -> Callable:
         if not kind:
             raise ConfigError("a task kind must not be empty")
+        if concurrency < 0:
+            raise ConfigError(f"concurrency of task kind {kind!r} must be 0 (no limit of its "
+                              f"own) or positive, got {concurrency}")
 
         def register(fn: Callable) -> Callable:
             if kind in self.handlers:
@@ -60,7 +86,8 @@ class App:
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             self.handlers[kind] = Handler(
                 kind=kind, fn=fn, is_async=inspect.iscoroutinefunction(fn),
-                wants_context=len(params) >= 2, run_timeout_s=run_timeout_s)
+                wants_context=len(params) >= 2, run_timeout_s=run_timeout_s,
+                concurrency=concurrency)
             return fn
 
         return register
