@@ -42,6 +42,18 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                         "at or below the Helpers' --max-payload-bytes")
     p.add_argument("--max-helpers", type=int, default=64,
                    help="Helper links at most; deliveries needing one more are refused")
+    p.add_argument("--executor", choices=["async", "thread", "process"], default="async",
+                   help="where handlers run: async (async ones on the loop, sync ones in "
+                        "threads; the default), thread (all in threads), process (all in "
+                        "--concurrency child processes: hangs killed, crashes contained)")
+    p.add_argument("--max-tasks-per-child", type=int, default=0,
+                   help="process executor: replace a child after this many tasks (0: never)")
+    p.add_argument("--max-memory-per-child", default="0", metavar="BYTES",
+                   help="process executor: replace a child whose RSS after a task is above "
+                        "this (e.g. 512M, 2G; 0: never)")
+    p.add_argument("--child-kill-grace", type=float, default=1.0,
+                   help="process executor: SIGKILL this long after the SIGTERM of a child "
+                        "whose run passed its timeout")
     config.add_common(p)
     keys.add_trust_arguments(p)
     config.add_registration(p, service="mesh-ai", watched_flag="helper-service",
@@ -66,7 +78,11 @@ def main(args: argparse.Namespace) -> int:
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout, max_result_bytes=args.max_result_bytes,
-        max_helpers=args.max_helpers)
+        max_helpers=args.max_helpers, executor=args.executor,
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child_bytes=config.parse_bytes(args.max_memory_per_child,
+                                                      "--max-memory-per-child"),
+        child_kill_grace_s=args.child_kill_grace)
     # A key of its own: a Helper binds a node id to the key its heartbeats come with.
     trust = keys.trust_from_args(args, identity=keys.ai_node_identity(settings.node_id))
     app = load_app(args.app)
@@ -100,7 +116,7 @@ def _exit_past_hung_handlers(code: int) -> None:
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
                  discovery: Discovery, trust: Trust) -> int:
-    node = AINode(settings, app, helpers=args.helper, trust=trust)
+    node = AINode(settings, app, helpers=args.helper, trust=trust, app_path=args.app)
     await node.start()
     server = None
     metrics_port = None

@@ -65,6 +65,20 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="live AI node ids tracked at once; heartbeats of new ids beyond are dropped")
     p.add_argument("--max-node-ids-per-key", type=int, default=1,
                    help="live AI node ids one ai-node key may hold")
+    p.add_argument("--rate-limit", action="append", default=[], metavar="KIND=RATE",
+                   help="dispatch rate of a kind, e.g. vision=50/s or ocr=600/m,burst=20 "
+                        "(repeatable); split evenly among the Helpers in discovery")
+    p.add_argument("--no-breakers", action="store_true",
+                   help="no circuit breakers: never hold a kind back for its failures")
+    p.add_argument("--breaker-failure-ratio", type=float, default=0.5,
+                   help="a breaker opens when failures reach this share of its window")
+    p.add_argument("--breaker-min-calls", type=int, default=10,
+                   help="outcomes in the window before a breaker may open")
+    p.add_argument("--breaker-window-calls", type=int, default=50)
+    p.add_argument("--breaker-window", type=float, default=60.0, help="window, seconds")
+    p.add_argument("--breaker-cool-down", type=float, default=30.0,
+                   help="seconds open before one probe goes (doubled per failed probe)")
+    p.add_argument("--breaker-max-cool-down", type=float, default=300.0)
     keys.add_trust_arguments(p)
     config.add_common(p)
     config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
@@ -95,7 +109,13 @@ def main(args: argparse.Namespace) -> int:
         max_result_waiters_per_client=args.max_result_waiters_per_client,
         max_reply_bytes=args.max_reply_bytes,
         max_unread_reply_bytes=args.max_unread_reply_bytes,
-        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key)
+        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key,
+        rate_limits=config.parse_rate_limit_flags(args.rate_limit), breakers=not args.no_breakers,
+        breaker_failure_ratio=args.breaker_failure_ratio,
+        breaker_min_calls=args.breaker_min_calls,
+        breaker_window_calls=args.breaker_window_calls, breaker_window_s=args.breaker_window,
+        breaker_cool_down_s=args.breaker_cool_down,
+        breaker_max_cool_down_s=max(args.breaker_max_cool_down, args.breaker_cool_down))
     # One Helper per data dir, refused before the journal is opened; the kernel releases the
     # lock when this process dies, however it dies.
     with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):
@@ -185,6 +205,16 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
                                   now=time.monotonic()))
 
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
+
+    def on_helpers(found: list[Instance], registry_suspect: bool) -> None:
+        # Rate limits are split among the Helpers dispatching (this one counts while listed).
+        if not registry_suspect:
+            helper.set_helper_count(sum(
+                1 for inst in found if inst.health != Health.CRITICAL
+                and (not args.pool or f"pool={args.pool}" in inst.tags)))
+
+    helper_watch = watch_nodes(discovery, args.service_name, on_helpers) if (
+        settings.rate_limits) else None
     alert_presence = None
     if alerts is not None:
         alert_presence = Presence(discovery, alert_instance(alerts), ttl_s=args.discovery_ttl,
@@ -197,6 +227,8 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
     name = await runtime.until_signalled()
     log.info("%s: stopping", name)
     ai_watch.stop(timeout_s=1.0)
+    if helper_watch is not None:
+        helper_watch.stop(timeout_s=1.0)
     await presence.stop()
     await helper.stop()
     if alerts is not None:
