@@ -267,7 +267,9 @@ class Dispatcher:
         now = time.monotonic()
         self.rate_limits = RateLimits(settings.rate_limit_rates(), now)
         self.breakers = (Breakers(settings.breaker_settings(), self._on_breaker)
-                         if settings.breakers else None)
+                         if settings.breakers != "off" else None)
+        #: kinds' own breakers are charged only with breakers="all"
+        self._kind_breakers = settings.breakers == "all"
         #: kinds held back (breaker or rate limit) in the last dispatch pass
         self.held_back: set[str] = set()
         #: monotonic: when a kind held back in the last pass may go again (0.0: none held)
@@ -467,18 +469,20 @@ class Dispatcher:
 
     def _record_outcome(self, entry: TaskEntry, ack) -> None:  # noqa: ANN001 - wire.Ack
         """Charge an attempt's outcome to the breakers (mesh.policies.circuit, "What counts"):
-        DONE a success; a retryable failure, a run timeout or a child that died a failure
-        (of the dependency a DependencyDown named, else of the kind); FATAL and the handler's
-        own RetryLater are neither."""
+        DONE a success; a failure naming a dependency (DependencyDown) a failure of that
+        dependency; with breakers="all", a retryable failure, a run timeout or a child that
+        died a failure of the kind; FATAL and the handler's own RetryLater are neither."""
         breakers = self.breakers
         if breakers is None:
             return
         now = time.monotonic()
         if ack.kind == wire.DONE:
             breakers.record_success(entry.kind, now)
-        elif (ack.dependency or ack.lost
-              or ack.error_class in (wire.RETRYABLE, wire.TIMEOUT)):
+        elif ack.dependency:
             breakers.record_failure(entry.kind, now, ack.dependency)
+        elif self._kind_breakers and (ack.lost
+                                      or ack.error_class in (wire.RETRYABLE, wire.TIMEOUT)):
+            breakers.record_failure(entry.kind, now)
 
     def _fits_some_node(self, entry: TaskEntry, size: int) -> bool:
         """Some live node serving the task's kind takes a frame holding this delivery."""

@@ -11,6 +11,7 @@ import msgspec
 from mesh.errors import ConfigError
 
 FSYNC_POLICIES = ("always", "batch", "interval", "none")
+BREAKER_MODES = ("off", "dependency", "all")
 
 
 class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,9 +91,10 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: dispatch rate per task kind, KIND -> "COUNT/UNIT[,burst=N]" (mesh.policies.rate_limit),
     #: split evenly among the Helpers discovery lists
     rate_limits: dict[str, str] = msgspec.field(default_factory=dict)
-    #: circuit breakers per kind and per named dependency (mesh.policies.circuit); off: never
-    #: hold a kind back
-    breakers: bool = True
+    #: circuit breakers (mesh.policies.circuit): "dependency" (default) only per dependency a
+    #: handler names (DependencyDown), "all" per kind too (its retryable failures, timeouts and
+    #: child deaths), "off" never hold a kind back
+    breakers: str = "dependency"
     breaker_failure_ratio: float = 0.5
     breaker_min_calls: int = 10
     breaker_window_calls: int = 50
@@ -123,6 +125,9 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
         for kind, attempts in self.kind_max_attempts.items():
             if attempts <= 0:
                 raise ConfigError(f"kind_max_attempts[{kind!r}] must be > 0, got {attempts!r}")
+        if self.breakers not in BREAKER_MODES:
+            raise ConfigError(f"breakers {self.breakers!r} is not one of "
+                              f"{', '.join(BREAKER_MODES)}")
         self.rate_limit_rates()
         self.breaker_settings()
 

@@ -68,8 +68,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-limit", action="append", default=[], metavar="KIND=RATE",
                    help="dispatch rate of a kind, e.g. vision=50/s or ocr=600/m,burst=20 "
                         "(repeatable); split evenly among the Helpers in discovery")
-    p.add_argument("--no-breakers", action="store_true",
-                   help="no circuit breakers: never hold a kind back for its failures")
+    p.add_argument("--breakers", choices=["off", "dependency", "all"], default="dependency",
+                   help="circuit breakers per dependency a handler names (DependencyDown; the "
+                        "default), per task kind too (all: its retryable failures, timeouts, "
+                        "child deaths), or off")
     p.add_argument("--breaker-failure-ratio", type=float, default=0.5,
                    help="a breaker opens when failures reach this share of its window")
     p.add_argument("--breaker-min-calls", type=int, default=10,
@@ -110,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         max_reply_bytes=args.max_reply_bytes,
         max_unread_reply_bytes=args.max_unread_reply_bytes,
         max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key,
-        rate_limits=config.parse_rate_limit_flags(args.rate_limit), breakers=not args.no_breakers,
+        rate_limits=config.parse_rate_limit_flags(args.rate_limit), breakers=args.breakers,
         breaker_failure_ratio=args.breaker_failure_ratio,
         breaker_min_calls=args.breaker_min_calls,
         breaker_window_calls=args.breaker_window_calls, breaker_window_s=args.breaker_window,

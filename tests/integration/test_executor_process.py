@@ -94,7 +94,7 @@ def test_a_hung_sync_handler_is_killed_and_replaced_within_its_timeout_while_the
 def test_os_exit_and_sigsegv_in_a_handler_fail_only_their_own_task(cluster) -> None:  # noqa: ANN001
     # Each crash is a lost delivery: at the bound (2 here) the task is a poison pill.
     cluster.start_helper("--max-lost-deliveries", "2", "--retry-base", "0.05",
-                         "--no-breakers")
+                         "--breakers", "off")
     ai = cluster.start_ai(*APP, "--executor", "process", "--concurrency", "3")
 
     async def main() -> None:

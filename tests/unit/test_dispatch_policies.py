@@ -136,7 +136,7 @@ def _done(task_id: str, delivery: int = 1) -> wire.Ack:
 
 
 def test_a_breaker_opens_holds_the_kind_queued_probes_and_closes(clock) -> None:  # noqa: ANN001
-    d, events = _dispatcher(breaker_min_calls=4, breaker_window_calls=10,
+    d, events = _dispatcher(breakers="all", breaker_min_calls=4, breaker_window_calls=10,
                             breaker_cool_down_s=5.0, retry_base_s=0.001, retry_cap_s=0.001,
                             max_attempts=10)
     _beat(d)
@@ -183,7 +183,7 @@ def test_a_dependency_down_charges_its_breaker_and_holds_every_kind_that_names_i
 
 
 def test_fatal_and_retry_later_failures_do_not_open_a_breaker(clock) -> None:  # noqa: ANN001
-    d, _ = _dispatcher(breaker_min_calls=2)
+    d, _ = _dispatcher(breakers="all", breaker_min_calls=2)
     _beat(d)
     ids = _submit(d, "vision", 4)
     d.dispatch_pass()
@@ -195,7 +195,7 @@ def test_fatal_and_retry_later_failures_do_not_open_a_breaker(clock) -> None:  #
 
 
 def test_a_child_that_died_is_a_lost_delivery_not_an_attempt(clock) -> None:  # noqa: ANN001
-    d, _ = _dispatcher(max_lost_deliveries=2, breakers=False)
+    d, _ = _dispatcher(max_lost_deliveries=2, breakers="off")
     _beat(d)
     (task_id,) = _submit(d, "vision", 1)
     d.dispatch_pass()
@@ -206,6 +206,16 @@ def test_a_child_that_died_is_a_lost_delivery_not_an_attempt(clock) -> None:  # 
     _beat(d, beat=3, acks=(_fail(task_id, delivery=2, lost=True),))
     assert entry.state == wire.DEAD
     assert wire.dead_reason_name(entry.dead_reason) == "DELIVERY_LIMIT"
+
+
+def test_by_default_only_a_named_dependency_charges_a_breaker(clock) -> None:  # noqa: ANN001
+    d, _ = _dispatcher(breaker_min_calls=2)
+    _beat(d)
+    ids = _submit(d, "vision", 4)
+    d.dispatch_pass()
+    _beat(d, beat=2, acks=tuple(_fail(t) for t in ids[:2]) + (_fail(ids[2], lost=True),))
+    assert d.breakers.state("vision") is State.CLOSED
+    assert d.breakers.all_closed
 
 
 def test_a_held_delivery_of_a_kind_at_its_node_limit_is_not_sent_again_at_the_ack_timeout(
