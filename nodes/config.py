@@ -123,9 +123,13 @@ def metrics_endpoint(metrics_addr: str, advertised: str, port: int | None) -> st
     return f"http://{host}:{port}/metrics"
 
 
+#: the distribution's name on PyPI ("mesh" is taken there); the import names stay mesh, nodes
+DISTRIBUTION = "mesh-tasks"
+
+
 def mesh_version() -> str:
     try:
-        return metadata.version("mesh")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "unknown"
 
