@@ -559,15 +559,28 @@ class AINode:
         except FatalError as exc:
             ack.kind, ack.error_class, ack.error = wire.FAILED, wire.FATAL, _describe(exc)
             outcome = "fatal"
+            self._log_failure(task, dispatch.attempt, exc, retried=False)
         except Exception as exc:
-            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, _describe(exc)
-            outcome = "failed"
+            retried = handler.retries(exc)  # @app.task(retry_on=, no_retry_on=)
+            ack.kind, ack.error = wire.FAILED, _describe(exc)
+            ack.error_class = wire.RETRYABLE if retried else wire.FATAL
+            outcome = "failed" if retried else "fatal"
+            self._log_failure(task, dispatch.attempt, exc, retried=retried)
         ack.finished_ns = time.time_ns()
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         self.metrics.run_latency.observe((ack.finished_ns - started_ns) / 1e9)
         if ack.kind != wire.REJECTED:
             self._dedup.remember(job.task_id, dispatch.attempt, ack)
         self._finish(job, ack)
+
+    def _log_failure(self, task, attempt: int, exc: BaseException, *, retried: bool) -> None:  # noqa: ANN001
+        """A handler raised: the operator sees which task, kind and attempt, and the traceback
+        (with --log-format json: task_id, kind, attempt and node_id as fields)."""
+        log.error("task %s (kind %s, attempt %d) failed: %s%s", inert(task.task_id, 100),
+                  inert(task.kind, 100), attempt, _describe(exc),
+                  "" if retried else " (not retried)", exc_info=exc,
+                  extra={"task_id": task.task_id, "kind": task.kind, "attempt": attempt,
+                         "node_id": self.settings.node_id})
 
     def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
         self._running.pop(job.task_id, None)

@@ -9,7 +9,14 @@ Handlers take the payload, and optionally a `TaskContext` as second argument. As
 run on the node's event loop; sync ones run in a thread pool so they never block it. A handler
 returns bytes (or str, or None, or anything msgspec can encode to JSON). Raise
 `mesh.RetryLater(delay_s)` to retry after a delay of your choosing, `mesh.FatalError` to skip
-retries; any other exception is retried with the Helper's backoff.
+retries; any other exception is retried with the Helper's backoff, unless the kind says
+otherwise:
+
+    @app.task("parse", no_retry_on=(json.JSONDecodeError, KeyError))   # these are not retried
+    @app.task("fetch", retry_on=(TimeoutError, ConnectionError))        # only these are retried
+
+An exception matching `no_retry_on` is never retried, even if it also matches `retry_on`.
+`RetryLater` and `FatalError` keep their meaning whatever the lists say.
 """
 
 from __future__ import annotations
@@ -42,6 +49,23 @@ class Handler:
     is_async: bool
     wants_context: bool
     run_timeout_s: float | None
+    #: exception types retried (empty: every one) and types never retried (wins over retry_on)
+    retry_on: tuple[type[BaseException], ...] = ()
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with `exc` (not RetryLater nor FatalError) is worth another attempt."""
+        if self.no_retry_on and isinstance(exc, self.no_retry_on):
+            return False
+        return not self.retry_on or isinstance(exc, self.retry_on)
+
+
+def _exception_types(kind: str, name: str, value: object) -> tuple[type[BaseException], ...]:
+    types = tuple(value) if isinstance(value, list | tuple | set | frozenset) else (value,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise ConfigError(f"task kind {kind!r}: {name} takes exception classes, got {t!r}")
+    return types
 
 
 class App:
@@ -49,9 +73,14 @@ class App:
         self.name = name
         self.handlers: dict[str, Handler] = {}
 
-    def task(self, kind: str, *, run_timeout_s: float | None = None) -> Callable:
+    def task(self, kind: str, *, run_timeout_s: float | None = None,
+             retry_on: object = (), no_retry_on: object = ()) -> Callable:
+        """Register the decorated function as the handler of `kind`. `retry_on` /
+        `no_retry_on`: an exception class or a tuple of them (see the module docstring)."""
         if not kind:
             raise ConfigError("a task kind must not be empty")
+        retry_types = _exception_types(kind, "retry_on", retry_on)
+        no_retry_types = _exception_types(kind, "no_retry_on", no_retry_on)
 
         def register(fn: Callable) -> Callable:
             if kind in self.handlers:
@@ -60,7 +89,8 @@ class App:
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             self.handlers[kind] = Handler(
                 kind=kind, fn=fn, is_async=inspect.iscoroutinefunction(fn),
-                wants_context=len(params) >= 2, run_timeout_s=run_timeout_s)
+                wants_context=len(params) >= 2, run_timeout_s=run_timeout_s,
+                retry_on=retry_types, no_retry_on=no_retry_types)
             return fn
 
         return register
