@@ -233,6 +233,8 @@ class Dispatcher:
         self.nodes: dict[str, NodeLink] = {}
         self.finished: deque[str] = deque()
         self.unroutable_since: dict[str, float] = {}
+        #: every kind an AI node announced in a heartbeat during this run (refuse_unknown_kinds)
+        self.kinds_announced: set[str] = set()
         self.reconcile_until = 0.0
         self._expiry_sweep_at = 0.0
         # Frame numbers: one counter for every link, so a node back after being declared dead
@@ -474,6 +476,7 @@ class Dispatcher:
         node.running = hb.running
         if node.kinds != frozenset(hb.kinds):
             node.kinds = frozenset(hb.kinds)
+            self.kinds_announced |= node.kinds
         node.draining = hb.draining
         node.announced = hb.credit
         node.frame_budget = self._frame_budget(hb)

@@ -29,6 +29,24 @@ class InUse(MeshError):
         self.holder_pid = holder_pid
 
 
+class UsageError(ConfigError):
+    """A command was started without something it needs (e.g. `mesh ai` without --app)."""
+
+
+class AppLoadError(ConfigError):
+    """The user's App could not be loaded: its module does not import, or the name is not an
+    App. The message is one line naming the spec and the cause."""
+
+
+class AddressInUse(MeshError):
+    """An endpoint to bind is taken by another process."""
+
+    def __init__(self, endpoint: str, message: str | None = None) -> None:
+        super().__init__(message or f"{endpoint} is in use by another process; stop it or "
+                                    "choose another port")
+        self.endpoint = endpoint
+
+
 class WireError(MeshError):
     """A frame could not be read: malformed, oversized or of an unsupported protocol version."""
 
@@ -55,6 +73,18 @@ class TaskRejected(MeshError):
 
 class InvalidTask(TaskRejected):
     code = 8
+
+
+class KindNotServed(InvalidTask):
+    """A submit for a kind no AI node has announced since the Helper started, refused with
+    --refuse-unknown-kinds (instead of waiting unroutable_grace_s to go DEAD)."""
+
+    def __init__(self, kind: str, announced: set[str] | frozenset[str] = frozenset()) -> None:
+        listed = ", ".join(sorted(announced)[:20]) or "none yet"
+        super().__init__(f"no AI node has served task kind {kind[:100]!r} since this Helper "
+                         f"started (kinds announced: {listed}); check the kind, or start a node "
+                         "whose app has a handler for it")
+        self.kind = kind
 
 
 class PayloadTooLarge(TaskRejected):

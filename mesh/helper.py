@@ -40,7 +40,8 @@ from mesh import sockets, wire
 from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    JournalError, MeshError, NotFound, QueueFull, ShuttingDown, WireError, error_from_code,
+    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, WireError,
+    error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
@@ -344,6 +345,9 @@ class Helper:
                 result = wire.SubmitResult(task_id=task.task_id, code=wire.OK, duplicate=True)
                 results.append(result)
                 dupes.append((result, known))
+                continue
+            if self.settings.refuse_unknown_kinds and task.kind not in d.kinds_announced:
+                self._refuse(task, KindNotServed(task.kind, d.kinds_announced), results)
                 continue
             if not d.has_room(1, len(encoded)):
                 no_room.append(task)

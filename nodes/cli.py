@@ -11,12 +11,22 @@
     mesh alert publish ...      publish a fault alert
     mesh keys new|local|allow   CURVE keys and the local key store
     mesh http --bind H:P        the HTTP gateway and the live page
+    mesh config show --for CMD  the effective options of CMD and where each came from
+    mesh --version
+
+options: every node option is also $MESH_<NAME> and the key <name> of a TOML file given with
+--config FILE (or $MESH_CONFIG), top level or in the command's table ([helper], [ai]); a flag
+wins over the environment, which wins over the file. `mesh CMD --help` shows each default.
 
 exit codes:
     0   done
     1   failed (the message says why)
-    2   usage error
-    3   discovery unavailable or refused (e.g. a registry directory another user owns)
+    2   usage error (unknown flag, bad value in a flag, $MESH_* or the --config file, no --app)
+    3   discovery unreachable at start, unavailable or refused (e.g. a Consul ACL token refused,
+        a registry directory another user owns)
+    4   the --app cannot be loaded (an import error in it, or not module:attribute of a mesh.App)
+    5   a port to bind is in use (--intake, --acks, --bind, --metrics-port, ...): the message
+        names the endpoint
     75  in use (EX_TEMPFAIL): another live Helper holds the --data-dir, or another live AI node
         has the --node-id; the message names its pid. Stop it or choose another.
 """
@@ -31,14 +41,16 @@ import sys
 
 from discovery import DiscoveryError, open_discovery
 from mesh import Client, MeshError, wire
-from mesh.errors import InUse
+from mesh.errors import AddressInUse, AppLoadError, InUse, UsageError
 from mesh.trust import Role
-from nodes import ai, config, demo, helper, keys
+from nodes import ai, config, demo, helper, keys, runtime, settings_spec
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_APP = 4  # the --app does not load
+EXIT_ADDRESS_IN_USE = 5  # a port to bind is taken
 EXIT_IN_USE = 75  # EX_TEMPFAIL: another live process owns the data dir or node id
 
 
@@ -52,14 +64,16 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mesh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = settings_spec.MeshParser(prog="mesh", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mesh {config.mesh_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     helper.register_commands(sub)
     ai.register_commands(sub)
     demo.register_commands(sub)
     keys.register_commands(sub)
     _client_commands(sub)
+    settings_spec.register_commands(sub, build_parser)
     _optional_commands(sub)
     return parser
 
@@ -174,16 +188,25 @@ async def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command that failed with `exc` (the table in the module docstring)."""
+    for kind, code in ((InUse, EXIT_IN_USE), (UsageError, EXIT_USAGE), (AppLoadError, EXIT_APP),
+                       (AddressInUse, EXIT_ADDRESS_IN_USE), (DiscoveryError, EXIT_UNAVAILABLE)):
+        if isinstance(exc, kind):
+            return code
+    return EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "log_format"):  # a node command: its resolved logging options apply
+        runtime.setup_logging(args.log_level, args.log_format)
     try:
         return args.func(args) or EXIT_OK
     except (MeshError, DiscoveryError) as exc:
         print(f"mesh {args.command}: {exc}", file=sys.stderr)
-        if isinstance(exc, InUse):
-            return EXIT_IN_USE
-        return EXIT_UNAVAILABLE if isinstance(exc, DiscoveryError) else EXIT_FAILED
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_FAILED
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mesh import trust
 from mesh.trust import KeyStore, Role, Trust, load_certificate, write_keypair
+from nodes import settings_spec
 
 
 def default_key_dir() -> str:
@@ -27,11 +28,7 @@ def default_key_dir() -> str:
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """--keys and --insecure, for every command that opens a socket."""
-    parser.add_argument("--keys", default=None, metavar="DIR",
-                        help="key store (default: $MESH_KEY_DIR, else "
-                             "$XDG_DATA_HOME/mesh/keys); made on first use")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plain, unauthenticated links (warns at every start)")
+    settings_spec.add_options(parser, settings_spec.TRUST)
 
 
 def trust_from_args(args: argparse.Namespace, *, identity: str | None = None,
