@@ -81,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
         max_helpers=args.max_helpers)
     logs.set_node_id(settings.node_id)
     # A key of its own: a Helper binds a node id to the key its heartbeats come with.
+    if not args.node_id:  # generated ids (ai-HOST-PID): drop the keys of runs that are gone
+        keys.prune_generated_node_keys(args, socket.gethostname())
     trust = keys.trust_from_args(args, identity=keys.ai_node_identity(settings.node_id))
     discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
