@@ -1056,11 +1056,12 @@ class Dispatcher:
             if entry is None:
                 self._release(record.key)  # its task was forgotten; compaction may drop it
                 return
-            if rec.error and rec.state in (wire.QUEUED, wire.DEAD) and rec.error != entry.error:
-                # a retry (the failed attempt's error) or the end: the history of the attempts
+            if rec.error and (rec.state == wire.QUEUED or rec.dead_reason in (
+                    wire.ATTEMPTS_EXHAUSTED, wire.FATAL_ERROR)):
+                # a retry or the last failure: the failed attempts, as `_apply_ack` noted them
+                # (a lost delivery's note is kept only by a rewrite, TaskRecord.history)
                 item = wire.Attempt(attempt=max(rec.attempts - (rec.state == wire.QUEUED), 1),
-                                    error=rec.error, at_ns=rec.at_ns,
-                                    outcome="failed" if rec.state == wire.QUEUED else "dead")
+                                    error=rec.error, at_ns=rec.at_ns, outcome="failed")
                 entry.history = (*entry.history[-(MAX_HISTORY - 1):], item)
             entry.state = rec.state
             entry.attempt = rec.attempts or entry.attempt
