@@ -22,6 +22,7 @@ An exception matching `no_retry_on` is never retried, even if it also matches `r
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,15 @@ class TaskContext:
     node_id: str
     headers: dict[str, str] = field(default_factory=dict)
     submitted_ns: int = 0
+    #: set when the Helper cancels the task (`mesh cancel`, DELETE /v1/tasks/{id}): an async
+    #: handler sees asyncio.CancelledError instead; a sync one checks `ctx.cancelled` (or waits
+    #: on this event) and returns early
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled: a sync handler should stop and return."""
+        return self.cancel_event.is_set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,6 +164,30 @@ class RequestTimeout(MeshError):
     with the same task id (it is idempotent)."""
 
 
+class Unavailable(RequestTimeout):
+    """No Helper answered within the deadline (or none could take the request); the message
+    names each Helper tried and why. Like any RequestTimeout of a submit: outcome unknown,
+    submit again with the same task id."""
+
+
+class WaitTimedOut(RequestTimeout):
+    """A wait for a task's end passed with the task not terminal; `status` is the last one
+    seen (None when unknown). The task goes on: ask again."""
+
+    def __init__(self, task_id: str, wait_s: float, status=None) -> None:  # noqa: ANN001
+        from mesh import wire
+        state = wire.state_name(status.state) if status is not None else "not finished"
+        super().__init__(f"task {task_id} is still {state} after {wait_s:g}s; ask again")
+        self.task_id = task_id
+        self.status = status
+
+
+class AlreadyFinished(MeshError):
+    """Cancel of a task that is terminal already (SUCCEEDED, DEAD or CANCELLED)."""
+
+    code = 11  # ALREADY_FINISHED
+
+
 class TaskFailed(MeshError):
     """`Client.result()` of a task that ended DEAD."""
 
@@ -172,6 +196,16 @@ class TaskFailed(MeshError):
         self.task_id = task_id
         self.reason = reason
         self.error = error
+
+
+class TaskCancelled(TaskFailed):
+    """`Client.result()` of a task that was cancelled."""
+
+    def __init__(self, task_id: str) -> None:
+        MeshError.__init__(self, f"task {task_id} was cancelled")
+        self.task_id = task_id
+        self.reason = "CANCELLED"
+        self.error = ""
 
 
 # Handler-side signals: raised by user handlers to steer the retry policy.
@@ -199,6 +233,7 @@ _BY_CODE: dict[int, type[MeshError]] = {
     8: InvalidTask,
     9: UnsupportedVersion,
     10: PermissionDenied,
+    11: AlreadyFinished,
 }
 
 
