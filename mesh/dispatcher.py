@@ -863,6 +863,15 @@ class Dispatcher:
             self.enqueue(entry, front=True)
             requeued.append(task_id)
         node.inflight.clear()
+        if node.draining:
+            # It announced its drain in its heartbeats (SIGTERM, e.g. a rolling deploy): its
+            # going away is expected, so an INFO mesh.node.left, not an ERROR mesh.node.down.
+            log.info("node %s left after draining (%s); %d deliveries re-queued: %s",
+                     inert(node.node_id, 80), cause, len(requeued),
+                     inert(" ".join(requeued), 2000))
+            self._on_event("node_left", {"node_id": inert(node.node_id, 80), "cause": cause,
+                                         "requeued": len(requeued)})
+            return
         log.warning("node %s declared dead (%s); %d deliveries re-queued: %s",
                     inert(node.node_id, 80), cause, len(requeued),
                     inert(" ".join(requeued), 2000))
