@@ -1,8 +1,7 @@
 """The AI node service: receives deliveries, runs handlers with a concurrency limit, acks.
 
 Guarantees:
-- At most `concurrency` handlers run at once; up to `prefetch` more deliveries wait for a slot
-  (`AINodeSettings.prefetch_slots`).
+- At most `concurrency` handlers run at once; up to `prefetch` more deliveries wait for a slot.
 - A delivery addressed to another incarnation of this node is refused (WRONG_INCARNATION), so a
   node restarted at the same address never runs what was meant for its previous life.
 - A task that is running or waiting here is not started twice; a finished one is answered from
@@ -589,7 +588,7 @@ class AINode:
         if self._draining:
             return 0
         s = self.settings
-        return max(0, s.concurrency + s.prefetch_slots - len(self._running) - len(self._waiting))
+        return max(0, s.concurrency + s.prefetch - len(self._running) - len(self._waiting))
 
     def _heartbeat(self, link: _HelperLink):  # noqa: ANN202
         self._beat += 1

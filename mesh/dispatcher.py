@@ -318,22 +318,28 @@ class Dispatcher:
             return 0
         sent_total = 0
         batch_max = self.settings.dispatch_batch_max
-        candidates = [n for n in self.nodes.values()
-                      if not n.draining and n.stalled_until <= now and n.available > 0]
+        live = [n for n in self.nodes.values() if not n.draining and n.available > 0]
+        candidates = [n for n in live if n.stalled_until <= now]
         now_ns = time.time_ns()
         queued = len(self.pending)
-        if len(candidates) > 1 and queued < sum(n.available for n in candidates):
+        if len(live) > 1 and queued < sum(n.available for n in live):
+            # A node stalled for a moment (not connected yet) keeps its share for the next
+            # pass: the others must not take it all meanwhile.
             self._pass_count += 1
-            shares = share_credit([(n.available, n.concurrency) for n in candidates], queued,
+            shares = share_credit([(n.available, n.concurrency) for n in live], queued,
                                   self._pass_count)
-            for node, share in zip(candidates, shares):
+            skipped = False
+            for node, share in zip(live, shares):
+                if node.stalled_until > now:
+                    skipped = skipped or share > 0
+                    continue
                 while share > 0 and self.pending:
                     sent, full = self._send_frame(node, min(share, batch_max), now, now_ns)
                     sent_total += sent
                     share -= sent
                     if not full:
                         break
-            candidates = [n for n in candidates if n.available > 0]
+            candidates = [] if skipped else [n for n in candidates if n.available > 0]
         candidates.sort(key=lambda n: n.available, reverse=True)
         for node in candidates:
             # One frame per node and pass, or more while frames fill up by bytes first.

@@ -120,9 +120,10 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: tasks run at once
     concurrency: int = 16
     #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round
-    #: trip); None: `default_prefetch(concurrency)`, small so that a node never holds work
-    #: another node could start (docs/decisions/005-failure-semantics.md, "Fair dispatch")
-    prefetch: int | None = None
+    #: trip). 0 by default: a prefetched delivery waits on a busy node while another node may
+    #: have a free slot, which with long tasks costs whole waves; short-task throughput
+    #: measured no lower at 0 (docs/decisions/005-failure-semantics.md, "Fair dispatch")
+    prefetch: int = 0
     #: heartbeat period to every known Helper
     heartbeat_interval_s: float = 0.25
     #: default run timeout when the task carries none
@@ -149,21 +150,10 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _positive(self, "concurrency", "heartbeat_interval_s", "run_timeout_s", "dedup_window",
                   "max_message_bytes", "max_result_bytes", "max_helpers", "helper_link_idle_s")
-        if self.prefetch is not None and self.prefetch < 0:
+        if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if not self.node_id:
             raise ConfigError("node_id must not be empty")
-
-    @property
-    def prefetch_slots(self) -> int:
-        """Deliveries that may wait for a slot: `prefetch`, or its default."""
-        return default_prefetch(self.concurrency) if self.prefetch is None else self.prefetch
-
-
-def default_prefetch(concurrency: int) -> int:
-    """min(2, concurrency // 4): enough to hide the round trip of an ack for short tasks, never
-    so much that a node holds waiting work beyond a quarter of its slots."""
-    return min(2, concurrency // 4)
 
 
 def _positive(settings: msgspec.Struct, *names: str) -> None:

@@ -31,9 +31,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-id", default=None)
     p.add_argument("--bind", default="tcp://127.0.0.1:0", help="task endpoint to bind")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--prefetch", type=int, default=None,
-                   help="deliveries waiting for a slot beyond --concurrency "
-                        "(default min(2, concurrency // 4))")
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="deliveries waiting for a slot beyond --concurrency (default 0: work "
+                        "goes to free slots, see docs/decisions/005-failure-semantics.md)")
     p.add_argument("--helper", action="append", default=[],
                    help="a Helper's ack endpoint (repeatable; discovery adds the rest)")
     p.add_argument("--drain-grace", type=float, default=30.0)

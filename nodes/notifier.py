@@ -22,7 +22,8 @@ from discovery import Instance, open_discovery
 from mesh.alert_handlers import HandlerSet, load_handler, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
-from mesh.metrics import register_alert_subscriber, serve
+from mesh.alert_webhook import WebhookHandler
+from mesh.metrics import register_alert_subscriber, register_alert_webhook, serve
 from nodes import config, keys, runtime
 from nodes.registration import watch
 
@@ -46,6 +47,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="an alert handler, async or sync (repeatable); the log handler always runs "
                         "unless --no-log")
     p.add_argument("--no-log", action="store_true", help="do not log one line per alert")
+    p.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="POST each alert as JSON to URL (repeatable), retried with backoff")
+    p.add_argument("--webhook-max-queued", type=int, default=1000,
+                   help="alerts waiting for a webhook at most (then the lane waits)")
     p.add_argument("--state-file", default=None,
                    help="positions file (default: $MESH_DATA_DIR or ./mesh-data, "
                         "<notifier-id>/alert-positions.json)")
@@ -125,6 +130,11 @@ async def run(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(state_file)), exist_ok=True)
     handlers = [] if args.no_log else [("log", log_handler)]
     handlers += [(spec, load_handler(spec)) for spec in args.handler]
+    webhooks = [WebhookHandler(url, max_queued=args.webhook_max_queued,
+                               retry_cap_s=args.retry_cap) for url in args.webhook]
+    for webhook in webhooks:
+        await webhook.start()
+        handlers.append((f"webhook {webhook.url}", webhook))
     statics = [parse_publisher(spec) for spec in args.publisher]
     settings = AlertSubscriberSettings(
         topics=tuple(args.topic) or ("",), state_path=state_file, start_from=args.start_from,
@@ -161,6 +171,9 @@ async def run(args: argparse.Namespace) -> int:
     if port is not None:
         registry = CollectorRegistry()
         register_alert_subscriber(registry, subscriber.stats)
+        for webhook in webhooks:  # one webhook's counters (the first) when there are several
+            register_alert_webhook(registry, webhook.stats)
+            break
         metrics_server, _, metrics_port = serve(registry, port, args.metrics_addr)
     runtime.announce_ready("notifier", metrics_port=metrics_port, notifier_id=notifier_id,
                            state_file=state_file,
@@ -171,6 +184,8 @@ async def run(args: argparse.Namespace) -> int:
     if alert_watch is not None:
         alert_watch.stop(timeout_s=1.0)
     await subscriber.stop()
+    for webhook in webhooks:
+        await webhook.stop()
     if discovery is not None:
         discovery.close()
     if metrics_server is not None:
