@@ -70,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         run_timeout_s=args.run_timeout, max_result_bytes=args.max_result_bytes,
         max_helpers=args.max_helpers)
     # A key of its own: a Helper binds a node id to the key its heartbeats come with.
+    if not args.node_id:  # generated ids (ai-HOST-PID): drop the keys of runs that are gone
+        keys.prune_generated_node_keys(args, socket.gethostname())
     trust = keys.trust_from_args(args, identity=keys.ai_node_identity(settings.node_id))
     app = load_app(args.app)
     discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))

@@ -53,6 +53,30 @@ def ai_node_identity(node_id: str) -> str:
     return f"ai-node-{node_id}"
 
 
+def prune_generated_node_keys(args: argparse.Namespace, host: str) -> int:
+    """Remove the keys of AI nodes of this host whose id was generated (`ai-HOST-PID`) and
+    whose process is gone, so nodes started without --node-id do not pile keys up in the
+    store. Returns how many key names were removed. A live pid, another host's keys and named
+    nodes' keys are kept; a pid reused since only keeps a stale key a while longer."""
+    if getattr(args, "insecure", False):
+        return 0
+    root = Path(getattr(args, "keys", None) or default_key_dir())
+    prefix = f"ai-node-ai-{host}-"
+    removed = 0
+    for folder in (root / "own", root / "allowed" / Role.AI_NODE.value):
+        try:
+            names = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            continue
+        for path in names:
+            pid = path.name[len(prefix):].split(".", 1)[0]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            path.unlink(missing_ok=True)
+            removed += folder.name == Role.AI_NODE.value
+    return removed
+
+
 def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="CURVE keys: new, local, allow")
     keys_sub = p.add_subparsers(dest="keys_command", required=True)

@@ -1,7 +1,7 @@
 """The live page at `/`, loaded in a real headless Chromium against a running mesh: the numbers
 render, and they change when the mesh does (the page refreshes itself every 2 s).
 
-The browser comes from Debian's packages (scripts/install_browser.sh, which CI runs); without
+The browser comes from Debian's packages (scripts/install_test_tools.sh, which CI runs); without
 it this test skips and says why."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def browser():  # noqa: ANN201
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("no headless browser on this machine: run scripts/install_browser.sh "
+        pytest.skip("no headless browser on this machine: run scripts/install_test_tools.sh "
                     "(apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
