@@ -30,6 +30,7 @@ from collections.abc import Callable
 import msgspec
 
 from mesh import records, wire
+from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
@@ -263,6 +264,7 @@ class Dispatcher:
         # Frame numbers: one counter for every link, so a node back after being declared dead
         # (same incarnation, a new link) never sees a number its old link used.
         self._frame_seq = 0
+        self._pass_count = 0  # turns the tie order of `share_credit` from pass to pass
         self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation)
         #: a frame unconfirmed this long is followed by a probe (see `_probe`)
         self.unconfirmed_after_s = settings.node_dead_after_s
@@ -327,7 +329,13 @@ class Dispatcher:
     # ---- dispatch ----------------------------------------------------------------------
 
     def dispatch_pass(self) -> int:
-        """Send queued tasks to nodes with credit, most credit first. Returns deliveries sent."""
+        """Send queued tasks to nodes with credit, least loaded first. Returns deliveries sent.
+
+        When the queue holds less than the free credit of all nodes, who gets it matters: each
+        delivery goes to the node with the most free credit relative to its concurrency, ties
+        in turn (`choose.share_credit`), so long tasks spread over every node instead of
+        filling the first. Then what is still queued (e.g. kinds the chosen nodes do not
+        serve) goes to any node with credit left, most credit first."""
         if not self.pending or not self.nodes:
             return 0
         now = time.monotonic()
@@ -335,10 +343,29 @@ class Dispatcher:
             return 0
         sent_total = 0
         batch_max = self.settings.dispatch_batch_max
-        candidates = [n for n in self.nodes.values()
-                      if not n.draining and n.stalled_until <= now and n.available > 0]
-        candidates.sort(key=lambda n: n.available, reverse=True)
+        live = [n for n in self.nodes.values() if not n.draining and n.available > 0]
+        candidates = [n for n in live if n.stalled_until <= now]
         now_ns = time.time_ns()
+        queued = len(self.pending)
+        if len(live) > 1 and queued < sum(n.available for n in live):
+            # A node stalled for a moment (not connected yet) keeps its share for the next
+            # pass: the others must not take it all meanwhile.
+            self._pass_count += 1
+            shares = share_credit([(n.available, n.concurrency) for n in live], queued,
+                                  self._pass_count)
+            skipped = False
+            for node, share in zip(live, shares):
+                if node.stalled_until > now:
+                    skipped = skipped or share > 0
+                    continue
+                while share > 0 and self.pending:
+                    sent, full = self._send_frame(node, min(share, batch_max), now, now_ns)
+                    sent_total += sent
+                    share -= sent
+                    if not full:
+                        break
+            candidates = [] if skipped else [n for n in candidates if n.available > 0]
+        candidates.sort(key=lambda n: n.available, reverse=True)
         for node in candidates:
             # One frame per node and pass, or more while frames fill up by bytes first.
             while self.pending and node.available > 0:
@@ -932,6 +959,15 @@ class Dispatcher:
             self.enqueue(entry, front=True)
             requeued.append(task_id)
         node.inflight.clear()
+        if node.draining:
+            # It announced its drain in its heartbeats (SIGTERM, e.g. a rolling deploy): its
+            # going away is expected, so an INFO mesh.node.left, not an ERROR mesh.node.down.
+            log.info("node %s left after draining (%s); %d deliveries re-queued: %s",
+                     inert(node.node_id, 80), cause, len(requeued),
+                     inert(" ".join(requeued), 2000))
+            self._on_event("node_left", {"node_id": inert(node.node_id, 80), "cause": cause,
+                                         "requeued": len(requeued)})
+            return
         log.warning("node %s declared dead (%s); %d deliveries re-queued: %s",
                     inert(node.node_id, 80), cause, len(requeued),
                     inert(" ".join(requeued), 2000))

@@ -938,7 +938,8 @@ class Helper:
     def _on_event(self, kind: str, info: dict) -> None:
         if self._alerts is None:
             return
-        severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
+        severity = {"node_down": "error", "node_up": "info", "node_left": "info",
+                    "task_dead": "warning",
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
                     "deadletter_evicted": "warning", "journal_damaged": "critical"}.get(kind, "info")

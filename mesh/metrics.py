@@ -189,3 +189,13 @@ def register_alert_publisher(registry: CollectorRegistry, stats: object) -> None
 
 def register_alert_subscriber(registry: CollectorRegistry, stats: object) -> None:
     registry.register(StatsCollector("mesh_alert_subscriber", stats, SUBSCRIBER_STATS_HELP))
+
+
+WEBHOOK_STATS_HELP = {
+    "posted": "Alerts posted to the webhook",
+    "failures": "Webhook POSTs that failed (each retried with backoff)",
+}
+
+
+def register_alert_webhook(registry: CollectorRegistry, stats: object) -> None:
+    registry.register(StatsCollector("mesh_alert_webhook", stats, WEBHOOK_STATS_HELP))

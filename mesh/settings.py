@@ -122,8 +122,11 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     task_endpoint: str = "tcp://127.0.0.1:0"
     #: tasks run at once
     concurrency: int = 16
-    #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round trip)
-    prefetch: int = 16
+    #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round
+    #: trip). 0 by default: a prefetched delivery waits on a busy node while another node may
+    #: have a free slot, which with long tasks costs whole waves; short-task throughput
+    #: measured no lower at 0 (docs/decisions/005-failure-semantics.md, "Fair dispatch")
+    prefetch: int = 0
     #: heartbeat period to every known Helper
     heartbeat_interval_s: float = 0.25
     #: default run timeout when the task carries none

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import time
@@ -156,7 +157,7 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: 
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
     alert_presence = None
     if alerts is not None:
-        alert_presence = Presence(discovery, alert_instance(alerts), ttl_s=args.discovery_ttl,
+        alert_presence = Presence(discovery, alert_instance(alerts, watch=True), ttl_s=args.discovery_ttl,
                                   deregister_after_s=args.deregister_after)
         await alert_presence.start()
     runtime.announce_ready("helper", intake=helper.intake_endpoint, acks=helper.ack_endpoint,
@@ -165,6 +166,10 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: 
                            alerts_replay=alerts.replay_endpoint if alerts else None)
     name = await runtime.until_signalled()
     log.info("%s: stopping", name)
+    if alerts is not None:
+        # Subscribers take the silence that follows for a clean stop, not a Helper down.
+        alerts.publish("mesh.helper.left", "info", settings.helper_id,
+                       json.dumps({"helper_id": settings.helper_id, "signal": name}).encode())
     ai_watch.stop(timeout_s=1.0)
     await presence.stop()
     await helper.stop()

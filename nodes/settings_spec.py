@@ -185,7 +185,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _o("node_id", "stable id of this AI node (unset: ai-HOST-PID)"),
     _o("bind", "task endpoint to bind", setting=(A, "task_endpoint")),
     _o("concurrency", "tasks run at once", type=int, setting=(A, "concurrency")),
-    _o("prefetch", "deliveries accepted beyond --concurrency, waiting for a slot", type=int,
+    _o("prefetch", "deliveries accepted beyond --concurrency, waiting for a slot (0: work goes "
+       "to free slots; see docs/decisions/005-failure-semantics.md)", type=int,
        setting=(A, "prefetch")),
     _o("helper", "a Helper's ack endpoint (repeatable; discovery adds the rest)", kind="list",
        metavar="ENDPOINT"),
