@@ -46,6 +46,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 
@@ -93,7 +94,7 @@ class _HelperLink:
 
 class _Job:
     __slots__ = ("dispatch", "link", "task_id", "handler", "runner", "timeout_s", "deadline",
-                 "timed_out", "executor")
+                 "timed_out", "cancel_event", "executor")
 
     def __init__(self, dispatch, link: _HelperLink, handler) -> None:  # noqa: ANN001
         self.dispatch = dispatch
@@ -104,6 +105,7 @@ class _Job:
         self.timeout_s = 0.0
         self.deadline = 0.0  # monotonic; the run timeout's end, set when it starts
         self.timed_out = False
+        self.cancel_event: threading.Event | None = None  # made when the Helper cancels it
         self.executor = None  # chosen when it starts
 
 
@@ -400,6 +402,8 @@ class AINode:
             return
         self.metrics.received.inc(len(batch.dispatches))
         link = self._batch_link(batch, helper_key)
+        for task_id in batch.cancel_task_ids:
+            self._cancel(task_id, helper_key)
         for dispatch in batch.dispatches:
             try:
                 self._on_dispatch(dispatch, helper_key)
@@ -491,6 +495,31 @@ class AINode:
         limit = self._kind_limits.get(kind)
         return limit is None or self._kind_running[kind] < limit
 
+    def _cancel(self, task_id: str, helper_key: str) -> None:
+        """The Helper that sent the task cancelled it: stop an async run (CancelledError in
+        the handler), set the flag of a sync one (`TaskContext.cancelled`), drop one waiting
+        for a slot. The run then answers FAILED with CANCELLED_RUN."""
+        job = self._running.get(task_id)
+        if job is not None and job.link.helper_key == helper_key:
+            if job.cancel_event is None:
+                job.cancel_event = threading.Event()
+            job.cancel_event.set()
+            if (job.handler.is_async or job.executor is self.processes) \
+                    and job.runner is not None:
+                job.runner.cancel()  # in a child process: the child is killed (and replaced)
+            log.info("task %s cancelled by its Helper while running", inert(task_id, 80))
+            return
+        for job in self._waiting:
+            if job.task_id == task_id and job.link.helper_key == helper_key:
+                self._waiting.remove(job)
+                job.link.held.discard(task_id)
+                self._queue_ack(job.link, wire.Ack(
+                    task_id=task_id, delivery=job.dispatch.delivery, kind=wire.FAILED,
+                    error_class=wire.CANCELLED_RUN, error="cancelled before it started",
+                    attempt=job.dispatch.attempt))
+                self._schedule_flush()
+                return
+
     def _reject(self, link: _HelperLink, dispatch, error_class: int, message: str) -> None:  # noqa: ANN001
         self.metrics.rejected.labels(wire.error_class_name(error_class).lower()).inc()
         self._queue_ack(link, wire.Ack(task_id=dispatch.task.task_id, delivery=dispatch.delivery,
@@ -542,7 +571,10 @@ class AINode:
             # the slot is lost and the delivery is held forever.
             ack = wire.Ack(task_id=job.task_id, delivery=job.dispatch.delivery,
                            attempt=job.dispatch.attempt)
-            if job.timed_out and not self._stopped:
+            if job.cancel_event is not None:
+                ack.kind, ack.error_class = wire.FAILED, wire.CANCELLED_RUN
+                ack.error = "cancelled before it started"
+            elif job.timed_out and not self._stopped:
                 ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
                 ack.error = f"run timeout of {job.timeout_s}s passed before it started"
             else:
@@ -579,7 +611,10 @@ class AINode:
                        attempt=dispatch.attempt)
         ctx = None
         if handler.wants_context or job.executor is self.processes:
+            if job.cancel_event is None:
+                job.cancel_event = threading.Event()
             ctx = TaskContext(
+                cancel_event=job.cancel_event,
                 task_id=task.task_id, kind=task.kind, attempt=dispatch.attempt,
                 delivery=dispatch.delivery, idempotency_key=task.idempotency_key or task.task_id,
                 node_id=self.settings.node_id, headers=dict(task.headers),
@@ -601,7 +636,11 @@ class AINode:
                 ack.result = result
                 outcome = "succeeded"
         except asyncio.CancelledError:
-            if job.timed_out and not self._stopped:
+            if job.cancel_event is not None and job.cancel_event.is_set():
+                ack.kind, ack.error_class = wire.FAILED, wire.CANCELLED_RUN
+                ack.error = "CancelledError: the task was cancelled"
+                outcome = "cancelled"
+            elif job.timed_out and not self._stopped:
                 ack.kind, ack.error_class = wire.FAILED, wire.TIMEOUT
                 ack.error = f"run timeout of {timeout_s}s passed"
                 self.metrics.timeouts.inc()
@@ -633,8 +672,13 @@ class AINode:
             ack.dependency = exc.dependency
             outcome = {ErrorClass.RETRYABLE: "failed", ErrorClass.FATAL: "fatal",
                        ErrorClass.RETRY_LATER: "retry_later"}[exc.error_class]
-            log.info("task %s (%s) failed in child process: %s\n%s", inert(task.task_id, 100),
-                     inert(task.kind, 100), inert(ack.error, 300), exc.traceback)
+            log.error("task %s (kind %s, attempt %d) failed in a child process: %s%s\n%s",
+                      inert(task.task_id, 100), inert(task.kind, 100), dispatch.attempt,
+                      inert(ack.error, 300),
+                      " (not retried)" if exc.error_class == ErrorClass.FATAL else "",
+                      exc.traceback, extra={"task_id": task.task_id, "kind": task.kind,
+                                            "attempt": dispatch.attempt,
+                                            "node_id": self.settings.node_id})
         except RetryLater as exc:
             ack.kind, ack.error_class = wire.FAILED, wire.RETRY_LATER
             ack.retry_after_ms = int(exc.delay_s * 1000)
@@ -650,15 +694,35 @@ class AINode:
         except FatalError as exc:
             ack.kind, ack.error_class, ack.error = wire.FAILED, wire.FATAL, _describe(exc)
             outcome = "fatal"
+            self._log_failure(task, dispatch.attempt, exc, retried=False)
         except Exception as exc:
-            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, _describe(exc)
-            outcome = "failed"
+            retried = handler.retries(exc)  # @app.task(retry_on=, no_retry_on=)
+            ack.kind, ack.error = wire.FAILED, _describe(exc)
+            ack.error_class = wire.RETRYABLE if retried else wire.FATAL
+            outcome = "failed" if retried else "fatal"
+            self._log_failure(task, dispatch.attempt, exc, retried=retried)
+        if job.cancel_event is not None and job.cancel_event.is_set() \
+                and ack.kind != wire.REJECTED:
+            # A sync handler that saw the flag (or finished anyway): the Helper recorded
+            # CANCELLED; say so rather than report a result nobody wants.
+            ack.kind, ack.error_class, ack.result = wire.FAILED, wire.CANCELLED_RUN, b""
+            ack.error = ack.error or "the task was cancelled"
+            outcome = "cancelled"
         ack.finished_ns = time.time_ns()
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         self.metrics.run_latency.observe((ack.finished_ns - started_ns) / 1e9)
         if ack.kind != wire.REJECTED:
             self._dedup.remember(job.task_id, dispatch.attempt, ack)
         self._finish(job, ack)
+
+    def _log_failure(self, task, attempt: int, exc: BaseException, *, retried: bool) -> None:  # noqa: ANN001
+        """A handler raised: the operator sees which task, kind and attempt, and the traceback
+        (with --log-format json: task_id, kind, attempt and node_id as fields)."""
+        log.error("task %s (kind %s, attempt %d) failed: %s%s", inert(task.task_id, 100),
+                  inert(task.kind, 100), attempt, _describe(exc),
+                  "" if retried else " (not retried)", exc_info=exc,
+                  extra={"task_id": task.task_id, "kind": task.kind, "attempt": attempt,
+                         "node_id": self.settings.node_id})
 
     def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
         if self._running.pop(job.task_id, None) is not None and job.handler.concurrency:
@@ -708,7 +772,7 @@ class AINode:
             sent_ns=time.time_ns(), draining=self._draining, kinds=self._kinds,
             beat=self._beat, helper_incarnation=link.helper_incarnation,
             received=link.received, dispatch_seq=link.seq,
-            max_message_bytes=self.settings.max_message_bytes,
+            max_message_bytes=self.settings.max_message_bytes, version=_VERSION,
             kinds_full=[k for k, n in self._kind_running.items()
                         if n >= self._kind_limits[k]])
 
@@ -764,6 +828,18 @@ class AINode:
     @property
     def draining(self) -> bool:
         return self._draining
+
+
+def _mesh_version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("mesh")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+#: announced in heartbeats (`mesh nodes`, the live page)
+_VERSION = _mesh_version()
 
 
 def _describe(exc: BaseException) -> str:

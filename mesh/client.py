@@ -8,6 +8,18 @@ Guarantees: `submit` returns only when the Helper has the task on disk. If it ra
 `RequestTimeout` the outcome is unknown; submitting again with the same `task_id` is safe (the
 Helper answers a known id as a duplicate and stores nothing new).
 
+Which Helper: `Client("tcp://h:p")` talks to that one. `Client()` (no endpoint) or
+`Client(endpoints=source)` follows a set of Helpers: `source()` returns their intake endpoints
+now (a list, or a mapping endpoint -> announced key) and is asked again every
+REFRESH_INTERVAL_S (in a thread: it may read a registry). Submits spread over them and fail
+over with the same task ids (mesh/helper_pool.py); a status or cancel asks every one. With no
+source, `default_endpoints()` builds one from the environment (MESH_INTAKE, else discovery:
+MESH_DISCOVERY, CONSUL_HTTP_ADDR, or the embedded registry) — see its docstring for why
+`mesh` reads the environment there. Every call answers within `timeout_s` (default 3 s):
+`Unavailable` when no Helper did.
+
+Statuses are typed (`mesh.status.TaskStatus`: a state enum, datetimes, `.value`, `.json()`).
+
 Trust: the link is CURVE with this user's local key store unless told otherwise (`trust=`,
 see mesh/trust.py): the Client acts as `role` (client; operator for dead letters and stats)
 and pins the Helper's key from its allowed/helper/ list (the one the Helper announced, if
@@ -19,9 +31,12 @@ instead of waiting for a timeout. A request the role may not make raises `Permis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
+import os
 import time
+from collections.abc import Callable, Mapping
 
 import zmq
 import zmq.asyncio
@@ -29,9 +44,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import sockets, wire
 from mesh.errors import (
-    HelperRefusedKey, MeshError, NotFound, RequestTimeout, TaskFailed, WireError,
-    error_from_code,
+    AlreadyFinished, ConfigError, HelperRefusedKey, MeshError, NotFound, RequestTimeout,
+    TaskCancelled, TaskFailed, Unavailable, WaitTimedOut, WireError, error_from_code,
 )
+from mesh.status import TaskState, TaskStatus
 from mesh.task import make_task
 from mesh.trust import ClientLink, Role, Trust
 
@@ -39,6 +55,42 @@ log = logging.getLogger("mesh.client")
 
 #: task ids per status request; the Helper's bound (max_status_ids) is at least this by default
 STATUS_IDS_PER_REQUEST = 1000
+#: how long a Client waits for a Helper's answer unless told otherwise (issue 12: a submit to a
+#: Helper that is down must not hang; 3 s is the gateway's figure too)
+DEFAULT_TIMEOUT_S = 3.0
+#: how often a Client that follows Helpers asks its endpoint source again
+REFRESH_INTERVAL_S = 2.0
+
+#: the intake endpoints now: a list, or a mapping endpoint -> the key it announced ("")
+EndpointSource = Callable[[], "Mapping[str, str] | list[str]"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    task_id: str
+    state: TaskState        # CANCELLED
+    was_running: bool       # a node held it: it was told to stop the run
+
+
+def default_endpoints(environ: Mapping[str, str] | None = None) -> EndpointSource:
+    """The Helpers a `Client()` given no endpoint follows. $MESH_INTAKE (comma-separated
+    endpoints) if set; else the Helpers in discovery: $MESH_DISCOVERY, else Consul when
+    $CONSUL_HTTP_ADDR is set, else the embedded registry (`nodes.client_factory.env_source`).
+
+    The two exceptions to the layering, made here once and on purpose so that `Client()` finds
+    the same Helpers as the `mesh` commands: like `mesh.trust.default_key_dir`, this reads the
+    environment; and it imports `nodes.client_factory` (which knows discovery) lazily, only
+    when no endpoint and no source were given. Code that wires its own pass `endpoints=`."""
+    env = os.environ if environ is None else environ
+    if env.get("MESH_INTAKE"):
+        endpoints = [e.strip() for e in env["MESH_INTAKE"].split(",") if e.strip()]
+        return lambda: endpoints
+    try:
+        from nodes.client_factory import env_source
+    except ImportError as exc:
+        raise ConfigError("Client() with no endpoint needs $MESH_INTAKE or the discovery "
+                          f"backends of the mesh package ({exc}); pass an endpoint") from None
+    return env_source(env)
 
 
 def _wait_request(task_id: str, timeout: float):  # noqa: ANN202 - wire.ClientRequest
@@ -54,9 +106,8 @@ def _terminal(status, task_id: str, timeout: float):  # noqa: ANN001, ANN202
     if not status.state:
         raise NotFound(task_id)
     if status.state not in wire.TERMINAL_STATES:
-        raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
-                             f"after {timeout}s")
-    return status
+        raise WaitTimedOut(task_id, timeout, TaskStatus.of(status))
+    return TaskStatus.of(status)
 
 
 #: handshake outcomes the Client watches on its socket
@@ -92,6 +143,8 @@ def _refusal(event: int, endpoint: str, role: Role, link: ClientLink | None) -> 
 
 
 def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
+    if status.state == wire.CANCELLED:
+        raise TaskCancelled(task_id)
     if status.state == wire.DEAD:
         raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
     return status.result
@@ -124,7 +177,20 @@ class _Channel:
 
 
 #: requests that need the operator role; everything else is a client's
-_OPERATOR_REQUESTS = frozenset({"dead_letter", "stats"})
+_OPERATOR_REQUESTS = frozenset({"dead_letter", "stats", "nodes"})
+
+
+def _cancel_outcome(result, task_id: str) -> CancelOutcome:  # noqa: ANN001 - wire.CancelResult
+    if result.code == wire.NOT_FOUND:
+        raise NotFound(task_id)
+    if result.code == wire.ALREADY_FINISHED:
+        err = AlreadyFinished(f"task {task_id} is {wire.state_name(result.state)} already: "
+                              "nothing to cancel")
+        err.state = TaskState(result.state)
+        raise err
+    if result.code != wire.OK:
+        raise error_from_code(result.code, f"cancel of task {task_id} refused")
+    return CancelOutcome(task_id, TaskState(result.state), result.was_running)
 
 
 class Client:
@@ -135,10 +201,17 @@ class Client:
     the Helper's key as announced in discovery (`curve_key`), pinned only if it is in
     allowed/helper/."""
 
-    def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
-                 timeout_s: float = 30.0, trust: Trust | None = None, role: Role | None = None,
-                 server_key: str | bytes | None = None) -> None:
-        self.endpoint = intake_endpoint
+    def __init__(self, intake_endpoint: str | None = None, *,
+                 endpoints: EndpointSource | None = None,
+                 context: zmq.asyncio.Context | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, trust: Trust | None = None,
+                 role: Role | None = None, server_key: str | bytes | None = None) -> None:
+        self.endpoint = intake_endpoint or ""
+        #: following Helpers (no endpoint given): the source, and a HelperPool made at start
+        self._source = None if intake_endpoint else (endpoints or default_endpoints())
+        self._pool = None
+        self._keys: dict[str, str] = {}
+        self._refreshed_at = -1e9
         self.timeout_s = timeout_s
         self.trust = trust
         self.role = role
@@ -162,7 +235,39 @@ class Client:
         if self._ctx is None:
             self._ctx = sockets.new_context()
         self._started = True
+        if self._source is not None:
+            from mesh.helper_pool import HelperPool  # it does not import this module
+            self._pool = HelperPool([], self._member, timeout_s=self.timeout_s,
+                                    allow_empty=True)
+            await self._pool.start()
+            return
         self._channel(self.role or Role.CLIENT)
+
+    def _member(self, endpoint: str, role: Role) -> Client:
+        """The single-Helper Client the pool uses for one Helper and role."""
+        return Client(endpoint, context=self._ctx, timeout_s=self.timeout_s, trust=self.trust,
+                      role=self.role or role, server_key=self._keys.get(endpoint) or None)
+
+    async def _helpers(self):  # noqa: ANN202 - the HelperPool, its endpoints refreshed
+        if not self._started:
+            await self.start()
+        if self._closed:
+            raise MeshError("client closed")
+        now = time.monotonic()
+        if now - self._refreshed_at >= REFRESH_INTERVAL_S or not self._pool.endpoints:
+            self._refreshed_at = now
+            try:
+                found = await asyncio.wait_for(asyncio.to_thread(self._source), self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a registry that fails: keep what we had
+                log.warning("could not list the Helpers: %s", exc)
+                found = None
+            if found is not None:
+                self._keys = dict(found) if isinstance(found, Mapping) else dict.fromkeys(found, "")
+                await self._pool.set_endpoints(list(self._keys))
+        if not self._pool.endpoints:
+            raise Unavailable("no Helper found (discovery lists none, or $MESH_INTAKE is "
+                              "empty): start one with `mesh helper`, or give an endpoint")
+        return self._pool
 
     def _channel(self, role: Role) -> _Channel:
         channel = self._channels.get(role)
@@ -179,6 +284,11 @@ class Client:
             if not fut.done():
                 fut.set_exception(MeshError("client closed"))
         self._waiting.clear()
+        if self._pool is not None:
+            await self._pool.close()
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -209,25 +319,44 @@ class Client:
 
     async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
         """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
+        if self._source is not None:
+            outcomes = await (await self._helpers()).submit(tasks, wait_s)
+            lost = [o for o in outcomes if o.code is None]
+            if lost:
+                raise Unavailable(lost[0].message)
+            return [wire.SubmitResult(task_id=o.task_id, code=o.code, message=o.message,
+                                      duplicate=o.duplicate) for o in outcomes]
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
         reply = await self._call(request, self.timeout_s + wait_s)
         return list(reply.submit.results)
 
-    async def status(self, task_id: str):  # noqa: ANN201 - wire.TaskStatus
+    async def status(self, task_id: str) -> TaskStatus:
+        """The task's status; NotFound if no Helper knows it."""
+        if self._source is not None:
+            return (await (await self._helpers()).find(task_id)).status
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.status.task_ids.append(task_id)
         reply = await self._call(request, self.timeout_s)
         status = reply.status.statuses[0]
         if not status.state:
             raise NotFound(task_id)
-        return status
+        return TaskStatus.of(status)
 
-    async def statuses(self, task_ids: list[str]) -> list:
-        """One status per id given, in that order (an unknown id has state 0). Asks for each
-        distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for the
-        ids a reply left out (the Helper bounds each reply's bytes)."""
+    async def statuses(self, task_ids: list[str]) -> list[TaskStatus]:
+        """One status per id given, in that order (an unknown id has state UNKNOWN). Asks for
+        each distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for
+        the ids a reply left out (the Helper bounds each reply's bytes)."""
+        if self._source is not None:
+            pool = await self._helpers()
+
+            async def one(task_id: str) -> TaskStatus:
+                try:
+                    return (await pool.find(task_id)).status
+                except NotFound:
+                    return TaskStatus(task_id, TaskState.UNKNOWN)
+            return list(await asyncio.gather(*(one(t) for t in task_ids)))
         distinct = list(dict.fromkeys(task_ids))
         found: dict[str, object] = {}
         while len(found) < len(distinct):
@@ -243,15 +372,18 @@ class Client:
             if len(found) == before:
                 raise MeshError(f"the Helper answered a status request of {len(ask)} ids with "
                                 f"none of them: {reply.message or 'no reason given'}")
-        return [found[t] for t in task_ids]
+        return [TaskStatus.of(found[t]) for t in task_ids]
 
-    async def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
-        """The task's status once terminal; RequestTimeout if it is not by then."""
+    async def wait(self, task_id: str, timeout: float = 60.0) -> TaskStatus:
+        """The task's status once terminal; WaitTimedOut (a RequestTimeout) if it is not by
+        then, Unavailable if no Helper answers."""
+        if self._source is not None:
+            return await (await self._helpers()).wait(task_id, timeout)
         reply = await self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
         return _terminal(reply.status.statuses[0], task_id, timeout)
 
     async def result(self, task_id: str, timeout: float = 60.0) -> bytes:
-        """The task's result; raises TaskFailed if it ended DEAD."""
+        """The task's result; raises TaskFailed if it ended DEAD (TaskCancelled: cancelled)."""
         return _result_of(await self.wait(task_id, timeout), task_id)
 
     async def dead_letters(self, op: str = "list", task_ids: list[str] = (), limit: int = 100):  # noqa: ANN201
@@ -264,14 +396,65 @@ class Client:
         request.dead_letter.op = ops[op]
         request.dead_letter.task_ids.extend(task_ids)
         request.dead_letter.limit = limit
+        if self._source is not None:
+            merged = wire.DeadLetterReply()
+            for reply in await self._each(lambda c: c.dead_letters(op, task_ids, limit)):
+                merged.tasks.extend(reply.tasks)
+                merged.affected += reply.affected
+            return merged
         reply = await self._call(request, self.timeout_s)
         return reply.dead_letter
 
     async def stats(self) -> dict[str, float]:
+        """The Helper's counters (summed over the Helpers followed)."""
+        if self._source is not None:
+            totals: dict[str, float] = {}
+            for values in await self._each(lambda c: c.stats()):
+                for name, value in values.items():
+                    totals[name] = totals.get(name, 0.0) + value
+            return totals
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.stats.SetInParent()
         reply = await self._call(request, self.timeout_s)
         return dict(reply.stats.values)
+
+    async def cancel(self, task_id: str) -> CancelOutcome:
+        """Cancel a task: a queued one is CANCELLED at once, a running one too and its node is
+        told to stop it. NotFound for an unknown id, AlreadyFinished (with `.state`) for a task
+        that ended already. Answered once the cancel is durable on the Helper."""
+        if self._source is not None:
+            return await (await self._helpers()).cancel(task_id)
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.cancel.task_ids.append(task_id)
+        reply = await self._call(request, self.timeout_s)
+        return _cancel_outcome(reply.cancel.results[0], task_id)
+
+    async def nodes(self) -> dict[str, object]:
+        """Each Helper's view of its AI nodes and queue: intake endpoint -> wire.NodesReply
+        (nodes: id, endpoint, state, credit, concurrency, held, running, version, last beat
+        age; queues: depth and oldest age by kind). Operator key."""
+        if self._source is not None:
+            pool = await self._helpers()
+            answers = await pool.each(lambda c: c.nodes(), self.role or Role.OPERATOR)
+            if all(isinstance(a, BaseException) for a in answers.values()):
+                raise next(iter(answers.values()))
+            return {e: a[e] for e, a in answers.items() if not isinstance(a, BaseException)}
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.nodes.SetInParent()
+        reply = await self._call(request, self.timeout_s)
+        return {self.endpoint: reply.nodes}
+
+    async def _each(self, call) -> list:  # noqa: ANN001
+        """`call(client)` on every Helper followed; their answers (those that answered).
+        Raises the first error when none did."""
+        pool = await self._helpers()
+        answers = await pool.each(call, self.role or Role.OPERATOR)
+        good = [a for a in answers.values() if not isinstance(a, BaseException)]
+        if not good:
+            error = next(iter(answers.values()))
+            raise error if isinstance(error, MeshError) else Unavailable(
+                f"no Helper answered within {self.timeout_s:g}s")
+        return good
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -300,8 +483,9 @@ class Client:
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
-            raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
-                                 f"{timeout_s}s") from None
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s: is it up? (mesh nodes / discovery list it)"
+                              ) from None
         finally:
             self._waiting.pop(rid, None)
         if reply.code not in (wire.OK, 0):
@@ -342,15 +526,27 @@ class SyncClient:
         with SyncClient("tcp://127.0.0.1:7001") as client:
             task_id = client.submit("vision", b"...")
             result = client.result(task_id, timeout=30)
+
+    With no endpoint (or `endpoints=`), it follows Helpers as `Client()` does, by running a
+    `Client` on an event loop of its own (one per SyncClient, in the calling thread).
     """
 
-    def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0,
+    def __init__(self, intake_endpoint: str | None = None, *,
+                 endpoints: EndpointSource | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
                  trust: Trust | None = None, role: Role = Role.CLIENT,
                  server_key: str | bytes | None = None) -> None:
         # One link, one role: SyncClient has no dead-letter or stats calls.
-        self.endpoint = intake_endpoint
+        self.endpoint = intake_endpoint or ""
         self.timeout_s = timeout_s
         self.role = role
+        self._loop = self._async = None
+        if not intake_endpoint:
+            self._loop = asyncio.new_event_loop()
+            self._async = Client(endpoints=endpoints or default_endpoints(),
+                                 timeout_s=timeout_s, trust=trust, role=role)
+            self.trust, self._sock = trust, None
+            return
         self.trust, self._link = _client_link(trust, role, server_key)
         self._ctx = sockets.new_sync_context()
         self._sock = sockets.client_dealer(self._ctx, intake_endpoint, link=self._link)
@@ -361,7 +557,15 @@ class SyncClient:
         self.refused: HelperRefusedKey | None = None
         self._ids = itertools.count(1)
 
+    def _run(self, coro):  # noqa: ANN001, ANN202 - the following Client's call, to its end
+        return self._loop.run_until_complete(coro)
+
     def close(self) -> None:
+        if self._async is not None:
+            if not self._loop.is_closed():
+                self._run(self._async.close())
+                self._loop.close()
+            return
         if self._sock is not None:
             self._sock.disable_monitor()
             self._monitor.close(linger=0)
@@ -380,6 +584,8 @@ class SyncClient:
         return self.submit_many([make_task(kind, payload, **options)], wait_s=wait_s)[0]
 
     def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
+        if self._async is not None:
+            return self._run(self._async.submit_many(tasks, wait_s=wait_s))
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
@@ -389,15 +595,27 @@ class SyncClient:
                 raise error_from_code(result.code, result.message)
         return [r.task_id for r in reply.submit.results]
 
-    def status(self, task_id: str):  # noqa: ANN201
+    def status(self, task_id: str) -> TaskStatus:
+        if self._async is not None:
+            return self._run(self._async.status(task_id))
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.status.task_ids.append(task_id)
         status = self._call(request, self.timeout_s).status.statuses[0]
         if not status.state:
             raise NotFound(task_id)
-        return status
+        return TaskStatus.of(status)
 
-    def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
+    def cancel(self, task_id: str) -> CancelOutcome:
+        """See `Client.cancel`."""
+        if self._async is not None:
+            return self._run(self._async.cancel(task_id))
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.cancel.task_ids.append(task_id)
+        return _cancel_outcome(self._call(request, self.timeout_s).cancel.results[0], task_id)
+
+    def wait(self, task_id: str, timeout: float = 60.0) -> TaskStatus:
+        if self._async is not None:
+            return self._run(self._async.wait(task_id, timeout))
         reply = self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
         return _terminal(reply.status.statuses[0], task_id, timeout)
 
@@ -423,8 +641,8 @@ class SyncClient:
                     raise self.refused
             if self._sock not in ready:
                 if not ready:
-                    raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
-                                         f"{timeout_s}s")
+                    raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                                      f"{timeout_s:g}s: is it up?")
                 continue
             frame = self._sock.recv()
             if not frame:

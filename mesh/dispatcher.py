@@ -37,6 +37,7 @@ from collections.abc import Callable
 import msgspec
 
 from mesh import records, wire
+from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
@@ -62,6 +63,11 @@ MAX_ERROR_CHARS = 4096
 MAX_HOLDER_KEYS = 8
 #: in `TaskEntry.holders`: recovered unfinished at start, so its holder is unknown
 ANY_HOLDER = "*"
+#: failed attempts and lost deliveries remembered per task (the most recent ones), for
+#: `mesh dlq inspect`
+MAX_HISTORY = 16
+#: bytes of the payload a dead-letter inspect shows
+PAYLOAD_PREVIEW_BYTES = 256
 #: mesh_circuit_state's values
 CIRCUIT_STATE_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
@@ -106,6 +112,8 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
     #: the keys ("" on plain links) of the nodes this task was sent to or adopted by: only
     #: these may ack it (see `Dispatcher._apply_ack`)
     holders: tuple = ()
+    #: failed attempts and lost deliveries, as wire.Attempt (the most recent MAX_HISTORY)
+    history: tuple = ()
 
     @classmethod
     def of(cls, task, seq: int, max_attempts: int,  # noqa: ANN001
@@ -123,15 +131,30 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
 
     @property
     def terminal(self) -> bool:
-        return self.state == wire.SUCCEEDED or self.state == wire.DEAD
+        return self.state == wire.SUCCEEDED or self.state == wire.DEAD \
+            or self.state == wire.CANCELLED
 
-    def status(self):  # noqa: ANN201 - wire.TaskStatus
-        return wire.TaskStatus(
+    def status(self, *, preview: bool = False):  # noqa: ANN201 - wire.TaskStatus
+        """The task's status; `preview` adds the payload's first bytes and its size (for a
+        dead-letter inspect)."""
+        status = wire.TaskStatus(
             task_id=self.task_id, state=max(self.state, 0), attempts=self.attempt,
             deliveries=self.deliveries, node_id=self.node_id, result=self.result,
             error=self.error, dead_reason=self.dead_reason,
             submitted_ns=self.submitted_ns, finished_ns=self.finished_ns,
-            kind=self.kind, priority=self.priority)
+            kind=self.kind, priority=self.priority, history=self.history,
+            cancelled_ns=self.finished_ns if self.state == wire.CANCELLED else 0)
+        if preview and self.task is not None:
+            status.payload = self.task.payload[:PAYLOAD_PREVIEW_BYTES]
+            status.payload_bytes = len(self.task.payload)
+        return status
+
+    def remember(self, outcome: str, error: str, node_id: str = "",
+                 attempt: int = 0) -> None:
+        """Add one failed attempt or lost delivery to the task's history (bounded)."""
+        item = wire.Attempt(attempt=attempt or self.attempt, node_id=node_id, error=error,
+                            at_ns=time.time_ns(), outcome=outcome)
+        self.history = (*self.history[-(MAX_HISTORY - 1):], item)
 
     def record(self):  # noqa: ANN201 - wire.TaskRecord, the full state for a rewrite
         wall_not_before = 0
@@ -146,7 +169,7 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
             task=task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
             attempts=self.attempt, deliveries=self.lost_deliveries, result=self.result,
             error=self.error, dead_reason=self.dead_reason, finished_ns=self.finished_ns,
-            not_before_ns=max(wall_not_before, 0), node_id=self.node_id)
+            not_before_ns=max(wall_not_before, 0), node_id=self.node_id, history=self.history)
 
 
 class NodeLink:
@@ -156,7 +179,7 @@ class NodeLink:
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
         "suffix", "held", "running", "frames", "outstanding", "echoes", "base_received",
-        "confirmed", "frame_budget", "probed_at", "key", "kinds_full",
+        "confirmed", "frame_budget", "probed_at", "key", "version", "kinds_full",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock,  # noqa: ANN001
@@ -190,6 +213,7 @@ class NodeLink:
         self.suffix = b""  # the encoded Dispatch fields common to this incarnation
         self.running = 0  # handlers running on the node, as of its last heartbeat
         self.held = ()  # task ids its last heartbeat said it holds (running or waiting)
+        self.version = ""  # the mesh version it announces ("" = an older node)
         self.kinds_full = ()  # kinds at their per-kind concurrency limit on the node
 
     @property
@@ -245,11 +269,14 @@ class Dispatcher:
         self.nodes: dict[str, NodeLink] = {}
         self.finished: deque[str] = deque()
         self.unroutable_since: dict[str, float] = {}
+        #: every kind an AI node announced in a heartbeat during this run (refuse_unknown_kinds)
+        self.kinds_announced: set[str] = set()
         self.reconcile_until = 0.0
         self._expiry_sweep_at = 0.0
         # Frame numbers: one counter for every link, so a node back after being declared dead
         # (same incarnation, a new link) never sees a number its old link used.
         self._frame_seq = 0
+        self._pass_count = 0  # turns the tie order of `share_credit` from pass to pass
         self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation)
         #: a frame unconfirmed this long is followed by a probe (see `_probe`)
         self.unconfirmed_after_s = settings.node_dead_after_s
@@ -258,7 +285,7 @@ class Dispatcher:
         self.dead_letters = DeadLetterBook(settings.max_dead_letters,
                                            settings.max_dead_letter_bytes)
         self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0,
-                      "dead_evicted": 0}
+                      "dead_evicted": 0, "cancelled": 0}
         #: the journal's max_record_bytes, for the message when a result does not fit (0: unknown)
         self.record_limit_bytes = record_limit_bytes
         #: key -> node ids it holds among live nodes (max_node_ids_per_key)
@@ -324,7 +351,13 @@ class Dispatcher:
     # ---- dispatch ----------------------------------------------------------------------
 
     def dispatch_pass(self) -> int:
-        """Send queued tasks to nodes with credit, most credit first. Returns deliveries sent."""
+        """Send queued tasks to nodes with credit, least loaded first. Returns deliveries sent.
+
+        When the queue holds less than the free credit of all nodes, who gets it matters: each
+        delivery goes to the node with the most free credit relative to its concurrency, ties
+        in turn (`choose.share_credit`), so long tasks spread over every node instead of
+        filling the first. Then what is still queued (e.g. kinds the chosen nodes do not
+        serve) goes to any node with credit left, most credit first."""
         if not self.pending or not self.nodes:
             return 0
         now = time.monotonic()
@@ -334,10 +367,29 @@ class Dispatcher:
         self.wake_at = 0.0
         sent_total = 0
         batch_max = self.settings.dispatch_batch_max
-        candidates = [n for n in self.nodes.values()
-                      if not n.draining and n.stalled_until <= now and n.available > 0]
-        candidates.sort(key=lambda n: n.available, reverse=True)
+        live = [n for n in self.nodes.values() if not n.draining and n.available > 0]
+        candidates = [n for n in live if n.stalled_until <= now]
         now_ns = time.time_ns()
+        queued = len(self.pending)
+        if len(live) > 1 and queued < sum(n.available for n in live):
+            # A node stalled for a moment (not connected yet) keeps its share for the next
+            # pass: the others must not take it all meanwhile.
+            self._pass_count += 1
+            shares = share_credit([(n.available, n.concurrency) for n in live], queued,
+                                  self._pass_count)
+            skipped = False
+            for node, share in zip(live, shares):
+                if node.stalled_until > now:
+                    skipped = skipped or share > 0
+                    continue
+                while share > 0 and self.pending:
+                    sent, full = self._send_frame(node, min(share, batch_max), now, now_ns)
+                    sent_total += sent
+                    share -= sent
+                    if not full:
+                        break
+            candidates = [] if skipped else [n for n in candidates if n.available > 0]
+        candidates.sort(key=lambda n: n.available, reverse=True)
         for node in candidates:
             # One frame per node and pass, or more while frames fill up by bytes first.
             while self.pending and node.available > 0:
@@ -552,6 +604,7 @@ class Dispatcher:
         node.last_heard = time.monotonic()
         node.beat = hb.beat
         node.held = hb.held_task_ids
+        node.version = hb.version
         for ack in batch.acks:
             self._apply_ack(node, ack)
         node.concurrency = hb.concurrency
@@ -559,6 +612,7 @@ class Dispatcher:
         node.kinds_full = hb.kinds_full
         if node.kinds != frozenset(hb.kinds):
             node.kinds = frozenset(hb.kinds)
+            self.kinds_announced |= node.kinds
         node.draining = hb.draining
         node.announced = hb.credit
         node.frame_budget = self._frame_budget(hb)
@@ -732,11 +786,18 @@ class Dispatcher:
             self.metrics.late_acks.inc()
             return
         node.inflight.pop(ack.task_id, None)
+        if kind == wire.FAILED and ack.error_class == wire.CANCELLED_RUN:
+            # The node stopped a run we asked it to stop; normally the task is CANCELLED here
+            # already (then this ack is late, above). Never retried.
+            self._cancelled(entry)
+            return
         if kind == wire.FAILED:
             self._record_outcome(entry, ack)
             if ack.lost:
+                entry.remember("lost", error, node.node_id)
                 self._lost_in_child(entry, error)
                 return
+            entry.remember("failed", error, node.node_id, entry.attempt)
             decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
                                                 ack.error_class, ack.retry_after_ms, self._rng)
             entry.error = error
@@ -776,6 +837,62 @@ class Dispatcher:
                                   deliveries=entry.lost_deliveries)))
         self.metrics.redeliveries.labels("child_died").inc()
         self.enqueue(entry, front=True)
+
+    # ---- cancel and the operators' view ------------------------------------------------
+
+    def cancel(self, task_id: str):  # noqa: ANN201 - wire.CancelResult
+        """Cancel one task: NOT_FOUND, ALREADY_FINISHED (terminal: nothing changes), or OK:
+        it is CANCELLED now (journaled; the caller syncs before answering), and if a node
+        holds it, the node is told to stop the run. Its ack for that run, whatever it says,
+        then finds a terminal task and is dropped: a cancelled task is never retried."""
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            return wire.CancelResult(task_id=task_id, code=wire.NOT_FOUND)
+        if entry.terminal:
+            return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
+                                     state=entry.state)
+        node = self.nodes.get(entry.node_id) if entry.node_id else None
+        was_running = node is not None and task_id in node.inflight
+        self._cancelled(entry)
+        if was_running:
+            self._send(node.sock, wire.encode_cancel_batch([task_id], self.reply_to,
+                                                           self.helper_incarnation))
+        return wire.CancelResult(task_id=task_id, code=wire.OK, state=wire.CANCELLED,
+                                 was_running=was_running)
+
+    def _cancelled(self, entry: TaskEntry) -> None:
+        """Record the task CANCELLED (terminal, not retried); its payload is dropped."""
+        self.pending.discard(entry)
+        self._release_delivery(entry)
+        finished_ns = time.time_ns()
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.CANCELLED,
+                                  attempts=entry.attempt, at_ns=finished_ns,
+                                  deliveries=entry.lost_deliveries, node_id=entry.node_id)))
+        entry.state = wire.CANCELLED
+        entry.finished_ns = finished_ns
+        entry.task = None
+        entry.encoded = b""
+        self.stats["cancelled"] += 1
+        self.metrics.outcomes.labels("cancelled").inc()
+        self._finish(entry)
+
+    def nodes_view(self):  # noqa: ANN201 - wire.NodesReply
+        """The nodes and the queue by kind as this Helper sees them now."""
+        now = time.monotonic()
+        reply = wire.NodesReply()
+        for node in self.nodes.values():
+            reply.nodes.append(wire.NodeInfo(
+                node_id=node.node_id, endpoint=node.endpoint,
+                state="draining" if node.draining else "alive", credit=node.announced,
+                concurrency=node.concurrency, held=len(node.held), running=node.running,
+                version=node.version, last_beat_age_ms=int((now - node.last_heard) * 1000),
+                inflight=len(node.inflight), kinds=sorted(node.kinds)))
+        for kind, (depth, oldest) in sorted(self.pending.depth_by_kind().items()):
+            reply.queues.append(wire.KindQueue(kind=kind, depth=depth,
+                                               oldest_age_ms=int((now - oldest) * 1000)))
+        reply.retry_waiting = len(self.retry_waiting)
+        return reply
 
     def _release_delivery(self, entry: TaskEntry) -> None:
         node = self.nodes.get(entry.node_id)
@@ -859,7 +976,7 @@ class Dispatcher:
             self.metrics.dead_letters_evicted.inc(evicted)
 
     def _finish(self, entry: TaskEntry) -> None:
-        if entry.state == wire.SUCCEEDED:
+        if entry.state == wire.SUCCEEDED or entry.state == wire.CANCELLED:
             self.finished.append(entry.task_id)
             self._evict()
         waiters = self._waiters.pop(entry.task_id, None)
@@ -873,7 +990,7 @@ class Dispatcher:
         while len(self.finished) > limit:
             task_id = self.finished.popleft()
             entry = self.tasks.get(task_id)
-            if entry is not None and entry.state == wire.SUCCEEDED:
+            if entry is not None and entry.state in (wire.SUCCEEDED, wire.CANCELLED):
                 del self.tasks[task_id]
                 self._forget(task_id)
 
@@ -894,7 +1011,7 @@ class Dispatcher:
         entry.not_before = time.monotonic() + delay_s
         self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
             wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
-                                  attempts=entry.attempt, error=entry.error,
+                                  attempts=entry.attempt, error=entry.error, at_ns=time.time_ns(),
                                   not_before_ns=time.time_ns() + int(delay_s * 1e9),
                                   deliveries=entry.lost_deliveries)))
         if delay_s <= 0:
@@ -937,6 +1054,7 @@ class Dispatcher:
             if entry.state == wire.RUNNING:
                 # It was running when the node died: it may be what killed it.
                 entry.lost_deliveries += 1
+                entry.remember("lost", f"node died ({cause}) while running it", node.node_id)
                 if entry.lost_deliveries >= self.settings.max_lost_deliveries:
                     self._dead(entry, wire.DELIVERY_LIMIT,
                                f"{entry.lost_deliveries} deliveries died with their node "
@@ -950,6 +1068,15 @@ class Dispatcher:
             self.enqueue(entry, front=True)
             requeued.append(task_id)
         node.inflight.clear()
+        if node.draining:
+            # It announced its drain in its heartbeats (SIGTERM, e.g. a rolling deploy): its
+            # going away is expected, so an INFO mesh.node.left, not an ERROR mesh.node.down.
+            log.info("node %s left after draining (%s); %d deliveries re-queued: %s",
+                     inert(node.node_id, 80), cause, len(requeued),
+                     inert(" ".join(requeued), 2000))
+            self._on_event("node_left", {"node_id": inert(node.node_id, 80), "cause": cause,
+                                         "requeued": len(requeued)})
+            return
         log.warning("node %s declared dead (%s); %d deliveries re-queued: %s",
                     inert(node.node_id, 80), cause, len(requeued),
                     inert(" ".join(requeued), 2000))
@@ -1098,6 +1225,7 @@ class Dispatcher:
             entry.finished_ns = rec.finished_ns
             entry.node_id = rec.node_id
             entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+            entry.history = tuple(rec.history)
             self.tasks[entry.task_id] = entry
         elif record.type == records.TRANSITION:
             rec = wire.decode_transition_record(record.payload)
@@ -1105,6 +1233,13 @@ class Dispatcher:
             if entry is None:
                 self._release(record.key)  # its task was forgotten; compaction may drop it
                 return
+            if rec.error and (rec.state == wire.QUEUED or rec.dead_reason in (
+                    wire.ATTEMPTS_EXHAUSTED, wire.FATAL_ERROR)):
+                # a retry or the last failure: the failed attempts, as `_apply_ack` noted them
+                # (a lost delivery's note is kept only by a rewrite, TaskRecord.history)
+                item = wire.Attempt(attempt=max(rec.attempts - (rec.state == wire.QUEUED), 1),
+                                    error=rec.error, at_ns=rec.at_ns, outcome="failed")
+                entry.history = (*entry.history[-(MAX_HISTORY - 1):], item)
             entry.state = rec.state
             entry.attempt = rec.attempts or entry.attempt
             entry.lost_deliveries = rec.deliveries
@@ -1122,14 +1257,14 @@ class Dispatcher:
 
     def finish_replay(self) -> dict[str, int]:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""
-        counts = {"queued": 0, "succeeded": 0, "dead": 0}
+        counts = {"queued": 0, "succeeded": 0, "dead": 0, "cancelled": 0}
         live = sorted(self.tasks.values(), key=lambda e: e.seq)
         for entry in live:
-            if entry.state == wire.SUCCEEDED:
+            if entry.state == wire.SUCCEEDED or entry.state == wire.CANCELLED:
                 entry.task = None
                 entry.encoded = b""
                 self.finished.append(entry.task_id)
-                counts["succeeded"] += 1
+                counts["succeeded" if entry.state == wire.SUCCEEDED else "cancelled"] += 1
             elif entry.state == wire.DEAD:
                 counts["dead"] += 1
             else:

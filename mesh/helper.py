@@ -40,7 +40,8 @@ from mesh import sockets, wire
 from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    JournalError, MeshError, NotFound, QueueFull, ShuttingDown, WireError, error_from_code,
+    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, WireError,
+    error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
@@ -71,7 +72,8 @@ _DEAD_LETTER_OPERATIONS = {
     wire.REPLAY: Operation.DEAD_LETTER_REPLAY, wire.PURGE: Operation.DEAD_LETTER_PURGE,
 }
 _REQUEST_OPERATIONS = {"submit": Operation.SUBMIT, "status": Operation.STATUS,
-                       "result": Operation.RESULT, "stats": Operation.STATS}
+                       "result": Operation.RESULT, "stats": Operation.STATS,
+                       "cancel": Operation.CANCEL, "nodes": Operation.NODES}
 
 
 class Helper:
@@ -351,6 +353,9 @@ class Helper:
                 results.append(result)
                 dupes.append((result, known))
                 continue
+            if self.settings.refuse_unknown_kinds and task.kind not in d.kinds_announced:
+                self._refuse(task, KindNotServed(task.kind, d.kinds_announced), results)
+                continue
             if not d.has_room(1, len(encoded)):
                 no_room.append(task)
                 continue
@@ -593,11 +598,59 @@ class Helper:
             reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
             reply.stats.values.update(self.stats())
             self._reply(identity, reply)
+        elif which == "cancel":
+            self._on_cancel(identity, rid, request.cancel.task_ids)
+        elif which == "nodes":
+            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+            reply.nodes.CopyFrom(self.dispatcher.nodes_view())
+            self._reply(identity, reply)
         else:
             self.metrics.bad_frames.labels("intake").inc()
             self._reply(identity, wire.ClientReply(
                 version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.MALFORMED_REQUEST,
                 message="request has no body this Helper understands"))
+
+    def _on_cancel(self, identity: bytes, rid: int, task_ids) -> None:  # noqa: ANN001
+        """Cancel each task (see `Dispatcher.cancel`); answered once the CANCELLED records are
+        durable, so a cancel answered OK survives a restart."""
+        reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > self.settings.max_status_ids:
+            reply.code = wire.MALFORMED_REQUEST
+            reply.message = (f"cancel request names {len(ids)} task ids; at most "
+                             f"{self.settings.max_status_ids} per request")
+            self._reply(identity, reply)
+            return
+        changed = False
+        try:
+            for task_id in ids:
+                result = self.dispatcher.cancel(task_id)
+                changed = changed or result.code == wire.OK
+                reply.cancel.results.append(result)
+        except JournalError as exc:
+            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
+                                     code=exc.code, message=str(exc))
+            self._reply(identity, reply)
+            return
+        if not changed:
+            self._reply(identity, reply)
+            return
+        self._room.set()
+
+        def synced(future: asyncio.Future) -> None:
+            error = future.exception() if not future.cancelled() else JournalError("cancelled")
+            if error is not None:
+                self._reply(identity, wire.ClientReply(
+                    version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.JOURNAL_FAILED,
+                    message=f"the cancel is recorded but not yet durable: {error}"))
+            else:
+                self._reply(identity, reply)
+
+        try:
+            self.journal.sync_future().add_done_callback(synced)
+        except JournalError as exc:
+            self._reply(identity, wire.ClientReply(
+                version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code, message=str(exc)))
 
     def _deny(self, identity: bytes, rid: int, user_id: str, operation: Operation) -> None:
         """A request the sender's role may not make: a PERMISSION_DENIED reply, counted."""
@@ -925,7 +978,8 @@ class Helper:
     def _on_event(self, kind: str, info: dict) -> None:
         if self._alerts is None:
             return
-        severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
+        severity = {"node_down": "error", "node_up": "info", "node_left": "info",
+                    "task_dead": "warning",
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
                     "deadletter_evicted": "warning", "journal_damaged": "critical",
@@ -953,6 +1007,7 @@ class Helper:
             "duplicate_done": float(d.stats["duplicate_done"]),
             "late_acks": float(d.stats["late_acks"]),
             "succeeded": float(d.stats["succeeded"]),
+            "cancelled": float(d.stats["cancelled"]),
             "dead": float(d.stats["dead"]),
             "dead_letters": float(len(d.dead_letters)),
             "dead_letter_bytes": float(d.dead_letters.size_bytes),

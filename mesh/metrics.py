@@ -6,7 +6,11 @@ report its own. Hot paths update these once per batch, not once per task.
 
 from __future__ import annotations
 
+import errno
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from mesh.errors import AddressInUse
 
 _LATENCY_BUCKETS_S = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
@@ -158,8 +162,15 @@ class AINodeMetrics:
 
 
 def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> tuple:
-    """Serve /metrics on a thread; port 0 picks a free one. Returns (server, real_port)."""
-    server, thread = start_http_server(port, addr=addr, registry=registry)
+    """Serve /metrics on a thread; port 0 picks a free one. Returns (server, real_port).
+    A taken port raises mesh.errors.AddressInUse."""
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise AddressInUse(f"http://{addr}:{port}/metrics", f"metrics port {addr}:{port} is in "
+                           "use by another process; stop it or choose another port") from None
     return server, thread, server.server_address[1]
 
 
@@ -211,3 +222,13 @@ def register_alert_publisher(registry: CollectorRegistry, stats: object) -> None
 
 def register_alert_subscriber(registry: CollectorRegistry, stats: object) -> None:
     registry.register(StatsCollector("mesh_alert_subscriber", stats, SUBSCRIBER_STATS_HELP))
+
+
+WEBHOOK_STATS_HELP = {
+    "posted": "Alerts posted to the webhook",
+    "failures": "Webhook POSTs that failed (each retried with backoff)",
+}
+
+
+def register_alert_webhook(registry: CollectorRegistry, stats: object) -> None:
+    registry.register(StatsCollector("mesh_alert_webhook", stats, WEBHOOK_STATS_HELP))

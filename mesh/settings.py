@@ -47,6 +47,9 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     ack_timeout_s: float = 10.0
     #: a task no live node serves for this long goes DEAD (UNKNOWN_KIND)
     unroutable_grace_s: float = 30.0
+    #: refuse a submit (INVALID_TASK) for a kind no AI node has announced in a heartbeat since
+    #: this Helper started, instead of accepting it to wait unroutable_grace_s before DEAD
+    refuse_unknown_kinds: bool = False
     #: after a restart, wait this long for nodes to report what they still hold before resending
     reconcile_window_s: float = 1.0
     #: finished tasks kept for status/result queries (count, then oldest forgotten)
@@ -152,8 +155,11 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     task_endpoint: str = "tcp://127.0.0.1:0"
     #: tasks run at once
     concurrency: int = 16
-    #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round trip)
-    prefetch: int = 16
+    #: deliveries accepted beyond `concurrency`, waiting for a slot (hides one network round
+    #: trip). 0 by default: a prefetched delivery waits on a busy node while another node may
+    #: have a free slot, which with long tasks costs whole waves; short-task throughput
+    #: measured no lower at 0 (docs/decisions/005-failure-semantics.md, "Fair dispatch")
+    prefetch: int = 0
     #: heartbeat period to every known Helper
     heartbeat_interval_s: float = 0.25
     #: default run timeout when the task carries none
