@@ -183,7 +183,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        "kind too (all: its retryable failures, timeouts, child deaths), or off",
        setting=(H, "breakers"), choices=BREAKER_MODES),
     _o("breaker_failure_ratio", "a breaker opens when failures reach this share of its window",
-       type=float, setting=(H, "breaker_failure_ratio")),
+       type=float, setting=(H, "breaker_failure_ratio"), metavar="RATIO"),
     _o("breaker_min_calls", "outcomes in a breaker's window before it may open", type=int,
        setting=(H, "breaker_min_calls")),
     _o("breaker_window_calls", "outcomes a breaker's window holds at most", type=int,

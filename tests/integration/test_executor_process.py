@@ -169,6 +169,29 @@ def test_max_tasks_per_child_recycles_and_on_child_start_runs_once_per_child(
     asyncio.run(main())
 
 
+def test_cancelling_a_running_task_kills_its_child_and_the_node_serves_on(
+        cluster, tmp_path) -> None:  # noqa: ANN001
+    cluster.start_helper()
+    ai = cluster.start_ai(*APP, "--executor", "process", "--concurrency", "2")
+
+    async def main() -> None:
+        async with Client(cluster.intake) as client:
+            await _nodes_seen(client)
+            pid_file = tmp_path / "cancelled.pid"
+            task_id = await client.submit("hang_pid", str(pid_file).encode())
+            await async_wait_until(_async(lambda: pid_file.exists() and pid_file.read_text()),
+                                   20, what="the hung handler started")
+            pid = int(pid_file.read_text())
+            await client.cancel(task_id)
+            assert (await client.status(task_id)).state == wire.CANCELLED
+            await async_wait_until(_async(lambda: not _alive(pid) and len(_children(ai)) == 2),
+                                   20, what="its child killed and replaced")
+            status = await client.wait(await client.submit("echo", b"on"), timeout=20)
+            assert status.state == wire.SUCCEEDED and status.result == b"on"
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("executor", ["async", "process"])
 def test_per_kind_concurrency_holds_within_the_node_total(cluster, executor: str) -> None:  # noqa: ANN001
     cluster.start_helper()
