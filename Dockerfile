@@ -17,7 +17,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/mesh/healthcheck.py
 # Journals and alert positions live in /var/lib/mesh; a named volume mounted there starts
 # owned by the unprivileged user below.
 RUN useradd --system --uid 10001 --home-dir /var/lib/mesh mesh \
-    && mkdir -p /var/lib/mesh && chown mesh /var/lib/mesh
+    && mkdir -p /var/lib/mesh /keys && chown mesh /var/lib/mesh /keys && chmod 0700 /keys
 USER mesh
 WORKDIR /var/lib/mesh
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mesh import Client, SyncClient, make_task  # noqa: E402
+from mesh.trust import Role, Trust  # noqa: E402
 from nodes.launch import NodeProcess  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -92,20 +93,25 @@ async def run(args: argparse.Namespace) -> dict:
     env = {"MESH_LOG_LEVEL": "WARNING"}
     disc = f"embedded://{work / 'registry'}"
     extra = ["--dispatch-before-sync"] if args.dispatch_before_sync else []
+    # CURVE on every link unless --insecure; the keys live in this run's own store.
+    plain = ["--insecure"] if args.insecure else []
+    env["MESH_KEY_DIR"] = str(work / "keys")
+    trust = Trust.plain() if args.insecure else Trust.local(work / "keys")
     helper = NodeProcess(["helper", "--data-dir", str(work / "helper"), "--discovery", disc,
-                          "--fsync", args.fsync, *extra],
+                          "--fsync", args.fsync, *extra, *plain],
                          env=env, log_path=work / "helper.log", name="helper")
-    nodes = [NodeProcess(["ai", "--node-id", f"ai-{i}", "--discovery", disc],
+    nodes = [NodeProcess(["ai", "--app", "nodes.sample_app:app", "--node-id", f"ai-{i}",
+                          "--discovery", disc, *plain],
                          env=env, log_path=work / f"ai-{i}.log", name=f"ai-{i}")
              for i in range(args.nodes)]
     try:
         helper.start()
         for node in nodes:
             node.start()
-        async with Client(helper.ready["intake"]) as client:
+        async with Client(helper.ready["intake"], trust=trust, role=Role.OPERATOR) as client:
             while (await client.stats())["nodes"] < len(nodes):
                 await asyncio.sleep(0.05)
-            with SyncClient(helper.ready["intake"]) as blocking:
+            with SyncClient(helper.ready["intake"], trust=trust) as blocking:
                 accept_latency(blocking, 200)  # warm up
                 fsync = fsync_probe(work / "helper")
                 accept = accept_latency(blocking, args.samples)
@@ -118,6 +124,7 @@ async def run(args: argparse.Namespace) -> dict:
         helper.stop()
         for node in nodes:
             node.stop()
+        trust.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -127,6 +134,7 @@ def report(r: dict, args: argparse.Namespace) -> None:
     a50, a99 = pct(r["accept_s"], 50) * us, pct(r["accept_s"], 99) * us
     e50, e99 = pct(r["e2e_s"], 50) * us, pct(r["e2e_s"], 99) * us
     print(f"mesh bench: {args.nodes} AI nodes, fsync policy {args.fsync}, "
+          f"{'plain links (--insecure)' if args.insecure else 'CURVE on every link'}, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
     print("| figure | p50 | p99 |")
     print("|---|---:|---:|")
@@ -151,6 +159,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--fsync", default="batch")
     parser.add_argument("--dispatch-before-sync", action="store_true")
+    parser.add_argument("--insecure", action="store_true", help="plain links (no CURVE)")
     parser.add_argument("--quick", action="store_true", help="fewer samples and tasks")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

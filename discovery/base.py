@@ -278,7 +278,11 @@ class Watch:
             return
         thread.join(self._wait_s + 5.0 if timeout_s is None else timeout_s)
         if thread.is_alive():
-            log.warning("discovery watch of %r did not stop in time; it is a daemon thread", self._service)
+            # Expected at a clean stop: the thread sits in a blocking query (at most wait_s) and
+            # reports nothing once stopped; a daemon thread, it ends with that query or the
+            # process. Not worth a WARNING on every SIGTERM.
+            log.debug("discovery watch of %r is still in a blocking query; left to end with it "
+                      "(a daemon thread)", self._service)
 
     # -- state, for callers and tests -------------------------------------------------------
 

@@ -5,13 +5,13 @@ nodes, and finishes every accepted task through node deaths and its own restarts
 """
 
 from mesh.app import App, TaskContext
-from mesh.client import Client, SyncClient
+from mesh.client import CancelOutcome, Client, SyncClient
 from mesh.errors import (
-    ConfigError, FatalError, HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound,
-    PayloadTooLarge, PermissionDenied, QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskFailed, TaskRejected,
-    TooManyPending,
-    UnknownTaskKind, WireError,
+    AlreadyFinished, ConfigError, FatalError, HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound,
+    PayloadTooLarge, PermissionDenied, QueueFull, RequestTimeout, RetryLater, ShuttingDown, TaskCancelled, TaskFailed, TaskRejected,
+    TooManyPending, Unavailable, UnknownTaskKind, WaitTimedOut, WireError,
 )
+from mesh.status import TaskState, TaskStatus
 from mesh.settings import AINodeSettings, HelperSettings
 from mesh.task import make_task, new_task_id
 
@@ -19,11 +19,13 @@ __all__ = [
     # building nodes
     "App", "TaskContext", "HelperSettings", "AINodeSettings",
     # submitting
-    "Client", "SyncClient", "make_task", "new_task_id",
+    "Client", "SyncClient", "make_task", "new_task_id", "TaskStatus", "TaskState",
+    "CancelOutcome",
     # errors
     "MeshError", "ConfigError", "TaskRejected", "InvalidTask", "PayloadTooLarge", "QueueFull",
     "ShuttingDown", "JournalError", "UnknownTaskKind", "NotFound", "RequestTimeout",
-    "TaskFailed", "WireError", "PermissionDenied", "HelperRefusedKey", "TooManyPending",
+    "TaskFailed", "WireError", "PermissionDenied", "HelperRefusedKey", "Unavailable",
+    "WaitTimedOut", "AlreadyFinished", "TaskCancelled", "TooManyPending",
     # raised by handlers
     "RetryLater", "FatalError",
 ]

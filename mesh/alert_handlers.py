@@ -25,6 +25,10 @@ from mesh.trust import inert
 log = logging.getLogger(__name__)
 alert_log = logging.getLogger("mesh.alert")
 
+#: an alert is logged at its own severity (an unknown one at WARNING, never lower)
+LOG_LEVELS = {wire.INFO: logging.INFO, wire.WARNING: logging.WARNING, wire.ERROR: logging.ERROR,
+              wire.CRITICAL: logging.CRITICAL}
+
 Handler = Callable[[wire.Alert], object]
 
 
@@ -34,10 +38,11 @@ def log_handler(alert: wire.Alert) -> None:
     lag_ms = (time.time_ns() - alert.time_ns) / 1e6
     labels = ",".join(f"{inert(k, 64)}={inert(v, 200)}"
                       for k, v in sorted(alert.labels.items())[:32])
-    alert_log.info("ALERT %s %s source=%s publisher=%s seq=%d lag_ms=%.2f%s payload=%r",
-                   wire.severity_label(alert.severity).upper(), inert(alert.kind, 100),
-                   inert(alert.source, 200), inert(alert.publisher_id, 100), alert.seq, lag_ms,
-                   f" labels={labels}" if labels else "", bytes(alert.payload[:200]))
+    alert_log.log(LOG_LEVELS.get(alert.severity, logging.WARNING),
+                  "ALERT %s %s source=%s publisher=%s seq=%d lag_ms=%.2f%s payload=%r",
+                  wire.severity_label(alert.severity).upper(), inert(alert.kind, 100),
+                  inert(alert.source, 200), inert(alert.publisher_id, 100), alert.seq, lag_ms,
+                  f" labels={labels}" if labels else "", bytes(alert.payload[:200]))
 
 
 def load_handler(spec: str) -> Handler:

@@ -10,8 +10,17 @@ Guide, with the publisher's replay endpoint as the snapshot):
   Seqs the publisher no longer has (out of its bounded history, or lost in its crash) are
   reported through `on_loss` and skipped, never waited for.
 - A duplicate (seq below the next expected) is dropped.
-- A different epoch means the publisher lost its journal: what was buffered of the old epoch is
-  delivered, the loss is reported, and the new epoch is read from seq 1.
+- A different epoch is a new history (the publisher restarted after a crash, or lost its
+  journal), not a gap. After a crash the publisher keeps its journal and numbers on above the
+  seqs it had reserved: its replies still hold the old epoch's alerts, which are delivered, and
+  the numbers between the old epoch's last alert and the new epoch's first are skipped
+  silently; only seqs known to have been used (announced by the old epoch) and not available
+  are reported lost. A publisher that lost its journal is read again from seq 1.
+- Liveness: a publisher followed with `watch=True` (a Helper: it beats every second) that is
+  not heard of for `silence_s`, or is removed (its discovery lease is gone), is reported to
+  `on_alert` once as a synthetic critical `mesh.helper.down` (seq 0, label synthetic=true),
+  and with an info `mesh.helper.up` when it is heard again. A publisher that announced its
+  clean stop with a `mesh.helper.left` alert is not reported down.
 - Delivery: `on_alert(alert)` is awaited, one alert at a time per publisher (publishers run in
   parallel). The position (epoch, seq) advances when it returns; when it raises, the same
   alert is offered again after a backoff (handle errors in the callback to avoid stalling).
@@ -51,6 +60,9 @@ PUBLISHER_ROLES: tuple[Role, ...] = (Role.HELPER, Role.MONITOR)
 
 log = logging.getLogger(__name__)
 
+#: the alert a Helper publishes as it stops cleanly: its silence after it is no fault
+LEFT_KIND = "mesh.helper.left"
+
 #: on_loss(publisher_id, epoch, first_seq, last_seq, reason): seqs that will never be delivered
 LossCallback = Callable[[str, int, int, int, str], None]
 
@@ -70,11 +82,14 @@ class AlertSubscriberSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_buffered: int = 200_000
     #: backoff cap when on_alert raises
     retry_cap_s: float = 5.0
+    #: a watched publisher heard of for this long (it beats every second) is reported down
+    silence_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.start_from not in ("earliest", "latest"):
             raise ConfigError(f"start_from must be 'earliest' or 'latest', got {self.start_from!r}")
-        for name in ("replay_timeout_s", "state_flush_interval_s", "max_buffered", "retry_cap_s"):
+        for name in ("replay_timeout_s", "state_flush_interval_s", "max_buffered", "retry_cap_s",
+                     "silence_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
@@ -82,7 +97,8 @@ class AlertSubscriberSettings(msgspec.Struct, frozen=True, kw_only=True):
 class AlertSubscriberStats:
     __slots__ = ("live", "replayed", "delivered", "filtered", "duplicates", "malformed", "lost",
                  "epoch_resets", "replay_requests", "replay_timeouts", "callback_errors",
-                 "overflow", "link_restarts", "untrusted_publishers")
+                 "overflow", "link_restarts", "untrusted_publishers", "publishers_down",
+                 "crash_holes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -118,6 +134,13 @@ class AlertSubscriber:
         self._state = "new"
         self._log_limit: dict[str, float] = {}
         self._all_topics = settings.topics == ("",) or "" in settings.topics
+        #: watched publishers reported down (synthetic mesh.helper.down), until heard again
+        self._down: set[str] = set()
+        #: watched publishers that announced a clean stop (mesh.helper.left)
+        self._left: set[str] = set()
+        self._watched: set[str] = set()
+        self._synthetic: asyncio.Queue | None = None
+        self._synthetic_task: asyncio.Task | None = None
         self._topics = tuple(t.encode() for t in settings.topics)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -130,6 +153,9 @@ class AlertSubscriber:
         self._positions = _load_positions(self.settings.state_path)
         self._flush_task = asyncio.get_running_loop().create_task(
             self._flush_loop(), name="alert-positions")
+        self._synthetic = asyncio.Queue()
+        self._synthetic_task = asyncio.get_running_loop().create_task(
+            self._deliver_synthetic(), name="alert-liveness")
         self._state = "running"
 
     async def stop(self) -> None:
@@ -141,9 +167,10 @@ class AlertSubscriber:
         self._links.clear()
         await asyncio.gather(*(link.close() for link in links), *self._closing,
                              return_exceptions=True)
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            await asyncio.gather(self._flush_task, return_exceptions=True)
+        for task in (self._flush_task, self._synthetic_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._write_positions()
         if self._own_context and self._ctx is not None:
             self._ctx.term()
@@ -160,12 +187,17 @@ class AlertSubscriber:
     # ---- membership ------------------------------------------------------------------------
 
     def add_publisher(self, publisher_id: str, pub_endpoint: str, replay_endpoint: str,
-                      curve_key: str | None = None) -> bool:
+                      curve_key: str | None = None, *, watch: bool = False) -> bool:
         """Follow a publisher; again with new endpoints (a restart elsewhere) keeps its position.
-        `curve_key`: the key it announced. False (warned, counted) when its key is not one
-        this subscriber may pin."""
+        `curve_key`: the key it announced. `watch`: report it down when it goes silent or is
+        removed (a long-lived publisher such as a Helper's; not a one-shot `mesh alert
+        publish`). False (warned, counted) when its key is not one this subscriber may pin."""
         if self._state != "running":
             raise MeshError(f"the alert subscriber is {self._state}; start() it first")
+        if watch:
+            self._watched.add(publisher_id)
+        else:
+            self._watched.discard(publisher_id)
         try:
             client_link = self._publisher_link(curve_key)
         except TrustError as exc:
@@ -200,6 +232,7 @@ class AlertSubscriber:
         link = self._links.pop(publisher_id, None)
         if link is not None:
             self._close_later(link)
+            self._publisher_down(publisher_id, "its discovery entry is gone")
 
     def _close_later(self, link: _Link) -> None:
         task = asyncio.get_running_loop().create_task(link.close())
@@ -213,6 +246,47 @@ class AlertSubscriber:
     def positions(self) -> dict[str, tuple[int, int]]:
         """publisher_id -> (epoch, last delivered seq)."""
         return dict(self._positions)
+
+    # ---- liveness ----------------------------------------------------------------------------
+
+    def _publisher_down(self, publisher_id: str, reason: str) -> None:
+        if (publisher_id not in self._watched or publisher_id in self._down
+                or publisher_id in self._left or self._synthetic is None):
+            return
+        self._down.add(publisher_id)
+        self.stats.publishers_down += 1
+        log.error("alert publisher %s is down: %s", inert(publisher_id, 100), reason)
+        self._synthetic.put_nowait(_synthetic(publisher_id, "mesh.helper.down", wire.CRITICAL,
+                                              reason))
+
+    def _publisher_heard(self, publisher_id: str) -> None:
+        self._left.discard(publisher_id)
+        if publisher_id in self._down and self._synthetic is not None:
+            self._down.discard(publisher_id)
+            log.info("alert publisher %s is back", inert(publisher_id, 100))
+            self._synthetic.put_nowait(_synthetic(publisher_id, "mesh.helper.up", wire.INFO,
+                                                  "heard again"))
+
+    async def _deliver_synthetic(self) -> None:
+        """Synthetic alerts go to on_alert in order, retried like real ones (not positioned:
+        they are this subscriber's observations, not the publisher's history)."""
+        while True:
+            alert = await self._synthetic.get()
+            if not self._matches(alert):
+                continue
+            backoff_s = 0.05
+            while True:
+                try:
+                    await self._on_alert(alert)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - offered again after a backoff
+                    self.stats.callback_errors += 1
+                    log.exception("alert callback failed for the synthetic %s of %s", alert.kind,
+                                  inert(alert.publisher_id, 100))
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, self.settings.retry_cap_s)
 
     # ---- shared by links -------------------------------------------------------------------
 
@@ -272,6 +346,16 @@ class AlertSubscriber:
             self._log_limited("state", "cannot write alert positions to %s: %s", path, exc)
 
 
+def _synthetic(publisher_id: str, kind: str, severity: int, reason: str) -> wire.Alert:
+    alert = wire.Alert(version=wire.PROTOCOL_VERSION, publisher_id=publisher_id,
+                       publisher_epoch=0, seq=0, kind=kind, severity=severity,
+                       source=publisher_id, time_ns=time.time_ns(),
+                       payload=json.dumps({"publisher_id": publisher_id,
+                                           "reason": reason}).encode())
+    alert.labels.update({"synthetic": "true", "reason": reason})
+    return alert
+
+
 def _load_positions(path: str | None) -> dict[str, tuple[int, int]]:
     if path is None or not os.path.exists(path):
         return {}
@@ -298,7 +382,14 @@ class _Link:
         self.client_link = client_link
         position = owner._positions.get(publisher_id)
         self.epoch, self.next_seq = (position[0], position[1] + 1) if position else (0, 1)
-        self.old_epochs: set[int] = set()
+        #: epoch of the alert at next_seq - 1 (0: none, or a history read from its start)
+        self.last_epoch = self.epoch
+        self.old_epochs: set[int] = set()      # histories lost: their frames are dropped
+        self.continued: set[int] = set()       # earlier epochs of the current history
+        self.known_last_of: dict[int, int] = {}  # epoch -> highest seq known to be used
+        self.probing = 0  # a new epoch seen: does it continue our history? (a reply tells)
+        self.last_heard = time.monotonic()
+        self.heard_once = False
         self.wait_latest = position is None and owner.settings.start_from == "latest"
         self.pending: dict[int, wire.Alert] = {}
         self.ready: deque[wire.Alert] = deque()
@@ -372,6 +463,7 @@ class _Link:
                         if self.ready:
                             await self._deliver()
                         self._maybe_request()
+                        self._check_silence()
                         if self.dealer is not dealer or wake.is_set():
                             continue
                         if (sub.getsockopt(zmq.EVENTS) | dealer_sync.getsockopt(zmq.EVENTS)) \
@@ -397,6 +489,8 @@ class _Link:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if _ == 0:
+                self._heard()
             if _ == 1023:
                 self._wake.set()  # more may be waiting: deliver this batch, then come back
             if len(parts) != 2:
@@ -407,7 +501,7 @@ class _Link:
                 if topic == wire.ALERT_STATE_TOPIC:
                     state = wire.decode_publisher_state(frame)
                     if self._epoch_ok(state.publisher_epoch):
-                        self.known_last = max(self.known_last, state.last_seq)
+                        self._known(state.publisher_epoch, state.last_seq)
                     continue
                 alert = wire.decode_alert(frame)
             except WireError as exc:
@@ -428,19 +522,69 @@ class _Link:
             except WireError as exc:
                 self.owner._malformed(self.publisher_id, f"replay reply: {exc}")
                 continue
+            self._heard()
             self._on_reply(reply)
 
     # ---- ordering --------------------------------------------------------------------------
 
+    # ---- liveness ----------------------------------------------------------------------------
+
+    def _heard(self) -> None:
+        now = time.monotonic()
+        if not self.heard_once or now - self.last_heard >= 2.0:
+            # first word of this link, or after a silence: the publisher (re)started
+            self.owner._publisher_heard(self.publisher_id)
+        elif self.publisher_id in self.owner._down:
+            self.owner._publisher_heard(self.publisher_id)
+        self.heard_once = True
+        self.last_heard = now
+
+    def _check_silence(self) -> None:
+        silent_s = time.monotonic() - self.last_heard
+        if silent_s >= self.owner.settings.silence_s:
+            self.owner._publisher_down(self.publisher_id, f"not heard for {silent_s:.1f} s")
+
+    # ---- epochs ----------------------------------------------------------------------------
+
+    def _known(self, epoch: int, seq: int) -> None:
+        if seq > self.known_last:
+            self.known_last = seq
+        if seq > self.known_last_of.get(epoch, 0):
+            self.known_last_of[epoch] = seq
+
     def _epoch_ok(self, epoch: int) -> bool:
-        if epoch == self.epoch:
+        if epoch == self.epoch or epoch in self.continued:
             return True
         if self.epoch == 0:
             self.epoch = epoch
             return True
-        if epoch in self.old_epochs:
-            return False  # a late frame of a previous life
-        # The publisher lost its journal (or a new one took its id): its numbering restarts.
+        if epoch in self.old_epochs or epoch == self.probing:
+            return False  # a late frame of a previous life, or one we are asking about
+        # A new history: the publisher restarted after a crash (its journal kept: the reply
+        # holds our last delivered alert) or lost its journal. Ask, and wait for the answer.
+        self.probing = epoch
+        self._request(max(1, self.next_seq - 1), 0)
+        return False
+
+    def _settle_probe(self, reply: wire.ReplayReply) -> None:
+        new, self.probing = self.probing, 0
+        from_seq, to_seq, _ = self.inflight
+        self.inflight = None
+        last = self.next_seq - 1
+        kept = any(a.publisher_epoch == self.epoch and (a.seq == last or last == 0)
+                   for a in reply.alerts)
+        if not kept:
+            self._reset_epoch(new)
+            return
+        log.info("alert publisher %s restarted with a new epoch %016x (was %016x) and kept its "
+                 "history: reading on from seq %d", inert(self.publisher_id, 100), new,
+                 self.epoch, self.next_seq)
+        self.continued.add(self.epoch)
+        self.epoch = new
+        self._take_reply(reply, from_seq, to_seq)
+
+    def _reset_epoch(self, epoch: int) -> None:
+        """The publisher lost its journal (or a new one took its id): its numbering restarts."""
         old = self.epoch
         self.owner.stats.epoch_resets += 1
         self.old_epochs.add(old)
@@ -456,15 +600,18 @@ class _Link:
             self.owner._report_loss(self.publisher_id, old, expect, self.known_last,
                                     f"the publisher restarted without its history (new epoch "
                                     f"{epoch:016x})")
-        log.warning("alert publisher %s has a new epoch %016x (was %016x): reading it from seq 1",
-                    inert(self.publisher_id, 100), epoch, old)
+        log.warning("alert publisher %s has a new epoch %016x (was %016x) without its history: "
+                    "reading it from seq 1", inert(self.publisher_id, 100), epoch, old)
+        self.old_epochs |= self.continued
+        self.continued.clear()
         self.pending.clear()
         self.epoch = epoch
         self.next_seq = 1
+        self.last_epoch = 0
         self.known_last = 0
+        self.known_last_of.clear()
         self.wait_latest = False
         self._request(1, 0)
-        return True
 
     def _accept(self, alert: wire.Alert, live: bool = True) -> None:
         if alert.publisher_id != self.publisher_id:
@@ -474,8 +621,7 @@ class _Link:
         if not self._epoch_ok(alert.publisher_epoch):
             return
         seq = alert.seq
-        if seq > self.known_last:
-            self.known_last = seq
+        self._known(alert.publisher_epoch, seq)
         if self.wait_latest:
             return  # first contact with start_from="latest": the replay reply sets the start
         if seq < self.next_seq or seq in self.pending:
@@ -496,16 +642,30 @@ class _Link:
                 break
             self.ready.append(alert)
             self.next_seq += 1
+            self.last_epoch = alert.publisher_epoch
 
-    def _skip_unavailable(self, through: int, reason: str) -> None:
-        """Seqs up to `through` that we do not hold will never come: report them and move on."""
+    def _skip_unavailable(self, through: int, reason: str, evicted: bool = False) -> None:
+        """Seqs up to `through` that we do not hold will never come: report them and move on.
+
+        Between two epochs of one history lie the seqs the crashed run had reserved: of
+        those, only the ones its epoch announced (known_last_of) were used and are lost; the
+        rest were never used and are skipped silently."""
         while self.next_seq <= through:
             if self.next_seq in self.pending:
                 self._advance()
                 continue
             nxt = min((s for s in self.pending if s > self.next_seq), default=through + 1)
             end = min(nxt - 1, through)
-            self.owner._report_loss(self.publisher_id, self.epoch, self.next_seq, end, reason)
+            after = self.pending[nxt].publisher_epoch if nxt in self.pending else self.epoch
+            lost_end = end
+            if not evicted and after != self.last_epoch:
+                lost_end = min(end, self.known_last_of.get(self.last_epoch, 0)
+                               if self.last_epoch else 0)
+                if lost_end < end:
+                    self.owner.stats.crash_holes += 1
+            if lost_end >= self.next_seq:
+                self.owner._report_loss(self.publisher_id, self.last_epoch or self.epoch,
+                                        self.next_seq, lost_end, reason)
             self.next_seq = end + 1
             self._advance()
 
@@ -532,7 +692,8 @@ class _Link:
         if self.inflight is not None:
             if time.monotonic() - self.inflight[2] >= self.owner.settings.replay_timeout_s:
                 self.owner.stats.replay_timeouts += 1
-                self._request(self.inflight[0] if self.wait_latest else self.next_seq,
+                self._request(self.inflight[0] if self.wait_latest or self.probing
+                              else self.next_seq,
                               self.inflight[1] if self.wait_latest else 0)
             return
         if self.known_last >= self.next_seq and not self.wait_latest:
@@ -542,11 +703,23 @@ class _Link:
         request = self.inflight
         if request is None:
             return
+        if self.probing and reply.publisher_epoch == self.probing:
+            self._settle_probe(reply)  # on a fresh socket: it answers the probe
+            return
         if not self._epoch_ok(reply.publisher_epoch) or self.inflight is not request:
             return  # stale, or the epoch changed and a new request went out
         from_seq, to_seq, _ = request
         self.inflight = None
-        self.known_last = max(self.known_last, reply.last_seq)
+        self._take_reply(reply, from_seq, to_seq)
+
+    def _take_reply(self, reply: wire.ReplayReply, from_seq: int, to_seq: int) -> None:
+        # Alerts of other epochs in a reply are of the publisher's own history: earlier runs
+        # it continued after a crash.
+        for alert in reply.alerts:
+            e = alert.publisher_epoch
+            if e != reply.publisher_epoch and e not in self.old_epochs:
+                self.continued.add(e)
+        self._known(reply.publisher_epoch, reply.last_seq)
         if self.wait_latest:
             self.wait_latest = False
             self.next_seq = reply.last_seq + 1
@@ -560,11 +733,12 @@ class _Link:
             through = reply.alerts[-1].seq
         else:
             through = reply.last_seq if to_seq == 0 else min(to_seq, reply.last_seq)
+        evicted = self.next_seq < reply.first_available_seq
         reason = ("no longer in the publisher's history (first available is "
-                  f"{reply.first_available_seq})" if self.next_seq < reply.first_available_seq
+                  f"{reply.first_available_seq})" if evicted
                   else "not in the publisher's history (sent before its crash, not journaled)")
         if through >= from_seq:
-            self._skip_unavailable(through, reason)
+            self._skip_unavailable(through, reason, evicted)
         self._advance()
 
     # ---- delivery --------------------------------------------------------------------------
@@ -587,6 +761,8 @@ class _Link:
                     backoff_s = min(backoff_s * 2, owner.settings.retry_cap_s)
                     continue
                 owner.stats.delivered += 1
+                if alert.kind == LEFT_KIND:
+                    owner._left.add(self.publisher_id)  # a clean stop: not reported down
             else:
                 owner.stats.filtered += 1
             self.ready.popleft()

@@ -8,8 +8,10 @@ Guarantees (see docs/decisions/003-alert-lane.md):
   are reserved on disk in blocks ahead of use, and a restart after a crash continues above the
   reserved block. The numbers of a crash's unsynced tail (if any) then stay unavailable, and the
   replay endpoint tells subscribers so (they report them lost rather than wait).
-- A restart with the same data dir continues the epoch and the sequence and replays the history
-  it had (what was durable). A new or lost data dir draws a new random epoch: subscribers see the
+- A clean restart with the same data dir continues the epoch and the sequence and replays the
+  history it had (what was durable). A restart after a crash keeps the history but draws a new
+  epoch and numbers on above the reserved seqs: subscribers take it for a new run of the same
+  history, not a gap. A new or lost data dir draws a new random epoch: subscribers see the
   change and start that publisher over from seq 1.
 - The history is bounded (`history_size` alerts); older ones are forgotten and reported by
   `first_available_seq`.
@@ -497,14 +499,17 @@ class AlertPublisher:
             if clean_stop_at is not None and clean_stop_at >= last_alert:
                 self._next_seq = clean_stop_at + 1          # clean stop: continue right after
             else:
-                # a crash: numbers up to the reservation may have gone out unsynced
+                # A crash: numbers up to the reservation may have gone out unsynced. Number on
+                # above them, in a new epoch: subscribers take the epoch change for a new run of
+                # the same history (its alerts stay replayable), not for a gap of the reserved,
+                # mostly never used, numbers (docs/decisions/003-alert-lane.md).
                 self._next_seq = max(reserved, last_alert) + 1
-                if self._next_seq - 1 > last_alert:
-                    log.warning(
-                        "alert publisher %s restarted after a crash: seqs %d..%d are not in its "
-                        "history (sent but not yet journaled, or never used); replay reports them "
-                        "unavailable", self.settings.publisher_id, last_alert + 1,
-                        self._next_seq - 1)
+                self.epoch = _new_epoch()
+                log.info(
+                    "alert publisher %s restarted after a crash: new epoch %016x from seq %d "
+                    "(seqs %d..%d were reserved by the run that crashed: unused, or sent but not "
+                    "journaled)", self.settings.publisher_id, self.epoch, self._next_seq,
+                    last_alert + 1, self._next_seq - 1)
         self._first_available = self._seqs[0] if self._seqs else self._next_seq
         jr.start(asyncio.get_running_loop())
         # Before any publish: the epoch, "running" (so a crash is told from a clean stop) and the

@@ -18,6 +18,18 @@ Guarantees: `submit` returns only when the Helper has the task on disk. If it ra
 `RequestTimeout` the outcome is unknown; submitting again with the same `task_id` is safe (the
 Helper answers a known id as a duplicate and stores nothing new).
 
+Which Helper: `Client("tcp://h:p")` talks to that one. `Client()` (no endpoint) or
+`Client(endpoints=source)` follows a set of Helpers: `source()` returns their intake endpoints
+now (a list, or a mapping endpoint -> announced key) and is asked again every
+REFRESH_INTERVAL_S (in a thread: it may read a registry). Submits spread over them and fail
+over with the same task ids (mesh/helper_pool.py); a status or cancel asks every one. With no
+source, `default_endpoints()` builds one from the environment (MESH_INTAKE, else discovery:
+MESH_DISCOVERY, CONSUL_HTTP_ADDR, or the embedded registry) — see its docstring for why
+`mesh` reads the environment there. Every call answers within `timeout_s` (default 3 s):
+`Unavailable` when no Helper did.
+
+Statuses are typed (`mesh.status.TaskStatus`: a state enum, datetimes, `.value`, `.json()`).
+
 Trust: the link is CURVE with this user's local key store unless told otherwise (`trust=`,
 see mesh/trust.py): the Client acts as `role` (client; operator for dead letters and stats)
 and pins the Helper's key from its allowed/helper/ list (the one the Helper announced, if
@@ -30,9 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
+import os
 import time
+from collections.abc import Callable, Mapping
 
 import zmq
 import zmq.asyncio
@@ -40,9 +55,11 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import sockets, wire
 from mesh.errors import (
-    HelperRefusedKey, MeshError, NotFound, RequestTimeout, TaskFailed, TooManyPending, WireError,
+    AlreadyFinished, ConfigError, HelperRefusedKey, MeshError, NotFound, RequestTimeout,
+    TaskCancelled, TaskFailed, TooManyPending, Unavailable, WaitTimedOut, WireError,
     error_from_code,
 )
+from mesh.status import TaskState, TaskStatus
 from mesh.task import make_task
 from mesh.trust import ClientLink, Role, Trust
 
@@ -56,6 +73,42 @@ MAX_PENDING = 1000
 #: of up to 64 payload limits; a task larger than this goes alone)
 BATCH_MAX_TASKS = 1000
 BATCH_MAX_BYTES = 1 * 2**20
+#: how long a Client waits for a Helper's answer unless told otherwise (issue 12: a submit to a
+#: Helper that is down must not hang; 3 s is the gateway's figure too)
+DEFAULT_TIMEOUT_S = 3.0
+#: how often a Client that follows Helpers asks its endpoint source again
+REFRESH_INTERVAL_S = 2.0
+
+#: the intake endpoints now: a list, or a mapping endpoint -> the key it announced ("")
+EndpointSource = Callable[[], "Mapping[str, str] | list[str]"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    task_id: str
+    state: TaskState        # CANCELLED
+    was_running: bool       # a node held it: it was told to stop the run
+
+
+def default_endpoints(environ: Mapping[str, str] | None = None) -> EndpointSource:
+    """The Helpers a `Client()` given no endpoint follows. $MESH_INTAKE (comma-separated
+    endpoints) if set; else the Helpers in discovery: $MESH_DISCOVERY, else Consul when
+    $CONSUL_HTTP_ADDR is set, else the embedded registry (`nodes.client_factory.env_source`).
+
+    The two exceptions to the layering, made here once and on purpose so that `Client()` finds
+    the same Helpers as the `mesh` commands: like `mesh.trust.default_key_dir`, this reads the
+    environment; and it imports `nodes.client_factory` (which knows discovery) lazily, only
+    when no endpoint and no source were given. Code that wires its own pass `endpoints=`."""
+    env = os.environ if environ is None else environ
+    if env.get("MESH_INTAKE"):
+        endpoints = [e.strip() for e in env["MESH_INTAKE"].split(",") if e.strip()]
+        return lambda: endpoints
+    try:
+        from nodes.client_factory import env_source
+    except ImportError as exc:
+        raise ConfigError("Client() with no endpoint needs $MESH_INTAKE or the discovery "
+                          f"backends of the mesh package ({exc}); pass an endpoint") from None
+    return env_source(env)
 
 
 def _wait_request(task_id: str, timeout: float):  # noqa: ANN202 - wire.ClientRequest
@@ -71,9 +124,8 @@ def _terminal(status, task_id: str, timeout: float):  # noqa: ANN001, ANN202
     if not status.state:
         raise NotFound(task_id)
     if status.state not in wire.TERMINAL_STATES:
-        raise RequestTimeout(f"task {task_id} is still {wire.state_name(status.state)} "
-                             f"after {timeout}s")
-    return status
+        raise WaitTimedOut(task_id, timeout, TaskStatus.of(status))
+    return TaskStatus.of(status)
 
 
 #: handshake outcomes the Client watches on its socket
@@ -109,6 +161,8 @@ def _refusal(event: int, endpoint: str, role: Role, link: ClientLink | None) -> 
 
 
 def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
+    if status.state == wire.CANCELLED:
+        raise TaskCancelled(task_id)
     if status.state == wire.DEAD:
         raise TaskFailed(task_id, wire.dead_reason_name(status.dead_reason), status.error)
     return status.result
@@ -141,7 +195,20 @@ class _Channel:
 
 
 #: requests that need the operator role; everything else is a client's
-_OPERATOR_REQUESTS = frozenset({"dead_letter", "stats"})
+_OPERATOR_REQUESTS = frozenset({"dead_letter", "stats", "nodes"})
+
+
+def _cancel_outcome(result, task_id: str) -> CancelOutcome:  # noqa: ANN001 - wire.CancelResult
+    if result.code == wire.NOT_FOUND:
+        raise NotFound(task_id)
+    if result.code == wire.ALREADY_FINISHED:
+        err = AlreadyFinished(f"task {task_id} is {wire.state_name(result.state)} already: "
+                              "nothing to cancel")
+        err.state = TaskState(result.state)
+        raise err
+    if result.code != wire.OK:
+        raise error_from_code(result.code, f"cancel of task {task_id} refused")
+    return CancelOutcome(task_id, TaskState(result.state), result.was_running)
 
 
 class Client:
@@ -152,15 +219,22 @@ class Client:
     the Helper's key as announced in discovery (`curve_key`), pinned only if it is in
     allowed/helper/."""
 
-    def __init__(self, intake_endpoint: str, *, context: zmq.asyncio.Context | None = None,
-                 timeout_s: float = 30.0, trust: Trust | None = None, role: Role | None = None,
-                 server_key: str | bytes | None = None, max_pending: int = MAX_PENDING,
-                 batch_max_tasks: int = BATCH_MAX_TASKS,
+    def __init__(self, intake_endpoint: str | None = None, *,
+                 endpoints: EndpointSource | None = None,
+                 context: zmq.asyncio.Context | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, trust: Trust | None = None,
+                 role: Role | None = None, server_key: str | bytes | None = None,
+                 max_pending: int = MAX_PENDING, batch_max_tasks: int = BATCH_MAX_TASKS,
                  batch_max_bytes: int = BATCH_MAX_BYTES) -> None:
         if max_pending < 1 or batch_max_tasks < 1 or batch_max_bytes < 1:
             raise ValueError("max_pending, batch_max_tasks and batch_max_bytes must be >= 1, got "
                              f"{max_pending}, {batch_max_tasks}, {batch_max_bytes}")
-        self.endpoint = intake_endpoint
+        self.endpoint = intake_endpoint or ""
+        #: following Helpers (no endpoint given): the source, and a HelperPool made at start
+        self._source = None if intake_endpoint else (endpoints or default_endpoints())
+        self._pool = None
+        self._keys: dict[str, str] = {}
+        self._refreshed_at = -1e9
         self.timeout_s = timeout_s
         self.trust = trust
         self.role = role
@@ -189,15 +263,56 @@ class Client:
         return next((c.refused for c in self._channels.values() if c.refused), None)
 
     async def start(self) -> None:
-        self._start_now()
+        if self._source is None:
+            self._start_now()
+            return
+        if self.trust is None:
+            self.trust = Trust.default()
+        if self._ctx is None:
+            self._ctx = sockets.new_context()
+        self._started = True
+        if self._source is not None:
+            from mesh.helper_pool import HelperPool  # it does not import this module
+            self._pool = HelperPool([], self._member, timeout_s=self.timeout_s,
+                                    allow_empty=True)
+            await self._pool.start()
+            return
+        self._channel(self.role or Role.CLIENT)
 
     def _start_now(self) -> None:
+        """start() of a Client of one Helper (nothing to await)."""
         if self.trust is None:
             self.trust = Trust.default()
         if self._ctx is None:
             self._ctx = sockets.new_context()
         self._started = True
         self._channel(self.role or Role.CLIENT)
+
+    def _member(self, endpoint: str, role: Role) -> Client:
+        """The single-Helper Client the pool uses for one Helper and role."""
+        return Client(endpoint, context=self._ctx, timeout_s=self.timeout_s, trust=self.trust,
+                      role=self.role or role, server_key=self._keys.get(endpoint) or None)
+
+    async def _helpers(self):  # noqa: ANN202 - the HelperPool, its endpoints refreshed
+        if not self._started:
+            await self.start()
+        if self._closed:
+            raise MeshError("client closed")
+        now = time.monotonic()
+        if now - self._refreshed_at >= REFRESH_INTERVAL_S or not self._pool.endpoints:
+            self._refreshed_at = now
+            try:
+                found = await asyncio.wait_for(asyncio.to_thread(self._source), self.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a registry that fails: keep what we had
+                log.warning("could not list the Helpers: %s", exc)
+                found = None
+            if found is not None:
+                self._keys = dict(found) if isinstance(found, Mapping) else dict.fromkeys(found, "")
+                await self._pool.set_endpoints(list(self._keys))
+        if not self._pool.endpoints:
+            raise Unavailable("no Helper found (discovery lists none, or $MESH_INTAKE is "
+                              "empty): start one with `mesh helper`, or give an endpoint")
+        return self._pool
 
     def _channel(self, role: Role) -> _Channel:
         channel = self._channels.get(role)
@@ -221,6 +336,11 @@ class Client:
             if not waiter.done():
                 waiter.set_exception(MeshError("client closed"))
         self._room.clear()
+        if self._pool is not None:
+            await self._pool.close()
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -254,6 +374,8 @@ class Client:
     async def submit_async(self, kind: str, payload: bytes = b"", *, wait_s: float = 0.0,
                            **options) -> asyncio.Future:  # noqa: ANN003
         """As submit_nowait, but waits for room in the pending window instead of raising."""
+        if not self._started:
+            await self.start()
         while self.pending >= self.max_pending:
             await self._wait_room()
         return self.submit_task_nowait(make_task(kind, payload, **options), wait_s=wait_s)
@@ -264,6 +386,9 @@ class Client:
             raise TooManyPending(f"{self.pending} submits await their answer (max_pending "
                                  f"{self.max_pending}); await submit_async() or flush() first")
         if not self._started:
+            if self._source is not None:
+                raise MeshError("a Client that follows Helpers starts asynchronously: await "
+                                "start() (or use `async with`) before submit_nowait")
             self._start_now()
         if self._closed:
             raise MeshError("client closed")
@@ -302,25 +427,44 @@ class Client:
 
     async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
         """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
+        if self._source is not None:
+            outcomes = await (await self._helpers()).submit(tasks, wait_s)
+            lost = [o for o in outcomes if o.code is None]
+            if lost:
+                raise Unavailable(lost[0].message)
+            return [wire.SubmitResult(task_id=o.task_id, code=o.code, message=o.message,
+                                      duplicate=o.duplicate) for o in outcomes]
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
         reply = await self._call(request, self.timeout_s + wait_s)
         return list(reply.submit.results)
 
-    async def status(self, task_id: str):  # noqa: ANN201 - wire.TaskStatus
+    async def status(self, task_id: str) -> TaskStatus:
+        """The task's status; NotFound if no Helper knows it."""
+        if self._source is not None:
+            return (await (await self._helpers()).find(task_id)).status
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.status.task_ids.append(task_id)
         reply = await self._call(request, self.timeout_s)
         status = reply.status.statuses[0]
         if not status.state:
             raise NotFound(task_id)
-        return status
+        return TaskStatus.of(status)
 
-    async def statuses(self, task_ids: list[str]) -> list:
-        """One status per id given, in that order (an unknown id has state 0). Asks for each
-        distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for the
-        ids a reply left out (the Helper bounds each reply's bytes)."""
+    async def statuses(self, task_ids: list[str]) -> list[TaskStatus]:
+        """One status per id given, in that order (an unknown id has state UNKNOWN). Asks for
+        each distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for
+        the ids a reply left out (the Helper bounds each reply's bytes)."""
+        if self._source is not None:
+            pool = await self._helpers()
+
+            async def one(task_id: str) -> TaskStatus:
+                try:
+                    return (await pool.find(task_id)).status
+                except NotFound:
+                    return TaskStatus(task_id, TaskState.UNKNOWN)
+            return list(await asyncio.gather(*(one(t) for t in task_ids)))
         distinct = list(dict.fromkeys(task_ids))
         found: dict[str, object] = {}
         while len(found) < len(distinct):
@@ -336,15 +480,18 @@ class Client:
             if len(found) == before:
                 raise MeshError(f"the Helper answered a status request of {len(ask)} ids with "
                                 f"none of them: {reply.message or 'no reason given'}")
-        return [found[t] for t in task_ids]
+        return [TaskStatus.of(found[t]) for t in task_ids]
 
-    async def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
-        """The task's status once terminal; RequestTimeout if it is not by then."""
+    async def wait(self, task_id: str, timeout: float = 60.0) -> TaskStatus:
+        """The task's status once terminal; WaitTimedOut (a RequestTimeout) if it is not by
+        then, Unavailable if no Helper answers."""
+        if self._source is not None:
+            return await (await self._helpers()).wait(task_id, timeout)
         reply = await self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
         return _terminal(reply.status.statuses[0], task_id, timeout)
 
     async def result(self, task_id: str, timeout: float = 60.0) -> bytes:
-        """The task's result; raises TaskFailed if it ended DEAD."""
+        """The task's result; raises TaskFailed if it ended DEAD (TaskCancelled: cancelled)."""
         return _result_of(await self.wait(task_id, timeout), task_id)
 
     async def dead_letters(self, op: str = "list", task_ids: list[str] = (), limit: int = 100):  # noqa: ANN201
@@ -357,14 +504,65 @@ class Client:
         request.dead_letter.op = ops[op]
         request.dead_letter.task_ids.extend(task_ids)
         request.dead_letter.limit = limit
+        if self._source is not None:
+            merged = wire.DeadLetterReply()
+            for reply in await self._each(lambda c: c.dead_letters(op, task_ids, limit)):
+                merged.tasks.extend(reply.tasks)
+                merged.affected += reply.affected
+            return merged
         reply = await self._call(request, self.timeout_s)
         return reply.dead_letter
 
     async def stats(self) -> dict[str, float]:
+        """The Helper's counters (summed over the Helpers followed)."""
+        if self._source is not None:
+            totals: dict[str, float] = {}
+            for values in await self._each(lambda c: c.stats()):
+                for name, value in values.items():
+                    totals[name] = totals.get(name, 0.0) + value
+            return totals
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.stats.SetInParent()
         reply = await self._call(request, self.timeout_s)
         return dict(reply.stats.values)
+
+    async def cancel(self, task_id: str) -> CancelOutcome:
+        """Cancel a task: a queued one is CANCELLED at once, a running one too and its node is
+        told to stop it. NotFound for an unknown id, AlreadyFinished (with `.state`) for a task
+        that ended already. Answered once the cancel is durable on the Helper."""
+        if self._source is not None:
+            return await (await self._helpers()).cancel(task_id)
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.cancel.task_ids.append(task_id)
+        reply = await self._call(request, self.timeout_s)
+        return _cancel_outcome(reply.cancel.results[0], task_id)
+
+    async def nodes(self) -> dict[str, object]:
+        """Each Helper's view of its AI nodes and queue: intake endpoint -> wire.NodesReply
+        (nodes: id, endpoint, state, credit, concurrency, held, running, version, last beat
+        age; queues: depth and oldest age by kind). Operator key."""
+        if self._source is not None:
+            pool = await self._helpers()
+            answers = await pool.each(lambda c: c.nodes(), self.role or Role.OPERATOR)
+            if all(isinstance(a, BaseException) for a in answers.values()):
+                raise next(iter(answers.values()))
+            return {e: a[e] for e, a in answers.items() if not isinstance(a, BaseException)}
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.nodes.SetInParent()
+        reply = await self._call(request, self.timeout_s)
+        return {self.endpoint: reply.nodes}
+
+    async def _each(self, call) -> list:  # noqa: ANN001
+        """`call(client)` on every Helper followed; their answers (those that answered).
+        Raises the first error when none did."""
+        pool = await self._helpers()
+        answers = await pool.each(call, self.role or Role.OPERATOR)
+        good = [a for a in answers.values() if not isinstance(a, BaseException)]
+        if not good:
+            error = next(iter(answers.values()))
+            raise error if isinstance(error, MeshError) else Unavailable(
+                f"no Helper answered within {self.timeout_s:g}s")
+        return good
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -381,6 +579,11 @@ class Client:
         if batch is None or batch is not self._batch:
             return
         self._batch = None
+        loop = asyncio.get_running_loop()
+        if self._source is not None:  # through the pool: spread, failover with the same ids
+            batch.done = loop.create_task(self._pool_batch(batch))
+            self._batches.add(batch.done)
+            return
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(batch.tasks)
         request.submit.wait_ms = batch.wait_ms
@@ -389,18 +592,29 @@ class Client:
         except MeshError as exc:
             self._settle(batch, None, exc)
             return
-        loop = asyncio.get_running_loop()
         timeout_s = self.timeout_s + batch.wait_ms / 1000
         timer = loop.call_later(timeout_s, self._expire, rid, reply, timeout_s)
         batch.done = loop.create_future()
         self._batches.add(batch.done)
         reply.add_done_callback(lambda _: self._answered(rid, batch, reply, timer))
 
+    async def _pool_batch(self, batch: _Batch) -> None:
+        """A batch of a Client that follows Helpers: the pool answers each task (a task no
+        Helper answered: Unavailable, outcome unknown)."""
+        try:
+            outcomes = await (await self._helpers()).submit(batch.tasks, batch.wait_ms / 1000)
+        except Exception as exc:  # noqa: BLE001 - every future gets it
+            self._settle(batch, None, exc if isinstance(exc, MeshError) else MeshError(str(exc)))
+        else:
+            self._settle(batch, outcomes, None)  # SubmitOutcome: code None = no Helper answered
+        finally:
+            self._batches.discard(batch.done)
+
     def _expire(self, rid: int, reply: asyncio.Future, timeout_s: float) -> None:
         self._waiting.pop(rid, None)
         if not reply.done():
-            reply.set_exception(RequestTimeout(
-                f"no reply from the Helper at {self.endpoint} within {timeout_s}s; the outcome "
+            reply.set_exception(Unavailable(
+                f"no reply from the Helper at {self.endpoint} within {timeout_s:g}s; the outcome "
                 "is unknown: submit again with the same task_id"))
 
     def _answered(self, rid: int, batch: _Batch, reply: asyncio.Future,
@@ -435,6 +649,8 @@ class Client:
                     "outcome of the others is unknown: submit them again with the same task_id"))
             elif results[i].code == ok:
                 fut.set_result(results[i].task_id)
+            elif results[i].code is None:  # the pool's: no Helper answered for this task
+                fut.set_exception(Unavailable(results[i].message))
             else:
                 fut.set_exception(error_from_code(results[i].code, results[i].message))
         self.pending -= len(batch.futures)
@@ -474,8 +690,9 @@ class Client:
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
-            raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
-                                 f"{timeout_s}s") from None
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s: is it up? (mesh nodes / discovery list it)"
+                              ) from None
         finally:
             self._waiting.pop(rid, None)
         if reply.code not in (wire.OK, 0):
@@ -550,38 +767,58 @@ class SyncClient:
             task_id = client.submit("vision", b"...")
             result = client.result(task_id, timeout=30)
 
-    Fast: `submit_results(tasks)` sends many tasks in one request and returns each task's own
-    answer (a refusal of one does not hide the others' acceptance).
+    With no endpoint (or `endpoints=`), it follows Helpers as `Client()` does, by running a
+    `Client` on an event loop of its own (one per SyncClient, in the calling thread).
 
-    `role`: the key submits, statuses and results go with (default client); `stats` and
-    `dead_letters` go with the operator key, on a second link made on first use, unless
-    `role` is given as Role.OPERATOR (then everything goes on that one).
+    Fast: `submit_results(tasks)` sends many tasks in one request and returns each task's own
+    answer (a refusal of one does not hide the others' acceptance). `stats()` goes with the
+    operator key, on a second link made on first use (unless `role` is Role.OPERATOR).
     """
 
-    def __init__(self, intake_endpoint: str, *, timeout_s: float = 30.0,
+    def __init__(self, intake_endpoint: str | None = None, *,
+                 endpoints: EndpointSource | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
                  trust: Trust | None = None, role: Role = Role.CLIENT,
                  server_key: str | bytes | None = None) -> None:
-        self.endpoint = intake_endpoint
+        self.endpoint = intake_endpoint or ""
+        self.server_key = server_key
+        self._operator: SyncClient | None = None  # stats: a second link, made on first use
         self.timeout_s = timeout_s
         self.role = role
-        self.server_key = server_key
-        self.trust, link = _client_link(trust, role, server_key)
+        self._loop = self._async = None
+        if not intake_endpoint:
+            self._loop = asyncio.new_event_loop()
+            self._async = Client(endpoints=endpoints or default_endpoints(),
+                                 timeout_s=timeout_s, trust=trust, role=role)
+            self.trust, self._sock = trust, None
+            return
+        self.trust, self._link = _client_link(trust, role, server_key)
         self._ctx = sockets.new_sync_context()
-        self._channels = {role: _SyncChannel(self._ctx, intake_endpoint, role, link)}
+        self._sock = sockets.client_dealer(self._ctx, intake_endpoint, link=self._link)
+        self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self.refused: HelperRefusedKey | None = None
         self._ids = itertools.count(1)
-        self._closed = False
 
-    @property
-    def refused(self) -> HelperRefusedKey | None:
-        """The refusal of the first link the Helper refused (None if none was)."""
-        return next((c.refused for c in self._channels.values() if c.refused), None)
+    def _run(self, coro):  # noqa: ANN001, ANN202 - the following Client's call, to its end
+        return self._loop.run_until_complete(coro)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+        if self._operator is not None:
+            self._operator.close()
+            self._operator = None
+        if self._async is not None:
+            if not self._loop.is_closed():
+                self._run(self._async.close())
+                self._loop.close()
+            return
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._sock.close(linger=0)
+            self._sock = None
             self._ctx.term()
 
     def __enter__(self) -> SyncClient:
@@ -597,6 +834,8 @@ class SyncClient:
     def submit_many(self, tasks: list, *, wait_s: float = 0.0) -> list[str]:
         """Submit wire Tasks in one request; raises the first rejection (submit_results does
         not)."""
+        if self._async is not None:
+            return self._run(self._async.submit_many(tasks, wait_s=wait_s))
         results = self.submit_results(tasks, wait_s=wait_s)
         for result in results:
             if result.code != wire.OK:
@@ -606,67 +845,77 @@ class SyncClient:
     def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
         """Submit wire Tasks in one request; returns each task's SubmitResult (task_id, code,
         message, duplicate), in order."""
+        if self._async is not None:
+            return self._run(self._async.submit_results(tasks, wait_s=wait_s))
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
         return list(self._call(request, self.timeout_s + wait_s).submit.results)
 
-    def status(self, task_id: str):  # noqa: ANN201
+    def stats(self) -> dict[str, float]:
+        """The Helper's counters (operator key)."""
+        if self._async is not None:
+            return self._run(self._async.stats())
+        if self.role is not Role.OPERATOR:
+            if self._operator is None:
+                self._operator = SyncClient(self.endpoint, timeout_s=self.timeout_s,
+                                            trust=self.trust, role=Role.OPERATOR,
+                                            server_key=self.server_key)
+            return self._operator.stats()
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.stats.SetInParent()
+        return dict(self._call(request, self.timeout_s).stats.values)
+
+    def status(self, task_id: str) -> TaskStatus:
+        if self._async is not None:
+            return self._run(self._async.status(task_id))
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.status.task_ids.append(task_id)
         status = self._call(request, self.timeout_s).status.statuses[0]
         if not status.state:
             raise NotFound(task_id)
-        return status
+        return TaskStatus.of(status)
 
-    def wait(self, task_id: str, timeout: float = 60.0):  # noqa: ANN201
+    def cancel(self, task_id: str) -> CancelOutcome:
+        """See `Client.cancel`."""
+        if self._async is not None:
+            return self._run(self._async.cancel(task_id))
+        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
+        request.cancel.task_ids.append(task_id)
+        return _cancel_outcome(self._call(request, self.timeout_s).cancel.results[0], task_id)
+
+    def wait(self, task_id: str, timeout: float = 60.0) -> TaskStatus:
+        if self._async is not None:
+            return self._run(self._async.wait(task_id, timeout))
         reply = self._call(_wait_request(task_id, timeout), timeout + self.timeout_s)
         return _terminal(reply.status.statuses[0], task_id, timeout)
 
     def result(self, task_id: str, timeout: float = 60.0) -> bytes:
         return _result_of(self.wait(task_id, timeout), task_id)
 
-    def stats(self) -> dict[str, float]:
-        """The Helper's counters (operator role)."""
-        request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
-        request.stats.SetInParent()
-        return dict(self._call(request, self.timeout_s).stats.values)
-
-    def _channel(self, request) -> _SyncChannel:  # noqa: ANN001
-        role = self.role
-        if role is Role.CLIENT and request.WhichOneof("body") in _OPERATOR_REQUESTS:
-            role = Role.OPERATOR
-        channel = self._channels.get(role)
-        if channel is None:
-            link = self.trust.client(role, Role.HELPER, self.server_key or None)
-            channel = self._channels[role] = _SyncChannel(self._ctx, self.endpoint, role, link)
-        return channel
-
     def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
-        if self._closed:
+        if self._sock is None:
             raise MeshError("client closed")
-        channel = self._channel(request)
-        sock, monitor = channel.sock, channel.monitor
-        self._read_monitor(channel)
-        if channel.refused is not None:
-            raise channel.refused
+        self._read_monitor()
+        if self.refused is not None:
+            raise self.refused
         rid = next(self._ids)
         request.request_id = rid
-        sock.send(wire.encode(request))
+        self._sock.send(wire.encode(request))
         deadline = time.monotonic() + timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            ready = dict(channel.poller.poll(remaining_ms)) if remaining_ms > 0 else {}
-            if monitor in ready:
-                self._read_monitor(channel)
-                if channel.refused is not None:
-                    raise channel.refused
-            if sock not in ready:
+            ready = dict(self._poller.poll(remaining_ms)) if remaining_ms > 0 else {}
+            if self._monitor in ready:
+                self._read_monitor()
+                if self.refused is not None:
+                    raise self.refused
+            if self._sock not in ready:
                 if not ready:
-                    raise RequestTimeout(f"no reply from the Helper at {self.endpoint} within "
-                                         f"{timeout_s}s")
+                    raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                                      f"{timeout_s:g}s: is it up?")
                 continue
-            frame = sock.recv()
+            frame = self._sock.recv()
             if not frame:
                 continue  # the Helper's probe: is this client still there?
             try:
@@ -680,10 +929,10 @@ class SyncClient:
                 raise error_from_code(reply.code, reply.message)
             return reply
 
-    def _read_monitor(self, channel: _SyncChannel) -> None:
-        while channel.monitor.poll(0):
-            event = parse_monitor_message(channel.monitor.recv_multipart())["event"]
+    def _read_monitor(self) -> None:
+        while self._monitor.poll(0):
+            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                channel.refused = None
+                self.refused = None
             elif event & _HANDSHAKE_FAILED:
-                channel.refused = _refusal(event, self.endpoint, channel.role, channel.link)
+                self.refused = _refusal(event, self.endpoint, self.role, self._link)

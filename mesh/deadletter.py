@@ -112,7 +112,7 @@ def answer(dispatcher: Dispatcher, request, request_id: int,  # noqa: ANN001, AN
         limit = request.limit or 100
         size = 0
         for entry in entries[:limit]:
-            status = entry.status()
+            status = entry.status(preview=op == wire.INSPECT)
             if op == wire.LIST:
                 status.ClearField("result")
             size += status.ByteSize() + 8

@@ -16,6 +16,13 @@ number it read, and frames on one link stay in order. A frame at or below the ec
 arrived (its deliveries are held or answered) or is lost for good (they are queued again); a
 frame left unconfirmed too long is followed by a probe that settles it (`_confirm`, `_probe`;
 docs/decisions/005-failure-semantics.md, "The credit ledger").
+
+Held back at dispatch (the task stays queued, no attempt charged, its TTL still applies): a kind
+whose circuit breaker is open (`mesh.policies.circuit`), or that has no rate-limit token
+(`mesh.policies.rate_limit`). The breaker is asked first (it takes no token), then the rate
+limit, then a half-open breaker's probe is taken; `wake_at` says when a held-back kind may go
+again, for the service to run a pass then. Per picked task the order is: TTL, frame size,
+breaker, rate limit (docs/decisions/005-failure-semantics.md, "Order of policies").
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ from collections.abc import Callable
 import msgspec
 
 from mesh import records, wire
+from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
+from mesh.policies.circuit import Breakers, State, Transition
+from mesh.policies.rate_limit import RateLimits
 from mesh.retained import RetainedStore
 from mesh.policies.retry import RetryPolicy
 from mesh.settings import HelperSettings
@@ -54,6 +64,13 @@ MAX_ERROR_CHARS = 4096
 MAX_HOLDER_KEYS = 8
 #: in `TaskEntry.holders`: recovered unfinished at start, so its holder is unknown
 ANY_HOLDER = "*"
+#: failed attempts and lost deliveries remembered per task (the most recent ones), for
+#: `mesh dlq inspect`
+MAX_HISTORY = 16
+#: bytes of the payload a dead-letter inspect shows
+PAYLOAD_PREVIEW_BYTES = 256
+#: mesh_circuit_state's values
+CIRCUIT_STATE_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 
 class TaskEntry(msgspec.Struct, gc=False, eq=False):
@@ -96,6 +113,8 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
     #: the keys ("" on plain links) of the nodes this task was sent to or adopted by: only
     #: these may ack it (see `Dispatcher._apply_ack`)
     holders: tuple = ()
+    #: failed attempts and lost deliveries, as wire.Attempt (the most recent MAX_HISTORY)
+    history: tuple = ()
 
     @classmethod
     def of(cls, task, seq: int, max_attempts: int,  # noqa: ANN001
@@ -113,15 +132,30 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
 
     @property
     def terminal(self) -> bool:
-        return self.state == wire.SUCCEEDED or self.state == wire.DEAD
+        return self.state == wire.SUCCEEDED or self.state == wire.DEAD \
+            or self.state == wire.CANCELLED
 
-    def status(self):  # noqa: ANN201 - wire.TaskStatus
-        return wire.TaskStatus(
+    def status(self, *, preview: bool = False):  # noqa: ANN201 - wire.TaskStatus
+        """The task's status; `preview` adds the payload's first bytes and its size (for a
+        dead-letter inspect)."""
+        status = wire.TaskStatus(
             task_id=self.task_id, state=max(self.state, 0), attempts=self.attempt,
             deliveries=self.deliveries, node_id=self.node_id, result=self.result,
             error=self.error, dead_reason=self.dead_reason,
             submitted_ns=self.submitted_ns, finished_ns=self.finished_ns,
-            kind=self.kind, priority=self.priority)
+            kind=self.kind, priority=self.priority, history=self.history,
+            cancelled_ns=self.finished_ns if self.state == wire.CANCELLED else 0)
+        if preview and self.task is not None:
+            status.payload = self.task.payload[:PAYLOAD_PREVIEW_BYTES]
+            status.payload_bytes = len(self.task.payload)
+        return status
+
+    def remember(self, outcome: str, error: str, node_id: str = "",
+                 attempt: int = 0) -> None:
+        """Add one failed attempt or lost delivery to the task's history (bounded)."""
+        item = wire.Attempt(attempt=attempt or self.attempt, node_id=node_id, error=error,
+                            at_ns=time.time_ns(), outcome=outcome)
+        self.history = (*self.history[-(MAX_HISTORY - 1):], item)
 
     def record(self):  # noqa: ANN201 - wire.TaskRecord, the full state for a rewrite
         wall_not_before = 0
@@ -136,7 +170,7 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
             task=task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
             attempts=self.attempt, deliveries=self.lost_deliveries, result=self.result,
             error=self.error, dead_reason=self.dead_reason, finished_ns=self.finished_ns,
-            not_before_ns=max(wall_not_before, 0), node_id=self.node_id)
+            not_before_ns=max(wall_not_before, 0), node_id=self.node_id, history=self.history)
 
 
 class NodeLink:
@@ -146,7 +180,7 @@ class NodeLink:
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
         "suffix", "held", "running", "frames", "outstanding", "echoes", "base_received",
-        "confirmed", "frame_budget", "probed_at", "key",
+        "confirmed", "frame_budget", "probed_at", "key", "version", "kinds_full",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock,  # noqa: ANN001
@@ -180,6 +214,8 @@ class NodeLink:
         self.suffix = b""  # the encoded Dispatch fields common to this incarnation
         self.running = 0  # handlers running on the node, as of its last heartbeat
         self.held = ()  # task ids its last heartbeat said it holds (running or waiting)
+        self.version = ""  # the mesh version it announces ("" = an older node)
+        self.kinds_full = ()  # kinds at their per-kind concurrency limit on the node
 
     @property
     def available(self) -> int:
@@ -238,6 +274,7 @@ class Dispatcher:
         #: succeeded tasks kept for status and result queries, out of `tasks` and of the heap
         #: (see mesh/retained.py); `find` looks in both
         self.retained = retained if retained is not None else RetainedStore()
+        self.finished: deque[str] = deque()  # cancelled tasks, oldest first (see _evict_cancelled)
         # A succeeded task's record is self-contained (a TASK record in state SUCCEEDED) and its
         # key is released at once, so the journal tracks no key per retained result; instead
         # it keeps every segment from the one holding the oldest retained result's record.
@@ -246,11 +283,14 @@ class Dispatcher:
         self._floor: int | None = None
         self._migrate: list[str] = []  # replayed from the older format: rewritten at the end
         self.unroutable_since: dict[str, float] = {}
+        #: every kind an AI node announced in a heartbeat during this run (refuse_unknown_kinds)
+        self.kinds_announced: set[str] = set()
         self.reconcile_until = 0.0
         self._expiry_sweep_at = 0.0
         # Frame numbers: one counter for every link, so a node back after being declared dead
         # (same incarnation, a new link) never sees a number its old link used.
         self._frame_seq = 0
+        self._pass_count = 0  # turns the tie order of `share_credit` from pass to pass
         self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation)
         #: a frame unconfirmed this long is followed by a probe (see `_probe`)
         self.unconfirmed_after_s = settings.node_dead_after_s
@@ -259,13 +299,23 @@ class Dispatcher:
         self.dead_letters = DeadLetterBook(settings.max_dead_letters,
                                            settings.max_dead_letter_bytes)
         self.stats = {"acks": 0, "late_acks": 0, "duplicate_done": 0, "succeeded": 0, "dead": 0,
-                      "dead_evicted": 0}
+                      "dead_evicted": 0, "cancelled": 0}
         #: the journal's max_record_bytes, for the message when a result does not fit (0: unknown)
         self.record_limit_bytes = record_limit_bytes
         #: key -> node ids it holds among live nodes (max_node_ids_per_key)
         self._ids_of_key: dict[str, set[str]] = {}
         self._warn = RateLimitedLog(log, interval_s=10.0)
         self._succeeded_metric = metrics.outcomes.labels("succeeded")  # looked up once: hot path
+        now = time.monotonic()
+        self.rate_limits = RateLimits(settings.rate_limit_rates(), now)
+        self.breakers = (Breakers(settings.breaker_settings(), self._on_breaker)
+                         if settings.breakers != "off" else None)
+        #: kinds' own breakers are charged only with breakers="all"
+        self._kind_breakers = settings.breakers == "all"
+        #: kinds held back (breaker or rate limit) in the last dispatch pass
+        self.held_back: set[str] = set()
+        #: monotonic: when a kind held back in the last pass may go again (0.0: none held)
+        self.wake_at = 0.0
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -316,18 +366,45 @@ class Dispatcher:
     # ---- dispatch ----------------------------------------------------------------------
 
     def dispatch_pass(self) -> int:
-        """Send queued tasks to nodes with credit, most credit first. Returns deliveries sent."""
+        """Send queued tasks to nodes with credit, least loaded first. Returns deliveries sent.
+
+        When the queue holds less than the free credit of all nodes, who gets it matters: each
+        delivery goes to the node with the most free credit relative to its concurrency, ties
+        in turn (`choose.share_credit`), so long tasks spread over every node instead of
+        filling the first. Then what is still queued (e.g. kinds the chosen nodes do not
+        serve) goes to any node with credit left, most credit first."""
         if not self.pending or not self.nodes:
             return 0
         now = time.monotonic()
         if now < self.reconcile_until:
             return 0
+        self.held_back = set()
+        self.wake_at = 0.0
         sent_total = 0
         batch_max = self.settings.dispatch_batch_max
-        candidates = [n for n in self.nodes.values()
-                      if not n.draining and n.stalled_until <= now and n.available > 0]
-        candidates.sort(key=lambda n: n.available, reverse=True)
+        live = [n for n in self.nodes.values() if not n.draining and n.available > 0]
+        candidates = [n for n in live if n.stalled_until <= now]
         now_ns = time.time_ns()
+        queued = len(self.pending)
+        if len(live) > 1 and queued < sum(n.available for n in live):
+            # A node stalled for a moment (not connected yet) keeps its share for the next
+            # pass: the others must not take it all meanwhile.
+            self._pass_count += 1
+            shares = share_credit([(n.available, n.concurrency) for n in live], queued,
+                                  self._pass_count)
+            skipped = False
+            for node, share in zip(live, shares):
+                if node.stalled_until > now:
+                    skipped = skipped or share > 0
+                    continue
+                while share > 0 and self.pending:
+                    sent, full = self._send_frame(node, min(share, batch_max), now, now_ns)
+                    sent_total += sent
+                    share -= sent
+                    if not full:
+                        break
+            candidates = [] if skipped else [n for n in candidates if n.available > 0]
+        candidates.sort(key=lambda n: n.available, reverse=True)
         for node in candidates:
             # One frame per node and pass, or more while frames fill up by bytes first.
             while self.pending and node.available > 0:
@@ -355,8 +432,10 @@ class Dispatcher:
         full = False
         dispatches = []
         entries = []
+        gated = self.breakers is not None or self.rate_limits.kinds
+        kinds = node.kinds - self.held_back if self.held_back else node.kinds
         while room > 0:
-            entry = self.pending.pop(node.kinds)
+            entry = self.pending.pop(kinds)
             if entry is None:
                 break
             if entry.terminal:
@@ -384,6 +463,10 @@ class Dispatcher:
                            f"{inert(node.node_id, 80)}: "
                            f"{node.frame_budget} bytes); raise the nodes' max message size "
                            "or lower the Helper's max payload")
+                continue
+            if gated and not self._may_go(entry.kind, now):
+                self.pending.push(entry, front=True)  # stays queued: no attempt, no delivery
+                kinds = node.kinds - self.held_back
                 continue
             frame_bytes += size
             entry.deliveries += 1
@@ -413,6 +496,60 @@ class Dispatcher:
             _add_holder(entry, node.key)
             node.inflight[entry.task_id] = entry.delivery
         return len(entries), full
+
+    def _may_go(self, kind: str, now: float) -> bool:
+        """The breaker, then the rate limit: may a task of `kind` be sent now? No: the kind is
+        held back for the rest of this pass, and `wake_at` says when to try again."""
+        breakers = self.breakers
+        if breakers is not None and breakers.all_closed:
+            breakers = None  # the fast path: nothing to ask, no probe to take
+        if breakers is not None and not breakers.would_allow(kind, now):
+            self._hold_back(kind, breakers.next_allowed(kind, now))
+            return False
+        if not self.rate_limits.take(kind, now):
+            self._hold_back(kind, self.rate_limits.next_ready(kind, now))
+            return False
+        if breakers is not None:
+            breakers.allow(kind, now)  # takes a half-open breaker's probe: this task is it
+        return True
+
+    def _hold_back(self, kind: str, until: float) -> None:
+        self.held_back.add(kind)
+        if not self.wake_at or until < self.wake_at:
+            self.wake_at = until
+
+    def _on_breaker(self, change: Transition) -> None:
+        """A breaker changed state: metrics, a log line, and the alert (open/closed)."""
+        self.metrics.circuit_state.labels(change.name, change.scope).set(
+            CIRCUIT_STATE_VALUE[change.new])
+        self.metrics.circuit_transitions.labels(change.scope, change.new.value).inc()
+        log.warning("circuit breaker %s %s: %s -> %s (%s)", change.scope,
+                    inert(change.name, 80), change.old.value, change.new.value, change.reason)
+        if change.alert:
+            info = {"breaker": f"{change.scope}:{inert(change.name, 80)}",
+                    "name": inert(change.name, 80), "scope": change.scope,
+                    "state": change.new.value, "reason": change.reason}
+            if change.new is State.OPEN:
+                info.update(failures=change.failures, calls=change.calls,
+                            probe_in_s=round(max(0.0, change.reopen_at - change.at), 3))
+            self._on_event("circuit_" + change.new.value, info)
+
+    def _record_outcome(self, entry: TaskEntry, ack) -> None:  # noqa: ANN001 - wire.Ack
+        """Charge an attempt's outcome to the breakers (mesh.policies.circuit, "What counts"):
+        DONE a success; a failure naming a dependency (DependencyDown) a failure of that
+        dependency; with breakers="all", a retryable failure, a run timeout or a child that
+        died a failure of the kind; FATAL and the handler's own RetryLater are neither."""
+        breakers = self.breakers
+        if breakers is None:
+            return
+        now = time.monotonic()
+        if ack.kind == wire.DONE:
+            breakers.record_success(entry.kind, now)
+        elif ack.dependency:
+            breakers.record_failure(entry.kind, now, ack.dependency)
+        elif self._kind_breakers and (ack.lost
+                                      or ack.error_class in (wire.RETRYABLE, wire.TIMEOUT)):
+            breakers.record_failure(entry.kind, now)
 
     def _fits_some_node(self, entry: TaskEntry, size: int) -> bool:
         """Some live node serving the task's kind takes a frame holding this delivery."""
@@ -482,12 +619,15 @@ class Dispatcher:
         node.last_heard = time.monotonic()
         node.beat = hb.beat
         node.held = hb.held_task_ids
+        node.version = hb.version
         for ack in batch.acks:
             self._apply_ack(node, ack)
         node.concurrency = hb.concurrency
         node.running = hb.running
+        node.kinds_full = hb.kinds_full
         if node.kinds != frozenset(hb.kinds):
             node.kinds = frozenset(hb.kinds)
+            self.kinds_announced |= node.kinds
         node.draining = hb.draining
         node.announced = hb.credit
         node.frame_budget = self._frame_budget(hb)
@@ -652,6 +792,7 @@ class Dispatcher:
             self._release_delivery(entry)
             node.inflight.pop(ack.task_id, None)
             entry.node_id = node.node_id
+            self._record_outcome(entry, ack)
             self._succeed(entry, ack.result)
             return
         error = ack.error[:MAX_ERROR_CHARS]
@@ -660,7 +801,18 @@ class Dispatcher:
             self.metrics.late_acks.inc()
             return
         node.inflight.pop(ack.task_id, None)
+        if kind == wire.FAILED and ack.error_class == wire.CANCELLED_RUN:
+            # The node stopped a run we asked it to stop; normally the task is CANCELLED here
+            # already (then this ack is late, above). Never retried.
+            self._cancelled(entry)
+            return
         if kind == wire.FAILED:
+            self._record_outcome(entry, ack)
+            if ack.lost:
+                entry.remember("lost", error, node.node_id)
+                self._lost_in_child(entry, error)
+                return
+            entry.remember("failed", error, node.node_id, entry.attempt)
             decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
                                                 ack.error_class, ack.retry_after_ms, self._rng)
             entry.error = error
@@ -683,6 +835,83 @@ class Dispatcher:
             self.metrics.redeliveries.labels(cause).inc()
             self.enqueue(entry, front=True)
 
+    def _lost_in_child(self, entry: TaskEntry, error: str) -> None:
+        """The run's child process died under it (the node lives on): a lost delivery, as if
+        its node had died while it ran, not an attempt. Queued again at the front, or DEAD
+        (DELIVERY_LIMIT) at the poison-pill bound."""
+        entry.lost_deliveries += 1
+        entry.error = error
+        if entry.lost_deliveries >= self.settings.max_lost_deliveries:
+            self._dead(entry, wire.DELIVERY_LIMIT,
+                       f"{entry.lost_deliveries} deliveries died with their process (last on "
+                       f"node {inert(entry.node_id, 80)}: {error}); treated as a poison pill")
+            return
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
+                                  attempts=entry.attempt, error=error,
+                                  deliveries=entry.lost_deliveries)))
+        self.metrics.redeliveries.labels("child_died").inc()
+        self.enqueue(entry, front=True)
+
+    # ---- cancel and the operators' view ------------------------------------------------
+
+    def cancel(self, task_id: str):  # noqa: ANN201 - wire.CancelResult
+        """Cancel one task: NOT_FOUND, ALREADY_FINISHED (terminal: nothing changes), or OK:
+        it is CANCELLED now (journaled; the caller syncs before answering), and if a node
+        holds it, the node is told to stop the run. Its ack for that run, whatever it says,
+        then finds a terminal task and is dropped: a cancelled task is never retried."""
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            if task_id in self.retained:
+                return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
+                                         state=wire.SUCCEEDED)
+            return wire.CancelResult(task_id=task_id, code=wire.NOT_FOUND)
+        if entry.terminal:
+            return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
+                                     state=entry.state)
+        node = self.nodes.get(entry.node_id) if entry.node_id else None
+        was_running = node is not None and task_id in node.inflight
+        self._cancelled(entry)
+        if was_running:
+            self._send(node.sock, wire.encode_cancel_batch([task_id], self.reply_to,
+                                                           self.helper_incarnation))
+        return wire.CancelResult(task_id=task_id, code=wire.OK, state=wire.CANCELLED,
+                                 was_running=was_running)
+
+    def _cancelled(self, entry: TaskEntry) -> None:
+        """Record the task CANCELLED (terminal, not retried); its payload is dropped."""
+        self.pending.discard(entry)
+        self._release_delivery(entry)
+        finished_ns = time.time_ns()
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.CANCELLED,
+                                  attempts=entry.attempt, at_ns=finished_ns,
+                                  deliveries=entry.lost_deliveries, node_id=entry.node_id)))
+        entry.state = wire.CANCELLED
+        entry.finished_ns = finished_ns
+        entry.task = None
+        entry.encoded = b""
+        self.stats["cancelled"] += 1
+        self.metrics.outcomes.labels("cancelled").inc()
+        self._finish(entry)
+
+    def nodes_view(self):  # noqa: ANN201 - wire.NodesReply
+        """The nodes and the queue by kind as this Helper sees them now."""
+        now = time.monotonic()
+        reply = wire.NodesReply()
+        for node in self.nodes.values():
+            reply.nodes.append(wire.NodeInfo(
+                node_id=node.node_id, endpoint=node.endpoint,
+                state="draining" if node.draining else "alive", credit=node.announced,
+                concurrency=node.concurrency, held=len(node.held), running=node.running,
+                version=node.version, last_beat_age_ms=int((now - node.last_heard) * 1000),
+                inflight=len(node.inflight), kinds=sorted(node.kinds)))
+        for kind, (depth, oldest) in sorted(self.pending.depth_by_kind().items()):
+            reply.queues.append(wire.KindQueue(kind=kind, depth=depth,
+                                               oldest_age_ms=int((now - oldest) * 1000)))
+        reply.retry_waiting = len(self.retry_waiting)
+        return reply
+
     def _release_delivery(self, entry: TaskEntry) -> None:
         node = self.nodes.get(entry.node_id)
         if node is not None:
@@ -701,7 +930,8 @@ class Dispatcher:
                            submitted_ns=entry.submitted_ns,
                            idempotency_key=entry.idempotency_key),
             state=wire.SUCCEEDED, attempts=entry.attempt, deliveries=entry.lost_deliveries,
-            result=result, error=entry.error, finished_ns=finished_ns, node_id=entry.node_id))
+            result=result, error=entry.error, finished_ns=finished_ns, node_id=entry.node_id,
+            history=entry.history))
         try:
             self._append(records.TASK, key, record)
         except ValueError as exc:  # the journal's record size check
@@ -773,6 +1003,9 @@ class Dispatcher:
             self.metrics.dead_letters_evicted.inc(evicted)
 
     def _finish(self, entry: TaskEntry) -> None:
+        if entry.state == wire.CANCELLED:  # rare: kept in the table, bounded apart
+            self.finished.append(entry.task_id)
+            self._evict_cancelled()
         waiters = self._waiters.pop(entry.task_id, None)
         if waiters:
             for waiter in waiters:
@@ -817,6 +1050,17 @@ class Dispatcher:
         return None if record is None else _entry_of_record(
             wire.decode_task_record(record), 0, self.settings.max_attempts)
 
+    def _evict_cancelled(self) -> None:
+        """Forget the oldest cancelled tasks past `max_retained_results` of them (they stay in
+        the table with a live key each, as they are few; succeeded ones are in `retained`)."""
+        limit = self.settings.max_retained_results
+        while len(self.finished) > limit:
+            task_id = self.finished.popleft()
+            entry = self.tasks.get(task_id)
+            if entry is not None and entry.state == wire.CANCELLED:
+                del self.tasks[task_id]
+                self._forget(task_id)
+
     def journal_record(self, record_type: int, task_id: str, message) -> None:  # noqa: ANN001
         self._append(record_type, task_id.encode(), wire.encode_record(message))
 
@@ -834,7 +1078,7 @@ class Dispatcher:
         entry.not_before = time.monotonic() + delay_s
         self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
             wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
-                                  attempts=entry.attempt, error=entry.error,
+                                  attempts=entry.attempt, error=entry.error, at_ns=time.time_ns(),
                                   not_before_ns=time.time_ns() + int(delay_s * 1e9),
                                   deliveries=entry.lost_deliveries)))
         if delay_s <= 0:
@@ -877,6 +1121,7 @@ class Dispatcher:
             if entry.state == wire.RUNNING:
                 # It was running when the node died: it may be what killed it.
                 entry.lost_deliveries += 1
+                entry.remember("lost", f"node died ({cause}) while running it", node.node_id)
                 if entry.lost_deliveries >= self.settings.max_lost_deliveries:
                     self._dead(entry, wire.DELIVERY_LIMIT,
                                f"{entry.lost_deliveries} deliveries died with their node "
@@ -890,6 +1135,15 @@ class Dispatcher:
             self.enqueue(entry, front=True)
             requeued.append(task_id)
         node.inflight.clear()
+        if node.draining:
+            # It announced its drain in its heartbeats (SIGTERM, e.g. a rolling deploy): its
+            # going away is expected, so an INFO mesh.node.left, not an ERROR mesh.node.down.
+            log.info("node %s left after draining (%s); %d deliveries re-queued: %s",
+                     inert(node.node_id, 80), cause, len(requeued),
+                     inert(" ".join(requeued), 2000))
+            self._on_event("node_left", {"node_id": inert(node.node_id, 80), "cause": cause,
+                                         "requeued": len(requeued)})
+            return
         log.warning("node %s declared dead (%s); %d deliveries re-queued: %s",
                     inert(node.node_id, 80), cause, len(requeued),
                     inert(" ".join(requeued), 2000))
@@ -924,7 +1178,8 @@ class Dispatcher:
                      and now - e.dispatched_at > ack_timeout]
             held = set(node.held) if stale else ()
             for task_id in stale:
-                if task_id in held and node.running >= node.concurrency:
+                if task_id in held and (node.running >= node.concurrency
+                                        or self.tasks[task_id].kind in node.kinds_full):
                     # Waiting for a slot on a busy live node is progress, not a lost delivery.
                     # A node with free slots that holds a task and does not start it is not
                     # making progress with it: send it again (the first DONE wins).
@@ -948,15 +1203,19 @@ class Dispatcher:
                         entry.not_before = 0.0
                         self.enqueue(entry)
         self._check_unroutable(now)
-        if not self.nodes and self.pending and now >= self._expiry_sweep_at:
+        if (self.pending and (not self.nodes or self.held_back)
+                and now >= self._expiry_sweep_at):
             self._expire_queued(now)
 
     def _expire_queued(self, now: float) -> None:
-        """No node is up, so no dispatch checks deadlines: once a second, dead-letter the queued
-        tasks whose deadline passed (EXPIRED), so they do not show QUEUED until a node comes."""
+        """No node is up, or kinds are held back (breaker open, rate limited), so no dispatch
+        checks those tasks' deadlines: once a second, dead-letter the queued tasks whose
+        deadline passed (EXPIRED), so they do not show QUEUED until they are picked."""
         self._expiry_sweep_at = now + 1.0
         now_ns = time.time_ns()
-        for entry in self.pending.take(lambda e: 0 < e.task.deadline_ns < now_ns):
+        held = None if not self.nodes else self.held_back
+        for entry in self.pending.take(lambda e: 0 < e.task.deadline_ns < now_ns
+                                       and (held is None or e.kind in held)):
             self._dead(entry, wire.EXPIRED, f"deadline passed "
                        f"{(now_ns - entry.task.deadline_ns) / 1e9:.3f}s before start "
                        "(no AI node was up)")
@@ -991,6 +1250,30 @@ class Dispatcher:
         m.oldest_pending_age.set(0.0 if oldest is None else time.monotonic() - oldest)
         m.dead_letters.set(len(self.dead_letters))
         m.dead_letter_bytes.set(self.dead_letters.size_bytes)
+        limits = self.rate_limits
+        if limits.kinds:
+            now = time.monotonic()
+            queued = set(self.pending.kinds())
+            for kind in limits.throttled():
+                if kind not in queued:
+                    limits.idle(kind, now)  # nothing waits any more: not throttled
+            for kind, seconds in limits.drain_throttled_s(now).items():
+                m.rate_limited.labels(kind).inc(seconds)
+
+    def policy_stats(self) -> dict[str, float]:
+        """Breaker states (0 closed, 1 half-open, 2 open) and rate limits for `mesh stats`:
+        `circuit.SCOPE.NAME`, `rate_limit_per_s.KIND` (this Helper's share), `throttled.KIND`
+        (1 while held back by its rate limit)."""
+        out: dict[str, float] = {}
+        now = time.monotonic()
+        if self.breakers is not None:
+            for info in self.breakers.snapshot(now):
+                out[f"circuit.{info.scope}.{info.name}"] = float(CIRCUIT_STATE_VALUE[info.state])
+        throttled = set(self.rate_limits.throttled())
+        for kind in self.rate_limits.kinds:
+            out[f"rate_limit_per_s.{kind}"] = self.rate_limits.share(kind).per_s
+            out[f"throttled.{kind}"] = 1.0 if kind in throttled else 0.0
+        return out
 
     # ---- recovery ----------------------------------------------------------------------
 
@@ -1014,6 +1297,13 @@ class Dispatcher:
                 if rec.task_id not in self.retained:
                     self._release(record.key)  # its task was forgotten; compaction may drop it
                 return
+            if rec.error and (rec.state == wire.QUEUED or rec.dead_reason in (
+                    wire.ATTEMPTS_EXHAUSTED, wire.FATAL_ERROR)):
+                # a retry or the last failure: the failed attempts, as `_apply_ack` noted them
+                # (a lost delivery's note is kept only by a rewrite, TaskRecord.history)
+                item = wire.Attempt(attempt=max(rec.attempts - (rec.state == wire.QUEUED), 1),
+                                    error=rec.error, at_ns=rec.at_ns, outcome="failed")
+                entry.history = (*entry.history[-(MAX_HISTORY - 1):], item)
             entry.state = rec.state
             entry.attempt = rec.attempts or entry.attempt
             entry.lost_deliveries = rec.deliveries
@@ -1038,10 +1328,15 @@ class Dispatcher:
 
     def finish_replay(self) -> dict[str, int]:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""
-        counts = {"queued": 0, "succeeded": 0, "dead": 0}
+        counts = {"queued": 0, "succeeded": 0, "dead": 0, "cancelled": 0}
         live = sorted(self.tasks.values(), key=lambda e: e.seq)
         for entry in live:
-            if entry.state == wire.DEAD:
+            if entry.state == wire.CANCELLED:
+                entry.task = None
+                entry.encoded = b""
+                self.finished.append(entry.task_id)
+                counts["cancelled"] += 1
+            elif entry.state == wire.DEAD:
                 counts["dead"] += 1
             else:
                 entry.state = wire.QUEUED
@@ -1056,6 +1351,7 @@ class Dispatcher:
                     self.enqueue(entry)
                 counts["queued"] += 1
         self._evict()
+        self._evict_cancelled()
         self._migrate_retained()
         counts["succeeded"] = len(self.retained)
         self._floor = self.retained.oldest_tag()
@@ -1102,6 +1398,7 @@ def _entry_of_record(rec, seq: int, max_attempts: int) -> TaskEntry:  # noqa: AN
     entry.finished_ns = rec.finished_ns
     entry.node_id = rec.node_id
     entry.not_before = _monotonic_from_wall(rec.not_before_ns)
+    entry.history = tuple(rec.history)
     if entry.state == wire.SUCCEEDED:
         entry.task = None
         entry.encoded = b""

@@ -29,6 +29,24 @@ class InUse(MeshError):
         self.holder_pid = holder_pid
 
 
+class UsageError(ConfigError):
+    """A command was started without something it needs (e.g. `mesh ai` without --app)."""
+
+
+class AppLoadError(ConfigError):
+    """The user's App could not be loaded: its module does not import, or the name is not an
+    App. The message is one line naming the spec and the cause."""
+
+
+class AddressInUse(MeshError):
+    """An endpoint to bind is taken by another process."""
+
+    def __init__(self, endpoint: str, message: str | None = None) -> None:
+        super().__init__(message or f"{endpoint} is in use by another process; stop it or "
+                                    "choose another port")
+        self.endpoint = endpoint
+
+
 class WireError(MeshError):
     """A frame could not be read: malformed, oversized or of an unsupported protocol version."""
 
@@ -55,6 +73,18 @@ class TaskRejected(MeshError):
 
 class InvalidTask(TaskRejected):
     code = 8
+
+
+class KindNotServed(InvalidTask):
+    """A submit for a kind no AI node has announced since the Helper started, refused with
+    --refuse-unknown-kinds (instead of waiting unroutable_grace_s to go DEAD)."""
+
+    def __init__(self, kind: str, announced: set[str] | frozenset[str] = frozenset()) -> None:
+        listed = ", ".join(sorted(announced)[:20]) or "none yet"
+        super().__init__(f"no AI node has served task kind {kind[:100]!r} since this Helper "
+                         f"started (kinds announced: {listed}); check the kind, or start a node "
+                         "whose app has a handler for it")
+        self.kind = kind
 
 
 class PayloadTooLarge(TaskRejected):
@@ -139,6 +169,30 @@ class TooManyPending(MeshError):
     Nothing was sent: await `Client.submit_async` (it waits for room) or `Client.flush()`."""
 
 
+class Unavailable(RequestTimeout):
+    """No Helper answered within the deadline (or none could take the request); the message
+    names each Helper tried and why. Like any RequestTimeout of a submit: outcome unknown,
+    submit again with the same task id."""
+
+
+class WaitTimedOut(RequestTimeout):
+    """A wait for a task's end passed with the task not terminal; `status` is the last one
+    seen (None when unknown). The task goes on: ask again."""
+
+    def __init__(self, task_id: str, wait_s: float, status=None) -> None:  # noqa: ANN001
+        from mesh import wire
+        state = wire.state_name(status.state) if status is not None else "not finished"
+        super().__init__(f"task {task_id} is still {state} after {wait_s:g}s; ask again")
+        self.task_id = task_id
+        self.status = status
+
+
+class AlreadyFinished(MeshError):
+    """Cancel of a task that is terminal already (SUCCEEDED, DEAD or CANCELLED)."""
+
+    code = 11  # ALREADY_FINISHED
+
+
 class TaskFailed(MeshError):
     """`Client.result()` of a task that ended DEAD."""
 
@@ -147,6 +201,16 @@ class TaskFailed(MeshError):
         self.task_id = task_id
         self.reason = reason
         self.error = error
+
+
+class TaskCancelled(TaskFailed):
+    """`Client.result()` of a task that was cancelled."""
+
+    def __init__(self, task_id: str) -> None:
+        MeshError.__init__(self, f"task {task_id} was cancelled")
+        self.task_id = task_id
+        self.reason = "CANCELLED"
+        self.error = ""
 
 
 # Handler-side signals: raised by user handlers to steer the retry policy.
@@ -174,6 +238,7 @@ _BY_CODE: dict[int, type[MeshError]] = {
     8: InvalidTask,
     9: UnsupportedVersion,
     10: PermissionDenied,
+    11: AlreadyFinished,
 }
 
 

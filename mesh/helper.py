@@ -40,7 +40,8 @@ from mesh import sockets, wire
 from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    JournalError, MeshError, NotFound, QueueFull, ShuttingDown, WireError, error_from_code,
+    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, WireError,
+    error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
@@ -64,13 +65,16 @@ RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _
 LARGE_REPLY_BYTES = 64 * 2**10
 #: how often clients holding long-polls are probed (an empty frame) to learn whether they left
 PROBE_INTERVAL_S = 2.0
+#: the timer loop's period: liveness, retries, and a dispatch pass
+TIMER_TICK_S = 0.05
 #: what each intake request asks to do (mesh.trust.ALLOWED says which roles may)
 _DEAD_LETTER_OPERATIONS = {
     wire.LIST: Operation.DEAD_LETTER_LIST, wire.INSPECT: Operation.DEAD_LETTER_INSPECT,
     wire.REPLAY: Operation.DEAD_LETTER_REPLAY, wire.PURGE: Operation.DEAD_LETTER_PURGE,
 }
 _REQUEST_OPERATIONS = {"submit": Operation.SUBMIT, "status": Operation.STATUS,
-                       "result": Operation.RESULT, "stats": Operation.STATS}
+                       "result": Operation.RESULT, "stats": Operation.STATS,
+                       "cancel": Operation.CANCEL, "nodes": Operation.NODES}
 
 
 class Helper:
@@ -118,6 +122,8 @@ class Helper:
         self._unread: dict[bytes, deque] = {}
         self._journal_failed = False
         self._dead_evicted_told = 0
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._helper_count = 1
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -199,6 +205,8 @@ class Helper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
         self._long_polls.clear()
         self._unread.clear()
         if self._bg_sync is not None:
@@ -348,6 +356,9 @@ class Helper:
                 result = wire.SubmitResult(task_id=task.task_id, code=wire.OK, duplicate=True)
                 results.append(result)
                 dupes.append((result, known))
+                continue
+            if self.settings.refuse_unknown_kinds and task.kind not in d.kinds_announced:
+                self._refuse(task, KindNotServed(task.kind, d.kinds_announced), results)
                 continue
             if not d.has_room(1, len(encoded)):
                 no_room.append(task)
@@ -591,11 +602,59 @@ class Helper:
             reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
             reply.stats.values.update(self.stats())
             self._reply(identity, reply)
+        elif which == "cancel":
+            self._on_cancel(identity, rid, request.cancel.task_ids)
+        elif which == "nodes":
+            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+            reply.nodes.CopyFrom(self.dispatcher.nodes_view())
+            self._reply(identity, reply)
         else:
             self.metrics.bad_frames.labels("intake").inc()
             self._reply(identity, wire.ClientReply(
                 version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.MALFORMED_REQUEST,
                 message="request has no body this Helper understands"))
+
+    def _on_cancel(self, identity: bytes, rid: int, task_ids) -> None:  # noqa: ANN001
+        """Cancel each task (see `Dispatcher.cancel`); answered once the CANCELLED records are
+        durable, so a cancel answered OK survives a restart."""
+        reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
+        ids = list(dict.fromkeys(task_ids))
+        if len(ids) > self.settings.max_status_ids:
+            reply.code = wire.MALFORMED_REQUEST
+            reply.message = (f"cancel request names {len(ids)} task ids; at most "
+                             f"{self.settings.max_status_ids} per request")
+            self._reply(identity, reply)
+            return
+        changed = False
+        try:
+            for task_id in ids:
+                result = self.dispatcher.cancel(task_id)
+                changed = changed or result.code == wire.OK
+                reply.cancel.results.append(result)
+        except JournalError as exc:
+            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
+                                     code=exc.code, message=str(exc))
+            self._reply(identity, reply)
+            return
+        if not changed:
+            self._reply(identity, reply)
+            return
+        self._room.set()
+
+        def synced(future: asyncio.Future) -> None:
+            error = future.exception() if not future.cancelled() else JournalError("cancelled")
+            if error is not None:
+                self._reply(identity, wire.ClientReply(
+                    version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.JOURNAL_FAILED,
+                    message=f"the cancel is recorded but not yet durable: {error}"))
+            else:
+                self._reply(identity, reply)
+
+        try:
+            self.journal.sync_future().add_done_callback(synced)
+        except JournalError as exc:
+            self._reply(identity, wire.ClientReply(
+                version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code, message=str(exc)))
 
     def _deny(self, identity: bytes, rid: int, user_id: str, operation: Operation) -> None:
         """A request the sender's role may not make: a PERMISSION_DENIED reply, counted."""
@@ -821,13 +880,47 @@ class Helper:
         self._kick_scheduled = False
         if self.dispatcher.dispatch_pass():
             self._room.set()
+        wake_at = self.dispatcher.wake_at
+        if wake_at:
+            self._wake_at(wake_at)
+
+    def _wake_at(self, at: float) -> None:
+        """A kind is held back (rate limit, breaker) until `at` (monotonic): run a pass then,
+        when that comes before the next timer tick."""
+        delay = max(0.0, at - time.monotonic())
+        if delay >= TIMER_TICK_S or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        if self._wake_handle is not None:
+            if self._wake_handle.when() <= loop.time() + delay:
+                return  # an earlier wake-up is set
+            self._wake_handle.cancel()
+        self._wake_handle = loop.call_later(delay, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = None
+        self._dispatch()
+
+    def set_helper_count(self, helpers: int) -> None:
+        """Discovery lists `helpers` dispatching Helpers (this one included): each enforces
+        1/helpers of every rate limit (mesh.policies.rate_limit, the split rule)."""
+        helpers = max(1, helpers)
+        limits = self.dispatcher.rate_limits
+        if helpers == self._helper_count:
+            return
+        self._helper_count = helpers
+        limits.set_helpers(helpers, time.monotonic())
+        if limits.kinds:
+            log.info("%d Helpers dispatch: this one takes 1/%d of each rate limit (%s)",
+                     helpers, helpers,
+                     ", ".join(f"{k}={limits.share(k).per_s:g}/s" for k in limits.kinds))
 
     async def _timer_loop(self) -> None:
         d = self.dispatcher
         last_compact = time.monotonic()
         last_probe = last_compact
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(TIMER_TICK_S)
             try:
                 depth = len(d.pending) + len(d.retry_waiting)
                 d.tick()
@@ -889,12 +982,14 @@ class Helper:
     def _on_event(self, kind: str, info: dict) -> None:
         if self._alerts is None:
             return
-        severity = {"node_down": "error", "node_up": "info", "task_dead": "warning",
+        severity = {"node_down": "error", "node_up": "info", "node_left": "info",
+                    "task_dead": "warning",
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
-                    "deadletter_evicted": "warning", "journal_damaged": "critical"}.get(kind, "info")
-        source = inert(info.get("node_id") or info.get("task_id") or self.settings.helper_id,
-                       120)
+                    "deadletter_evicted": "warning", "journal_damaged": "critical",
+                    "circuit_open": "warning", "circuit_closed": "info"}.get(kind, "info")
+        source = inert(info.get("node_id") or info.get("task_id") or info.get("breaker")
+                       or self.settings.helper_id, 120)
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,
                                  json.dumps(info).encode())
@@ -917,11 +1012,13 @@ class Helper:
             "duplicate_done": float(d.stats["duplicate_done"]),
             "late_acks": float(d.stats["late_acks"]),
             "succeeded": float(d.stats["succeeded"]),
+            "cancelled": float(d.stats["cancelled"]),
             "dead": float(d.stats["dead"]),
             "dead_letters": float(len(d.dead_letters)),
             "dead_letter_bytes": float(d.dead_letters.size_bytes),
             "dead_letters_evicted": float(d.stats["dead_evicted"]),
             "result_waiters": float(len(self._long_polls)),
+            **d.policy_stats(),
         }
 
     # ---- state file --------------------------------------------------------------------

@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 from mesh import wire
 from mesh.errors import (
-    HelperRefusedKey, JournalError, MeshError, NotFound, RequestTimeout, ShuttingDown,
+    AlreadyFinished, HelperRefusedKey, JournalError, MeshError, NotFound, RequestTimeout,
+    ShuttingDown, Unavailable, WaitTimedOut,
 )
 from mesh.trust import Role
 
@@ -41,24 +42,10 @@ RETRY_ELSEWHERE = frozenset((wire.QUEUE_FULL, wire.SHUTTING_DOWN, wire.JOURNAL_F
 _TRY_NEXT = (RequestTimeout, TimeoutError, HelperRefusedKey, ShuttingDown, JournalError)
 #: a task id no Helper holds: a status request for it is the cheapest "are you there?"
 PROBE_TASK_ID = "mesh-gateway-probe"
-_RANK = {wire.SUCCEEDED: 5, wire.DEAD: 5, wire.RUNNING: 3, wire.DISPATCHED: 2, wire.QUEUED: 1}
+_RANK = {wire.SUCCEEDED: 5, wire.DEAD: 5, wire.CANCELLED: 5, wire.RUNNING: 3,
+         wire.DISPATCHED: 2, wire.QUEUED: 1}
 
-
-class Unavailable(RequestTimeout):
-    """No Helper answered within the deadline (or none could take the request)."""
-
-
-class WaitTimedOut(MeshError):
-    """A long-poll ended with the task not terminal; `status` is the last one seen."""
-
-    def __init__(self, task_id: str, wait_s: float, status) -> None:  # noqa: ANN001
-        super().__init__(f"task {task_id} is still {wire.state_name(status.state)} after "
-                         f"{wait_s:g}s; ask again")
-        self.status = status
-
-
-class CancelNotSupported(MeshError):
-    """The Client has no `cancel` yet (the protocol change that adds it is pending)."""
+__all__ = ["HelperPool", "Unavailable", "WaitTimedOut", "SubmitOutcome", "Found"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,8 +74,9 @@ class HelperPool:
 
     def __init__(self, endpoints: list[str], make_client: ClientFactory, *,
                  timeout_s: float = 3.0, probe_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not endpoints:
+                 clock: Callable[[], float] = time.monotonic,
+                 allow_empty: bool = False) -> None:
+        if not endpoints and not allow_empty:
             raise ValueError("a HelperPool needs at least one Helper endpoint")
         self.endpoints = list(dict.fromkeys(endpoints))
         self.timeout_s = timeout_s
@@ -125,16 +113,30 @@ class HelperPool:
             client = self._clients[(endpoint, role)] = self._make_client(endpoint, role)
         return client
 
+    async def set_endpoints(self, endpoints: list[str]) -> None:
+        """Follow discovery: the Helpers now are `endpoints`; the clients of those that left
+        are closed (a Helper that comes back gets a new one)."""
+        endpoints = list(dict.fromkeys(endpoints))
+        if endpoints == self.endpoints:
+            return
+        gone = set(self.endpoints) - set(endpoints)
+        self.endpoints = endpoints
+        for endpoint in gone:
+            self._suspect.pop(endpoint, None)
+        for key in [k for k in self._clients if k[0] in gone]:
+            await self._clients.pop(key).close()
+
     @property
     def suspects(self) -> dict[str, str]:
         return dict(self._suspect)
 
     # ---- submit -------------------------------------------------------------------------
 
-    async def submit(self, tasks: list) -> list[SubmitOutcome]:
+    async def submit(self, tasks: list, wait_s: float = 0.0) -> list[SubmitOutcome]:
         """Submit wire Tasks; one outcome per task, in order. A task that no Helper took is
-        reported with the last Helper's code (QUEUE_FULL, ...) or None if none answered."""
-        deadline = self._clock() + self.timeout_s
+        reported with the last Helper's code (QUEUE_FULL, ...) or None if none answered.
+        `wait_s`: each Helper may wait that long for room in its queue (added to the deadline)."""
+        deadline = self._clock() + self.timeout_s + wait_s
         outcomes: list[SubmitOutcome | None] = [None] * len(tasks)
         todo = list(range(len(tasks)))
         order = self._order()
@@ -147,7 +149,7 @@ class HelperPool:
             try:
                 async with asyncio.timeout(share_s):
                     results = await self.client(endpoint).submit_results(
-                        [tasks[i] for i in todo])
+                        [tasks[i] for i in todo], **({"wait_s": wait_s} if wait_s else {}))
             except _TRY_NEXT as exc:
                 why = str(exc) or f"no answer within {share_s:.2f}s"
                 self._mark_suspect(endpoint, why)
@@ -280,14 +282,25 @@ class HelperPool:
                 raise answer
         return dict(zip(self.endpoints, answers, strict=True))
 
-    async def cancel(self, task_id: str) -> dict[str, object]:
-        """Cancel on every Helper that holds the task, through `Client.cancel` (pending: the
-        protocol change that adds it). CancelNotSupported until the Client has it."""
-        if getattr(self.client(self.endpoints[0]), "cancel", None) is None:
-            raise CancelNotSupported("cancel not supported by this Helper yet")
+    async def cancel(self, task_id: str):  # noqa: ANN201 - mesh.client.CancelOutcome
+        """Cancel the task on every Helper that holds it (a failover can leave it on two).
+        Returns the outcome of one that cancelled it; AlreadyFinished if every holder that
+        answered has it terminal; NotFound / Unavailable as `find`."""
         found = await self.find(task_id)
-        answers = {}
-        for endpoint in found.holders:
+
+        async def one(endpoint: str):  # noqa: ANN202
             async with asyncio.timeout(self.timeout_s):
-                answers[endpoint] = await self.client(endpoint).cancel(task_id)
-        return answers
+                return await self.client(endpoint).cancel(task_id)
+        answers = await asyncio.gather(*(one(e) for e in found.holders), return_exceptions=True)
+        errors = []
+        for answer in answers:
+            if not isinstance(answer, BaseException):
+                return answer
+            if not isinstance(answer, MeshError | TimeoutError):
+                raise answer
+            errors.append(answer)
+        finished = [e for e in errors if isinstance(e, AlreadyFinished)]
+        if finished:
+            raise finished[0]
+        raise Unavailable(f"no Helper holding task {task_id} answered the cancel within "
+                          f"{self.timeout_s:g}s ({'; '.join(str(e) for e in errors)})")

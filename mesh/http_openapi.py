@@ -67,10 +67,12 @@ def openapi_document(settings) -> dict:  # noqa: ANN001 - nodes.http.GatewaySett
                     "security": _AUTH, "parameters": [_TASK_ID, _WAIT],
                     "responses": {"200": _json(_STATUS, "the status"),
                                   **_problems(400, 401, 403, 404, 429, 503, 504)}},
-            "delete": {"summary": "Cancel the task (needs a Helper that supports cancel)",
-                       "security": _AUTH, "parameters": [_TASK_ID],
-                       "responses": {"202": _json({"type": "object"}, "cancel requested"),
-                                     **_problems(401, 403, 404, 501, 503)}}},
+            "delete": {"summary": "Cancel the task: a queued or running one becomes CANCELLED "
+                                  "(a running one's node is told to stop it); a finished one "
+                                  "answers 409", "security": _AUTH, "parameters": [_TASK_ID],
+                       "responses": {"200": _json({"type": "object"}, "cancelled: id, state, "
+                                                  "was_running"),
+                                     **_problems(401, 403, 404, 409, 503)}}},
         "/v1/tasks/{task_id}/result": {"get": {
             "summary": "The raw result bytes of a SUCCEEDED task", "security": _AUTH,
             "parameters": [_TASK_ID, _WAIT],
@@ -89,8 +91,9 @@ def openapi_document(settings) -> dict:  # noqa: ANN001 - nodes.http.GatewaySett
             "responses": {"200": _json(_STATUS, "the dead task"),
                           **_problems(401, 403, 404, 503)}}},
         "/v1/overview": {"get": {
-            "summary": "What the live page shows: each Helper's stats, totals, gateway figures, "
-                       "and what is not available yet (operator)", "security": _AUTH,
+            "summary": "What the live page shows: each Helper's stats and nodes, totals, the "
+                       "queue by kind, gateway figures, and what is not available yet "
+                       "(operator)", "security": _AUTH,
             "responses": {"200": _json({"type": "object"}, "the overview"),
                           **_problems(401, 403)}}},
         "/healthz": {"get": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from mesh.errors import (
-    HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge,
+    AlreadyFinished, HelperRefusedKey, InvalidTask, JournalError, MeshError, NotFound, PayloadTooLarge,
     PermissionDenied, QueueFull, RequestTimeout, ShuttingDown, TaskRejected, UnsupportedVersion,
     WireError,
 )
@@ -65,6 +65,10 @@ def problem_for(exc: MeshError) -> Problem:
         return Problem(400, "INVALID_TASK", detail)
     if isinstance(exc, NotFound):
         return Problem(404, "NOT_FOUND", detail)
+    if isinstance(exc, AlreadyFinished):
+        state = getattr(exc, "state", None)
+        return Problem(409, "ALREADY_FINISHED", detail,
+                       **({"state": state.name} if state is not None else {}))
     if isinstance(exc, JournalError):
         return retry_later(503, "JOURNAL_FAILED", detail)
     if isinstance(exc, HelperRefusedKey):

@@ -155,6 +155,22 @@ class PendingQueue:
                         break
         return oldest
 
+    def depth_by_kind(self) -> dict[str, tuple[int, float]]:
+        """kind -> (tasks queued, the oldest one's queued_at): an O(n) sweep, for operators'
+        queries (`mesh nodes`, the live page), never the dispatch path."""
+        out: dict[str, tuple[int, float]] = {}
+        for kind, kq in self._kinds.items():
+            count, oldest = 0, None
+            for lane in kq.lanes.values():
+                for entry in lane:
+                    if entry.in_queue:
+                        count += 1
+                        if oldest is None or entry.queued_at < oldest:
+                            oldest = entry.queued_at
+            if count:
+                out[kind] = (count, oldest)
+        return out
+
     def take(self, predicate) -> list:  # noqa: ANN001 - Callable[[Queueable], bool]
         """Remove and return every queued entry the predicate selects (an O(n) sweep, for rare
         housekeeping such as expiring deadlines while no node takes work)."""

@@ -12,6 +12,7 @@ import logging
 import zmq
 import zmq.asyncio
 
+from mesh.errors import AddressInUse
 from mesh.trust import ClientLink, KeyPair, ServerLink
 
 log = logging.getLogger("mesh.sockets")
@@ -101,13 +102,31 @@ def user_id(frame: zmq.Frame) -> str:
         return ""
 
 
+class EndpointInUse(AddressInUse, zmq.ZMQError):
+    """EADDRINUSE on a bind, naming the endpoint. Still a ZMQError: callers that fall back from
+    a taken port (the Helper's previous endpoints) catch it as before."""
+
+    def __init__(self, endpoint: str) -> None:
+        message = f"{endpoint} is in use by another process; stop it or choose another port"
+        Exception.__init__(self, message)
+        self.endpoint = endpoint
+        self.errno = zmq.EADDRINUSE
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the real endpoint (port 0 -> the port the OS chose). A socket that
-    cannot bind is closed at once, not left to the garbage collector."""
+    cannot bind is closed at once, not left to the garbage collector. A taken port raises
+    `EndpointInUse` (a `mesh.errors.AddressInUse` naming the endpoint)."""
     try:
         sock.bind(endpoint)
-    except zmq.ZMQError:
+    except zmq.ZMQError as exc:
         sock.close(linger=0)
+        if exc.errno == zmq.EADDRINUSE:
+            raise EndpointInUse(endpoint) from exc
         raise
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 

@@ -86,6 +86,8 @@ class Operation(enum.StrEnum):
     DEAD_LETTER_REPLAY = "dead-letter-replay"
     DEAD_LETTER_PURGE = "dead-letter-purge"
     STATS = "stats"
+    CANCEL = "cancel"
+    NODES = "nodes"
     HEARTBEAT = "heartbeat"
     ACK = "ack"
     DELIVERY = "delivery"
@@ -94,7 +96,10 @@ class Operation(enum.StrEnum):
     ALERT_REPLAY = "alert-replay"
 
 
-_CLIENT_OPERATIONS = frozenset({Operation.SUBMIT, Operation.STATUS, Operation.RESULT})
+#: Any client key may cancel any task (issue 12): task ids are unguessable (random, or derived
+#: from an idempotency key the submitter chose), and a client may already submit work.
+_CLIENT_OPERATIONS = frozenset({Operation.SUBMIT, Operation.STATUS, Operation.RESULT,
+                                Operation.CANCEL})
 
 #: What each role may do; nothing else is allowed. A client key cannot purge dead letters nor
 #: read stats; an operator may do what a client may and administer dead letters (decided in
@@ -103,7 +108,7 @@ ALLOWED: dict[Role, frozenset[Operation]] = {
     Role.CLIENT: _CLIENT_OPERATIONS,
     Role.OPERATOR: _CLIENT_OPERATIONS | frozenset({
         Operation.DEAD_LETTER_LIST, Operation.DEAD_LETTER_INSPECT, Operation.DEAD_LETTER_REPLAY,
-        Operation.DEAD_LETTER_PURGE, Operation.STATS}),
+        Operation.DEAD_LETTER_PURGE, Operation.STATS, Operation.NODES}),
     Role.AI_NODE: frozenset({Operation.HEARTBEAT, Operation.ACK}),
     Role.HELPER: frozenset({Operation.DELIVERY, Operation.ALERT_PUBLISH}),
     Role.NOTIFIER: frozenset({Operation.ALERT_SUBSCRIBE, Operation.ALERT_REPLAY}),

@@ -37,21 +37,29 @@ TransitionRecord = _pb.TransitionRecord
 Alert = _pb.Alert
 ReplayRequest = _pb.ReplayRequest
 ReplayReply = _pb.ReplayReply
+Attempt = _pb.Attempt
+CancelResult = _pb.CancelResult
+NodeInfo = _pb.NodeInfo
+NodesReply = _pb.NodesReply
+DeadLetterReply = _pb.DeadLetterReply
+KindQueue = _pb.KindQueue
 
 # Enums as plain ints (protobuf enum values are ints already).
-QUEUED, DISPATCHED, RUNNING, SUCCEEDED, DEAD = (
-    _pb.QUEUED, _pb.DISPATCHED, _pb.RUNNING, _pb.SUCCEEDED, _pb.DEAD)
-TERMINAL_STATES = frozenset((SUCCEEDED, DEAD))
+QUEUED, DISPATCHED, RUNNING, SUCCEEDED, DEAD, CANCELLED = (
+    _pb.QUEUED, _pb.DISPATCHED, _pb.RUNNING, _pb.SUCCEEDED, _pb.DEAD, _pb.CANCELLED)
+TERMINAL_STATES = frozenset((SUCCEEDED, DEAD, CANCELLED))
 STARTED, DONE, FAILED, REJECTED = _pb.STARTED, _pb.DONE, _pb.FAILED, _pb.REJECTED
 RETRYABLE, FATAL, RETRY_LATER, TIMEOUT = _pb.RETRYABLE, _pb.FATAL, _pb.RETRY_LATER, _pb.TIMEOUT
 UNKNOWN_TASK_KIND, WRONG_INCARNATION, DRAINING, MALFORMED = (
     _pb.UNKNOWN_TASK_KIND, _pb.WRONG_INCARNATION, _pb.DRAINING, _pb.MALFORMED)
+CANCELLED_RUN = _pb.CANCELLED_RUN
 ATTEMPTS_EXHAUSTED, FATAL_ERROR, EXPIRED, UNKNOWN_KIND, DELIVERY_LIMIT, PAYLOAD_REJECTED = (
     _pb.ATTEMPTS_EXHAUSTED, _pb.FATAL_ERROR, _pb.EXPIRED, _pb.UNKNOWN_KIND,
     _pb.DELIVERY_LIMIT, _pb.PAYLOAD_REJECTED)
 OK, QUEUE_FULL, PAYLOAD_TOO_LARGE, JOURNAL_FAILED, MALFORMED_REQUEST = (
     _pb.OK, _pb.QUEUE_FULL, _pb.PAYLOAD_TOO_LARGE, _pb.JOURNAL_FAILED, _pb.MALFORMED_REQUEST)
 PERMISSION_DENIED = _pb.PERMISSION_DENIED
+ALREADY_FINISHED = _pb.ALREADY_FINISHED
 NOT_FOUND, SHUTTING_DOWN, INVALID_TASK, UNSUPPORTED_VERSION = (
     _pb.NOT_FOUND, _pb.SHUTTING_DOWN, _pb.INVALID_TASK, _pb.UNSUPPORTED_VERSION)
 LIST, INSPECT, REPLAY, PURGE = _pb.LIST, _pb.INSPECT, _pb.REPLAY, _pb.PURGE
@@ -97,6 +105,15 @@ def encode(message) -> bytes:  # noqa: ANN001 - any envelope
 def encode_dispatch_batch(dispatches: list) -> bytes:
     batch = DispatchBatch(version=PROTOCOL_VERSION, sent_ns=time.time_ns())
     batch.dispatches.extend(dispatches)
+    return batch.SerializeToString()
+
+
+def encode_cancel_batch(task_ids: list[str], reply_to: str, helper_incarnation: int) -> bytes:
+    """A DispatchBatch with no dispatch, only cancellations: seq 0, so it is not on the
+    link's ledger (see DispatchBatch.cancel_task_ids)."""
+    batch = DispatchBatch(version=PROTOCOL_VERSION, sent_ns=time.time_ns(), reply_to=reply_to,
+                          helper_incarnation=helper_incarnation)
+    batch.cancel_task_ids.extend(task_ids)
     return batch.SerializeToString()
 
 

@@ -15,63 +15,83 @@ import time
 from discovery import Discovery, DiscoveryError, Health, Instance, open_discovery
 from mesh import App, sockets, wire
 from mesh.ai_node import AINode
-from mesh.errors import ConfigError
+from mesh.errors import AppLoadError, UsageError
 from mesh.metrics import serve
 from mesh.settings import AINodeSettings
 from mesh.trust import Role, Trust
-from nodes import config, keys, runtime
-from nodes.registration import GoneNodes, Presence, claim_node, watch_nodes
+from nodes import config, keys, logs, runtime, settings_spec
+from nodes.registration import GoneNodes, Presence, check_reachable, claim_node, watch_nodes
 
 log = logging.getLogger("mesh.node.ai")
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ai", help="run an AI node")
-    p.add_argument("--app", default="nodes.sample_app:app", help="module:attribute of an App")
-    p.add_argument("--node-id", default=None)
-    p.add_argument("--bind", default="tcp://127.0.0.1:0", help="task endpoint to bind")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--prefetch", type=int, default=16)
-    p.add_argument("--helper", action="append", default=[],
-                   help="a Helper's ack endpoint (repeatable; discovery adds the rest)")
-    p.add_argument("--drain-grace", type=float, default=30.0)
-    p.add_argument("--run-timeout", type=float, default=300.0,
-                   help="run timeout of a task that carries none and whose handler sets none")
-    p.add_argument("--max-result-bytes", type=int, default=1 * 2**20,
-                   help="largest result sent; a larger one fails the attempt (FATAL). Keep it "
-                        "at or below the Helpers' --max-payload-bytes")
-    p.add_argument("--max-helpers", type=int, default=64,
-                   help="Helper links at most; deliveries needing one more are refused")
+    settings_spec.add_options(p, settings_spec.AI)
     config.add_common(p)
     keys.add_trust_arguments(p)
-    config.add_registration(p, service="mesh-ai", watched_flag="helper-service",
-                            watched="mesh-helper")
+    config.add_registration(p, watched="helper_service")
     p.set_defaults(func=main)
 
 
 def load_app(spec: str) -> App:
+    """The App named `module:attribute`, imported with the current directory on the import path
+    (as `python -m` has it). Raises AppLoadError with one line naming the cause."""
     module_name, sep, attr = spec.partition(":")
-    if not sep:
-        raise ConfigError(f"--app must be module:attribute, got {spec!r}")
-    app = getattr(importlib.import_module(module_name), attr, None)
+    if not (sep and module_name and attr):
+        raise AppLoadError(f"--app must be module:attribute, e.g. myservice.tasks:app; got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - whatever the import raised, said in one line
+        raise AppLoadError(f"--app {spec}: importing {module_name} failed{_where(exc)}: "
+                           f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    app = getattr(module, attr, None)
     if not isinstance(app, App):
-        raise ConfigError(f"{spec} is not a mesh.App (got {type(app).__name__})")
+        raise AppLoadError(f"--app {spec}: {module_name}.{attr} is not a mesh.App "
+                           f"(got {type(app).__name__})")
     return app
 
 
+def _where(exc: BaseException) -> str:
+    """' at FILE:LINE' of the innermost frame of an exception raised inside the user's module
+    ('' for a module that is not found at all)."""
+    if isinstance(exc, ModuleNotFoundError):
+        return ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    return f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+
+
 def main(args: argparse.Namespace) -> int:
-    runtime.setup_logging(args.log_level)
+    runtime.setup_logging(args.log_level, args.log_format)
+    if not args.app:
+        raise UsageError("--app MODULE:APP is required: the mesh.App whose handlers this node "
+                         "runs, e.g. --app myservice.tasks:app (or app = ... in --config's [ai])")
+    app = load_app(args.app)  # before anything binds or registers
     settings = AINodeSettings(
         node_id=args.node_id or config.default_node_id("ai"),
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout, max_result_bytes=args.max_result_bytes,
-        max_helpers=args.max_helpers)
+        max_helpers=args.max_helpers, executor=args.executor,
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child_bytes=config.parse_bytes(args.max_memory_per_child,
+                                                      "--max-memory-per-child"),
+        child_kill_grace_s=args.child_kill_grace)
+    logs.set_node_id(settings.node_id)
     # A key of its own: a Helper binds a node id to the key its heartbeats come with.
+    if not args.node_id:  # generated ids (ai-HOST-PID): drop the keys of runs that are gone
+        keys.prune_generated_node_keys(args, socket.gethostname())
     trust = keys.trust_from_args(args, identity=keys.ai_node_identity(settings.node_id))
-    app = load_app(args.app)
     discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
     try:
+        check_reachable(discovery, args.helper_service, args.discovery_wait,
+                        config.discovery_url(args))
         # One live AI node per explicit id, refused before anything binds. A generated id
         # (host and pid) is unique already.
         owner = claim_node(discovery, args.service_name, settings.node_id) if args.node_id else None
@@ -100,13 +120,18 @@ def _exit_past_hung_handlers(code: int) -> None:
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
                  discovery: Discovery, trust: Trust) -> int:
-    node = AINode(settings, app, helpers=args.helper, trust=trust)
-    await node.start()
+    node = AINode(settings, app, helpers=args.helper, trust=trust, app_path=args.app)
     server = None
     metrics_port = None
     port = config.metrics_port(args)
-    if port is not None:
+    if port is not None:  # a taken port is refused before the node says it is up
         server, _, metrics_port = serve(node.metrics.registry, port, args.metrics_addr)
+    try:
+        await node.start()
+    except BaseException:
+        if server is not None:
+            server.shutdown()
+        raise
     host = config.endpoint_host(node.task_endpoint)
     pool_tags = (f"pool={args.pool}",) if args.pool else ()
     instance = Instance(

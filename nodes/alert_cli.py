@@ -69,18 +69,20 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 build_parser = register_commands
 
 
-def alert_instance(publisher: AlertPublisher) -> Instance:
+def alert_instance(publisher: AlertPublisher, *, watch: bool = False) -> Instance:
     """The discovery entry of a started publisher (service "mesh-alerts"), for any node that
     runs one (the Helper too): register it with `nodes.registration.Presence`. Its meta
-    `curve_key` is the key subscribers pin ("" on plain links)."""
+    `curve_key` is the key subscribers pin ("" on plain links); `watch` ("1" in meta `watch`):
+    a long-lived publisher (a Helper's) whose silence subscribers report as mesh.helper.down."""
     pid = publisher.settings.publisher_id
     host = publisher.pub_endpoint.split("//", 1)[1].rsplit(":", 1)[0]
+    meta = {"publisher_id": pid, "pub_endpoint": publisher.pub_endpoint,
+            "replay_endpoint": publisher.replay_endpoint, "curve_key": publisher.public_key}
+    if watch:
+        meta["watch"] = "1"
     return Instance(
         service=ALERT_SERVICE, instance_id=pid, address=host,
-        port=sockets.port_of(publisher.pub_endpoint),
-        meta={"publisher_id": pid, "pub_endpoint": publisher.pub_endpoint,
-              "replay_endpoint": publisher.replay_endpoint,
-              "curve_key": publisher.public_key})
+        port=sockets.port_of(publisher.pub_endpoint), meta=meta)
 
 
 def main(args: argparse.Namespace) -> int:

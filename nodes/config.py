@@ -11,6 +11,7 @@ from importlib import metadata
 
 from discovery import ConsulSettings, consul_settings_from_env, consul_url_from_env
 from mesh.errors import ConfigError
+from nodes import settings_spec
 
 log = logging.getLogger("mesh.node.config")
 
@@ -18,16 +19,9 @@ WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--discovery", default=None,
-                        help="embedded:///dir | static://svc=h:p,... | consul://host:port "
-                             "(default: $MESH_DISCOVERY, then Consul if CONSUL_HTTP_ADDR is set, "
-                             "else the embedded registry)")
+    """Discovery, metrics, logging and --config; the options are defined in settings_spec."""
+    settings_spec.add_options(parser, settings_spec.COMMON)
     add_consul(parser)
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics here (0 = any free port; default: off "
-                             "unless $MESH_METRICS_PORT)")
-    parser.add_argument("--metrics-addr", default="127.0.0.1")
-    parser.add_argument("--log-level", default=None)
 
 
 def add_consul(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +29,7 @@ def add_consul(parser: argparse.ArgumentParser) -> None:
     a command line shows in `ps` to every user of the host."""
     group = parser.add_argument_group("Consul (also CONSUL_HTTP_TOKEN[_FILE], CONSUL_CACERT, "
                                       "CONSUL_CLIENT_CERT/KEY, CONSUL_HTTP_SSL[_VERIFY])")
-    group.add_argument("--consul-token-file", default=None, metavar="PATH",
-                       help="file holding the ACL token (default: $CONSUL_HTTP_TOKEN_FILE, "
-                            "else $CONSUL_HTTP_TOKEN)")
-    group.add_argument("--consul-cacert", default=None, metavar="PATH",
-                       help="CA to verify the agent's HTTPS certificate with (default: $CONSUL_CACERT)")
-    group.add_argument("--consul-client-cert", default=None, metavar="PATH",
-                       help="client certificate for an agent that verifies incoming HTTPS "
-                            "(default: $CONSUL_CLIENT_CERT)")
-    group.add_argument("--consul-client-key", default=None, metavar="PATH",
-                       help="its key (default: $CONSUL_CLIENT_KEY)")
+    settings_spec.add_options(parser, settings_spec.CONSUL, group)
 
 
 def consul_settings(args: argparse.Namespace) -> ConsulSettings:
@@ -61,24 +46,10 @@ def consul_settings(args: argparse.Namespace) -> ConsulSettings:
     )
 
 
-def add_registration(parser: argparse.ArgumentParser, *, service: str, watched_flag: str,
-                     watched: str) -> None:
-    """Flags naming how a node appears in discovery, and which service it follows."""
-    parser.add_argument("--service-name", default=service,
-                        help=f"service to register as (default {service})")
-    parser.add_argument(f"--{watched_flag}", default=watched,
-                        help=f"service of the other role to follow (default {watched})")
-    parser.add_argument("--pool", default=os.environ.get("MESH_POOL") or None,
-                        help="pool tag (pool=NAME); nodes only pair with the same pool "
-                             "(default: $MESH_POOL, else none)")
-    parser.add_argument("--advertise", default=None,
-                        help="host or IP other nodes reach this one at (default: "
-                             "$MESH_ADVERTISE_HOST; a wildcard bind then uses its IP)")
-    parser.add_argument("--discovery-ttl", type=float, default=3.0,
-                        help="seconds without a heartbeat before the check goes critical")
-    parser.add_argument("--deregister-after", type=float, default=60.0,
-                        help="seconds critical before Consul removes the registration "
-                             "(Consul enforces 60 at least)")
+def add_registration(parser: argparse.ArgumentParser, *, watched: str) -> None:
+    """Options naming how a node appears in discovery, and `watched`, the option naming the
+    service of the other role it follows (ai_service, helper_service)."""
+    settings_spec.add_options(parser, (*settings_spec.REGISTRATION, watched))
 
 
 def advertise_host(args: argparse.Namespace) -> str | None:
@@ -123,9 +94,13 @@ def metrics_endpoint(metrics_addr: str, advertised: str, port: int | None) -> st
     return f"http://{host}:{port}/metrics"
 
 
+#: the distribution's name on PyPI ("mesh" is taken there); the import names stay mesh, nodes
+DISTRIBUTION = "mesh-tasks"
+
+
 def mesh_version() -> str:
     try:
-        return metadata.version("mesh")
+        return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "unknown"
 
@@ -173,3 +148,22 @@ def parse_int_kv(items: list[str] | None, flag: str) -> dict[str, int]:
             raise ConfigError(f"{flag} {key}={value!r}: the value must be an integer") from None
     return out
 
+
+def parse_rate_limit_flags(items: list[str] | None) -> dict[str, str]:
+    """`--rate-limit KIND=RATE` flags -> {kind: rate text}, each checked (ConfigError)."""
+    from mesh.policies.rate_limit import parse_rate_limits
+    parse_rate_limits(items or [])
+    return {text.partition("=")[0].strip(): text.partition("=")[2].strip()
+            for text in items or []}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+    """`512M`, `2G`, `1048576` -> bytes (K, M, G: powers of 1024)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected bytes, e.g. 1073741824, 512M or 2G") from None

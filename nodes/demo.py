@@ -76,8 +76,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     helper = NodeProcess(["helper", "--helper-id", "demo-helper", "--data-dir",
                           str(work / "helper"), "--discovery", discovery, *insecure],
                          env=env, log_path=work / "helper.log", name="helper")
-    nodes = [NodeProcess(["ai", "--node-id", f"ai-{i + 1}", "--discovery", discovery,
-                          *insecure],
+    nodes = [NodeProcess(["ai", "--app", "nodes.sample_app:app", "--node-id", f"ai-{i + 1}",
+                          "--discovery", discovery, *insecure],
                          env=env, log_path=work / f"ai-{i + 1}.log", name=f"ai-{i + 1}")
              for i in range(args.nodes)]
     try:

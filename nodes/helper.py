@@ -4,76 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import time
 
-from discovery import DiscoveryError, Health, Instance, open_discovery
+from discovery import Discovery, DiscoveryError, Health, Instance, open_discovery
 from mesh import sockets, wire
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.helper import Helper
 from mesh.metrics import register_alert_publisher, serve
 from mesh.ownership import claim_data_dir
 from mesh.settings import HelperSettings
-from nodes import config, keys, runtime
+from nodes import config, keys, logs, runtime, settings_spec
 from nodes.alert_cli import alert_instance
-from nodes.registration import GoneNodes, Presence, service_health, watch_nodes
+from nodes.registration import GoneNodes, Presence, check_reachable, service_health, watch_nodes
 
 log = logging.getLogger("mesh.node.helper")
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("helper", help="run a Helper node")
-    p.add_argument("--helper-id", default="helper-1", help="stable id; owns the data dir")
-    p.add_argument("--data-dir", default=None,
-                   help="journal directory (default ./mesh-data/ID), made 0700; one Helper at a "
-                        "time (a second exits with code 75)")
-    p.add_argument("--intake", default="tcp://127.0.0.1:0", help="client endpoint to bind")
-    p.add_argument("--acks", default="tcp://127.0.0.1:0", help="ack endpoint to bind")
-    p.add_argument("--fsync", default="batch", choices=["always", "batch", "interval", "none"])
-    p.add_argument("--max-attempts", type=int, default=3)
-    p.add_argument("--max-pending", type=int, default=200_000)
-    p.add_argument("--node-dead-after", type=float, default=2.0)
-    p.add_argument("--dispatch-before-sync", action="store_true")
-    p.add_argument("--no-alerts", action="store_true",
-                   help="do not publish the Helper's own fault alerts")
-    p.add_argument("--alerts-bind", default="tcp://127.0.0.1:0", help="alert PUB endpoint")
-    p.add_argument("--alerts-replay-bind", default="tcp://127.0.0.1:0",
-                   help="alert replay endpoint")
-    p.add_argument("--unroutable-grace", type=float, default=30.0,
-                   help="seconds a task kind no live node serves waits before DEAD")
-    p.add_argument("--ack-timeout", type=float, default=10.0)
-    p.add_argument("--kind-max-attempts", action="append", default=[], metavar="KIND=N",
-                   help="attempts for one task kind (repeatable); a task's own still wins")
-    p.add_argument("--retry-base", type=float, default=1.0, help="backoff base, seconds")
-    p.add_argument("--retry-cap", type=float, default=30.0, help="backoff cap, seconds")
-    p.add_argument("--max-lost-deliveries", type=int, default=3,
-                   help="running deliveries lost with their node before a task is DEAD")
-    p.add_argument("--max-pending-bytes", type=int, default=512 * 2**20)
-    p.add_argument("--journal-segment-bytes", type=int, default=32 * 2**20)
-    p.add_argument("--max-dead-letters", type=int, default=10_000,
-                   help="dead letters kept; past it (or the bytes bound) the oldest is forgotten")
-    p.add_argument("--max-dead-letter-bytes", type=int, default=64 * 2**20)
-    p.add_argument("--max-result-waiters", type=int, default=50_000,
-                   help="result long-polls held at once")
-    p.add_argument("--max-result-waiters-per-client", type=int, default=5_000)
-    p.add_argument("--max-reply-bytes", type=int, default=16 * 2**20,
-                   help="bytes of one reply to a client")
-    p.add_argument("--max-unread-reply-bytes", type=int, default=64 * 2**20,
-                   help="bytes of large replies a client may leave unread")
-    p.add_argument("--max-nodes", type=int, default=256,
-                   help="live AI node ids tracked at once; heartbeats of new ids beyond are dropped")
-    p.add_argument("--max-node-ids-per-key", type=int, default=1,
-                   help="live AI node ids one ai-node key may hold")
+    settings_spec.add_options(p, settings_spec.HELPER)
     keys.add_trust_arguments(p)
     config.add_common(p)
-    config.add_registration(p, service="mesh-helper", watched_flag="ai-service",
-                            watched="mesh-ai")
+    config.add_registration(p, watched="ai_service")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    runtime.setup_logging(args.log_level)
+    runtime.setup_logging(args.log_level, args.log_format)
+    logs.set_node_id(args.helper_id)
     # Whatever the Helper writes (journal, state, alert journal) is its own: 0600 files, 0700 dirs.
     os.umask(0o077)
     settings = HelperSettings(
@@ -86,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
         node_dead_after_s=args.node_dead_after,
         dispatch_before_sync=args.dispatch_before_sync,
         unroutable_grace_s=args.unroutable_grace, ack_timeout_s=args.ack_timeout,
+        refuse_unknown_kinds=args.refuse_unknown_kinds,
         kind_max_attempts=config.parse_int_kv(args.kind_max_attempts, "--kind-max-attempts"),
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         max_lost_deliveries=args.max_lost_deliveries, max_pending_bytes=args.max_pending_bytes,
@@ -95,14 +57,27 @@ def main(args: argparse.Namespace) -> int:
         max_result_waiters_per_client=args.max_result_waiters_per_client,
         max_reply_bytes=args.max_reply_bytes,
         max_unread_reply_bytes=args.max_unread_reply_bytes,
-        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key)
+        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key,
+        rate_limits=config.parse_rate_limit_flags(args.rate_limit), breakers=args.breakers,
+        breaker_failure_ratio=args.breaker_failure_ratio,
+        breaker_min_calls=args.breaker_min_calls,
+        breaker_window_calls=args.breaker_window_calls, breaker_window_s=args.breaker_window,
+        breaker_cool_down_s=args.breaker_cool_down,
+        breaker_max_cool_down_s=max(args.breaker_max_cool_down, args.breaker_cool_down))
     # One Helper per data dir, refused before the journal is opened; the kernel releases the
     # lock when this process dies, however it dies.
     with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):
-        return runtime.run(_serve(settings, args))
+        discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
+        try:
+            # before the journal opens or anything binds: an unreachable registry is one line
+            check_reachable(discovery, args.ai_service, args.discovery_wait,
+                            config.discovery_url(args))
+            return runtime.run(_serve(settings, args, discovery))
+        finally:
+            discovery.close()
 
 
-async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
+async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: Discovery) -> int:
     trust = keys.trust_from_args(args)  # --insecure warns here, at every start
     # The Helper publishes its own fault alerts (node down/back, task dead, journal error,
     # queue over threshold) on a lane of its own, journaled beside the task journal.
@@ -115,18 +90,20 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
             trust=trust)
         await alerts.start()
     helper = Helper(settings, alerts=alerts, trust=trust)
-    await helper.start()
     if alerts is not None:
         register_alert_publisher(helper.metrics.registry, alerts.stats)
     metrics_port = None
     port = config.metrics_port(args)
     server = None
-    if port is not None:
-        server, _, metrics_port = serve(helper.metrics.registry, port, args.metrics_addr)
     try:
-        discovery = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
-    except DiscoveryError:
-        await helper.stop()
+        if port is not None:  # a taken port is refused before the Helper says it is up
+            server, _, metrics_port = serve(helper.metrics.registry, port, args.metrics_addr)
+        await helper.start()
+    except BaseException:
+        if server is not None:
+            server.shutdown()
+        if alerts is not None:
+            await alerts.stop()
         raise
     host = config.endpoint_host(helper.intake_endpoint)
     pool_tags = (f"pool={args.pool}",) if args.pool else ()
@@ -152,7 +129,6 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
         await presence.start()
     except DiscoveryError:  # refused (wrong ACL token, invalid registration): fail at startup
         await helper.stop()
-        discovery.close()
         if server is not None:
             server.shutdown()
         raise
@@ -185,9 +161,19 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
                                   now=time.monotonic()))
 
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
+
+    def on_helpers(found: list[Instance], registry_suspect: bool) -> None:
+        # Rate limits are split among the Helpers dispatching (this one counts while listed).
+        if not registry_suspect:
+            helper.set_helper_count(sum(
+                1 for inst in found if inst.health != Health.CRITICAL
+                and (not args.pool or f"pool={args.pool}" in inst.tags)))
+
+    helper_watch = watch_nodes(discovery, args.service_name, on_helpers) if (
+        settings.rate_limits) else None
     alert_presence = None
     if alerts is not None:
-        alert_presence = Presence(discovery, alert_instance(alerts), ttl_s=args.discovery_ttl,
+        alert_presence = Presence(discovery, alert_instance(alerts, watch=True), ttl_s=args.discovery_ttl,
                                   deregister_after_s=args.deregister_after)
         await alert_presence.start()
     runtime.announce_ready("helper", intake=helper.intake_endpoint, acks=helper.ack_endpoint,
@@ -196,13 +182,18 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace) -> int:
                            alerts_replay=alerts.replay_endpoint if alerts else None)
     name = await runtime.until_signalled()
     log.info("%s: stopping", name)
+    if alerts is not None:
+        # Subscribers take the silence that follows for a clean stop, not a Helper down.
+        alerts.publish("mesh.helper.left", "info", settings.helper_id,
+                       json.dumps({"helper_id": settings.helper_id, "signal": name}).encode())
     ai_watch.stop(timeout_s=1.0)
+    if helper_watch is not None:
+        helper_watch.stop(timeout_s=1.0)
     await presence.stop()
     await helper.stop()
     if alerts is not None:
         await alert_presence.stop()
         await alerts.stop()
-    discovery.close()
     if server is not None:
         server.shutdown()
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mesh import Client, make_task, sockets, wire
 from mesh.errors import ConfigError, MeshError
-from mesh.helper_pool import CancelNotSupported, HelperPool, WaitTimedOut
+from mesh.helper_pool import HelperPool, WaitTimedOut
 from mesh.http_metrics import GatewayMetrics
 from mesh.http_openapi import openapi_document
 from mesh.http_problem import PROBLEM_JSON, Problem, problem_for, submit_problem
@@ -284,11 +284,10 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
     @route("/v1/tasks/{task_id}", "DELETE")
     async def cancel_task(request) -> Response:  # noqa: ANN001
         task_id = request.path_params["task_id"]
-        try:
-            answers = await pool.cancel(task_id)
-        except CancelNotSupported as exc:
-            raise Problem(501, "NOT_SUPPORTED", str(exc)) from None
-        return answer({"id": task_id, "cancel": {e: str(a) for e, a in answers.items()}}, 202)
+        outcome = await pool.cancel(task_id)  # 404 unknown, 409 finished (problem_for)
+        return answer({"id": task_id, "state": outcome.state.name,
+                       "was_running": outcome.was_running,
+                       "location": task_location(task_id)})
 
     # -- dead letters (operator) --
 
@@ -349,18 +348,29 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
 
     @route("/v1/overview", "GET", HttpRole.OPERATOR)
     async def overview(request) -> Response:  # noqa: ANN001
-        answers = await pool.each(lambda c: c.stats())
-        helpers, totals = [], {}
-        for endpoint, stats in answers.items():
-            if isinstance(stats, BaseException):
+        async def both(client):  # noqa: ANN001, ANN202 - a Helper's stats and nodes
+            stats, nodes = await asyncio.gather(client.stats(), client.nodes())
+            return stats, next(iter(nodes.values()))
+        answers = await pool.each(both)
+        helpers, totals, nodes, queues = [], {}, [], {}
+        for endpoint, reply in answers.items():
+            if isinstance(reply, BaseException):
                 helpers.append({"endpoint": endpoint, "up": False,
-                                "error": str(stats) or "no answer in time"})
+                                "error": str(reply) or "no answer in time"})
                 continue
+            stats, view = reply
             helpers.append({"endpoint": endpoint, "up": True, "stats": stats})
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
+            nodes += [nodes_json(node, endpoint) for node in view.nodes]
+            for queue in view.queues:
+                depth, oldest = queues.get(queue.kind, (0, 0))
+                queues[queue.kind] = (depth + queue.depth, max(oldest, queue.oldest_age_ms))
         return answer({"generated_at": iso(time.time_ns()), "helpers": helpers,
-                       "totals": totals, "gateway": _gateway_figures(pool, long_polls[0]),
+                       "totals": totals, "nodes": nodes,
+                       "queues": [{"kind": k, "depth": d, "oldest_age_s": round(o / 1000, 3)}
+                                  for k, (d, o) in sorted(queues.items())],
+                       "gateway": _gateway_figures(pool, long_polls[0]),
                        "missing": MISSING_FROM_STATS})
 
     @route("/healthz", "GET", None)
@@ -402,12 +412,25 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-#: what the live page would show but the Helper's stats do not give yet (a nodes query, later)
+#: what the live page would show but the gateway does not give yet
 MISSING_FROM_STATS = [
-    "per-node state, credit, held tasks, version and last beat (needs a Helper nodes query)",
-    "queue depth and oldest pending age by kind (stats give the total queued only)",
     "recent alerts (needs the gateway to subscribe to the alert lane with a notifier key)",
 ]
+
+
+def nodes_json(node, helper: str) -> dict:  # noqa: ANN001 - wire.NodeInfo
+    """One AI node as a Helper sees it, for /v1/overview and the page."""
+    return {"id": node.node_id, "helper": helper, "endpoint": node.endpoint,
+            "host": host_of(node.endpoint), "state": node.state, "credit": node.credit,
+            "concurrency": node.concurrency, "held": node.held, "running": node.running,
+            "inflight": node.inflight, "version": node.version or None,
+            "last_beat_s": round(node.last_beat_age_ms / 1000, 3), "kinds": list(node.kinds)}
+
+
+def host_of(endpoint: str) -> str:
+    """The host of tcp://HOST:PORT ("" for ipc:// and the like)."""
+    scheme, _, rest = endpoint.partition("://")
+    return rest.rpartition(":")[0].strip("[]") if scheme == "tcp" else ""
 
 
 def _gateway_figures(pool: HelperPool, long_polls: int) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mesh import trust
 from mesh.trust import KeyStore, Role, Trust, load_certificate, write_keypair
+from nodes import settings_spec
 
 
 def default_key_dir() -> str:
@@ -27,11 +28,7 @@ def default_key_dir() -> str:
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """--keys and --insecure, for every command that opens a socket."""
-    parser.add_argument("--keys", default=None, metavar="DIR",
-                        help="key store (default: $MESH_KEY_DIR, else "
-                             "$XDG_DATA_HOME/mesh/keys); made on first use")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plain, unauthenticated links (warns at every start)")
+    settings_spec.add_options(parser, settings_spec.TRUST)
 
 
 def trust_from_args(args: argparse.Namespace, *, identity: str | None = None,
@@ -51,6 +48,30 @@ def trust_from_args(args: argparse.Namespace, *, identity: str | None = None,
 def ai_node_identity(node_id: str) -> str:
     """The key name of the AI node `node_id` in a local store."""
     return f"ai-node-{node_id}"
+
+
+def prune_generated_node_keys(args: argparse.Namespace, host: str) -> int:
+    """Remove the keys of AI nodes of this host whose id was generated (`ai-HOST-PID`) and
+    whose process is gone, so nodes started without --node-id do not pile keys up in the
+    store. Returns how many key names were removed. A live pid, another host's keys and named
+    nodes' keys are kept; a pid reused since only keeps a stale key a while longer."""
+    if getattr(args, "insecure", False):
+        return 0
+    root = Path(getattr(args, "keys", None) or default_key_dir())
+    prefix = f"ai-node-ai-{host}-"
+    removed = 0
+    for folder in (root / "own", root / "allowed" / Role.AI_NODE.value):
+        try:
+            names = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            continue
+        for path in names:
+            pid = path.name[len(prefix):].split(".", 1)[0]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            path.unlink(missing_ok=True)
+            removed += folder.name == Role.AI_NODE.value
+    return removed
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:

@@ -18,9 +18,13 @@ from pathlib import Path
 
 class NodeProcess:
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
-                 log_path: str | os.PathLike | None = None, name: str = "node") -> None:
+                 log_path: str | os.PathLike | None = None, name: str = "node",
+                 cwd: str | os.PathLike | None = None, program: list[str] | None = None) -> None:
         self.args = args
         self.name = name
+        self.cwd = cwd
+        #: how `mesh` is run (default: this interpreter, -m nodes.cli)
+        self.program = program or [sys.executable, "-m", "nodes.cli"]
         self.env = {**os.environ, **(env or {})}
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
@@ -33,8 +37,8 @@ class NodeProcess:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
             stderr = self._log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodes.cli", *self.args], stdout=subprocess.PIPE,
-            stderr=stderr, env=self.env, start_new_session=True)
+            [*self.program, *self.args], stdout=subprocess.PIPE,
+            stderr=stderr, env=self.env, start_new_session=True, cwd=self.cwd)
         self.ready = self._wait_ready(timeout_s)
         return self
 

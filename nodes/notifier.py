@@ -22,7 +22,8 @@ from discovery import Instance, open_discovery
 from mesh.alert_handlers import HandlerSet, load_handler, log_handler
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
-from mesh.metrics import register_alert_subscriber, serve
+from mesh.alert_webhook import WebhookHandler
+from mesh.metrics import register_alert_subscriber, register_alert_webhook, serve
 from nodes import config, keys, runtime
 from nodes.registration import watch
 
@@ -46,6 +47,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="an alert handler, async or sync (repeatable); the log handler always runs "
                         "unless --no-log")
     p.add_argument("--no-log", action="store_true", help="do not log one line per alert")
+    p.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="POST each alert as JSON to URL (repeatable), retried with backoff")
+    p.add_argument("--webhook-max-queued", type=int, default=1000,
+                   help="alerts waiting for a webhook at most (then the lane waits)")
     p.add_argument("--state-file", default=None,
                    help="positions file (default: $MESH_DATA_DIR or ./mesh-data, "
                         "<notifier-id>/alert-positions.json)")
@@ -54,6 +59,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rt-priority", type=int, default=0, metavar="PRIO",
                    help="run the notifier SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE) so "
                         "a saturated machine does not delay alerts; 0 = normal scheduling")
+    p.add_argument("--silence", type=float, default=5.0, metavar="SECONDS",
+                   help="a Helper's alert publisher not heard for this long (it beats every "
+                        "second) or gone from discovery raises a synthetic mesh.helper.down "
+                        "(critical), and mesh.helper.up when it is heard again")
     p.add_argument("--retry-cap", type=float, default=30.0,
                    help="longest backoff between two calls of a failing handler, seconds")
     config.add_common(p)
@@ -74,9 +83,10 @@ def parse_publisher(spec: str) -> tuple[str, str, str, str | None]:
 
 
 def choose_publishers(found: list[Instance],
-                      static_ids: set[str]) -> dict[str, tuple[str, str, str | None]]:
-    """publisher_id -> (pub, replay endpoints, announced key) from the "mesh-alerts" entries of
-    discovery.
+                      static_ids: set[str]) -> dict[str, tuple[str, str, str | None, bool]]:
+    """publisher_id -> (pub, replay endpoints, announced key, watched) from the "mesh-alerts"
+    entries of discovery. Watched (meta watch=1, a Helper's): its silence or its entry's
+    removal is reported as mesh.helper.down.
 
     A publisher is followed whatever its health (an overloaded node may miss its discovery
     heartbeat exactly when it has alerts to send) until it is deregistered. When one id is
@@ -88,7 +98,8 @@ def choose_publishers(found: list[Instance],
         pid = inst.meta.get("publisher_id")
         pub, replay = inst.meta.get("pub_endpoint"), inst.meta.get("replay_endpoint")
         if pid and pub and replay and pid not in static_ids and pid not in chosen:
-            chosen[pid] = (pub, replay, inst.meta.get("curve_key") or None)
+            chosen[pid] = (pub, replay, inst.meta.get("curve_key") or None,
+                           inst.meta.get("watch") == "1")
     return chosen
 
 
@@ -119,15 +130,21 @@ async def run(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(state_file)), exist_ok=True)
     handlers = [] if args.no_log else [("log", log_handler)]
     handlers += [(spec, load_handler(spec)) for spec in args.handler]
+    webhooks = [WebhookHandler(url, max_queued=args.webhook_max_queued,
+                               retry_cap_s=args.retry_cap) for url in args.webhook]
+    for webhook in webhooks:
+        await webhook.start()
+        handlers.append((f"webhook {webhook.url}", webhook))
     statics = [parse_publisher(spec) for spec in args.publisher]
     settings = AlertSubscriberSettings(
-        topics=tuple(args.topic) or ("",), state_path=state_file, start_from=args.start_from)
+        topics=tuple(args.topic) or ("",), state_path=state_file, start_from=args.start_from,
+        silence_s=args.silence)
     trust = keys.trust_from_args(args)
     subscriber = AlertSubscriber(settings, HandlerSet(handlers, retry_cap_s=args.retry_cap),
                                  trust=trust)
     await subscriber.start()
     for pid, pub, replay, key in statics:
-        subscriber.add_publisher(pid, pub, replay, key)
+        subscriber.add_publisher(pid, pub, replay, key, watch=True)
     static_ids = {pid for pid, *_ in statics}
 
     discovery = None
@@ -140,8 +157,8 @@ async def run(args: argparse.Namespace) -> int:
             if stopping:
                 return  # a change reported while we shut down
             chosen = choose_publishers(found, static_ids)
-            for pid, (pub, replay, key) in chosen.items():
-                subscriber.add_publisher(pid, pub, replay, key)
+            for pid, (pub, replay, key, watched) in chosen.items():
+                subscriber.add_publisher(pid, pub, replay, key, watch=watched)
             for pid in subscriber.publishers:
                 if pid not in chosen and pid not in static_ids:
                     subscriber.remove_publisher(pid)
@@ -154,6 +171,9 @@ async def run(args: argparse.Namespace) -> int:
     if port is not None:
         registry = CollectorRegistry()
         register_alert_subscriber(registry, subscriber.stats)
+        for webhook in webhooks:  # one webhook's counters (the first) when there are several
+            register_alert_webhook(registry, webhook.stats)
+            break
         metrics_server, _, metrics_port = serve(registry, port, args.metrics_addr)
     runtime.announce_ready("notifier", metrics_port=metrics_port, notifier_id=notifier_id,
                            state_file=state_file,
@@ -164,6 +184,8 @@ async def run(args: argparse.Namespace) -> int:
     if alert_watch is not None:
         alert_watch.stop(timeout_s=1.0)
     await subscriber.stop()
+    for webhook in webhooks:
+        await webhook.stop()
     if discovery is not None:
         discovery.close()
     if metrics_server is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from discovery import (Discovery, DiscoveryAuthError, DiscoveryError, DiscoveryUnavailable,
                        EmbeddedDiscovery, Health, Instance, Watch, ensure_private_dirs,
-                       private_runtime_dir)
+                       private_runtime_dir, redact_url)
 from discovery.embedded import process_alive
 from mesh.errors import InUse
 from mesh.ownership import OwnerLock, claim_node_id
@@ -63,6 +63,30 @@ def node_lock_dir(discovery: Discovery) -> Path:
         return discovery.private_subdir(".owners")
     registry = str(getattr(discovery, "addr", "") or type(discovery).__name__)
     return ensure_private_dirs(private_runtime_dir("owners"), re.sub(r"[^A-Za-z0-9_.-]", "_", registry))
+
+
+def check_reachable(discovery: Discovery, service: str, wait_s: float, url: str | None) -> None:
+    """Ask discovery once for `service`, retrying with backoff for up to `wait_s` while it does
+    not answer (an agent starting with the host): a node started against a registry it cannot
+    reach stops here, before it binds or says it is up, with one line (exit code 3). Refusals
+    (an ACL token, a directory of another user) are raised at once, as they are."""
+    deadline = time.monotonic() + wait_s
+    delay_s = 0.2
+    while True:
+        try:
+            discovery.instances(service, passing_only=True)
+            return
+        except DiscoveryUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DiscoveryUnavailable(
+                    f"discovery {redact_url(url or 'embedded')} does not answer "
+                    f"({' '.join(str(exc).split())}); waited {wait_s:g}s. Start it (a local "
+                    "Consul agent), or pass --discovery, or raise --discovery-wait") from None
+            if delay_s == 0.2:
+                log.info("discovery does not answer yet (%s); waiting up to %.0fs", exc, wait_s)
+            time.sleep(min(delay_s, left))
+            delay_s = min(2.0, delay_s * 2)
 
 
 def claim_node(discovery: Discovery, service: str, node_id: str) -> OwnerLock:

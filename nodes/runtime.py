@@ -16,12 +16,14 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from nodes import logs
 
-def setup_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("MESH_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Text or JSON lines on stderr (nodes/logs.py). The first call of a process wins: `mesh`
+    calls it with the resolved --log-level/--log-format before the command runs."""
+    logs.setup((level or os.environ.get("MESH_LOG_LEVEL") or "INFO").upper(),
+               fmt or os.environ.get("MESH_LOG_FORMAT") or "text")
 
 
 def announce_ready(role: str, **endpoints: object) -> None:

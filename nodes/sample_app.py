@@ -137,3 +137,35 @@ async def crash(payload: bytes, ctx: TaskContext) -> bytes:
     docs/decisions/005-failure-semantics.md.)"""
     await asyncio.sleep(float(payload or b"50") / 1000.0)
     os._exit(17)
+
+
+def _mark(name: str, line: str) -> None:
+    """Append `line` to `<MESH_EFFECT_LOG_DIR>/<name>` (what the cancel tests read)."""
+    directory = os.environ.get("MESH_EFFECT_LOG_DIR")
+    if directory:
+        with open(os.path.join(directory, name), "a") as out:
+            out.write(line + "\n")
+
+
+@app.task("wait")
+async def wait(payload: bytes, ctx: TaskContext) -> bytes:
+    """Waits `payload` seconds (default 60): a long async run for cancel tests. Notes its start
+    (`started`) and, when cancelled, the CancelledError it saw (`cancelled`)."""
+    _mark("started", f"{ctx.task_id} {ctx.attempt}")
+    try:
+        await asyncio.sleep(float(payload or b"60"))
+    except asyncio.CancelledError:
+        _mark("cancelled", f"{ctx.task_id} CancelledError")
+        raise
+    return b"waited"
+
+
+@app.task("wait_sync")
+def wait_sync(payload: bytes, ctx: TaskContext) -> bytes:
+    """A sync handler that waits up to `payload` seconds (default 60) and stops early when its
+    task is cancelled (`ctx.cancelled`), noting which (`started`, `cancelled`)."""
+    _mark("started", f"{ctx.task_id} {ctx.attempt}")
+    if ctx.cancel_event.wait(float(payload or b"60")):
+        _mark("cancelled", f"{ctx.task_id} flag")
+        return b"stopped"
+    return b"waited"

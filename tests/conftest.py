@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support.cluster import Cluster
@@ -13,6 +15,17 @@ def mesh_key_dir(tmp_path_factory):  # noqa: ANN001, ANN201
     """$MESH_KEY_DIR: one local key store for the session (tests/support/keys.py)."""
     with session_store(tmp_path_factory.mktemp("keys")) as root:
         yield root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mesh_app():  # noqa: ANN201
+    """$MESH_APP for AI nodes the tests start by hand without --app (`mesh ai` requires an app;
+    tests/integration/test_rails.py removes it to check that)."""
+    previous = os.environ.get("MESH_APP")
+    os.environ.setdefault("MESH_APP", "nodes.sample_app:app")
+    yield
+    if previous is None:
+        os.environ.pop("MESH_APP", None)
 
 
 @pytest.fixture

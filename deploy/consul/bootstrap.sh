@@ -35,4 +35,6 @@ if [ ! -s "$out/agent.token" ]; then
     sed -n 's/.*"SecretID": *"\([^"]*\)".*/\1/p' > "$out/agent.token"
 fi
 consul acl set-agent-token agent "$(cat "$out/agent.token")" >/dev/null  # persisted (enable_token_persistence)
+# Optional: hand the nodes' token to the user they run as (compose: uid 10001), still 0600.
+if [ -n "${TOKEN_OWNER:-}" ]; then chown "$TOKEN_OWNER" "$out/mesh.token"; fi
 echo "mesh token written to $out/mesh.token; set CONSUL_HTTP_TOKEN_FILE=$out/mesh.token on every node"

@@ -15,6 +15,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUNNING: _ClassVar[TaskState]
     SUCCEEDED: _ClassVar[TaskState]
     DEAD: _ClassVar[TaskState]
+    CANCELLED: _ClassVar[TaskState]
 
 class DeadReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WRONG_INCARNATION: _ClassVar[ErrorClass]
     DRAINING: _ClassVar[ErrorClass]
     MALFORMED: _ClassVar[ErrorClass]
+    CANCELLED_RUN: _ClassVar[ErrorClass]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -59,6 +61,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_TASK: _ClassVar[ErrorCode]
     UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
     PERMISSION_DENIED: _ClassVar[ErrorCode]
+    ALREADY_FINISHED: _ClassVar[ErrorCode]
 
 class DeadLetterOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -81,6 +84,7 @@ DISPATCHED: TaskState
 RUNNING: TaskState
 SUCCEEDED: TaskState
 DEAD: TaskState
+CANCELLED: TaskState
 DEAD_REASON_UNSPECIFIED: DeadReason
 ATTEMPTS_EXHAUSTED: DeadReason
 FATAL_ERROR: DeadReason
@@ -102,6 +106,7 @@ UNKNOWN_TASK_KIND: ErrorClass
 WRONG_INCARNATION: ErrorClass
 DRAINING: ErrorClass
 MALFORMED: ErrorClass
+CANCELLED_RUN: ErrorClass
 ERROR_CODE_UNSPECIFIED: ErrorCode
 OK: ErrorCode
 QUEUE_FULL: ErrorCode
@@ -113,6 +118,7 @@ SHUTTING_DOWN: ErrorCode
 INVALID_TASK: ErrorCode
 UNSUPPORTED_VERSION: ErrorCode
 PERMISSION_DENIED: ErrorCode
+ALREADY_FINISHED: ErrorCode
 DEAD_LETTER_OP_UNSPECIFIED: DeadLetterOp
 LIST: DeadLetterOp
 INSPECT: DeadLetterOp
@@ -174,23 +180,25 @@ class Dispatch(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., attempt: _Optional[int] = ..., delivery: _Optional[int] = ..., incarnation: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_id: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
 
 class DispatchBatch(_message.Message):
-    __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation")
+    __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation", "cancel_task_ids")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     SENT_NS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     HELPER_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     dispatches: _containers.RepeatedCompositeFieldContainer[Dispatch]
     sent_ns: int
     seq: int
     reply_to: str
     helper_incarnation: int
-    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
+    cancel_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt")
+    __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt", "dependency", "lost")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +210,8 @@ class Ack(_message.Message):
     FINISHED_NS_FIELD_NUMBER: _ClassVar[int]
     FROM_DEDUP_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     delivery: int
     kind: AckKind
@@ -213,10 +223,12 @@ class Ack(_message.Message):
     finished_ns: int
     from_dedup: bool
     attempt: int
-    def __init__(self, task_id: _Optional[str] = ..., delivery: _Optional[int] = ..., kind: _Optional[_Union[AckKind, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., retry_after_ms: _Optional[int] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., from_dedup: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+    dependency: str
+    lost: bool
+    def __init__(self, task_id: _Optional[str] = ..., delivery: _Optional[int] = ..., kind: _Optional[_Union[AckKind, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., retry_after_ms: _Optional[int] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., from_dedup: _Optional[bool] = ..., attempt: _Optional[int] = ..., dependency: _Optional[str] = ..., lost: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received", "dispatch_seq", "max_message_bytes")
+    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received", "dispatch_seq", "max_message_bytes", "version", "kinds_full")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     TASK_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +244,8 @@ class Heartbeat(_message.Message):
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FULL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: int
     task_endpoint: str
@@ -247,7 +261,9 @@ class Heartbeat(_message.Message):
     received: int
     dispatch_seq: int
     max_message_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ..., dispatch_seq: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    version: str
+    kinds_full: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ..., dispatch_seq: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., version: _Optional[str] = ..., kinds_full: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckBatch(_message.Message):
     __slots__ = ("version", "heartbeat", "acks")
@@ -286,7 +302,7 @@ class SubmitReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitResult, _Mapping]]] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("task_id", "state", "attempts", "deliveries", "node_id", "result", "error", "dead_reason", "submitted_ns", "finished_ns", "kind", "priority")
+    __slots__ = ("task_id", "state", "attempts", "deliveries", "node_id", "result", "error", "dead_reason", "submitted_ns", "finished_ns", "kind", "priority", "payload", "payload_bytes", "history", "cancelled_ns")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +315,10 @@ class TaskStatus(_message.Message):
     FINISHED_NS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_NS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     state: TaskState
     attempts: int
@@ -311,7 +331,25 @@ class TaskStatus(_message.Message):
     finished_ns: int
     kind: str
     priority: int
-    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., node_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., submitted_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., kind: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    payload: bytes
+    payload_bytes: int
+    history: _containers.RepeatedCompositeFieldContainer[Attempt]
+    cancelled_ns: int
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., node_id: _Optional[str] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., submitted_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., kind: _Optional[str] = ..., priority: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_bytes: _Optional[int] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., cancelled_ns: _Optional[int] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("attempt", "node_id", "error", "at_ns", "outcome")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    node_id: str
+    error: str
+    at_ns: int
+    outcome: str
+    def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., error: _Optional[str] = ..., at_ns: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("task_ids",)
@@ -349,6 +387,80 @@ class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CancelRequest(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CancelResult(_message.Message):
+    __slots__ = ("task_id", "code", "state", "was_running")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WAS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    code: ErrorCode
+    state: TaskState
+    was_running: bool
+    def __init__(self, task_id: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., was_running: _Optional[bool] = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CancelResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CancelResult, _Mapping]]] = ...) -> None: ...
+
+class NodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "endpoint", "state", "credit", "concurrency", "held", "running", "version", "last_beat_age_ms", "inflight", "kinds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_BEAT_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    endpoint: str
+    state: str
+    credit: int
+    concurrency: int
+    held: int
+    running: int
+    version: str
+    last_beat_age_ms: int
+    inflight: int
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., state: _Optional[str] = ..., credit: _Optional[int] = ..., concurrency: _Optional[int] = ..., held: _Optional[int] = ..., running: _Optional[int] = ..., version: _Optional[str] = ..., last_beat_age_ms: _Optional[int] = ..., inflight: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KindQueue(_message.Message):
+    __slots__ = ("kind", "depth", "oldest_age_ms")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    depth: int
+    oldest_age_ms: int
+    def __init__(self, kind: _Optional[str] = ..., depth: _Optional[int] = ..., oldest_age_ms: _Optional[int] = ...) -> None: ...
+
+class NodesReply(_message.Message):
+    __slots__ = ("nodes", "queues", "retry_waiting")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_WAITING_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    queues: _containers.RepeatedCompositeFieldContainer[KindQueue]
+    retry_waiting: int
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[KindQueue, _Mapping]]] = ..., retry_waiting: _Optional[int] = ...) -> None: ...
+
 class StatsReply(_message.Message):
     __slots__ = ("values",)
     class ValuesEntry(_message.Message):
@@ -363,7 +475,7 @@ class StatsReply(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ClientRequest(_message.Message):
-    __slots__ = ("version", "request_id", "submit", "status", "result", "dead_letter", "stats")
+    __slots__ = ("version", "request_id", "submit", "status", "result", "dead_letter", "stats", "cancel", "nodes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +483,8 @@ class ClientRequest(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     version: int
     request_id: int
     submit: SubmitRequest
@@ -378,10 +492,12 @@ class ClientRequest(_message.Message):
     result: ResultRequest
     dead_letter: DeadLetterRequest
     stats: StatsRequest
-    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., result: _Optional[_Union[ResultRequest, _Mapping]] = ..., dead_letter: _Optional[_Union[DeadLetterRequest, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ...) -> None: ...
+    cancel: CancelRequest
+    nodes: NodesRequest
+    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., result: _Optional[_Union[ResultRequest, _Mapping]] = ..., dead_letter: _Optional[_Union[DeadLetterRequest, _Mapping]] = ..., stats: _Optional[_Union[StatsRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., nodes: _Optional[_Union[NodesRequest, _Mapping]] = ...) -> None: ...
 
 class ClientReply(_message.Message):
-    __slots__ = ("version", "request_id", "code", "message", "submit", "status", "dead_letter", "stats")
+    __slots__ = ("version", "request_id", "code", "message", "submit", "status", "dead_letter", "stats", "cancel", "nodes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +506,8 @@ class ClientReply(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     version: int
     request_id: int
     code: ErrorCode
@@ -398,7 +516,9 @@ class ClientReply(_message.Message):
     status: StatusReply
     dead_letter: DeadLetterReply
     stats: StatsReply
-    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[int] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., submit: _Optional[_Union[SubmitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., dead_letter: _Optional[_Union[DeadLetterReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ...) -> None: ...
+    cancel: CancelReply
+    nodes: NodesReply
+    def __init__(self, version: _Optional[int] = ..., request_id: _Optional[int] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., submit: _Optional[_Union[SubmitReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., dead_letter: _Optional[_Union[DeadLetterReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., cancel: _Optional[_Union[CancelReply, _Mapping]] = ..., nodes: _Optional[_Union[NodesReply, _Mapping]] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("statuses",)
@@ -407,7 +527,7 @@ class StatusReply(_message.Message):
     def __init__(self, statuses: _Optional[_Iterable[_Union[TaskStatus, _Mapping]]] = ...) -> None: ...
 
 class TaskRecord(_message.Message):
-    __slots__ = ("task", "state", "attempts", "deliveries", "result", "error", "dead_reason", "finished_ns", "not_before_ns", "node_id")
+    __slots__ = ("task", "state", "attempts", "deliveries", "result", "error", "dead_reason", "finished_ns", "not_before_ns", "node_id", "history")
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -418,6 +538,7 @@ class TaskRecord(_message.Message):
     FINISHED_NS_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     task: Task
     state: TaskState
     attempts: int
@@ -428,7 +549,8 @@ class TaskRecord(_message.Message):
     finished_ns: int
     not_before_ns: int
     node_id: str
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., finished_ns: _Optional[int] = ..., not_before_ns: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[Attempt]
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., finished_ns: _Optional[int] = ..., not_before_ns: _Optional[int] = ..., node_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class TransitionRecord(_message.Message):
     __slots__ = ("task_id", "state", "attempts", "deliveries", "result", "error", "dead_reason", "at_ns", "not_before_ns", "node_id")

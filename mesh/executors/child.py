@@ -95,7 +95,8 @@ class _Runner:
                                  f"{limit}; store large results elsewhere and return a "
                                  "reference")
         except Exception as exc:  # noqa: BLE001 - the error record carries it to the parent
-            error_class, retry_after_s, dependency = classify(exc)
+            error_class, retry_after_s, dependency = classify(
+                exc, handler.retries if handler is not None else None)
             return pipe.Failure(req.run_id, int(error_class), type_name(exc), str(exc),
                                 format_traceback(exc), retry_after_s, dependency, self._rss())
         return pipe.Result(req.run_id, result, self._rss())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import traceback as _traceback
+from collections.abc import Callable
 
 from mesh.errors import FatalError, MeshError, RetryLater
 
@@ -146,10 +147,12 @@ def type_name(exc: BaseException) -> str:
 MAX_TRACEBACK_CHARS = 16_000
 
 
-def classify(exc: BaseException) -> tuple[ErrorClass, float, str]:
+def classify(exc: BaseException, retries: Callable[[BaseException], bool] | None = None,
+             ) -> tuple[ErrorClass, float, str]:
     """(error class, retry_after_s, dependency) for an exception a handler raised: the one rule
     every executor follows. `RetryLater` keeps its delay; `FatalError` is never retried;
-    `DependencyDown` names its dependency; anything else is retryable."""
+    `DependencyDown` names its dependency; anything else is retryable unless `retries` (the
+    handler's `Handler.retries`, from @app.task(retry_on=, no_retry_on=)) says no."""
     if isinstance(exc, RetryLater):
         return ErrorClass.RETRY_LATER, float(exc.delay_s), ""
     if isinstance(exc, FatalError):
@@ -158,13 +161,16 @@ def classify(exc: BaseException) -> tuple[ErrorClass, float, str]:
         if exc.retry_after_s is not None:
             return ErrorClass.RETRY_LATER, float(exc.retry_after_s), exc.dependency
         return ErrorClass.RETRYABLE, 0.0, exc.dependency
+    if retries is not None and not retries(exc):
+        return ErrorClass.FATAL, 0.0, ""
     return ErrorClass.RETRYABLE, 0.0, ""
 
 
-def handler_failed(exc: BaseException) -> HandlerFailed:
+def handler_failed(exc: BaseException,
+                   retries: Callable[[BaseException], bool] | None = None) -> HandlerFailed:
     """The `HandlerFailed` an executor raises for a handler's exception (in-process executors
     use it too, so the AI node answers every executor's failures the same way)."""
-    error_class, retry_after_s, dependency = classify(exc)
+    error_class, retry_after_s, dependency = classify(exc, retries)
     return HandlerFailed(error_class, type_name(exc), str(exc), format_traceback(exc),
                          retry_after_s=retry_after_s, dependency=dependency)
 

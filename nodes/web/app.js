@@ -77,6 +77,19 @@ function render(overview, dead) {
                   [bytes(s.journal_bytes)], [num(s.result_waiters)]]);
   }
 
+  const nodes = document.querySelector("#nodes tbody");
+  nodes.replaceChildren();
+  for (const n of overview.nodes || []) {
+    row(nodes, [[n.id], [n.host || n.endpoint], [n.state, n.state === "alive" ? "" : "down"],
+                [num(n.credit)], [num(n.held)], [`${num(n.running)} / ${num(n.concurrency)}`],
+                [n.version || "?"], [n.last_beat_s.toFixed(1) + " s ago"], [n.helper]]);
+  }
+  const queues = document.querySelector("#queues tbody");
+  queues.replaceChildren();
+  for (const q of overview.queues || []) {
+    row(queues, [[q.kind], [num(q.depth)], [q.oldest_age_s.toFixed(1) + " s"]]);
+  }
+
   const deadBody = document.querySelector("#dead tbody");
   deadBody.replaceChildren();
   for (const t of (dead ? dead.tasks : []).slice(0, 20)) {

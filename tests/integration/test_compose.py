@@ -20,6 +20,7 @@ from nodes import cli, config
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = {"helper", "ai-1", "ai-2", "ai-3", "notifier"}
+ONE_SHOTS = {"consul-acl", "keys"}
 
 
 def _compose() -> list[str]:
@@ -42,7 +43,7 @@ def test_compose_file_is_accepted_with_consul_helper_three_ai_nodes_and_a_notifi
     out = _run("config", "-q")
     assert out.returncode == 0, out.stderr
     services = set(_run("config", "--services").stdout.split())
-    assert services == {"consul", *NODES}
+    assert services == {"consul", *ONE_SHOTS, *NODES}
 
 
 def test_compose_nodes_use_consul_advertise_their_name_and_run_valid_mesh_commands() -> None:
@@ -77,3 +78,33 @@ def test_wildcard_bind_is_narrowed_to_the_advertised_address() -> None:
     assert config.metrics_endpoint("0.0.0.0", "10.0.0.5", 9102) == "http://10.0.0.5:9102/metrics"
     assert config.metrics_endpoint("127.0.0.1", "10.0.0.5", 9102) == "http://127.0.0.1:9102/metrics"
     assert config.metrics_endpoint("0.0.0.0", "10.0.0.5", None) == ""
+
+
+def _raw() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) reads the compose file")
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves anchors and <<
+
+
+def test_compose_runs_every_node_with_keys_and_consul_with_acls_on() -> None:
+    services = _raw()["services"]
+    assert {"consul", *ONE_SHOTS, *NODES} == set(services)
+    parser = cli.build_parser()
+    for name in NODES:
+        svc = services[name]
+        env = svc["environment"]
+        assert env["MESH_KEY_DIR"] == "/keys"
+        assert env["CONSUL_HTTP_TOKEN_FILE"] == "/secrets/mesh.token"
+        assert "CONSUL_HTTP_TOKEN" not in env  # a token never sits in the file or on a command line
+        assert any(v.startswith("mesh-keys:/keys") for v in svc["volumes"]), svc["volumes"]
+        assert "--insecure" not in svc["command"]
+        args = parser.parse_args(svc["command"])
+        assert not getattr(args, "insecure", False)
+        assert svc["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+        assert svc["depends_on"]["consul-acl"]["condition"] == "service_completed_successfully"
+    consul = services["consul"]
+    assert "-dev" not in consul["command"]  # dev mode forgets ACL tokens on restart
+    assert any("acl.hcl:/consul/config/acl.hcl" in v for v in consul["volumes"])
+    acl = (ROOT / "deploy" / "consul" / "acl.hcl").read_text()
+    assert "enabled" in acl and 'default_policy           = "deny"' in acl
+    assert services["keys"]["command"] == ["keys", "local"]
+    assert cli.build_parser().parse_args(services["keys"]["command"]).command == "keys"

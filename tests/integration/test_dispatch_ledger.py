@@ -12,7 +12,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import Client, make_task, wire
+from mesh import Client, make_task, sockets, wire
+from tests.support.fake_node import node_links
 from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,13 +53,17 @@ class RawNode:
     While `alive`, it repeats its last heartbeat every 200 ms (repeating a report changes
     nothing); a stopped node sends nothing."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, node_id: str, incarnation: int,
-                 ack_endpoint: str) -> None:
+    def __init__(self, node_id: str, incarnation: int, ack_endpoint: str) -> None:
         self.node_id = node_id
-        self.tasks_in = ctx.socket(zmq.PULL)
-        port = self.tasks_in.bind_to_random_port("tcp://127.0.0.1")
-        self.acks_out = ctx.socket(zmq.PUSH)
-        self.acks_out.connect(ack_endpoint)
+        # Its own context and key (ai-node-<id>), as a real node has: the Helper binds a node
+        # id to the key its heartbeats come with, and pins its PUSH to that key.
+        self.ctx = sockets.new_context()
+        self.trust, server, client = node_links(self.ctx, node_id)
+        self.tasks_in, endpoint = sockets.task_pull(self.ctx, "tcp://127.0.0.1:0", 64 * 2**20,
+                                                    link=server)
+        port = sockets.port_of(endpoint)
+        self.acks_out = self.ctx.socket(zmq.PUSH)
+        sockets.connect(self.acks_out, ack_endpoint, client)
         self.hb = wire.Heartbeat(
             node_id=node_id, incarnation=incarnation, task_endpoint=f"tcp://127.0.0.1:{port}",
             concurrency=2, kinds=["simulate"], max_message_bytes=16 * 2**20)
@@ -94,6 +99,8 @@ class RawNode:
         self._pump.cancel()
         self.tasks_in.close(linger=0)
         self.acks_out.close(linger=0)
+        self.trust.release(self.ctx)
+        self.ctx.term()
 
 
 def _done(batch) -> list:  # noqa: ANN001
@@ -116,9 +123,8 @@ def test_a_node_back_from_the_dead_keeps_the_deliveries_still_on_their_way_to_it
     helper = cluster.start_helper("--node-dead-after", "1.0")
 
     async def scenario() -> None:
-        ctx = zmq.asyncio.Context()
-        n1 = RawNode(ctx, "raw-1", 0x71, helper.ready["acks"])
-        n2 = RawNode(ctx, "raw-2", 0x72, helper.ready["acks"])
+        n1 = RawNode("raw-1", 0x71, helper.ready["acks"])
+        n2 = RawNode("raw-2", 0x72, helper.ready["acks"])
         try:
             async with Client(cluster.intake) as client:
                 await n1.beat(credit=2)
@@ -170,6 +176,5 @@ def test_a_node_back_from_the_dead_keeps_the_deliveries_still_on_their_way_to_it
         finally:
             n1.close()
             n2.close()
-            ctx.term()
 
     asyncio.run(scenario())

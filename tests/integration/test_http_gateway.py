@@ -352,3 +352,30 @@ def test_upload_service_example_stores_a_file_and_follows_its_task(cluster, tmp_
     with httpx.Client(base_url=gateway.ready["url"], timeout=30) as http:
         _nodes_seen(http, 1)
     asyncio.run(scenario())
+
+
+def test_delete_cancels_a_queued_task_and_answers_409_for_a_finished_one(cluster) -> None:  # noqa: ANN001
+    url = _mesh(cluster)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        _nodes_seen(http, 1)
+        running = http.post("/v1/tasks/wait", content=b"60").json()["id"]
+        wait_until(lambda: http.get(f"/v1/tasks/{running}").json()["state"] == "RUNNING", 20,
+                   interval_s=0.05, what="the task running")
+        cancelled = http.delete(f"/v1/tasks/{running}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["state"] == "CANCELLED" and cancelled.json()["was_running"]
+        assert http.get(f"/v1/tasks/{running}").json()["state"] == "CANCELLED"
+        again = http.delete(f"/v1/tasks/{running}")
+        assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
+        assert again.json()["code"] == "ALREADY_FINISHED" and again.json()["state"] == "CANCELLED"
+
+        done = http.post("/v1/tasks/echo", content=b"1").json()["id"]
+        assert http.get(f"/v1/tasks/{done}", params={"wait": 30}).json()["state"] == "SUCCEEDED"
+        finished = http.delete(f"/v1/tasks/{done}")
+        assert finished.status_code == 409 and finished.json()["state"] == "SUCCEEDED"
+        assert http.delete("/v1/tasks/no-such-task").status_code == 404
+
+        overview = http.get("/v1/overview").json()
+        node = overview["nodes"][0]
+        assert node["id"] == "ai-1" and node["state"] == "alive" and node["version"]
+        assert overview["totals"]["cancelled"] == 1

@@ -1,7 +1,7 @@
 """The live page at `/`, loaded in a real headless Chromium against a running mesh: the numbers
 render, and they change when the mesh does (the page refreshes itself every 2 s).
 
-The browser comes from Debian's packages (scripts/install_browser.sh, which CI runs); without
+The browser comes from Debian's packages (scripts/install_test_tools.sh, which CI runs); without
 it this test skips and says why."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def browser():  # noqa: ANN201
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("no headless browser on this machine: run scripts/install_browser.sh "
+        pytest.skip("no headless browser on this machine: run scripts/install_test_tools.sh "
                     "(apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -64,6 +64,9 @@ def test_live_page_renders_the_mesh_figures_and_refreshes_them(cluster, tmp_path
     rows = browser.find_elements("css selector", "#helpers tbody tr")
     assert len(rows) == 1 and cluster.intake in rows[0].text and "up" in rows[0].text
     assert browser.find_elements("css selector", "#missing li"), "what is not shown yet"
+    node_rows = browser.find_elements("css selector", "#nodes tbody tr")
+    assert len(node_rows) == 1 and "ai-1" in node_rows[0].text and "alive" in node_rows[0].text
+    assert "s ago" in node_rows[0].text and "127.0.0.1" in node_rows[0].text
     refreshes = int(_text(browser, "refreshes"))
 
     with httpx.Client(base_url=url, timeout=30, headers=client) as http:
@@ -80,6 +83,13 @@ def test_live_page_renders_the_mesh_figures_and_refreshes_them(cluster, tmp_path
     assert len(dead_rows) == 1 and dead in dead_rows[0].text and "FATAL_ERROR" in \
         dead_rows[0].text
     assert int(_text(browser, "refreshes")) > refreshes
+
+    # the queue by kind: a task of a kind no node serves waits (within the unroutable grace)
+    with httpx.Client(base_url=url, timeout=30, headers=client) as http:
+        http.post("/v1/tasks/nobody-serves-this", content=b"x")
+    wait_until(lambda: any("nobody-serves-this" in r.text for r in browser.find_elements(
+        "css selector", "#queues tbody tr")), 15, interval_s=0.1,
+        what="the page showing the queue by kind")
     assert browser.find_element("id", "error").get_attribute("hidden") is not None
 
 

@@ -49,8 +49,9 @@ class Cluster:
     def start_ai(self, *extra: str, node_id: str | None = None) -> NodeProcess:
         self._ai_count += 1
         node_id = node_id or f"ai-{self._ai_count}"
-        proc = self._start(["ai", "--node-id", node_id, "--discovery", self.discovery,
-                            "--metrics-port", "0", *extra], node_id)
+        proc = self._start(["ai", "--app", "nodes.sample_app:app", "--node-id", node_id,
+                            "--discovery", self.discovery, "--metrics-port", "0", *extra],
+                           node_id)
         self.ai_nodes.append(proc)
         return proc
 

@@ -525,8 +525,8 @@ def test_notifier_follows_the_healthiest_registration_of_each_publisher():
              inst("s1", "static-1", 40, Health.PASSING),
              Instance(service="mesh-alerts", instance_id="x", address="h", port=1, meta={})]
     chosen = choose_publishers(found, {"static-1"})
-    assert chosen == {"helper-1": ("tcp://127.0.0.1:20", "tcp://127.0.0.1:21", "key-20"),
-                      "monitor-1": ("tcp://127.0.0.1:30", "tcp://127.0.0.1:31", "key-30")}
+    assert chosen == {"helper-1": ("tcp://127.0.0.1:20", "tcp://127.0.0.1:21", "key-20", False),
+                      "monitor-1": ("tcp://127.0.0.1:30", "tcp://127.0.0.1:31", "key-30", False)}
     assert choose_publishers(list(reversed(found)), {"static-1"}) == chosen
 
 

@@ -291,7 +291,10 @@ def test_unit_runs_sandboxed_as_its_own_user_and_restarts_only_what_a_restart_ca
     assert unit["Restart"] == ["on-failure"]
     prevented = set(" ".join(unit["RestartPreventExitStatus"]).split())
     # nodes/cli.py: 2 usage, 3 discovery refused or misconfigured; 75 (in use) is retried.
-    assert prevented == {str(cli.EXIT_USAGE), str(cli.EXIT_UNAVAILABLE)}
+    # Only a usage error stops the restarts: discovery not answering at boot (3) is often a
+    # Consul agent still starting, and an --app that does not load (6) comes up once fixed.
+    assert prevented == {str(cli.EXIT_USAGE)}
+    assert str(cli.EXIT_UNAVAILABLE) not in prevented and str(cli.EXIT_APP) not in prevented
     assert str(cli.EXIT_IN_USE) not in prevented
     for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
                        "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",

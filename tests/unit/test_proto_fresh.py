@@ -37,8 +37,18 @@ def test_only_the_wire_codec_imports_generated_code() -> None:
     assert not offenders, f"only mesh/wire.py may import mesh._pb: {offenders}"
 
 
+#: the one documented exception (issue 12): `Client()` given no endpoint finds the Helpers the
+#: way the `mesh` commands do, through nodes/client_factory.py, imported lazily inside
+#: `mesh.client.default_endpoints` only (see its docstring)
+ALLOWED_UPWARD_IMPORTS = {"mesh/client.py": ["from nodes.client_factory import env_source"]}
+
+
 def test_mesh_never_imports_discovery_or_nodes() -> None:
-    pattern = re.compile(r"^\s*(from|import)\s+(discovery|nodes)\b", re.MULTILINE)
-    offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "mesh").rglob("*.py")
-                 if pattern.search(path.read_text())]
+    pattern = re.compile(r"^\s*(from|import)\s+(discovery|nodes)\b.*$", re.MULTILINE)
+    offenders = []
+    for path in (ROOT / "mesh").rglob("*.py"):
+        name = str(path.relative_to(ROOT))
+        found = [m.group(0).strip() for m in pattern.finditer(path.read_text())]
+        if [line for line in found if line not in ALLOWED_UPWARD_IMPORTS.get(name, [])]:
+            offenders.append(name)
     assert not offenders, f"mesh/ must not import discovery/ or nodes/: {offenders}"
