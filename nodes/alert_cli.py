@@ -29,7 +29,7 @@ from mesh import sockets
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
 from mesh.errors import ConfigError
 from mesh.trust import Role
-from nodes import config, keys, runtime
+from nodes import config, keys, runtime, settings_spec
 from nodes.registration import Presence
 
 log = logging.getLogger("mesh.node.alert")
@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace, labels: dict[str, str] | None = None) ->
 
 
 def _standalone() -> int:
-    parser = argparse.ArgumentParser(prog="mesh")
+    parser = settings_spec.MeshParser(prog="mesh")  # resolves env, --config and defaults
     register_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["alert", *sys.argv[1:]])
     return args.func(args)

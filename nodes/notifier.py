@@ -24,7 +24,7 @@ from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError
 from mesh.alert_webhook import WebhookHandler
 from mesh.metrics import register_alert_subscriber, register_alert_webhook, serve
-from nodes import config, keys, runtime
+from nodes import config, keys, runtime, settings_spec
 from nodes.registration import watch
 
 log = logging.getLogger("mesh.node.notifier")
@@ -194,7 +194,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _standalone() -> int:
-    parser = argparse.ArgumentParser(prog="mesh")
+    parser = settings_spec.MeshParser(prog="mesh")  # resolves env, --config and defaults
     register_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["notifier", *sys.argv[1:]])
     return args.func(args)
