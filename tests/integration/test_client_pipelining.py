@@ -164,3 +164,18 @@ def test_sync_client_submit_results_and_stats(cluster) -> None:  # noqa: ANN001
             client.submit_many([make_task("k" * 1000, b"")])
         stats = client.stats()
         assert stats["queued"] >= 2
+
+
+@_in_loop
+async def test_a_client_following_helpers_pipelines_through_its_pool(cluster) -> None:  # noqa: ANN001
+    cluster.start_helper()
+    intake = cluster.intake
+    async with Client(endpoints=lambda: [intake]) as client:
+        futures = [await client.submit_async("noop", b"f%d" % i) for i in range(2000)]
+        bad = await client.submit_async("k" * 1000, b"kind too long")
+        await client.flush()
+        ids = [f.result() for f in futures]
+        with pytest.raises(InvalidTask):
+            bad.result()
+        assert len(set(ids)) == 2000 and client.pending == 0
+        assert all(s.state == wire.QUEUED for s in await client.statuses(ids[:50]))
