@@ -132,8 +132,9 @@ class MeshSystem(AsyncSystem):
     async def setup_async(self) -> None:
         from mesh import Client
 
+        # timeout as nats-py's publish here (10 s): a loaded machine must not fail a phase
         self.mesh_client = Client(self.ready["intake"], trust=_trust(self.key_dir),
-                                  max_pending=PIPELINE_WINDOW)
+                                  max_pending=PIPELINE_WINDOW, timeout_s=10.0)
         await self.mesh_client.start()
         links = "plain links (--insecure)" if self.insecure else "CURVE links"
         flags = " ".join((["--dispatch-before-sync"] if self.early else [])
