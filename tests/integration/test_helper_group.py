@@ -126,6 +126,8 @@ def _kill_leader_under_load(cluster, size: int, *, wipe: bool = False) -> None: 
                     assert new[1] > epoch
                     print(f"failover: {new[0]} leads epoch {new[1]} after "
                           f"{time.monotonic() - killed_at:.2f}s")
+                    # the killed member comes back as a follower (caught up by a snapshot)
+                    group.start(victim)
             await _wait_done(group, clients, ids, 60)
         finally:
             for client in clients.values():
