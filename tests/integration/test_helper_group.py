@@ -94,8 +94,13 @@ async def _wait_done(group: Group, clients: dict, ids: list[str], timeout_s: flo
             statuses = await clients[held[0]].statuses(ids)
         except (MeshError, TimeoutError):
             return False
-        return all(s.state == 4 for s in statuses)  # SUCCEEDED
-    await async_wait_until(done, timeout_s, interval_s=0.2, what="every accepted task succeeded")
+        late[:] = [(s.task_id, s.state) for s in statuses if s.state != 4]  # not SUCCEEDED
+        return not late
+    late: list = []
+    try:
+        await async_wait_until(done, timeout_s, interval_s=0.2, what="every accepted task succeeded")
+    except TimeoutError:
+        raise TimeoutError(f"not succeeded (id, state): {late[:20]} ({len(late)} in all)") from None
 
 
 def _kill_leader_under_load(cluster, size: int, *, wipe: bool = False) -> None:  # noqa: ANN001
