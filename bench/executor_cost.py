@@ -1,5 +1,8 @@
 """What running a handler in a child process costs, against running it inline (asyncio) and in
-a thread pool: the same 1 ms handler, 16 slots, all in one run.
+a thread pool: the same 1 ms handler, 16 slots, all in one run, through the executor interface
+the AI node calls (`mesh.executors`: `execute(handler, payload, ctx, timeout_s)`, with the
+TaskContext the node builds per run), so the figures are those of `mesh ai --executor
+async|thread|process` minus the node's own path (sockets, acks), which is the same for all.
 
     .venv/bin/python bench/executor_cost.py [--calls 20000] [--slots 16] [--serial 2000]
 
@@ -21,13 +24,12 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
 
-from mesh.app import App
-from mesh.executors import ProcessExecutor
+from mesh.app import App, TaskContext
+from mesh.executors import InlineExecutor, ProcessExecutor, ThreadExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_PATH = "bench.executor_cost:app"
@@ -120,24 +122,30 @@ async def main(args: argparse.Namespace) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} cores, python {sys.version.split()[0]}, uvloop")
     slots, calls, serial = args.slots, args.calls, args.serial
-    threads = ThreadPoolExecutor(max_workers=slots)
-    loop = asyncio.get_running_loop()
+    inline_executor = InlineExecutor()
+    threads = ThreadExecutor(slots)
     pool = ProcessExecutor(APP_PATH, slots, cwd=str(ROOT))
     t = time.perf_counter()
     await pool.start()
     pool_start_s = time.perf_counter() - t
 
+    handler_async, handler_sync = app.handlers["sleep_async"], app.handlers["sleep_sync"]
+
+    def ctx(kind: str) -> TaskContext:  # what the AI node builds for each run
+        return TaskContext(task_id="t", kind=kind, attempt=1, delivery=1, idempotency_key="t",
+                           node_id="bench", headers={}, submitted_ns=0)
+
     async def inline(payload: bytes) -> bytes:
-        return await sleep_async(payload)
+        return await inline_executor.execute(handler_async, payload, None, 30.0)
 
     async def in_thread(payload: bytes) -> bytes:
-        return await loop.run_in_executor(threads, sleep_sync, payload)
+        return await threads.execute(handler_sync, payload, None, 30.0)
 
     async def process_sync(payload: bytes) -> bytes:
-        return await pool.run("sleep_sync", payload, timeout_s=30)
+        return await pool.execute(handler_sync, payload, ctx("sleep_sync"), 30.0)
 
     async def process_async(payload: bytes) -> bytes:
-        return await pool.run("sleep_async", payload, timeout_s=30)
+        return await pool.execute(handler_async, payload, ctx("sleep_async"), 30.0)
 
     ways = [("inline (asyncio)", inline), ("thread pool", in_thread),
             ("process, sync handler", process_sync), ("process, async handler", process_async)]
@@ -151,7 +159,7 @@ async def main(args: argparse.Namespace) -> None:
         rows.append((name, _pct(loaded, 0.5), _pct(loaded, 0.99), len(loaded) / elapsed,
                      _pct(alone, 0.5), _pct(alone, 0.99), cpu / len(loaded)))
     await pool.stop()
-    threads.shutdown()
+    await threads.stop()
 
     print(f"\n{calls} calls of a {HANDLER_S * 1000:.0f} ms handler, {slots} in flight; then "
           f"{serial} calls one at a time")

@@ -2,6 +2,17 @@
 
 Guarantees:
 - At most `concurrency` handlers run at once; up to `prefetch` more deliveries wait for a slot.
+  A kind with a limit of its own (`@app.task(kind, concurrency=N)`) runs at most N at once: a
+  delivery of a kind at its limit waits (it holds a prefetch place, not a slot: other kinds
+  start past it) and heartbeats list the kind in `kinds_full`, so the Helper does not take the
+  wait for a lost delivery. The Helper does not know per-kind limits: it may send more of a
+  full kind than can start soon, up to the node's prefetch.
+- Handlers run in an executor (`mesh.executors`): async ones on the loop and sync ones in
+  threads (the default), all in threads, or all in child processes (`executor="process"`),
+  where a run past its timeout is killed with its child (replaced), and a child that dies
+  fails only its own run: acked FAILED with `lost` set, which the Helper counts as a lost
+  delivery toward the poison-pill bound, not as an attempt. A handler that raises
+  `DependencyDown(name)` is acked FAILED with `dependency` set (the Helper's breakers).
 - A delivery addressed to another incarnation of this node is refused (WRONG_INCARNATION), so a
   node restarted at the same address never runs what was meant for its previous life.
 - A task that is running or waiting here is not started twice; a finished one is answered from
@@ -38,7 +49,6 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 import zmq.asyncio
@@ -46,7 +56,11 @@ import zmq.asyncio
 from mesh import sockets, wire
 from mesh.app import App, TaskContext, encode_result
 from mesh.dedup import DedupWindow
-from mesh.errors import FatalError, RetryLater, WireError
+from mesh.errors import ConfigError, FatalError, RetryLater, WireError
+from mesh.executors import (
+    ChildDied, ChildStartFailed, DependencyDown, ErrorClass, HandlerFailed, InlineExecutor,
+    PoolClosed, ProcessExecutor, RunTimedOut, ThreadExecutor,
+)
 from mesh.metrics import AINodeMetrics
 from mesh.settings import AINodeSettings
 from mesh.trust import (
@@ -80,7 +94,7 @@ class _HelperLink:
 
 class _Job:
     __slots__ = ("dispatch", "link", "task_id", "handler", "runner", "timeout_s", "deadline",
-                 "timed_out", "cancel_event")
+                 "timed_out", "cancel_event", "executor")
 
     def __init__(self, dispatch, link: _HelperLink, handler) -> None:  # noqa: ANN001
         self.dispatch = dispatch
@@ -92,6 +106,7 @@ class _Job:
         self.deadline = 0.0  # monotonic; the run timeout's end, set when it starts
         self.timed_out = False
         self.cancel_event: threading.Event | None = None  # made when the Helper cancels it
+        self.executor = None  # chosen when it starts
 
 
 #: How often running jobs are checked against their run timeout: the precision of a timeout.
@@ -101,6 +116,14 @@ TIMEOUT_SWEEP_S = 0.05
 #: beyond it new acks for that link are dropped and counted, and the Helper's redelivery and
 #: the de-duplication window recover them.
 MAX_OUTBOX = 10_000
+
+#: The process executor times a run out itself (and kills its child); the node's own sweep
+#: cancels such a run only this long after the executor should have (a backstop).
+PROCESS_TIMEOUT_BACKSTOP_S = 1.0
+
+#: The wire error class of each `HandlerFailed.error_class`.
+_WIRE_ERROR_CLASS = {ErrorClass.RETRYABLE: wire.RETRYABLE, ErrorClass.FATAL: wire.FATAL,
+                     ErrorClass.RETRY_LATER: wire.RETRY_LATER}
 
 #: The longest reply_to taken; the rest of a well-formed endpoint fits easily.
 MAX_ENDPOINT_CHARS = 256
@@ -131,10 +154,13 @@ def endpoint_problem(endpoint: str) -> str:
 class AINode:
     def __init__(self, settings: AINodeSettings, app: App, *, helpers: list[str] = (),
                  context: zmq.asyncio.Context | None = None,
-                 metrics: AINodeMetrics | None = None, trust: Trust | None = None) -> None:
+                 metrics: AINodeMetrics | None = None, trust: Trust | None = None,
+                 app_path: str = "") -> None:
         """`trust`: the node's keys (nodes/ passes `keys.trust_from_args`). None: the local
         key store (`mesh.trust.default_key_dir()`) with a key of this node's own,
-        own/ai-node-NODE_ID.key, made on first use; `Trust.plain()` for plain links."""
+        own/ai-node-NODE_ID.key, made on first use; `Trust.plain()` for plain links.
+        `app_path`: "module:attribute" of `app`, which the process executor's children import
+        (required with `settings.executor == "process"`)."""
         self.settings = settings
         self.app = app
         self.metrics = metrics or AINodeMetrics()
@@ -153,8 +179,24 @@ class AINode:
         self._waiting: deque[_Job] = deque()
         self._running: dict[str, _Job] = {}
         self._dedup = DedupWindow(settings.dedup_window)
-        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency * 2,
-                                        thread_name_prefix="mesh-handler")
+        self._inline = InlineExecutor()
+        self._threads = ThreadExecutor(settings.concurrency * 2)
+        self.processes: ProcessExecutor | None = None
+        if settings.executor == "process":
+            if not app_path:
+                raise ConfigError("the process executor needs the app's import path "
+                                  "(module:attribute) to load it in its children")
+            self.processes = ProcessExecutor(
+                app_path, settings.concurrency, node_id=settings.node_id,
+                max_tasks_per_child=settings.max_tasks_per_child,
+                max_memory_per_child_bytes=settings.max_memory_per_child_bytes,
+                kill_grace_s=settings.child_kill_grace_s,
+                start_timeout_s=settings.child_start_timeout_s,
+                max_result_bytes=settings.max_result_bytes)
+        # Per-kind limits (`@app.task(kind, concurrency=N)`) and runs of those kinds now.
+        self._kind_limits = {kind: h.concurrency for kind, h in app.handlers.items()
+                             if h.concurrency}
+        self._kind_running: dict[str, int] = dict.fromkeys(self._kind_limits, 0)
         self._tasks: list[asyncio.Task] = []
         self._handler_tasks: set[asyncio.Task] = set()
         self._flush_scheduled = False
@@ -167,6 +209,10 @@ class AINode:
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.processes is not None:
+            # Every child loaded the app and ran its on_child_start hooks before the node
+            # takes a delivery (raises ChildStartFailed with the child's traceback).
+            await self.processes.start()
         if self.trust is None:
             self.trust = Trust.local(default_key_dir(),
                                      identity=f"ai-node-{self.settings.node_id}")
@@ -185,9 +231,9 @@ class AINode:
         self._reader.start(loop)
         self._tasks = [loop.create_task(self._heartbeat_loop(), name="ai-heartbeat"),
                        loop.create_task(self._timeout_loop(), name="ai-run-timeouts")]
-        log.info("ai node %s up: tasks %s, incarnation %x, kinds %s, concurrency %d",
-                 self.settings.node_id, self.task_endpoint, self.incarnation, self._kinds,
-                 self.settings.concurrency)
+        log.info("ai node %s up: tasks %s, incarnation %x, kinds %s, concurrency %d, "
+                 "executor %s", self.settings.node_id, self.task_endpoint, self.incarnation,
+                 self._kinds, self.settings.concurrency, self.settings.executor)
 
     def add_helper(self, ack_endpoint: str, helper_key: str | None = None) -> bool:
         """Start heartbeating a Helper named by discovery or the command line. `helper_key` is
@@ -320,7 +366,9 @@ class AINode:
         for link in self._links.values():
             link.sock.close(linger=500)
         self._pull.close(linger=0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._threads.stop()
+        if self.processes is not None:
+            await self.processes.stop(0.0)  # runs were answered (handed back) above
         if self._own_context or self._own_trust:
             self.trust.release(self._ctx)  # its ZAP socket would block term()
             await asyncio.sleep(0)  # one loop turn: the handler's cancelled task ends
@@ -438,10 +486,14 @@ class AINode:
             return
         job = _Job(dispatch, link, handler)
         link.held.add(job.task_id)
-        if len(self._running) < self.settings.concurrency:
+        if len(self._running) < self.settings.concurrency and self._kind_has_room(handler.kind):
             self._start(job)
         else:
             self._waiting.append(job)
+
+    def _kind_has_room(self, kind: str) -> bool:
+        limit = self._kind_limits.get(kind)
+        return limit is None or self._kind_running[kind] < limit
 
     def _cancel(self, task_id: str, helper_key: str) -> None:
         """The Helper that sent the task cancelled it: stop an async run (CancelledError in
@@ -452,8 +504,9 @@ class AINode:
             if job.cancel_event is None:
                 job.cancel_event = threading.Event()
             job.cancel_event.set()
-            if job.handler.is_async and job.runner is not None:
-                job.runner.cancel()
+            if (job.handler.is_async or job.executor is self.processes) \
+                    and job.runner is not None:
+                job.runner.cancel()  # in a child process: the child is killed (and replaced)
             log.info("task %s cancelled by its Helper while running", inert(task_id, 80))
             return
         for job in self._waiting:
@@ -490,13 +543,25 @@ class AINode:
         job.timeout_s = (task.run_timeout_ms / 1000.0 if task.run_timeout_ms
                          else job.handler.run_timeout_s
                          or self.settings.run_timeout_s)
+        job.executor = executor = self._executor_for(job.handler)
         # Set before the job is in _running: the sweep must never see a job with no deadline.
         job.deadline = time.monotonic() + job.timeout_s
+        if executor.kills_on_timeout:
+            job.deadline += self.settings.child_kill_grace_s + PROCESS_TIMEOUT_BACKSTOP_S
         self._running[job.task_id] = job
+        if job.handler.concurrency:
+            self._kind_running[job.handler.kind] += 1
         runner = asyncio.get_running_loop().create_task(self._run(job))
         job.runner = runner
         self._handler_tasks.add(runner)
         runner.add_done_callback(functools.partial(self._runner_done, job))
+
+    def _executor_for(self, handler):  # noqa: ANN001, ANN202
+        if self.processes is not None:
+            return self.processes
+        if handler.is_async and self.settings.executor == "async":
+            return self._inline
+        return self._threads
 
     def _runner_done(self, job: _Job, runner: asyncio.Task) -> None:
         self._handler_tasks.discard(runner)
@@ -544,22 +609,18 @@ class AINode:
         timeout_s = job.timeout_s
         ack = wire.Ack(task_id=job.task_id, delivery=dispatch.delivery, started_ns=started_ns,
                        attempt=dispatch.attempt)
-        args: tuple = (task.payload,)
-        if handler.wants_context:
+        ctx = None
+        if handler.wants_context or job.executor is self.processes:
             if job.cancel_event is None:
                 job.cancel_event = threading.Event()
-            args += (TaskContext(
+            ctx = TaskContext(
                 cancel_event=job.cancel_event,
                 task_id=task.task_id, kind=task.kind, attempt=dispatch.attempt,
                 delivery=dispatch.delivery, idempotency_key=task.idempotency_key or task.task_id,
                 node_id=self.settings.node_id, headers=dict(task.headers),
-                submitted_ns=task.submitted_ns),)
+                submitted_ns=task.submitted_ns)
         try:
-            if handler.is_async:
-                value = await handler.fn(*args)
-            else:
-                value = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, handler.fn, *args)
+            value = await job.executor.execute(handler, task.payload, ctx, timeout_s)
             result = encode_result(value)
             if len(result) > self.settings.max_result_bytes:
                 ack.kind, ack.error_class = wire.FAILED, wire.FATAL
@@ -589,11 +650,47 @@ class AINode:
                 ack.kind, ack.error_class = wire.REJECTED, wire.DRAINING
                 ack.error = "node stopped"
                 outcome = "handed_back"
+        except RunTimedOut as exc:  # the process executor killed the run's child
+            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.TIMEOUT, str(exc)
+            self.metrics.timeouts.inc()
+            outcome = "timeout"
+        except ChildDied as exc:
+            # Not the handler's failure: its process died (exit, signal, OOM kill). A lost
+            # delivery for the Helper's poison-pill bound, not an attempt.
+            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, str(exc)
+            ack.lost = True
+            outcome = "child_died"
+        except (PoolClosed, ChildStartFailed) as exc:
+            # Never ran to an end here (the pool stopped, or no child could start): hand it
+            # back so it runs elsewhere.
+            ack.kind, ack.error_class, ack.error = wire.REJECTED, wire.DRAINING, str(exc)
+            outcome = "handed_back"
+        except HandlerFailed as exc:  # raised in a child: class, type name, message, traceback
+            ack.kind, ack.error_class = wire.FAILED, _WIRE_ERROR_CLASS[exc.error_class]
+            ack.error = str(exc)
+            ack.retry_after_ms = int(exc.retry_after_s * 1000)
+            ack.dependency = exc.dependency
+            outcome = {ErrorClass.RETRYABLE: "failed", ErrorClass.FATAL: "fatal",
+                       ErrorClass.RETRY_LATER: "retry_later"}[exc.error_class]
+            log.error("task %s (kind %s, attempt %d) failed in a child process: %s%s\n%s",
+                      inert(task.task_id, 100), inert(task.kind, 100), dispatch.attempt,
+                      inert(ack.error, 300),
+                      " (not retried)" if exc.error_class == ErrorClass.FATAL else "",
+                      exc.traceback, extra={"task_id": task.task_id, "kind": task.kind,
+                                            "attempt": dispatch.attempt,
+                                            "node_id": self.settings.node_id})
         except RetryLater as exc:
             ack.kind, ack.error_class = wire.FAILED, wire.RETRY_LATER
             ack.retry_after_ms = int(exc.delay_s * 1000)
             ack.error = f"RetryLater: {exc}"
             outcome = "retry_later"
+        except DependencyDown as exc:
+            ack.kind, ack.error_class, ack.error = wire.FAILED, wire.RETRYABLE, _describe(exc)
+            if exc.retry_after_s is not None:
+                ack.error_class = wire.RETRY_LATER
+                ack.retry_after_ms = int(exc.retry_after_s * 1000)
+            ack.dependency = exc.dependency
+            outcome = "failed"
         except FatalError as exc:
             ack.kind, ack.error_class, ack.error = wire.FAILED, wire.FATAL, _describe(exc)
             outcome = "fatal"
@@ -628,7 +725,8 @@ class AINode:
                          "node_id": self.settings.node_id})
 
     def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
-        self._running.pop(job.task_id, None)
+        if self._running.pop(job.task_id, None) is not None and job.handler.concurrency:
+            self._kind_running[job.handler.kind] -= 1
         job.link.held.discard(job.task_id)
         link = job.link
         index = link.started_at.pop(job.task_id, None)
@@ -636,9 +734,26 @@ class AINode:
             link.outbox[index] = ack  # the STARTED was not sent yet: the DONE says it started
         else:
             link.outbox.append(ack)
-        while self._waiting and len(self._running) < self.settings.concurrency:
-            self._start(self._waiting.popleft())
+        if self._kind_limits:
+            self._start_waiting_by_kind()
+        else:
+            while self._waiting and len(self._running) < self.settings.concurrency:
+                self._start(self._waiting.popleft())
         self._schedule_flush()
+
+    def _start_waiting_by_kind(self) -> None:
+        """Start waiting deliveries in order, passing over those whose kind is at its limit."""
+        if not self._waiting or len(self._running) >= self.settings.concurrency:
+            return
+        kept: deque[_Job] = deque()
+        while self._waiting and len(self._running) < self.settings.concurrency:
+            job = self._waiting.popleft()
+            if self._kind_has_room(job.handler.kind):
+                self._start(job)
+            else:
+                kept.append(job)
+        kept.extend(self._waiting)
+        self._waiting = kept
 
     # ---- acks and heartbeats -----------------------------------------------------------
 
@@ -657,7 +772,9 @@ class AINode:
             sent_ns=time.time_ns(), draining=self._draining, kinds=self._kinds,
             beat=self._beat, helper_incarnation=link.helper_incarnation,
             received=link.received, dispatch_seq=link.seq,
-            max_message_bytes=self.settings.max_message_bytes, version=_VERSION)
+            max_message_bytes=self.settings.max_message_bytes, version=_VERSION,
+            kinds_full=[k for k, n in self._kind_running.items()
+                        if n >= self._kind_limits[k]])
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -699,6 +816,8 @@ class AINode:
         outcomes, self._outcomes = self._outcomes, {}
         for outcome, count in outcomes.items():
             m.completed.labels(outcome).inc(count)
+        if self.processes is not None:
+            m.observe_pool(self.processes.stats())
 
     # ---- observability -----------------------------------------------------------------
 

@@ -16,7 +16,19 @@ otherwise:
     @app.task("fetch", retry_on=(TimeoutError, ConnectionError))        # only these are retried
 
 An exception matching `no_retry_on` is never retried, even if it also matches `retry_on`.
-`RetryLater` and `FatalError` keep their meaning whatever the lists say.
+`RetryLater` and `FatalError` keep their meaning whatever the lists say. Raise
+`mesh.executors.DependencyDown("ocr-api")` when a service the handler calls is down: the
+Helper's circuit breaker for that dependency is charged instead of the kind's.
+
+`concurrency=N` bounds the runs of one kind on a node (a GPU-bound kind next to light ones),
+within the node's total `--concurrency`. With `mesh ai --executor process`, handlers run in
+child processes, and `@app.on_child_start` functions run once in each child before its first
+task (load a model once per child, not per task):
+
+    @app.on_child_start
+    def load_model() -> None:
+        global MODEL
+        MODEL = load("weights.bin")
 """
 
 from __future__ import annotations
@@ -59,6 +71,8 @@ class Handler:
     is_async: bool
     wants_context: bool
     run_timeout_s: float | None
+    #: runs of this kind at once on a node (0: only the node's own limit)
+    concurrency: int = 0
     #: exception types retried (empty: every one) and types never retried (wins over retry_on)
     retry_on: tuple[type[BaseException], ...] = ()
     no_retry_on: tuple[type[BaseException], ...] = ()
@@ -82,13 +96,26 @@ class App:
     def __init__(self, name: str = "mesh-app") -> None:
         self.name = name
         self.handlers: dict[str, Handler] = {}
+        #: run once per child process by the process executor, in order (sync or async)
+        self.child_start_hooks: list[Callable] = []
+
+    def on_child_start(self, fn: Callable) -> Callable:
+        """Decorator: run `fn()` once in each child process before its first task (only with
+        the process executor; a failure there fails the child's start, with its traceback)."""
+        self.child_start_hooks.append(fn)
+        return fn
 
     def task(self, kind: str, *, run_timeout_s: float | None = None,
-             retry_on: object = (), no_retry_on: object = ()) -> Callable:
+             retry_on: object = (), no_retry_on: object = (),
+             concurrency: int = 0) -> Callable:
         """Register the decorated function as the handler of `kind`. `retry_on` /
-        `no_retry_on`: an exception class or a tuple of them (see the module docstring)."""
+        `no_retry_on`: an exception class or a tuple of them; `concurrency`: runs of this
+        kind at once on a node (see the module docstring)."""
         if not kind:
             raise ConfigError("a task kind must not be empty")
+        if concurrency < 0:
+            raise ConfigError(f"concurrency of task kind {kind!r} must be 0 (no limit of its "
+                              f"own) or positive, got {concurrency}")
         retry_types = _exception_types(kind, "retry_on", retry_on)
         no_retry_types = _exception_types(kind, "no_retry_on", no_retry_on)
 
@@ -100,7 +127,7 @@ class App:
             self.handlers[kind] = Handler(
                 kind=kind, fn=fn, is_async=inspect.iscoroutinefunction(fn),
                 wants_context=len(params) >= 2, run_timeout_s=run_timeout_s,
-                retry_on=retry_types, no_retry_on=no_retry_types)
+                retry_on=retry_types, no_retry_on=no_retry_types, concurrency=concurrency)
             return fn
 
         return register

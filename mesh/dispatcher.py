@@ -16,6 +16,13 @@ number it read, and frames on one link stay in order. A frame at or below the ec
 arrived (its deliveries are held or answered) or is lost for good (they are queued again); a
 frame left unconfirmed too long is followed by a probe that settles it (`_confirm`, `_probe`;
 docs/decisions/005-failure-semantics.md, "The credit ledger").
+
+Held back at dispatch (the task stays queued, no attempt charged, its TTL still applies): a kind
+whose circuit breaker is open (`mesh.policies.circuit`), or that has no rate-limit token
+(`mesh.policies.rate_limit`). The breaker is asked first (it takes no token), then the rate
+limit, then a half-open breaker's probe is taken; `wake_at` says when a held-back kind may go
+again, for the service to run a pass then. Per picked task the order is: TTL, frame size,
+breaker, rate limit (docs/decisions/005-failure-semantics.md, "Order of policies").
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
 from mesh.metrics import HelperMetrics
 from mesh.pending import PendingQueue
+from mesh.policies.circuit import Breakers, State, Transition
+from mesh.policies.rate_limit import RateLimits
 from mesh.policies.retry import RetryPolicy
 from mesh.settings import HelperSettings
 from mesh.trust import RateLimitedLog, TrustError, inert
@@ -59,6 +68,8 @@ ANY_HOLDER = "*"
 MAX_HISTORY = 16
 #: bytes of the payload a dead-letter inspect shows
 PAYLOAD_PREVIEW_BYTES = 256
+#: mesh_circuit_state's values
+CIRCUIT_STATE_VALUE = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 
 class TaskEntry(msgspec.Struct, gc=False, eq=False):
@@ -168,7 +179,7 @@ class NodeLink:
         "node_id", "incarnation", "endpoint", "sock", "concurrency", "kinds", "announced",
         "received", "sent", "last_heard", "inflight", "draining", "stalled_until", "beat",
         "suffix", "held", "running", "frames", "outstanding", "echoes", "base_received",
-        "confirmed", "frame_budget", "probed_at", "key", "version",
+        "confirmed", "frame_budget", "probed_at", "key", "version", "kinds_full",
     )
 
     def __init__(self, node_id: str, incarnation: int, endpoint: str, sock,  # noqa: ANN001
@@ -203,6 +214,7 @@ class NodeLink:
         self.running = 0  # handlers running on the node, as of its last heartbeat
         self.held = ()  # task ids its last heartbeat said it holds (running or waiting)
         self.version = ""  # the mesh version it announces ("" = an older node)
+        self.kinds_full = ()  # kinds at their per-kind concurrency limit on the node
 
     @property
     def available(self) -> int:
@@ -279,6 +291,16 @@ class Dispatcher:
         #: key -> node ids it holds among live nodes (max_node_ids_per_key)
         self._ids_of_key: dict[str, set[str]] = {}
         self._warn = RateLimitedLog(log, interval_s=10.0)
+        now = time.monotonic()
+        self.rate_limits = RateLimits(settings.rate_limit_rates(), now)
+        self.breakers = (Breakers(settings.breaker_settings(), self._on_breaker)
+                         if settings.breakers != "off" else None)
+        #: kinds' own breakers are charged only with breakers="all"
+        self._kind_breakers = settings.breakers == "all"
+        #: kinds held back (breaker or rate limit) in the last dispatch pass
+        self.held_back: set[str] = set()
+        #: monotonic: when a kind held back in the last pass may go again (0.0: none held)
+        self.wake_at = 0.0
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -341,6 +363,8 @@ class Dispatcher:
         now = time.monotonic()
         if now < self.reconcile_until:
             return 0
+        self.held_back = set()
+        self.wake_at = 0.0
         sent_total = 0
         batch_max = self.settings.dispatch_batch_max
         live = [n for n in self.nodes.values() if not n.draining and n.available > 0]
@@ -393,8 +417,10 @@ class Dispatcher:
         full = False
         dispatches = []
         entries = []
+        gated = self.breakers is not None or self.rate_limits.kinds
+        kinds = node.kinds - self.held_back if self.held_back else node.kinds
         while room > 0:
-            entry = self.pending.pop(node.kinds)
+            entry = self.pending.pop(kinds)
             if entry is None:
                 break
             if entry.terminal:
@@ -422,6 +448,10 @@ class Dispatcher:
                            f"{inert(node.node_id, 80)}: "
                            f"{node.frame_budget} bytes); raise the nodes' max message size "
                            "or lower the Helper's max payload")
+                continue
+            if gated and not self._may_go(entry.kind, now):
+                self.pending.push(entry, front=True)  # stays queued: no attempt, no delivery
+                kinds = node.kinds - self.held_back
                 continue
             frame_bytes += size
             entry.deliveries += 1
@@ -451,6 +481,60 @@ class Dispatcher:
             _add_holder(entry, node.key)
             node.inflight[entry.task_id] = entry.delivery
         return len(entries), full
+
+    def _may_go(self, kind: str, now: float) -> bool:
+        """The breaker, then the rate limit: may a task of `kind` be sent now? No: the kind is
+        held back for the rest of this pass, and `wake_at` says when to try again."""
+        breakers = self.breakers
+        if breakers is not None and breakers.all_closed:
+            breakers = None  # the fast path: nothing to ask, no probe to take
+        if breakers is not None and not breakers.would_allow(kind, now):
+            self._hold_back(kind, breakers.next_allowed(kind, now))
+            return False
+        if not self.rate_limits.take(kind, now):
+            self._hold_back(kind, self.rate_limits.next_ready(kind, now))
+            return False
+        if breakers is not None:
+            breakers.allow(kind, now)  # takes a half-open breaker's probe: this task is it
+        return True
+
+    def _hold_back(self, kind: str, until: float) -> None:
+        self.held_back.add(kind)
+        if not self.wake_at or until < self.wake_at:
+            self.wake_at = until
+
+    def _on_breaker(self, change: Transition) -> None:
+        """A breaker changed state: metrics, a log line, and the alert (open/closed)."""
+        self.metrics.circuit_state.labels(change.name, change.scope).set(
+            CIRCUIT_STATE_VALUE[change.new])
+        self.metrics.circuit_transitions.labels(change.scope, change.new.value).inc()
+        log.warning("circuit breaker %s %s: %s -> %s (%s)", change.scope,
+                    inert(change.name, 80), change.old.value, change.new.value, change.reason)
+        if change.alert:
+            info = {"breaker": f"{change.scope}:{inert(change.name, 80)}",
+                    "name": inert(change.name, 80), "scope": change.scope,
+                    "state": change.new.value, "reason": change.reason}
+            if change.new is State.OPEN:
+                info.update(failures=change.failures, calls=change.calls,
+                            probe_in_s=round(max(0.0, change.reopen_at - change.at), 3))
+            self._on_event("circuit_" + change.new.value, info)
+
+    def _record_outcome(self, entry: TaskEntry, ack) -> None:  # noqa: ANN001 - wire.Ack
+        """Charge an attempt's outcome to the breakers (mesh.policies.circuit, "What counts"):
+        DONE a success; a failure naming a dependency (DependencyDown) a failure of that
+        dependency; with breakers="all", a retryable failure, a run timeout or a child that
+        died a failure of the kind; FATAL and the handler's own RetryLater are neither."""
+        breakers = self.breakers
+        if breakers is None:
+            return
+        now = time.monotonic()
+        if ack.kind == wire.DONE:
+            breakers.record_success(entry.kind, now)
+        elif ack.dependency:
+            breakers.record_failure(entry.kind, now, ack.dependency)
+        elif self._kind_breakers and (ack.lost
+                                      or ack.error_class in (wire.RETRYABLE, wire.TIMEOUT)):
+            breakers.record_failure(entry.kind, now)
 
     def _fits_some_node(self, entry: TaskEntry, size: int) -> bool:
         """Some live node serving the task's kind takes a frame holding this delivery."""
@@ -525,6 +609,7 @@ class Dispatcher:
             self._apply_ack(node, ack)
         node.concurrency = hb.concurrency
         node.running = hb.running
+        node.kinds_full = hb.kinds_full
         if node.kinds != frozenset(hb.kinds):
             node.kinds = frozenset(hb.kinds)
             self.kinds_announced |= node.kinds
@@ -692,6 +777,7 @@ class Dispatcher:
             self._release_delivery(entry)
             node.inflight.pop(ack.task_id, None)
             entry.node_id = node.node_id
+            self._record_outcome(entry, ack)
             self._succeed(entry, ack.result)
             return
         error = ack.error[:MAX_ERROR_CHARS]
@@ -706,6 +792,11 @@ class Dispatcher:
             self._cancelled(entry)
             return
         if kind == wire.FAILED:
+            self._record_outcome(entry, ack)
+            if ack.lost:
+                entry.remember("lost", error, node.node_id)
+                self._lost_in_child(entry, error)
+                return
             entry.remember("failed", error, node.node_id, entry.attempt)
             decision = self.retry_policy.decide(entry.attempt, entry.max_attempts,
                                                 ack.error_class, ack.retry_after_ms, self._rng)
@@ -728,6 +819,24 @@ class Dispatcher:
                 return
             self.metrics.redeliveries.labels(cause).inc()
             self.enqueue(entry, front=True)
+
+    def _lost_in_child(self, entry: TaskEntry, error: str) -> None:
+        """The run's child process died under it (the node lives on): a lost delivery, as if
+        its node had died while it ran, not an attempt. Queued again at the front, or DEAD
+        (DELIVERY_LIMIT) at the poison-pill bound."""
+        entry.lost_deliveries += 1
+        entry.error = error
+        if entry.lost_deliveries >= self.settings.max_lost_deliveries:
+            self._dead(entry, wire.DELIVERY_LIMIT,
+                       f"{entry.lost_deliveries} deliveries died with their process (last on "
+                       f"node {inert(entry.node_id, 80)}: {error}); treated as a poison pill")
+            return
+        self._append(records.TRANSITION, entry.task_id.encode(), wire.encode_record(
+            wire.TransitionRecord(task_id=entry.task_id, state=wire.QUEUED,
+                                  attempts=entry.attempt, error=error,
+                                  deliveries=entry.lost_deliveries)))
+        self.metrics.redeliveries.labels("child_died").inc()
+        self.enqueue(entry, front=True)
 
     # ---- cancel and the operators' view ------------------------------------------------
 
@@ -1002,7 +1111,8 @@ class Dispatcher:
                      and now - e.dispatched_at > ack_timeout]
             held = set(node.held) if stale else ()
             for task_id in stale:
-                if task_id in held and node.running >= node.concurrency:
+                if task_id in held and (node.running >= node.concurrency
+                                        or self.tasks[task_id].kind in node.kinds_full):
                     # Waiting for a slot on a busy live node is progress, not a lost delivery.
                     # A node with free slots that holds a task and does not start it is not
                     # making progress with it: send it again (the first DONE wins).
@@ -1026,15 +1136,19 @@ class Dispatcher:
                         entry.not_before = 0.0
                         self.enqueue(entry)
         self._check_unroutable(now)
-        if not self.nodes and self.pending and now >= self._expiry_sweep_at:
+        if (self.pending and (not self.nodes or self.held_back)
+                and now >= self._expiry_sweep_at):
             self._expire_queued(now)
 
     def _expire_queued(self, now: float) -> None:
-        """No node is up, so no dispatch checks deadlines: once a second, dead-letter the queued
-        tasks whose deadline passed (EXPIRED), so they do not show QUEUED until a node comes."""
+        """No node is up, or kinds are held back (breaker open, rate limited), so no dispatch
+        checks those tasks' deadlines: once a second, dead-letter the queued tasks whose
+        deadline passed (EXPIRED), so they do not show QUEUED until they are picked."""
         self._expiry_sweep_at = now + 1.0
         now_ns = time.time_ns()
-        for entry in self.pending.take(lambda e: 0 < e.task.deadline_ns < now_ns):
+        held = None if not self.nodes else self.held_back
+        for entry in self.pending.take(lambda e: 0 < e.task.deadline_ns < now_ns
+                                       and (held is None or e.kind in held)):
             self._dead(entry, wire.EXPIRED, f"deadline passed "
                        f"{(now_ns - entry.task.deadline_ns) / 1e9:.3f}s before start "
                        "(no AI node was up)")
@@ -1069,6 +1183,30 @@ class Dispatcher:
         m.oldest_pending_age.set(0.0 if oldest is None else time.monotonic() - oldest)
         m.dead_letters.set(len(self.dead_letters))
         m.dead_letter_bytes.set(self.dead_letters.size_bytes)
+        limits = self.rate_limits
+        if limits.kinds:
+            now = time.monotonic()
+            queued = set(self.pending.kinds())
+            for kind in limits.throttled():
+                if kind not in queued:
+                    limits.idle(kind, now)  # nothing waits any more: not throttled
+            for kind, seconds in limits.drain_throttled_s(now).items():
+                m.rate_limited.labels(kind).inc(seconds)
+
+    def policy_stats(self) -> dict[str, float]:
+        """Breaker states (0 closed, 1 half-open, 2 open) and rate limits for `mesh stats`:
+        `circuit.SCOPE.NAME`, `rate_limit_per_s.KIND` (this Helper's share), `throttled.KIND`
+        (1 while held back by its rate limit)."""
+        out: dict[str, float] = {}
+        now = time.monotonic()
+        if self.breakers is not None:
+            for info in self.breakers.snapshot(now):
+                out[f"circuit.{info.scope}.{info.name}"] = float(CIRCUIT_STATE_VALUE[info.state])
+        throttled = set(self.rate_limits.throttled())
+        for kind in self.rate_limits.kinds:
+            out[f"rate_limit_per_s.{kind}"] = self.rate_limits.share(kind).per_s
+            out[f"throttled.{kind}"] = 1.0 if kind in throttled else 0.0
+        return out
 
     # ---- recovery ----------------------------------------------------------------------
 

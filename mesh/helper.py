@@ -64,6 +64,8 @@ RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _
 LARGE_REPLY_BYTES = 64 * 2**10
 #: how often clients holding long-polls are probed (an empty frame) to learn whether they left
 PROBE_INTERVAL_S = 2.0
+#: the timer loop's period: liveness, retries, and a dispatch pass
+TIMER_TICK_S = 0.05
 #: what each intake request asks to do (mesh.trust.ALLOWED says which roles may)
 _DEAD_LETTER_OPERATIONS = {
     wire.LIST: Operation.DEAD_LETTER_LIST, wire.INSPECT: Operation.DEAD_LETTER_INSPECT,
@@ -123,6 +125,8 @@ class Helper:
         self._unread: dict[bytes, deque] = {}
         self._journal_failed = False
         self._dead_evicted_told = 0
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._helper_count = 1
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -204,6 +208,8 @@ class Helper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
         self._long_polls.clear()
         self._unread.clear()
         if self._bg_sync is not None:
@@ -880,13 +886,47 @@ class Helper:
         self._kick_scheduled = False
         if self.dispatcher.dispatch_pass():
             self._room.set()
+        wake_at = self.dispatcher.wake_at
+        if wake_at:
+            self._wake_at(wake_at)
+
+    def _wake_at(self, at: float) -> None:
+        """A kind is held back (rate limit, breaker) until `at` (monotonic): run a pass then,
+        when that comes before the next timer tick."""
+        delay = max(0.0, at - time.monotonic())
+        if delay >= TIMER_TICK_S or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        if self._wake_handle is not None:
+            if self._wake_handle.when() <= loop.time() + delay:
+                return  # an earlier wake-up is set
+            self._wake_handle.cancel()
+        self._wake_handle = loop.call_later(delay, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = None
+        self._dispatch()
+
+    def set_helper_count(self, helpers: int) -> None:
+        """Discovery lists `helpers` dispatching Helpers (this one included): each enforces
+        1/helpers of every rate limit (mesh.policies.rate_limit, the split rule)."""
+        helpers = max(1, helpers)
+        limits = self.dispatcher.rate_limits
+        if helpers == self._helper_count:
+            return
+        self._helper_count = helpers
+        limits.set_helpers(helpers, time.monotonic())
+        if limits.kinds:
+            log.info("%d Helpers dispatch: this one takes 1/%d of each rate limit (%s)",
+                     helpers, helpers,
+                     ", ".join(f"{k}={limits.share(k).per_s:g}/s" for k in limits.kinds))
 
     async def _timer_loop(self) -> None:
         d = self.dispatcher
         last_compact = time.monotonic()
         last_probe = last_compact
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(TIMER_TICK_S)
             try:
                 depth = len(d.pending) + len(d.retry_waiting)
                 d.tick()
@@ -952,9 +992,10 @@ class Helper:
                     "task_dead": "warning",
                     "journal_error": "critical", "queue_high": "warning",
                     "journal_failed": "critical", "journal_recovered": "info",
-                    "deadletter_evicted": "warning", "journal_damaged": "critical"}.get(kind, "info")
-        source = inert(info.get("node_id") or info.get("task_id") or self.settings.helper_id,
-                       120)
+                    "deadletter_evicted": "warning", "journal_damaged": "critical",
+                    "circuit_open": "warning", "circuit_closed": "info"}.get(kind, "info")
+        source = inert(info.get("node_id") or info.get("task_id") or info.get("breaker")
+                       or self.settings.helper_id, 120)
         try:
             self._alerts.publish(f"mesh.{kind.replace('_', '.')}", severity, source,
                                  json.dumps(info).encode())
@@ -982,6 +1023,7 @@ class Helper:
             "dead_letter_bytes": float(d.dead_letters.size_bytes),
             "dead_letters_evicted": float(d.stats["dead_evicted"]),
             "result_waiters": float(len(self._long_polls)),
+            **d.policy_stats(),
         }
 
     # ---- state file --------------------------------------------------------------------

@@ -103,6 +103,16 @@ class HelperMetrics:
         self.replies_dropped = Counter(
             "mesh_intake_replies_dropped", "Replies not sent: the client is gone or not reading "
             "(its send queue is at the high-water mark)", ["reason"], registry=r)
+        self.circuit_state = Gauge(
+            "mesh_circuit_state", "Circuit breaker state: 0 closed, 1 half-open (a probe may "
+            "go), 2 open (the kind is not dispatched); scope kind or dependency",
+            ["name", "scope"], registry=r)
+        self.circuit_transitions = Counter(
+            "mesh_circuit_transitions", "Circuit breaker state changes, by scope and new state",
+            ["scope", "state"], registry=r)
+        self.rate_limited = Counter(
+            "mesh_rate_limited_seconds", "Time a kind had a task ready but no rate-limit token "
+            "(throttled: it waits queued)", ["kind"], registry=r)
 
 
 class AINodeMetrics:
@@ -126,6 +136,29 @@ class AINodeMetrics:
                                 registry=r)
         self.helper_links = Gauge("mesh_ai_helper_links", "Helpers this node has an ack link to",
                                   registry=r)
+        self.children = Gauge("mesh_ai_children", "Child processes of the process executor, "
+                              "by state", ["state"], registry=r)
+        self.child_events = Counter(
+            "mesh_ai_child_events", "Process executor child events: started, recycled_tasks, "
+            "recycled_memory, killed_timeout, killed_cancel, died, start_failures", ["event"],
+            registry=r)
+        self._pool_counts: dict[str, int] = {}
+
+    def observe_pool(self, stats) -> None:  # noqa: ANN001 - mesh.executors.PoolStats
+        """Once per heartbeat: the pool's gauges, and its counts since the last call."""
+        for state in ("idle", "busy", "starting", "waiting"):
+            self.children.labels(state).set(getattr(stats, state))
+        for event, field in (("started", "children_started"),
+                             ("recycled_tasks", "recycled_tasks"),
+                             ("recycled_memory", "recycled_memory"),
+                             ("killed_timeout", "killed_timeout"),
+                             ("killed_cancel", "killed_cancel"), ("died", "died"),
+                             ("start_failures", "start_failures")):
+            value = getattr(stats, field)
+            delta = value - self._pool_counts.get(event, 0)
+            if delta > 0:
+                self.child_events.labels(event).inc(delta)
+            self._pool_counts[event] = value
 
 
 def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> tuple:

@@ -11,6 +11,7 @@ import msgspec
 from mesh.errors import ConfigError
 
 FSYNC_POLICIES = ("always", "batch", "interval", "none")
+BREAKER_MODES = ("off", "dependency", "all")
 
 
 class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +91,20 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: live node ids one ai-node key may hold (a key is one node; only with CURVE, where
     #: heartbeats carry their sender's key): a flood of ids from one key stops at this many
     max_node_ids_per_key: int = 1
+    #: dispatch rate per task kind, KIND -> "COUNT/UNIT[,burst=N]" (mesh.policies.rate_limit),
+    #: split evenly among the Helpers discovery lists
+    rate_limits: dict[str, str] = msgspec.field(default_factory=dict)
+    #: circuit breakers (mesh.policies.circuit): "dependency" (default) only per dependency a
+    #: handler names (DependencyDown), "all" per kind too (its retryable failures, timeouts and
+    #: child deaths), "off" never hold a kind back
+    breakers: str = "dependency"
+    breaker_failure_ratio: float = 0.5
+    breaker_min_calls: int = 10
+    breaker_window_calls: int = 50
+    breaker_window_s: float = 60.0
+    breaker_cool_down_s: float = 30.0
+    breaker_max_cool_down_s: float = 300.0
+    breaker_probe_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.fsync_policy not in FSYNC_POLICIES:
@@ -113,6 +128,24 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
         for kind, attempts in self.kind_max_attempts.items():
             if attempts <= 0:
                 raise ConfigError(f"kind_max_attempts[{kind!r}] must be > 0, got {attempts!r}")
+        if self.breakers not in BREAKER_MODES:
+            raise ConfigError(f"breakers {self.breakers!r} is not one of "
+                              f"{', '.join(BREAKER_MODES)}")
+        self.rate_limit_rates()
+        self.breaker_settings()
+
+    def rate_limit_rates(self) -> dict:
+        """`rate_limits` parsed: KIND -> mesh.policies.rate_limit.Rate (ConfigError if bad)."""
+        from mesh.policies.rate_limit import parse_rate
+        return {kind: parse_rate(text) for kind, text in self.rate_limits.items()}
+
+    def breaker_settings(self):  # noqa: ANN201 - mesh.policies.circuit.BreakerSettings
+        from mesh.policies.circuit import BreakerSettings
+        return BreakerSettings(
+            failure_ratio=self.breaker_failure_ratio, min_calls=self.breaker_min_calls,
+            window_calls=self.breaker_window_calls, window_s=self.breaker_window_s,
+            cool_down_s=self.breaker_cool_down_s, max_cool_down_s=self.breaker_max_cool_down_s,
+            probe_timeout_s=self.breaker_probe_timeout_s)
 
 
 class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,12 +182,31 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: closed to make room for a new one.
     max_helpers: int = 64
     helper_link_idle_s: float = 60.0
+    #: where handlers run (mesh.executors): "async" (async handlers on the loop, sync ones in
+    #: threads: the default), "thread" (every handler in a thread) or "process" (every
+    #: handler in one of `concurrency` child processes)
+    executor: str = "async"
+    #: process executor: retire a child after this many tasks, or when its RSS after a task
+    #: is above this many bytes (0: no bound); SIGKILL this long after the SIGTERM of a child
+    #: whose run passed its timeout; how long a child may take to load the app and its hooks
+    max_tasks_per_child: int = 0
+    max_memory_per_child_bytes: int = 0
+    child_kill_grace_s: float = 1.0
+    child_start_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _positive(self, "concurrency", "heartbeat_interval_s", "run_timeout_s", "dedup_window",
                   "max_message_bytes", "max_result_bytes", "max_helpers", "helper_link_idle_s")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.executor not in ("async", "thread", "process"):
+            raise ConfigError(f"executor {self.executor!r} is not one of async, thread, process")
+        if self.max_tasks_per_child < 0 or self.max_memory_per_child_bytes < 0:
+            raise ConfigError("max_tasks_per_child and max_memory_per_child_bytes must be 0 "
+                              "(no bound) or positive")
+        if self.child_kill_grace_s < 0:
+            raise ConfigError(f"child_kill_grace_s must be >= 0, got {self.child_kill_grace_s}")
+        _positive(self, "child_start_timeout_s")
         if not self.node_id:
             raise ConfigError("node_id must not be empty")
 

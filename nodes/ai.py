@@ -78,7 +78,11 @@ def main(args: argparse.Namespace) -> int:
         task_endpoint=config.bindable(args.bind, config.advertise_host(args)),
         concurrency=args.concurrency, prefetch=args.prefetch, drain_grace_s=args.drain_grace,
         run_timeout_s=args.run_timeout, max_result_bytes=args.max_result_bytes,
-        max_helpers=args.max_helpers)
+        max_helpers=args.max_helpers, executor=args.executor,
+        max_tasks_per_child=args.max_tasks_per_child,
+        max_memory_per_child_bytes=config.parse_bytes(args.max_memory_per_child,
+                                                      "--max-memory-per-child"),
+        child_kill_grace_s=args.child_kill_grace)
     logs.set_node_id(settings.node_id)
     # A key of its own: a Helper binds a node id to the key its heartbeats come with.
     if not args.node_id:  # generated ids (ai-HOST-PID): drop the keys of runs that are gone
@@ -116,7 +120,7 @@ def _exit_past_hung_handlers(code: int) -> None:
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
                  discovery: Discovery, trust: Trust) -> int:
-    node = AINode(settings, app, helpers=args.helper, trust=trust)
+    node = AINode(settings, app, helpers=args.helper, trust=trust, app_path=args.app)
     server = None
     metrics_port = None
     port = config.metrics_port(args)

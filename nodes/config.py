@@ -148,3 +148,22 @@ def parse_int_kv(items: list[str] | None, flag: str) -> dict[str, int]:
             raise ConfigError(f"{flag} {key}={value!r}: the value must be an integer") from None
     return out
 
+
+def parse_rate_limit_flags(items: list[str] | None) -> dict[str, str]:
+    """`--rate-limit KIND=RATE` flags -> {kind: rate text}, each checked (ConfigError)."""
+    from mesh.policies.rate_limit import parse_rate_limits
+    parse_rate_limits(items or [])
+    return {text.partition("=")[0].strip(): text.partition("=")[2].strip()
+            for text in items or []}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+    """`512M`, `2G`, `1048576` -> bytes (K, M, G: powers of 1024)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected bytes, e.g. 1073741824, 512M or 2G") from None

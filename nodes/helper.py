@@ -58,7 +58,13 @@ def main(args: argparse.Namespace) -> int:
         max_result_waiters_per_client=args.max_result_waiters_per_client,
         max_reply_bytes=args.max_reply_bytes,
         max_unread_reply_bytes=args.max_unread_reply_bytes,
-        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key)
+        max_nodes=args.max_nodes, max_node_ids_per_key=args.max_node_ids_per_key,
+        rate_limits=config.parse_rate_limit_flags(args.rate_limit), breakers=args.breakers,
+        breaker_failure_ratio=args.breaker_failure_ratio,
+        breaker_min_calls=args.breaker_min_calls,
+        breaker_window_calls=args.breaker_window_calls, breaker_window_s=args.breaker_window,
+        breaker_cool_down_s=args.breaker_cool_down,
+        breaker_max_cool_down_s=max(args.breaker_max_cool_down, args.breaker_cool_down))
     # One Helper per data dir, refused before the journal is opened; the kernel releases the
     # lock when this process dies, however it dies.
     with claim_data_dir(settings.data_dir, advice="stop it or choose another --data-dir"):
@@ -160,6 +166,16 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: 
                                   now=time.monotonic()))
 
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
+
+    def on_helpers(found: list[Instance], registry_suspect: bool) -> None:
+        # Rate limits are split among the Helpers dispatching (this one counts while listed).
+        if not registry_suspect:
+            helper.set_helper_count(sum(
+                1 for inst in found if inst.health != Health.CRITICAL
+                and (not args.pool or f"pool={args.pool}" in inst.tags)))
+
+    helper_watch = watch_nodes(discovery, args.service_name, on_helpers) if (
+        settings.rate_limits) else None
     alert_presence = None
     if alerts is not None:
         alert_presence = Presence(discovery, alert_instance(alerts, watch=True), ttl_s=args.discovery_ttl,
@@ -176,6 +192,8 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: 
         alerts.publish("mesh.helper.left", "info", settings.helper_id,
                        json.dumps({"helper_id": settings.helper_id, "signal": name}).encode())
     ai_watch.stop(timeout_s=1.0)
+    if helper_watch is not None:
+        helper_watch.stop(timeout_s=1.0)
     await presence.stop()
     await helper.stop()
     if alerts is not None:

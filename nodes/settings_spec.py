@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import msgspec
 
 from mesh.alerts import AlertPublisherSettings
-from mesh.settings import FSYNC_POLICIES, AINodeSettings, HelperSettings
+from mesh.executors import EXECUTORS
+from mesh.settings import BREAKER_MODES, FSYNC_POLICIES, AINodeSettings, HelperSettings
 
 CONFIG_ENV = "MESH_CONFIG"
 SOURCES_ATTR = "mesh_sources"
@@ -175,6 +176,24 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        type=int, setting=(H, "max_nodes")),
     _o("max_node_ids_per_key", "live AI node ids one ai-node key may hold", type=int,
        setting=(H, "max_node_ids_per_key")),
+    _o("rate_limit", "dispatch rate of a kind, e.g. vision=50/s or ocr=600/m,burst=20 "
+       "(repeatable); split evenly among the Helpers in discovery", kind="list",
+       metavar="KIND=RATE"),
+    _o("breakers", "circuit breakers per dependency a handler names (DependencyDown), per task "
+       "kind too (all: its retryable failures, timeouts, child deaths), or off",
+       setting=(H, "breakers"), choices=BREAKER_MODES),
+    _o("breaker_failure_ratio", "a breaker opens when failures reach this share of its window",
+       type=float, setting=(H, "breaker_failure_ratio"), metavar="RATIO"),
+    _o("breaker_min_calls", "outcomes in a breaker's window before it may open", type=int,
+       setting=(H, "breaker_min_calls")),
+    _o("breaker_window_calls", "outcomes a breaker's window holds at most", type=int,
+       setting=(H, "breaker_window_calls")),
+    _o("breaker_window", "a breaker's window, seconds", type=float,
+       setting=(H, "breaker_window_s")),
+    _o("breaker_cool_down", "seconds a breaker stays open before one probe goes (doubled per "
+       "failed probe)", type=float, setting=(H, "breaker_cool_down_s")),
+    _o("breaker_max_cool_down", "the longest cool-down, seconds", type=float,
+       setting=(H, "breaker_max_cool_down_s")),
     _o("no_alerts", "do not publish the Helper's own fault alerts", kind="switch"),
     _o("alerts_bind", "alert PUB endpoint", setting=(AlertPublisherSettings, "pub_endpoint")),
     _o("alerts_replay_bind", "alert replay endpoint",
@@ -198,6 +217,15 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        "at or below the Helpers' max payload", type=int, setting=(A, "max_result_bytes")),
     _o("max_helpers", "Helper links at most; deliveries needing one more are refused", type=int,
        setting=(A, "max_helpers")),
+    _o("executor", "where handlers run: async (async ones on the loop, sync ones in threads), "
+       "thread (all in threads), process (all in --concurrency child processes: hangs "
+       "killed, crashes contained)", setting=(A, "executor"), choices=EXECUTORS),
+    _o("max_tasks_per_child", "process executor: replace a child after this many tasks "
+       "(0: never)", type=int, setting=(A, "max_tasks_per_child")),
+    _o("max_memory_per_child", "process executor: replace a child whose RSS after a task is "
+       "above this (bytes, or 512M, 2G; 0: never)", default="0", metavar="BYTES"),
+    _o("child_kill_grace", "process executor: SIGKILL this long after the SIGTERM of a child "
+       "whose run passed its timeout", type=float, setting=(A, "child_kill_grace_s")),
 ]}
 
 COMMON = ("config", "discovery", "metrics_port", "metrics_addr", "log_level", "log_format")
@@ -212,9 +240,12 @@ HELPER = ("helper_id", "data_dir", "intake", "acks", "fsync", "max_attempts",
           "max_dead_letters", "max_dead_letter_bytes", "max_result_waiters",
           "max_result_waiters_per_client", "max_reply_bytes", "max_unread_reply_bytes",
           "max_nodes", "max_node_ids_per_key", "no_alerts", "alerts_bind", "alerts_replay_bind",
-          "ai_service")
+          "ai_service", "rate_limit", "breakers", "breaker_failure_ratio", "breaker_min_calls",
+          "breaker_window_calls", "breaker_window", "breaker_cool_down",
+          "breaker_max_cool_down")
 AI = ("app", "node_id", "bind", "concurrency", "prefetch", "helper", "drain_grace",
-      "run_timeout", "max_result_bytes", "max_helpers", "helper_service")
+      "run_timeout", "max_result_bytes", "max_helpers", "helper_service", "executor",
+      "max_tasks_per_child", "max_memory_per_child", "child_kill_grace")
 
 
 class ConfigValueError(ValueError):

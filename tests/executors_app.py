@@ -16,7 +16,7 @@ from mesh.executors import DependencyDown
 app = App("executor-tests")
 
 #: on_child_start calls in this process (each child has its own count)
-STARTS = {"app_hook": 0, "named_hook": 0}
+STARTS = {"app_hook": 0, "named_hook": 0, "decorated_hook": 0}
 _kept: list[bytes] = []
 
 
@@ -123,3 +123,25 @@ def big(payload: bytes) -> bytes:
 
 def decode(result: bytes) -> dict:
     return msgspec.json.decode(result)
+
+
+@app.task("hang_pid")
+def hang_pid(payload: bytes) -> bytes:
+    """Writes its pid to the file named by the payload, then hangs."""
+    with open(payload.decode(), "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(1000)
+
+
+@app.task("gpu", concurrency=2)
+def gpu(payload: bytes) -> dict:
+    """A kind limited to 2 runs at once per node: returns when it ran (wall clock)."""
+    start = time.time()
+    time.sleep(float(payload or b"0.3"))
+    return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@app.on_child_start
+def _decorated_hook() -> None:
+    STARTS["decorated_hook"] += 1

@@ -200,7 +200,7 @@ class DispatchBatch(_message.Message):
     def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt")
+    __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt", "dependency", "lost")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,8 @@ class Ack(_message.Message):
     FINISHED_NS_FIELD_NUMBER: _ClassVar[int]
     FROM_DEDUP_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     delivery: int
     kind: AckKind
@@ -223,10 +225,12 @@ class Ack(_message.Message):
     finished_ns: int
     from_dedup: bool
     attempt: int
-    def __init__(self, task_id: _Optional[str] = ..., delivery: _Optional[int] = ..., kind: _Optional[_Union[AckKind, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., retry_after_ms: _Optional[int] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., from_dedup: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+    dependency: str
+    lost: bool
+    def __init__(self, task_id: _Optional[str] = ..., delivery: _Optional[int] = ..., kind: _Optional[_Union[AckKind, str]] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., retry_after_ms: _Optional[int] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ..., from_dedup: _Optional[bool] = ..., attempt: _Optional[int] = ..., dependency: _Optional[str] = ..., lost: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received", "dispatch_seq", "max_message_bytes", "version")
+    __slots__ = ("node_id", "incarnation", "task_endpoint", "concurrency", "credit", "running", "held_task_ids", "sent_ns", "draining", "kinds", "beat", "helper_incarnation", "received", "dispatch_seq", "max_message_bytes", "version", "kinds_full")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     TASK_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +247,7 @@ class Heartbeat(_message.Message):
     DISPATCH_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FULL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: int
     task_endpoint: str
@@ -259,7 +264,8 @@ class Heartbeat(_message.Message):
     dispatch_seq: int
     max_message_bytes: int
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ..., dispatch_seq: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    kinds_full: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., task_endpoint: _Optional[str] = ..., concurrency: _Optional[int] = ..., credit: _Optional[int] = ..., running: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[str]] = ..., sent_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., kinds: _Optional[_Iterable[str]] = ..., beat: _Optional[int] = ..., helper_incarnation: _Optional[int] = ..., received: _Optional[int] = ..., dispatch_seq: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., version: _Optional[str] = ..., kinds_full: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckBatch(_message.Message):
     __slots__ = ("version", "heartbeat", "acks")

@@ -202,6 +202,11 @@ class _ChildProtocol(asyncio.Protocol):
 class ProcessExecutor:
     """A pool of `size` child processes running the handlers of the App at `app_path`."""
 
+    name = "process"
+    #: True: a run past its timeout ends here (RunTimedOut, its child killed); the AI node's
+    #: own sweep is only a backstop
+    kills_on_timeout = True
+
     def __init__(self, app_path: str, size: int, *, max_tasks_per_child: int = 0,
                  max_memory_per_child_bytes: int = 0, kill_grace_s: float = 1.0,
                  start_timeout_s: float = 60.0, on_child_start: str = "",
@@ -383,6 +388,14 @@ class ProcessExecutor:
                                  attempt=attempt, delivery=delivery,
                                  idempotency_key=idempotency_key, headers=headers,
                                  submitted_ns=submitted_ns)
+
+    async def execute(self, handler, payload: bytes, ctx, timeout_s: float) -> bytes:  # noqa: ANN001
+        """The AI node's executor interface (`mesh.executors`): `handler` (a `mesh.app.Handler`)
+        names the kind, `ctx` (a `TaskContext`) the run's context fields."""
+        return await self.submit(handler.kind, payload, timeout_s=timeout_s,
+                                 task_id=ctx.task_id, attempt=ctx.attempt,
+                                 delivery=ctx.delivery, idempotency_key=ctx.idempotency_key,
+                                 headers=ctx.headers, submitted_ns=ctx.submitted_ns)
 
     def cancel(self, run: Run, reason: str = "cancelled") -> bool:
         """Fail `run` with `RunCancelled` and kill its child (replaced at once). False when

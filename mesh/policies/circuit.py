@@ -222,6 +222,12 @@ class Breakers:
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._depends: dict[str, set[str]] = {}  # kind -> dependencies it was seen to name
         self.untracked = 0
+        self._not_closed = 0  # breakers open or half-open now
+
+    @property
+    def all_closed(self) -> bool:
+        """No breaker is open or half-open: every kind may go (the dispatcher's fast path)."""
+        return self._not_closed == 0
 
     def allow(self, kind: str, now: float) -> bool:
         """May a task of `kind` be dispatched now? Takes the probe of every half-open breaker
@@ -235,6 +241,11 @@ class Breakers:
             _, change = breaker.allow(now)
             self._report(change)
         return True
+
+    def would_allow(self, kind: str, now: float) -> bool:
+        """`allow` without taking any probe (the dispatcher asks this before the rate limit,
+        and `allow` once the task surely goes)."""
+        return all(b.would_allow(now) for b in self._involved(kind))
 
     def next_allowed(self, kind: str, now: float) -> float:
         """The earliest time `allow(kind)` may say yes (now when it does): a wake-up hint; an
@@ -295,5 +306,11 @@ class Breakers:
         return breaker
 
     def _report(self, change: Transition | None) -> None:
-        if change is not None and self.on_transition is not None:
+        if change is None:
+            return
+        if change.old is State.CLOSED:
+            self._not_closed += 1
+        elif change.new is State.CLOSED:
+            self._not_closed -= 1
+        if self.on_transition is not None:
             self.on_transition(change)

@@ -4,6 +4,7 @@ restarts the Helper.
 
 Reproduce a run with the seed it prints: `MESH_CHAOS_SEED=<seed> pytest tests/chaos`. The short
 run (about a minute) runs in CI; `MESH_CHAOS_LONG=1 pytest tests/chaos -m slow` runs 5 minutes.
+A shorter variant runs the AI nodes with `--executor process` (handlers in child processes).
 
 At the end, from the submitter's records and the handlers' side-effect log:
 - every accepted task reached SUCCEEDED or DEAD, and every DEAD one has a reason;
@@ -36,6 +37,9 @@ from tests.support.waiting import async_wait_until
 HELPER_ARGS = ("--retry-base", "0.1", "--retry-cap", "0.5", "--node-dead-after", "1.0",
                "--max-lost-deliveries", "4", "--ack-timeout", "3")
 AI_ARGS = ("--concurrency", "8", "--prefetch", "8", "--app", "tests.chaos.run_log_app:app")
+#: the process-pool variant: handlers in child processes (fewer, so nodes restart quickly)
+PROCESS_AI_ARGS = ("--concurrency", "4", "--prefetch", "8", "--app",
+                   "tests.chaos.run_log_app:app", "--executor", "process")
 NODE_IDS = ("ai-a", "ai-b", "ai-c")
 
 
@@ -60,10 +64,11 @@ def _task(rng: random.Random):  # noqa: ANN202 - (wire Task, kind of job)
 
 
 class Chaos:
-    def __init__(self, cluster, rng: random.Random) -> None:  # noqa: ANN001
+    def __init__(self, cluster, rng: random.Random, ai_args: tuple = AI_ARGS) -> None:  # noqa: ANN001
         self.cluster = cluster
         self.rng = rng
-        self.nodes = {node_id: cluster.start_ai(*AI_ARGS, node_id=node_id)
+        self.ai_args = ai_args
+        self.nodes = {node_id: cluster.start_ai(*ai_args, node_id=node_id)
                       for node_id in NODE_IDS}
         self.stopped: set[str] = set()
         self.actions: collections.Counter[str] = collections.Counter()
@@ -77,7 +82,7 @@ class Chaos:
             self.stopped.discard(node_id)
             self.actions["sigcont"] += 1
         elif not proc.alive():
-            self.nodes[node_id] = self.cluster.start_ai(*AI_ARGS, node_id=node_id)
+            self.nodes[node_id] = self.cluster.start_ai(*self.ai_args, node_id=node_id)
             self.actions["restart"] += 1
         elif action == "sigkill":
             proc.kill()
@@ -97,16 +102,16 @@ class Chaos:
                 proc.signal(signal.SIGCONT)
             elif not proc.alive():
                 proc.kill()  # reap
-                self.nodes[node_id] = self.cluster.start_ai(*AI_ARGS, node_id=node_id)
+                self.nodes[node_id] = self.cluster.start_ai(*self.ai_args, node_id=node_id)
         self.stopped.clear()
 
 
-def run_chaos(cluster, duration_s: float) -> None:  # noqa: ANN001
+def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS) -> None:  # noqa: ANN001
     seed = _seed()
     rng = random.Random(seed)
     task_rng = random.Random(rng.randrange(2**32))
     cluster.start_helper(*HELPER_ARGS)
-    chaos = Chaos(cluster, rng)
+    chaos = Chaos(cluster, rng, ai_args)
     accepted: dict[str, str] = {}   # task id -> what kind of job
     uncertain: set[str] = set()     # submitted, never answered (the Helper was down)
     helper_kill_at = duration_s * rng.uniform(0.3, 0.6)
@@ -284,6 +289,14 @@ def test_the_double_run_check_counts_only_runs_without_a_cause() -> None:
 @pytest.mark.timeout(240)
 def test_chaos_short_every_accepted_task_finishes_and_no_effect_applies_twice(cluster) -> None:  # noqa: ANN001
     run_chaos(cluster, duration_s=40.0)
+
+
+@pytest.mark.timeout(240)
+def test_chaos_short_with_process_pools_every_accepted_task_finishes_once(cluster) -> None:  # noqa: ANN001
+    """The same chaos with the AI nodes' handlers in child processes (`--executor process`):
+    a SIGKILLed node takes its children with it (PR_SET_PDEATHSIG), a SIGSTOPped one keeps
+    them, a SIGTERMed one drains and stops them. Shorter, to keep CI time reasonable."""
+    run_chaos(cluster, duration_s=20.0, ai_args=PROCESS_AI_ARGS)
 
 
 @pytest.mark.slow

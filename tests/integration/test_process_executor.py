@@ -162,7 +162,8 @@ def test_max_tasks_per_child_recycles_and_on_child_start_runs_once_per_child() -
             assert pids[0:3] == [pids[0]] * 3 and pids[3:6] == [pids[3]] * 3
             assert pids[6:9] == [pids[6]] * 3 and len({pids[0], pids[3], pids[6]}) == 3
             # each child ran the App's hook and the named one exactly once, before its tasks
-            assert all(s["starts"] == {"app_hook": 1, "named_hook": 1} for s in seen)
+            assert all(s["starts"] == {"app_hook": 1, "named_hook": 1, "decorated_hook": 1}
+                       for s in seen)
             assert pool.stats().recycled_tasks >= 2
 
     run(main())
