@@ -87,8 +87,12 @@ class Helper:
 
     def __init__(self, settings: HelperSettings, *, context: zmq.asyncio.Context | None = None,
                  metrics: HelperMetrics | None = None, alerts=None,  # noqa: ANN001
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None, group=None) -> None:  # noqa: ANN001
         self.settings = settings
+        # A Helper group's leader hooks (mesh/group.py `LeaderHooks`): the journal wrapper that
+        # answers syncs once followers have the records, and the intake's refusal while too few
+        # followers are in sync. None for a Helper of its own.
+        self._group = group
         self.trust = trust
         self._own_trust = trust is None
         self._warn = RateLimitedLog(log, interval_s=10.0)
@@ -147,6 +151,8 @@ class Helper:
         self.journal.on_fsync = self._on_fsync
         # Called on the loop thread when the journal fails or recovers (see health()).
         self.journal.on_health = self._on_journal_health
+        if self._group is not None:
+            self.journal = self._group.wrap_journal(self.journal)
         self._limits = TaskLimits.of(s, self.journal.max_record_bytes)
         previous = self._load_state(data_dir)
         self._intake, self.intake_endpoint = self._bind(
@@ -341,6 +347,10 @@ class Helper:
                 err = ShuttingDown()
                 results.append(wire.SubmitResult(task_id=task.task_id, code=err.code,
                                                  message=str(err)))
+                continue
+            refused = self._group.refusal() if self._group is not None else None
+            if refused is not None:
+                self._refuse(task, refused, results)
                 continue
             try:
                 encoded = check_task(task, self._limits)
@@ -1037,6 +1047,8 @@ class Helper:
         os.replace(tmp, path)
 
     def _rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        if self._group is not None and key.startswith(b"\x00"):
+            return self._group.rewrite(key)
         return self.dispatcher.rewrite(key)
 
 

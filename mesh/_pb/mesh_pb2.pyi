@@ -62,6 +62,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
     PERMISSION_DENIED: _ClassVar[ErrorCode]
     ALREADY_FINISHED: _ClassVar[ErrorCode]
+    NOT_ENOUGH_REPLICAS: _ClassVar[ErrorCode]
 
 class DeadLetterOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -119,6 +120,7 @@ INVALID_TASK: ErrorCode
 UNSUPPORTED_VERSION: ErrorCode
 PERMISSION_DENIED: ErrorCode
 ALREADY_FINISHED: ErrorCode
+NOT_ENOUGH_REPLICAS: ErrorCode
 DEAD_LETTER_OP_UNSPECIFIED: DeadLetterOp
 LIST: DeadLetterOp
 INSPECT: DeadLetterOp
