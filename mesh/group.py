@@ -78,6 +78,9 @@ class LeaderHooks:
     def __init__(self, member: GroupMember) -> None:
         self._member = member
         self.journal: LeaderJournal | None = None
+        #: the group and the term's epoch, in every dispatch frame: nodes refuse older epochs
+        self.name = member.settings.group
+        self.epoch = member.state.epoch if member.state is not None else 0
 
     def wrap_journal(self, journal):  # noqa: ANN001, ANN201
         m = self._member
