@@ -84,7 +84,8 @@ class LeaderHooks:
 
     def wrap_journal(self, journal):  # noqa: ANN001, ANN201
         m = self._member
-        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump)
+        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump,
+                                     send_now=m._pump)
         return self.journal
 
     def refusal(self) -> MeshError | None:
