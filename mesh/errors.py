@@ -120,6 +120,23 @@ class ShuttingDown(TaskRejected):
         super().__init__("the Helper is shutting down and takes no new tasks; submit to another")
 
 
+class NotEnoughReplicas(TaskRejected):
+    """Fewer followers of the Helper group are in sync than --min-replicas: the task was not
+    accepted (nothing of it counts as durable); retry later, or start/repair a follower."""
+
+    code = 20  # NOT_ENOUGH_REPLICAS
+
+    def __init__(self, alive: int, needed: int, group: str = "") -> None:
+        where = f" of group {group!r}" if group else ""
+        super().__init__(
+            f"only {alive} follower(s){where} are in sync, {needed} needed (--min-replicas {needed}): "
+            "the task was not accepted; start or repair a follower, or run with --min-replicas 0 "
+            "to accept on the leader alone"
+        )
+        self.alive = alive
+        self.needed = needed
+
+
 class JournalError(MeshError):
     """The journal could not make a record durable (disk full, I/O error, corrupt state).
 
@@ -239,6 +256,7 @@ _BY_CODE: dict[int, type[MeshError]] = {
     9: UnsupportedVersion,
     10: PermissionDenied,
     11: AlreadyFinished,
+    20: NotEnoughReplicas,
 }
 
 

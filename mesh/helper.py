@@ -88,8 +88,13 @@ class Helper:
 
     def __init__(self, settings: HelperSettings, *, context: zmq.asyncio.Context | None = None,
                  metrics: HelperMetrics | None = None, alerts=None,  # noqa: ANN001
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None, group=None) -> None:  # noqa: ANN001
         self.settings = settings
+        # A Helper group's leader hooks (mesh/group.py `LeaderHooks`): the journal wrapper that
+        # answers syncs once followers have the records, and the intake's refusal while too few
+        # followers are in sync, and its `name` and `epoch`, which every dispatch frame carries
+        # (nodes refuse a deposed leader's). None for a Helper of its own.
+        self._group = group
         self.trust = trust
         self._own_trust = trust is None
         self._warn = RateLimitedLog(log, interval_s=10.0)
@@ -148,6 +153,8 @@ class Helper:
         self.journal.on_fsync = self._on_fsync
         # Called on the loop thread when the journal fails or recovers (see health()).
         self.journal.on_health = self._on_journal_health
+        if self._group is not None:
+            self.journal = self._group.wrap_journal(self.journal)
         self._limits = TaskLimits.of(s, self.journal.max_record_bytes)
         previous = self._load_state(data_dir)
         self._intake, self.intake_endpoint = self._bind(
@@ -171,6 +178,8 @@ class Helper:
             connect=self._connect_node, send=_send_noblock, close=_close_now,
             metrics=self.metrics, on_event=self._on_event,
             record_limit_bytes=self.journal.max_record_bytes,
+            group=self._group.name if self._group is not None else "",
+            group_epoch=self._group.epoch if self._group is not None else 0,
             retained=RetainedStore(data_dir / "retained"),
             journal_segment=lambda: self.journal.segment, journal_keep_from=self.journal.keep_from)
         replayed = 0
@@ -345,6 +354,10 @@ class Helper:
                 err = ShuttingDown()
                 results.append(wire.SubmitResult(task_id=task.task_id, code=err.code,
                                                  message=str(err)))
+                continue
+            refused = self._group.refusal() if self._group is not None else None
+            if refused is not None:
+                self._refuse(task, refused, results)
                 continue
             try:
                 encoded = check_task(task, self._limits)
@@ -1042,6 +1055,8 @@ class Helper:
         os.replace(tmp, path)
 
     def _rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        if self._group is not None and key.startswith(b"\x00"):
+            return self._group.rewrite(key)
         return self.dispatcher.rewrite(key)
 
 

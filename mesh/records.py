@@ -18,3 +18,7 @@ from __future__ import annotations
 TASK = 1
 TRANSITION = 2
 FORGET = 3
+
+# A Helper group's own records (mesh/group_log.py); a replay of the task table skips them.
+POSITION = 4  # where this member's log stands: (known epoch, last index, epoch history); not replicated
+NOOP = 5  # the first record of a leader's term: commits what earlier terms left (replicated)

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mesh.errors import ConfigError, MeshError, TaskRejected
+from mesh.errors import ConfigError, MeshError, NotEnoughReplicas  # noqa: F401 - re-exported
 
 # -- values on the wire ---------------------------------------------------------------------------
 
@@ -119,22 +119,6 @@ class Refuse:
 
 
 # -- errors ------------------------------------------------------------------------------------------
-
-
-class NotEnoughReplicas(TaskRejected):
-    """Fewer followers are in sync than --min-replicas: the task was not accepted; retry later.
-
-    (Moves to mesh/errors.py with a wire code when the Helper is wired.)"""
-
-    def __init__(self, alive: int, needed: int, group: str = "") -> None:
-        where = f" of group {group!r}" if group else ""
-        super().__init__(
-            f"only {alive} follower(s){where} are in sync, {needed} needed (--min-replicas {needed}): "
-            "the task was not accepted; start or repair a follower, or run with --min-replicas 0 "
-            "to accept on the leader alone"
-        )
-        self.alive = alive
-        self.needed = needed
 
 
 class StaleEpoch(MeshError):
@@ -227,9 +211,12 @@ class LeaderState:
         max_batch_bytes: int = 1024 * 1024,
         follower_timeout_s: float = 3.0,
         heartbeat_interval_s: float = 0.5,
+        group_size: int | None = None,
     ) -> None:
         self.followers = {m: _Follower(m) for m in followers if m != leader_id}
-        if min_replicas < 0 or min_replicas > len(self.followers):
+        # With group_size, followers need not be named up front: a member's first Hello adds it.
+        self.max_followers = group_size - 1 if group_size is not None else len(self.followers)
+        if min_replicas < 0 or min_replicas > self.max_followers:
             raise ConfigError(f"--min-replicas {min_replicas} needs that many followers; group {group!r} has "
                               f"{len(self.followers)}")
         self.group = group
@@ -369,6 +356,9 @@ class LeaderState:
         try:
             return self.followers[member_id]
         except KeyError:
+            if member_id != self.leader_id and len(self.followers) < self.max_followers:
+                follower = self.followers[member_id] = _Follower(member_id)
+                return follower
             raise ConfigError(f"{member_id!r} is not a member of group {self.group!r}") from None
 
     def _see_epoch(self, epoch: int) -> None:
@@ -386,6 +376,8 @@ class LeaderState:
             candidate = self.leader_durable
         else:
             acked = sorted((f.acked for f in self.followers.values()), reverse=True)
+            if len(acked) < self.min_replicas:
+                return self.commit_index
             candidate = min(self.leader_durable, acked[self.min_replicas - 1])
         # Only an entry of this term commits by counting copies (earlier ones commit with it).
         if candidate >= self.term_first_index and candidate > self.commit_index:

@@ -248,6 +248,32 @@ def replay_dealer(ctx: zmq.asyncio.Context, endpoint: str, *, link: Link = None)
     return sock
 
 
+def repl_router(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int, *,
+                link: Link = None) -> tuple:
+    """A Helper group member's replication ROUTER (followers connect to the leader's)."""
+    sock = ctx.socket(zmq.ROUTER)
+    _common(sock, max_message_bytes)
+    # Appends to a follower that stopped reading are dropped at the HWM; it re-syncs by Hello.
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a follower that is gone raises, not a silent drop
+    secure(sock, link)
+    return sock, bind(sock, endpoint)
+
+
+def repl_dealer(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int, *,
+                link: Link = None) -> zmq.Socket:
+    """A follower's link to its leader's replication ROUTER."""
+    sock = ctx.socket(zmq.DEALER)
+    _common(sock, max_message_bytes)
+    sock.setsockopt(zmq.LINGER, 0)  # what a dead leader did not read is re-sent after a Hello
+    # No queueing for a leader not yet connected: a Hello goes out once the link is up.
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    secure(sock, link)
+    sock.connect(endpoint)
+    return sock
+
+
 def connect(sock: zmq.Socket, endpoint: str, link: Link = None) -> None:
     """Connect with this connection's own security: CURVE options are read at connect time,
     so one SUB can pin a different publisher key for each publisher it connects to."""

@@ -123,6 +123,7 @@ class Domain(enum.StrEnum):
     ACKS = "mesh.acks"        # Helper ack PULL
     TASKS = "mesh.tasks"      # AI node task PULL
     ALERTS = "mesh.alerts"    # alert PUB and replay ROUTER
+    REPLICATION = "mesh.replication"  # a Helper group leader's record stream (followers only)
 
 
 DOMAIN_ROLES: dict[Domain, frozenset[Role]] = {
@@ -130,6 +131,7 @@ DOMAIN_ROLES: dict[Domain, frozenset[Role]] = {
     Domain.ACKS: frozenset({Role.AI_NODE}),
     Domain.TASKS: frozenset({Role.HELPER}),
     Domain.ALERTS: frozenset({Role.NOTIFIER}),
+    Domain.REPLICATION: frozenset({Role.HELPER}),
 }
 
 

@@ -16,7 +16,7 @@ from mesh.helper import Helper
 from mesh.metrics import register_alert_publisher, serve
 from mesh.ownership import claim_data_dir
 from mesh.settings import HelperSettings
-from nodes import config, keys, logs, runtime, settings_spec
+from nodes import config, helper_group, keys, logs, runtime, settings_spec
 from nodes.alert_cli import alert_instance
 from nodes.registration import GoneNodes, Presence, check_reachable, service_health, watch_nodes
 
@@ -29,6 +29,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     keys.add_trust_arguments(p)
     config.add_common(p)
     config.add_registration(p, watched="ai_service")
+    helper_group.add_group_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -72,6 +73,10 @@ def main(args: argparse.Namespace) -> int:
             # before the journal opens or anything binds: an unreachable registry is one line
             check_reachable(discovery, args.ai_service, args.discovery_wait,
                             config.discovery_url(args))
+            if args.group:
+                return runtime.run(helper_group.serve(
+                    settings, args, discovery,
+                    lambda helper, alerts: _register_leader(settings, args, discovery, helper, alerts)))
             return runtime.run(_serve(settings, args, discovery))
         finally:
             discovery.close()
@@ -197,3 +202,35 @@ async def _serve(settings: HelperSettings, args: argparse.Namespace, discovery: 
     if server is not None:
         server.shutdown()
     return 0
+
+
+async def _register_leader(settings: HelperSettings, args: argparse.Namespace, discovery: Discovery,
+                           helper: Helper, alerts):  # noqa: ANN001, ANN202
+    """A group's leader: its intake in discovery and its watch of the AI nodes, while it leads.
+    Returns the coroutine function that undoes both."""
+    host = config.endpoint_host(helper.intake_endpoint)
+    instance = Instance(
+        service=args.service_name, instance_id=settings.helper_id, address=host,
+        port=sockets.port_of(helper.intake_endpoint), tags=("helper", f"group={args.group}"),
+        meta={"helper_id": settings.helper_id, "version": config.mesh_version(),
+              "protocol": str(wire.PROTOCOL_VERSION), "pool": args.pool or "", "group": args.group,
+              "ep_intake": helper.intake_endpoint, "ep_ack": helper.ack_endpoint,
+              "curve_key": helper.public_key,
+              "intake_endpoint": helper.intake_endpoint, "ack_endpoint": helper.ack_endpoint})
+    presence = Presence(discovery, instance, ttl_s=args.discovery_ttl,
+                        deregister_after_s=args.deregister_after, health=service_health(helper))
+    await presence.start()
+
+    def on_ai_nodes(found: list[Instance], registry_suspect: bool) -> None:
+        for inst in found:  # a node critical in discovery is gone (heartbeats say the rest)
+            if inst.health == Health.CRITICAL and "node_id" in inst.meta:
+                helper.dispatcher.node_gone(inst.meta["node_id"], "discovery",
+                                            int(inst.meta.get("incarnation", "0") or "0", 16))
+
+    ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
+
+    async def stop() -> None:
+        ai_watch.stop(timeout_s=1.0)
+        await presence.stop()
+
+    return stop

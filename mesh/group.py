@@ -1,0 +1,629 @@
+"""One member of a Helper group: follow the leader's record stream, campaign, and lead.
+
+docs/decisions/009-helper-groups.md has the design. A member runs, until stopped:
+
+1. **Follow.** Open its journal as a `FollowerLog`; find the leader through `Leadership.observe`
+   (the term's advert names its `ep_repl` and key); connect a DEALER (CURVE, helper role);
+   say Hello (again every second until a Start); append and fsync what comes, ack the durable
+   index; ask for a snapshot (`ResetRequest`) when its log cannot be cut back to where the
+   leader says. All the while it campaigns for the group's lock.
+2. **Plan.** Having won a term, it hears the log ends of `recovery_quorum` members (itself
+   included) through their Hellos. When another has a longer log it resigns and campaigns
+   again `yield_s` later (the longer log then wins); otherwise it serves.
+3. **Lead.** A `Helper` on the same data dir (its journal replayed), wrapped by `LeaderHooks`:
+   every record gets its (epoch, index) and goes to the followers; a submit is answered only
+   when the commit index covers it while the term is held; the intake refuses with
+   NOT_ENOUGH_REPLICAS while fewer than --min-replicas followers are in sync (an alert,
+   mesh.group.degraded, either way). When the term ends (the lock is lost, or a follower has
+   seen a newer epoch) the Helper stops at once and the member follows again.
+
+`on_lead(helper)` / `on_follow(helper)` let nodes/ register the intake in discovery only while
+leading. The replication ROUTER stays bound for the member's whole life (its endpoint is in
+every advert), and answers only while leading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from mesh import records, replica_link, sockets
+from mesh.errors import MeshError, NotEnoughReplicas, ShuttingDown, WireError
+from mesh.group_log import NOOP_KEY, POSITION_KEY, FollowerLog, LeaderJournal, Position
+from mesh.leadership import Leadership, LockBackend, Term
+from mesh.replication import (
+    Ack, Append, EpochHistory, FailoverPlan, FollowerState, Hello, LeaderState, Refuse, Snapshot,
+    SnapshotNeeded, Start, recovery_quorum,
+)
+from mesh.trust import Domain, Role, Trust, inert, role_of
+
+log = logging.getLogger("mesh.group")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    group: str
+    member_id: str
+    data_dir: str
+    group_size: int = 2
+    #: None: 1 when the group has followers (decision 009)
+    min_replicas: int | None = None
+    repl_endpoint: str = "tcp://127.0.0.1:0"
+    follower_timeout_s: float = 3.0
+    heartbeat_interval_s: float = 0.5
+    hello_interval_s: float = 1.0
+    yield_s: float = 2.0
+    plan_alert_s: float = 5.0
+    segment_size_bytes: int = 64 * 2**20
+    max_record_bytes: int = 8 * 2**20
+
+    @property
+    def replicas(self) -> int:
+        if self.min_replicas is not None:
+            return self.min_replicas
+        return 1 if self.group_size > 1 else 0
+
+
+class LeaderHooks:
+    """What the leader's Helper asks of the group (mesh/helper.py `group=`)."""
+
+    def __init__(self, member: GroupMember) -> None:
+        self._member = member
+        self.journal: LeaderJournal | None = None
+        #: the group and the term's epoch, in every dispatch frame: nodes refuse older epochs
+        self.name = member.settings.group
+        self.epoch = member.state.epoch if member.state is not None else 0
+
+    def wrap_journal(self, journal):  # noqa: ANN001, ANN201
+        m = self._member
+        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump,
+                                     send_now=m._pump)
+        return self.journal
+
+    def refusal(self) -> MeshError | None:
+        return self._member.refusal()
+
+    def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        if key == POSITION_KEY and self.journal is not None:
+            return self.journal.position_record()
+        return []  # NOOP: needed by no replay
+
+
+class GroupMember:
+    def __init__(self, settings: GroupSettings, lock: LockBackend, *, trust: Trust,
+                 make_helper: Callable[[LeaderHooks], object],
+                 on_lead: Callable[[object], Awaitable[None]] | None = None,
+                 on_follow: Callable[[object], Awaitable[None]] | None = None,
+                 alerts=None) -> None:  # noqa: ANN001
+        recovery_quorum(settings.group_size, settings.replicas)  # ConfigError when impossible
+        self.settings = settings
+        self._lock = lock
+        self.trust = trust
+        self._make_helper = make_helper
+        self._on_lead = on_lead
+        self._on_follow = on_follow
+        self._alerts = alerts
+        self._ctx: zmq.asyncio.Context | None = None
+        self._router = None
+        self._reader = None
+        self.repl_endpoint = ""
+        self.leadership: Leadership | None = None
+        self.state: LeaderState | None = None
+        self.helper = None
+        self._hooks: LeaderHooks | None = None
+        self._ids: dict[str, bytes] = {}
+        self._plan: FailoverPlan | None = None
+        self._stepdown = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._pump_scheduled = False
+        self._degraded = False
+        self.role = "starting"
+        self.terms_led = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow, campaign, lead, follow again... until `stop()`."""
+        s = self.settings
+        self._ctx = sockets.new_context()
+        sync_ctx = sockets.sync_view(self._ctx)
+        link = self.trust.server(self._ctx, Role.HELPER, Domain.REPLICATION)
+        self._router, self.repl_endpoint = sockets.repl_router(
+            sync_ctx, s.repl_endpoint, replica_link.MAX_FRAME_BYTES, link=link)
+        self._reader = sockets.FrameReader(self._router, self._on_router_frames, multipart=True,
+                                           batch_max=2000, on_batch_end=self._pump,
+                                           with_user_id=True)
+        self._reader.start(asyncio.get_running_loop())
+        advert = {"ep_repl": self.repl_endpoint, "helper_id": s.member_id,
+                  "curve_key": self.trust.public_key(Role.HELPER)}
+        self.leadership = Leadership(self._lock, group=s.group, candidate_id=s.member_id,
+                                     advert=advert, on_lost=lambda term, reason: self._stepdown.set())
+        try:
+            while not self._stop.is_set():
+                got = await self._follow_until_elected()
+                if got is None:
+                    break
+                term, position = got
+                if not await self._plan_serve(term, position):
+                    await self.leadership.resign()
+                    if await _wait(self._stop, s.yield_s):
+                        break
+                    continue
+                await self._lead(term, position)
+        finally:
+            await self._close()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._stepdown.set()
+
+    async def _close(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.close()
+        if self._reader is not None:
+            self._reader.stop()
+        if self._router is not None:
+            self._router.close(linger=0)
+        if self._ctx is not None:
+            self.trust.release(self._ctx)
+            self._ctx.term()
+            self._ctx = None
+
+    def holds(self) -> bool:
+        return (self.leadership is not None and self.leadership.holds() and self.state is not None
+                and self.state.fenced_by is None and not self._stepdown.is_set())
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def _follow_until_elected(self) -> tuple[Term, Position] | None:
+        s = self.settings
+        self.role = "follower"
+        flog = FollowerLog(Path(s.data_dir) / "journal", segment_size_bytes=s.segment_size_bytes,
+                           max_record_bytes=s.max_record_bytes)
+        position = flog.open()
+        log.info("group %s: %s follows (log at index %d, epoch %d%s)", s.group, s.member_id,
+                 position.last_index, position.known_epoch, ", dirty" if position.dirty else "")
+        follower = _Follower(self, flog, position)
+        stream = asyncio.create_task(follower.run(), name="group-follow")
+        campaign = asyncio.create_task(self.leadership.campaign(), name="group-campaign")
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({campaign, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, stopped):
+                task.cancel()
+            await asyncio.gather(stream, stopped, return_exceptions=True)
+            await follower.close()
+            await flog.close()
+        if not campaign.done():
+            campaign.cancel()
+            await asyncio.gather(campaign, return_exceptions=True)
+            return None
+        term = campaign.result()
+        position = flog.position
+        if self._stop.is_set():
+            return None
+        return term, position
+
+    # -- planning --------------------------------------------------------------------------------
+
+    async def _plan_serve(self, term: Term, position: Position) -> bool:
+        s = self.settings
+        self.role = "planning"
+        plan = FailoverPlan(s.member_id, position.last_epoch, position.last_index,
+                            group_size=s.group_size, min_replicas=s.replicas)
+        self._plan = plan
+        started = time.monotonic()
+        alerted = False
+        try:
+            while not plan.ready:
+                if self._stepdown.is_set() or self._stop.is_set():
+                    self._stepdown.clear()
+                    return False
+                if not alerted and time.monotonic() - started > s.plan_alert_s:
+                    alerted = True
+                    if s.replicas == 0:  # the operator chose records that live on one host
+                        self._alert("mesh.group.degraded", "warning", {
+                            "group": s.group, "epoch": term.epoch, "heard": sorted(plan.reports),
+                            "reason": "serving without hearing every member (--min-replicas 0)"})
+                        log.warning("group %s: serving epoch %d without hearing every member's "
+                                    "log (--min-replicas 0)", s.group, term.epoch)
+                        break
+                    self._alert("mesh.group.waiting", "error", {
+                        "group": s.group, "epoch": term.epoch, "heard": sorted(plan.reports),
+                        "needed": plan.needed})
+                    log.error("group %s: leading epoch %d, waiting to hear %d members' logs "
+                              "(have %s) before serving", s.group, term.epoch, plan.needed,
+                              sorted(plan.reports))
+                await asyncio.sleep(0.05)
+            source = plan.source()
+        finally:
+            self._plan = None
+        if source is not None:
+            log.warning("group %s: %s has a longer log than %s; yielding the term", s.group,
+                        source, s.member_id)
+            return False
+        return True
+
+    # -- leading ----------------------------------------------------------------------------------
+
+    async def _lead(self, term: Term, position: Position) -> None:
+        s = self.settings
+        self.role = "leader"
+        self._stepdown.clear()
+        self._ids.clear()
+        self.state = LeaderState(
+            group=s.group, leader_id=s.member_id, epoch=term.epoch, followers=(),
+            min_replicas=s.replicas, last_index=position.last_index,
+            history=EpochHistory(position.history), group_size=s.group_size,
+            follower_timeout_s=s.follower_timeout_s, heartbeat_interval_s=s.heartbeat_interval_s)
+        self._hooks = LeaderHooks(self)
+        helper = self._make_helper(self._hooks)
+        self.helper = helper
+        try:
+            await helper.start()
+        except BaseException:
+            self.state = None
+            await helper.stop()
+            raise
+        journal = self._hooks.journal
+        journal.append(records.NOOP, NOOP_KEY, b"")
+        journal.sync_future().add_done_callback(_quiet)
+        self.terms_led += 1
+        log.info("group %s: %s serves epoch %d from index %d", s.group, s.member_id, term.epoch,
+                 position.last_index)
+        self._alert("mesh.group.leader", "info", {"group": s.group, "leader": s.member_id,
+                                                   "epoch": term.epoch})
+        ticker = asyncio.create_task(self._tick(), name="group-tick")
+        try:
+            if self._on_lead is not None:
+                await self._on_lead(helper)
+            await self._stepdown.wait()
+        finally:
+            reason = (self.leadership.lost_reason
+                      or (f"a newer epoch ({self.state.fenced_by}) exists"
+                          if self.state.fenced_by else "stopping"))
+            log.warning("group %s: %s stops leading epoch %d: %s", s.group, s.member_id,
+                        term.epoch, reason)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            journal.fail_waiters(f"the leader stopped leading ({reason})")
+            if self._on_follow is not None:
+                await self._on_follow(helper)
+            await helper.stop()
+            self.helper = None
+            self.state = None
+            self._hooks = None
+            self._stepdown.clear()
+            await self.leadership.resign()
+
+    def refusal(self) -> MeshError | None:
+        state = self.state
+        if state is None or not self.holds():
+            return ShuttingDown()
+        try:
+            state.check_accepting(time.monotonic())
+        except NotEnoughReplicas as exc:
+            self._set_degraded(True, len(state.alive_followers(time.monotonic())))
+            return exc
+        except MeshError:
+            return ShuttingDown()
+        return None
+
+    async def _tick(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(0.05)
+            state = self.state
+            if state is None:
+                return
+            if state.fenced_by is not None or not self.leadership.holds():
+                self._stepdown.set()
+                return
+            self._pump()
+            alive = len(state.alive_followers(time.monotonic()))
+            self._set_degraded(alive < max(s.replicas, 1) and s.group_size > 1, alive)
+            if alive < s.replicas and self._hooks is not None and self._hooks.journal is not None:
+                self._hooks.journal.fail_pending(NotEnoughReplicas(alive, s.replicas, s.group))
+
+    def _set_degraded(self, degraded: bool, alive: int) -> None:
+        if degraded == self._degraded:
+            return
+        self._degraded = degraded
+        s = self.settings
+        info = {"group": s.group, "leader": s.member_id, "followers_in_sync": alive,
+                "min_replicas": s.replicas, "group_size": s.group_size}
+        if degraded:
+            refusing = alive < s.replicas
+            log.error("group %s degraded: %d follower(s) in sync, --min-replicas %d: %s", s.group,
+                      alive, s.replicas, "submits are refused" if refusing
+                      else "accepting on the leader alone")
+            info["refusing"] = refusing
+            self._alert("mesh.group.degraded", "error" if refusing else "warning", info)
+        else:
+            log.warning("group %s: %d follower(s) in sync again", s.group, alive)
+            self._alert("mesh.group.recovered", "info", info)
+
+    # -- the replication ROUTER --------------------------------------------------------------------
+
+    def _on_router_frames(self, frames: list[bytes], user_id: str = "") -> None:
+        if len(frames) != 2:
+            return
+        if not self.trust.insecure and role_of(user_id) is not Role.HELPER:
+            log.warning("replication frame from a non-helper key dropped")
+            return
+        identity, body = frames
+        try:
+            msg = replica_link.decode(body)
+        except WireError as exc:
+            log.warning("bad replication frame dropped: %s", inert(str(exc), 200))
+            return
+        plan, state = self._plan, self.state
+        if isinstance(msg, Hello) and plan is not None:
+            plan.report(msg.member_id, _hello_epoch(msg), msg.last_index)
+            return
+        if state is None or self._stepdown.is_set():
+            return  # not leading: the follower's Hello is repeated to whoever leads
+        now = time.monotonic()
+        try:
+            if isinstance(msg, Hello):
+                self._ids[msg.member_id] = identity
+                answer = state.on_hello(msg, now)
+                if isinstance(answer, Start):
+                    self._send(msg.member_id, answer)
+                else:
+                    self._send_snapshot(msg.member_id)
+            elif isinstance(msg, Ack):
+                self._ids.setdefault(msg.member_id, identity)
+                state.on_ack(msg, now)
+                self._hooks.journal.commit_advanced()
+            elif isinstance(msg, Refuse):
+                state.on_refuse(msg)
+            elif isinstance(msg, replica_link.ResetRequest):
+                self._ids[msg.member_id] = identity
+                if msg.epoch <= state.epoch:
+                    self._send_snapshot(msg.member_id)
+                else:
+                    state.on_refuse(Refuse(msg.member_id, msg.epoch, "newer epoch"))
+        except MeshError as exc:  # a member beyond the group's size, or a stale message
+            log.warning("replication message from %s refused: %s", inert(getattr(msg, "member_id", "?"), 60), exc)
+        if state.fenced_by is not None:
+            self._stepdown.set()
+
+    def schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Send each follower what it has not had (and heartbeats when due)."""
+        self._pump_scheduled = False
+        state = self.state
+        if state is None or self._stepdown.is_set():
+            return
+        now = time.monotonic()
+        for member in list(state.followers):
+            if member not in self._ids:
+                continue
+            for _ in range(64):
+                msg = state.to_send(member, now)
+                if msg is None:
+                    break
+                if isinstance(msg, SnapshotNeeded):
+                    self._send_snapshot(member)
+                    break
+                if not self._send(member, msg) or not msg.entries:
+                    break
+        self._reader.wake()
+
+    def _send(self, member: str, msg: object) -> bool:
+        identity = self._ids.get(member)
+        if identity is None:
+            return False
+        try:
+            self._router.send_multipart([identity, replica_link.encode(msg)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            self._ids.pop(member, None)  # gone or not reading: it says Hello again
+            return False
+
+    def _send_snapshot(self, member: str) -> None:
+        state, helper = self.state, self.helper
+        d = helper.dispatcher
+        recs: list[tuple[int, bytes, bytes]] = []
+        for task_id in list(d.tasks):
+            key = task_id.encode()
+            for type_, payload in d.rewrite(key):
+                recs.append((type_, key, payload))
+        as_of = state.last_index
+        chunks = replica_link.snapshot_chunks(state.epoch, state.leader_id, as_of,
+                                              state.history.epoch_at(as_of), recs)
+        for chunk in chunks:
+            if not self._send(member, chunk):
+                return
+        state.snapshot_sent(member, as_of)
+        log.info("group %s: snapshot of %d records as of index %d sent to %s", self.settings.group,
+                 len(recs), as_of, member)
+
+    def _alert(self, kind: str, severity: str, info: dict) -> None:
+        if self._alerts is None:
+            return
+        try:
+            self._alerts.publish(kind, severity, self.settings.member_id, json.dumps(info).encode())
+        except Exception:
+            log.exception("could not publish the %s alert", kind)
+
+
+class _Follower:
+    """The follower's stream: one task, one DEALER, sequential handling (see GroupMember)."""
+
+    def __init__(self, member: GroupMember, flog: FollowerLog, position: Position) -> None:
+        self.member = member
+        self.flog = flog
+        self.dirty = position.dirty
+        self.state = FollowerState(member.settings.member_id, known_epoch=position.known_epoch,
+                                   last_index=position.last_index, last_epoch=position.last_epoch,
+                                   history=EpochHistory(position.history))
+        self.sock = None
+        self.leader: tuple[str, str] | None = None  # (endpoint, key)
+        self._snapshot: list = []
+        self._awaiting_snapshot = False
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            await self._stream()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        m = self.member
+        index = 0
+        while True:
+            try:
+                index, term = await m.leadership.observe(index)
+            except Exception as exc:  # noqa: BLE001 - the lock engine is away: try again
+                log.warning("group %s: cannot read the leader: %s", m.settings.group, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if term is None or term.leader_id == m.settings.member_id:
+                continue
+            target = (term.advert.get("ep_repl", ""), term.advert.get("curve_key", ""))
+            if target[0] and target != self.leader:
+                log.info("group %s: following %s (epoch %d) at %s", m.settings.group,
+                         term.leader_id, term.epoch, target[0])
+                self.leader = target
+
+    async def _send(self, msg: object) -> None:
+        if self.sock is None:
+            return
+        try:
+            await self.sock.send(replica_link.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    async def _stream(self) -> None:
+        m = self.member
+        connected_to = None
+        started = False
+        hello_at = 0.0
+        while True:
+            if self.leader != connected_to:
+                await self.close()
+                connected_to = self.leader
+                endpoint, key = connected_to
+                link = m.trust.client(Role.HELPER, Role.HELPER, key or None)
+                self.sock = sockets.repl_dealer(m._ctx, endpoint, replica_link.MAX_FRAME_BYTES, link=link)
+                started = False
+                hello_at = 0.0
+            if self.sock is None:
+                await asyncio.sleep(0.05)
+                continue
+            now = time.monotonic()
+            if not started and now - hello_at >= m.settings.hello_interval_s:
+                hello_at = now
+                await self._send(self._hello())
+            if not await self.sock.poll(100):
+                continue
+            messages = []
+            while len(messages) < 1000:
+                try:
+                    messages.append(await self.sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            started = await self._handle(messages, started)
+
+    def _hello(self) -> Hello:
+        hello = self.state.hello()
+        if self.dirty:  # our log end is uncertain: ask to start from nothing (a snapshot)
+            return Hello(hello.member_id, hello.epoch, 0, 0)
+        return hello
+
+    async def _handle(self, frames: list[bytes], started: bool) -> bool:
+        fs = self.state
+        entries = []
+        saw_append = False
+        for frame in frames:
+            try:
+                msg = replica_link.decode(frame)
+            except WireError as exc:
+                log.warning("bad replication frame dropped: %s", inert(str(exc), 200))
+                continue
+            if isinstance(msg, Start):
+                step = fs.on_start(msg)
+                if step.reply is not None:
+                    await self._send(step.reply)
+                    continue
+                started = True
+                if self.dirty or step.truncate_after is not None:
+                    self._awaiting_snapshot = True
+                    self._snapshot = []
+                    await self._send(replica_link.ResetRequest(fs.member_id, fs.known_epoch))
+                elif step.epoch_changed:
+                    await self.flog.append((), fs.known_epoch, fs.last_index, fs.history)
+                    await self._send(fs.durable(fs.last_index))
+            elif isinstance(msg, Append):
+                if self._awaiting_snapshot:
+                    continue
+                step = fs.on_append(msg)
+                if step.reply is not None:
+                    if isinstance(step.reply, Hello):
+                        started = False  # a gap or a new leader: Hello again (now)
+                    await self._send(step.reply if not isinstance(step.reply, Hello) else self._hello())
+                    continue
+                saw_append = True
+                entries.extend(step.entries)
+            elif isinstance(msg, Snapshot):
+                if msg.first:
+                    self._snapshot = []
+                self._snapshot.extend(msg.records)
+                if not msg.last:
+                    continue
+                step = fs.on_snapshot(msg)
+                if step.reply is not None:
+                    await self._send(step.reply)
+                    continue
+                if entries:  # appends read before the snapshot are superseded by it
+                    entries = []
+                await self.flog.reset(self._snapshot, fs.known_epoch, fs.last_index, fs.history)
+                self._snapshot = []
+                self._awaiting_snapshot = False
+                self.dirty = False
+                started = True
+                await self._send(fs.durable(fs.last_index))
+        if entries or saw_append:
+            if entries:
+                await self.flog.append(entries, fs.known_epoch, fs.last_index, fs.history)
+            await self._send(fs.durable(fs.last_index))
+        return started
+
+
+def _hello_epoch(hello: Hello) -> int:
+    return hello.last_epoch
+
+
+def _quiet(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+        return True
+    except TimeoutError:
+        return False

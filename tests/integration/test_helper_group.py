@@ -1,0 +1,209 @@
+"""Replicated Helper groups (issue 15, decision 009) with real processes, embedded mode.
+
+The leader is whoever holds `<lock dir>/<group>.lock` (its `.leader` file names it). Submits go
+to the leader's intake; a refused or unanswered submit is resent with the same task id to
+whoever leads next (what a Client following discovery does). Effects are counted through the
+sample app's idempotency-key files: every accepted task applied exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+
+import pytest
+
+from mesh import Client, make_task
+from mesh.errors import MeshError
+from tests.support.waiting import async_wait_until, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Group:
+    def __init__(self, cluster, size: int, *extra: str) -> None:  # noqa: ANN001
+        self.cluster = cluster
+        self.size = size
+        self.lock_dir = cluster.workdir / "groups"
+        self.intakes = {f"h{n}": f"tcp://127.0.0.1:{_free_port()}" for n in range(1, size + 1)}
+        self.procs = {}
+        self.extra = extra
+
+    def start(self, member: str, *extra: str):  # noqa: ANN201
+        c = self.cluster
+        proc = c._start(["helper", "--helper-id", member, "--data-dir", str(c.workdir / member),
+                         "--discovery", c.discovery, "--metrics-port", "0", "--no-alerts",
+                         "--intake", self.intakes[member], "--group", "g",
+                         "--group-size", str(self.size), "--group-lock-dir", str(self.lock_dir),
+                         *self.extra, *extra], member)
+        self.procs[member] = proc
+        return proc
+
+    def leader(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads((self.lock_dir / "g.leader").read_text())
+        except (OSError, ValueError):
+            return None
+        proc = self.procs.get(data["leader_id"])
+        if proc is None or not proc.alive():
+            return None
+        return data["leader_id"], int(data["epoch"])
+
+
+async def _submit_until_accepted(group: Group, clients: dict, task, deadline_s: float) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + deadline_s
+    while True:
+        held = group.leader()
+        if held is not None:
+            client = clients[held[0]]
+            try:
+                results = await client.submit_results([task])
+                if results and results[0].code == 1:  # OK: durable on leader + min-replicas
+                    return
+            except (MeshError, TimeoutError, OSError):
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task.task_id} not accepted within {deadline_s}s")
+        await asyncio.sleep(0.1)
+
+
+async def _clients(group: Group) -> dict:
+    clients = {}
+    for member, endpoint in group.intakes.items():
+        client = Client(endpoint, timeout_s=2.0)
+        await client.start()
+        clients[member] = client
+    return clients
+
+
+async def _wait_done(group: Group, clients: dict, ids: list[str], timeout_s: float) -> None:
+    async def done() -> bool:
+        held = group.leader()
+        if held is None:
+            return False
+        try:
+            statuses = await clients[held[0]].statuses(ids)
+        except (MeshError, TimeoutError):
+            return False
+        late[:] = [(s.task_id, s.state) for s in statuses if s.state != 4]  # not SUCCEEDED
+        return not late
+    late: list = []
+    try:
+        await async_wait_until(done, timeout_s, interval_s=0.2, what="every accepted task succeeded")
+    except TimeoutError:
+        raise TimeoutError(f"not succeeded (id, state): {late[:20]} ({len(late)} in all)") from None
+
+
+def _kill_leader_under_load(cluster, size: int, *, wipe: bool = False) -> None:  # noqa: ANN001
+    group = Group(cluster, size)
+    for n in range(1, size + 1):
+        group.start(f"h{n}")
+    cluster.start_ai()
+    first = wait_until(group.leader, 20, what="a leader")
+
+    async def scenario() -> None:
+        clients = await _clients(group)
+        try:
+            ids = []
+            for n in range(300):
+                task = make_task("echo", f"{n}".encode(), task_id=f"t-{n}",
+                                 idempotency_key=f"k-{n}")
+                ids.append(task.task_id)
+                await _submit_until_accepted(group, clients, task, 30)
+                if n == 150:
+                    victim, epoch = group.leader()
+                    group.procs[victim].kill()  # SIGKILL
+                    killed_at = time.monotonic()
+                    if wipe:
+                        import shutil
+                        shutil.rmtree(cluster.workdir / victim, ignore_errors=True)
+                    new = wait_until(lambda: (lambda h: h if h and h[0] != victim else None)(
+                        group.leader()), 5.0, interval_s=0.05, what="a follower leads within 5 s")
+                    assert new[1] > epoch
+                    print(f"failover: {new[0]} leads epoch {new[1]} after "
+                          f"{time.monotonic() - killed_at:.2f}s")
+                    # the killed member comes back as a follower (caught up by a snapshot)
+                    group.start(victim)
+            await _wait_done(group, clients, ids, 60)
+        finally:
+            for client in clients.values():
+                await client.close()
+        effects = cluster.applied_effects()
+        assert sorted(effects) == sorted(ids) or set(ids) <= set(effects), "an accepted task was lost"
+        twice = {t: n for t, n in effects.items() if n > 1}
+        assert not twice, f"effects applied twice: {twice}"
+
+    assert first
+    asyncio.run(scenario())
+
+
+def test_group_of_two_sigkill_leader_loses_no_accepted_task(cluster):  # noqa: ANN001
+    _kill_leader_under_load(cluster, 2)
+
+
+def test_group_of_three_sigkill_leader_loses_no_accepted_task(cluster):  # noqa: ANN001
+    _kill_leader_under_load(cluster, 3)
+
+
+def test_group_of_two_failover_after_the_old_leaders_data_dir_is_deleted(cluster):  # noqa: ANN001
+    _kill_leader_under_load(cluster, 2, wipe=True)
+
+
+def test_group_refuses_submits_when_the_follower_is_killed(cluster):  # noqa: ANN001
+    group = Group(cluster, 2)
+    group.start("h1")
+    wait_until(group.leader, 20, what="h1 leads")
+    group.start("h2")
+    cluster.start_ai()
+
+    async def scenario() -> None:
+        clients = await _clients(group)
+        try:
+            await _submit_until_accepted(group, clients, make_task("echo", b"a", task_id="a"), 20)
+            leader = group.leader()[0]
+            follower = "h2" if leader == "h1" else "h1"
+            group.procs[follower].kill()
+
+            async def refused() -> bool:
+                try:
+                    results = await clients[leader].submit_results(
+                        [make_task("echo", b"b", task_id=f"b-{time.monotonic_ns()}")])
+                except MeshError:
+                    return False
+                return results[0].code == 20 and "min-replicas" in results[0].message
+            await async_wait_until(refused, 15, interval_s=0.2,
+                                   what="NOT_ENOUGH_REPLICAS once the follower is gone")
+            group.start(follower)
+            await _submit_until_accepted(group, clients, make_task("echo", b"c", task_id="c"), 20)
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_group_with_min_replicas_zero_accepts_on_the_leader_alone(cluster):  # noqa: ANN001
+    group = Group(cluster, 2, "--min-replicas", "0")
+    group.start("h1")
+    wait_until(group.leader, 20, what="h1 leads")
+    cluster.start_ai()
+
+    async def scenario() -> None:
+        clients = await _clients(group)
+        try:
+            await _submit_until_accepted(group, clients, make_task("echo", b"a", task_id="solo"), 20)
+            await _wait_done(group, clients, ["solo"], 30)
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    asyncio.run(scenario())
