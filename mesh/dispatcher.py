@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 import sys
 import time
 from collections import deque
@@ -64,6 +65,9 @@ MAX_ERROR_CHARS = 4096
 MAX_HOLDER_KEYS = 8
 #: in `TaskEntry.holders`: recovered unfinished at start, so its holder is unknown
 ANY_HOLDER = "*"
+#: in front of a retained record in the store: the deliveries sent (the journal's record keeps
+#: only the lost ones; after a restart this is 0, as for any task recovered)
+_SENT = struct.Struct("<I")
 #: failed attempts and lost deliveries remembered per task (the most recent ones), for
 #: `mesh dlq inspect`
 MAX_HISTORY = 16
@@ -963,7 +967,7 @@ class Dispatcher:
         if self.tasks.get(entry.task_id) is entry:
             del self.tasks[entry.task_id]
         self._release(key)
-        self._retain(entry.task_id, record, self._segment())
+        self._retain(entry.task_id, record, self._segment(), entry.deliveries)
         self.stats["succeeded"] += 1
         self._succeeded_metric.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
@@ -1017,10 +1021,11 @@ class Dispatcher:
             for waiter in waiters:
                 waiter(entry)
 
-    def _retain(self, task_id: str, record: bytes, segment: int) -> None:
+    def _retain(self, task_id: str, record: bytes, segment: int, deliveries: int = 0) -> None:
         """A succeeded task's self-contained record (journaled in `segment`, its key released)
-        goes to the retained store; the oldest past retention are evicted."""
-        self.retained.put(task_id, record, segment)
+        goes to the retained store, behind the count of its deliveries (for its status; the
+        journal keeps only the lost ones); the oldest past retention are evicted."""
+        self.retained.put(task_id, _SENT.pack(min(deliveries, 0xFFFF_FFFF)) + record, segment)
         if self._floor is None:
             self._floor = segment
             self._keep_from(segment)
@@ -1052,9 +1057,13 @@ class Dispatcher:
         entry = self.tasks.get(task_id)
         if entry is not None:
             return entry
-        record = self.retained.get(task_id)
-        return None if record is None else _entry_of_record(
-            wire.decode_task_record(record), 0, self.settings.max_attempts)
+        stored = self.retained.get(task_id)
+        if stored is None:
+            return None
+        entry = _entry_of_record(wire.decode_task_record(stored[_SENT.size:]), 0,
+                                 self.settings.max_attempts)
+        entry.deliveries = _SENT.unpack_from(stored)[0]
+        return entry
 
     def _evict_cancelled(self) -> None:
         """Forget the oldest cancelled tasks past `max_retained_results` of them (they stay in
@@ -1290,7 +1299,8 @@ class Dispatcher:
             self._seq += 1
             if rec.state == wire.SUCCEEDED:  # a retained result (self-contained): key released
                 self.tasks.pop(rec.task.task_id, None)
-                self.retained.put(rec.task.task_id, record.payload, self._segment())
+                self.retained.put(rec.task.task_id, _SENT.pack(0) + record.payload,
+                                  self._segment())
                 self._release(record.key)
                 return
             self.retained.remove(rec.task.task_id)
@@ -1323,7 +1333,8 @@ class Dispatcher:
             if entry.state == wire.SUCCEEDED:  # older format: out of the heap at once, and
                 self.tasks.pop(entry.task_id)  # rewritten self-contained by finish_replay
                 entry.task = None
-                self.retained.put(entry.task_id, wire.encode_record(entry.record()),
+                self.retained.put(entry.task_id,
+                                  _SENT.pack(0) + wire.encode_record(entry.record()),
                                   self._segment())
                 self._migrate.append(entry.task_id)
         elif record.type == records.FORGET:
@@ -1375,20 +1386,20 @@ class Dispatcher:
         as one self-contained record each, and their keys released (see `_retain`)."""
         migrate, self._migrate = self._migrate, []
         for task_id in migrate:
-            record = self.retained.get(task_id)
-            if record is None:
+            stored = self.retained.get(task_id)
+            if stored is None:
                 continue
             key = task_id.encode()
-            self._append(records.TASK, key, record)
+            self._append(records.TASK, key, stored[_SENT.size:])
             self._release(key)
-            self.retained.put(task_id, record, self._segment())
+            self.retained.put(task_id, stored, self._segment())
 
     def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
         """The full state of one live task, for journal compaction."""
         entry = self.tasks.get(key.decode())
         if entry is None:
-            record = self.retained.get(key.decode())
-            return [] if record is None else [(records.TASK, record)]
+            stored = self.retained.get(key.decode())
+            return [] if stored is None else [(records.TASK, stored[_SENT.size:])]
         return [(records.TASK, wire.encode_record(entry.record()))]
 
 
