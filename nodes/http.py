@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from mesh import Client, make_task, sockets, wire
+from mesh.alert_recent import RecentAlerts
+from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError, MeshError, Unavailable
 from mesh.helper_pool import HelperPool, WaitTimedOut
 from mesh.http_metrics import GatewayMetrics
@@ -60,6 +62,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                    help="a Helper's intake endpoint (repeatable; default: the Helpers in "
                         "discovery, followed as they come and go)")
     p.add_argument("--helper-service", default="mesh-helper")
+    p.add_argument("--no-alerts", action="store_true",
+                   help="do not follow the alert lane (the page's recent alerts); it is followed "
+                        "through discovery with this host's notifier key, unless only --intake "
+                        "and no discovery is given")
     p.add_argument("--tokens", default=None, metavar="FILE",
                    help="bearer tokens, lines `ROLE TOKEN` or JSON; must be mode 0600")
     p.add_argument("--no-auth", action="store_true",
@@ -107,6 +113,44 @@ def _helper_source(args: argparse.Namespace):  # noqa: ANN202 - mesh.client.Endp
                            service=args.helper_service)
 
 
+async def _follow_alerts(args: argparse.Namespace, trust, ctx, recent: RecentAlerts):  # noqa: ANN001, ANN202
+    """Subscribe to every alert publisher in discovery, as the Notifier does (notifier key, kept
+    in memory only: the ring is for the page); a stop coroutine, or None when not followed."""
+    url = config.discovery_url(args)
+    if args.no_alerts or (args.intake and url is None):
+        log.info("not following the alert lane (%s)", "--no-alerts" if args.no_alerts else
+                 "--intake without --discovery")
+        return None
+    from discovery import open_discovery
+    from nodes.notifier import ALERT_SERVICE, choose_publishers
+    from nodes.registration import watch
+
+    subscriber = AlertSubscriber(AlertSubscriberSettings(), recent, context=ctx, trust=trust)
+    await subscriber.start()
+    directory = open_discovery(url, consul=config.consul_settings(args))
+    stopping = False
+
+    def on_publishers(found: list) -> None:
+        if stopping:
+            return
+        chosen = choose_publishers(found, set())
+        for pid, (pub, replay, key, watched) in chosen.items():
+            subscriber.add_publisher(pid, pub, replay, key, watch=watched)
+        for pid in subscriber.publishers:
+            if pid not in chosen:
+                subscriber.remove_publisher(pid)
+
+    publishers = watch(directory, ALERT_SERVICE, on_publishers, wait_s=2.0)
+
+    async def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        publishers.stop(timeout_s=1.0)
+        await subscriber.stop()
+        directory.close()
+    return stop
+
+
 async def _serve(args: argparse.Namespace, settings: GatewaySettings,
                  tokens: TokenTable | None) -> int:
     import uvicorn
@@ -116,9 +160,11 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     # role None: the pool asks with the client key, or the operator key for operator routes
     mesh = Client(endpoints=_helper_source(args), context=ctx, trust=trust,
                   timeout_s=settings.timeout_s)
+    recent = RecentAlerts()
+    stop_alerts = await _follow_alerts(args, trust, ctx, recent)
     host, _, port = args.bind.rpartition(":")
     server = uvicorn.Server(uvicorn.Config(
-        build_app(mesh, settings, tokens), host=host or "127.0.0.1", port=int(port),
+        build_app(mesh, settings, tokens, alerts=recent if stop_alerts else None), host=host or "127.0.0.1", port=int(port),
         loop="none", lifespan="on", access_log=False, log_level="warning",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key))
@@ -127,6 +173,8 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
         await asyncio.sleep(0.01)
     if serving.done():
         await serving
+        if stop_alerts is not None:
+            await stop_alerts()
         ctx.term()
         raise MeshError(f"the gateway could not serve on {args.bind} (see the log above)")
     bound = server.servers[0].sockets[0].getsockname()
@@ -143,6 +191,8 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     server.should_exit = True
     await serving
     signalled.cancel()
+    if stop_alerts is not None:
+        await stop_alerts()
     ctx.term()
     return 0
 
@@ -151,9 +201,11 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
 
 
 def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: TokenTable | None,
-              metrics: GatewayMetrics | None = None):  # noqa: ANN201 - a Starlette app
+              metrics: GatewayMetrics | None = None,
+              alerts: RecentAlerts | None = None):  # noqa: ANN201 - a Starlette app
     """`pool`: a fixed HelperPool, or a `mesh.Client` following Helpers (its HelperPool, with
-    the endpoints its source gives now, serves each request)."""
+    the endpoints its source gives now, serves each request). `alerts`: the recent alerts of
+    the alert lane, for /v1/overview (None: not followed, the page says so)."""
     from starlette.applications import Starlette
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
@@ -380,7 +432,9 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
                        "queues": [{"kind": k, "depth": d, "oldest_age_s": round(o / 1000, 3)}
                                   for k, (d, o) in sorted(queues.items())],
                        "gateway": _gateway_figures(pool_now, long_polls[0]),
-                       "missing": MISSING_FROM_STATS})
+                       "alerts": alerts.json() if alerts is not None else [],
+                       "missing": MISSING_FROM_STATS if alerts is not None
+                       else [*MISSING_FROM_STATS, NO_ALERTS]})
 
     @route("/healthz", "GET", None)
     async def healthz(request) -> Response:  # noqa: ANN001
@@ -424,9 +478,10 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
 
 
 #: what the live page would show but the gateway does not give yet
-MISSING_FROM_STATS = [
-    "recent alerts (needs the gateway to subscribe to the alert lane with a notifier key)",
-]
+MISSING_FROM_STATS: list[str] = []
+#: ... and when the gateway does not follow the alert lane
+NO_ALERTS = ("recent alerts (the gateway does not follow the alert lane: --no-alerts, or "
+             "--intake without --discovery)")
 
 
 def nodes_json(node, helper: str) -> dict:  # noqa: ANN001 - wire.NodeInfo
