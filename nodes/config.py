@@ -129,6 +129,23 @@ def default_data_dir(helper_id: str) -> str:
     return os.path.join(base, helper_id)
 
 
+def private_state_dir(name: str, environ: dict[str, str] | None = None) -> str:
+    """A per-user private directory for `name`'s small state (a notifier's positions), made
+    0700: $MESH_DATA_DIR/name, else $XDG_STATE_HOME/mesh/name, else ~/.local/state/mesh/name.
+    Never the current directory: runs started from one directory must not share positions."""
+    env = os.environ if environ is None else environ
+    if env.get("MESH_DATA_DIR"):
+        base = env["MESH_DATA_DIR"]
+    else:
+        state_home = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                               ".local", "state")
+        base = os.path.join(state_home, "mesh")
+    path = os.path.join(base, name)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def parse_kv(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
