@@ -15,6 +15,10 @@ Guarantees:
   `DependencyDown(name)` is acked FAILED with `dependency` set (the Helper's breakers).
 - A delivery addressed to another incarnation of this node is refused (WRONG_INCARNATION), so a
   node restarted at the same address never runs what was meant for its previous life.
+- A frame from a Helper group's leader carries its group and epoch; the node keeps the highest
+  epoch seen per group (for its life) and refuses every delivery of an older one (REJECTED,
+  STALE_EPOCH; counted in `refused["stale_epoch"]`) and ignores its cancellations, so a deposed
+  leader's late deliveries never run once the new leader has reached this node.
 - A task that is running or waiting here is not started twice; a finished one is answered from
   the de-duplication window with its stored outcome.
 - Every ack batch carries a heartbeat: the node's credit, what it holds for that Helper, how
@@ -205,6 +209,8 @@ class AINode:
         self._beat = 0
         self._kinds = app.kinds
         self._outcomes: dict[str, int] = {}
+        #: the highest epoch seen per Helper group (DispatchBatch.group_epoch): the fence
+        self.group_epochs: dict[str, int] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -401,6 +407,9 @@ class AINode:
                                inert(str(exc)))
             return
         self.metrics.received.inc(len(batch.dispatches))
+        if batch.group and not self._epoch_current(batch.group, batch.group_epoch):
+            self._refuse_stale(batch, helper_key)
+            return
         link = self._batch_link(batch, helper_key)
         for task_id in batch.cancel_task_ids:
             self._cancel(task_id, helper_key)
@@ -413,6 +422,35 @@ class AINode:
             # Echoed in the next heartbeat: every earlier frame of this link was read or is
             # lost for good (a link keeps its frames in order), so the Helper can tell which.
             link.seq = batch.seq
+
+    def _epoch_current(self, group: str, epoch: int) -> bool:
+        """True for the newest epoch of `group` seen so far (remembered); False for an older
+        one: its sender was deposed (decision 009)."""
+        seen = self.group_epochs.get(group, 0)
+        if epoch < seen:
+            return False
+        if epoch > seen:
+            self.group_epochs[group] = epoch
+        return True
+
+    def _refuse_stale(self, batch, helper_key: str) -> None:  # noqa: ANN001
+        """A deposed group leader's frame: nothing in it runs or is cancelled. Each delivery is
+        answered REJECTED (STALE_EPOCH) where its link is known, else dropped; counted either way."""
+        newest = self.group_epochs[batch.group]
+        self._refuse("stale_epoch", "refused a frame of %d deliveries from %s: epoch %d of group "
+                     "%s, but epoch %d has been seen (a deposed leader)", len(batch.dispatches),
+                     inert(batch.reply_to, 80), batch.group_epoch, inert(batch.group, 60), newest)
+        for dispatch in batch.dispatches:
+            link = self._link_for(dispatch, helper_key)
+            if link is None:
+                continue
+            self._queue_ack(link, wire.Ack(
+                task_id=dispatch.task.task_id, delivery=dispatch.delivery, kind=wire.REJECTED,
+                error_class=wire.STALE_EPOCH, attempt=dispatch.attempt,
+                error=f"epoch {batch.group_epoch} of group {batch.group} is deposed "
+                      f"(epoch {newest} seen)"))
+        if batch.dispatches:
+            self._schedule_flush()
 
     def _batch_link(self, batch, helper_key: str) -> _HelperLink | None:  # noqa: ANN001
         """The link a frame came on, from its batch fields (an older Helper sends none)."""

@@ -249,8 +249,13 @@ class Dispatcher:
         on_event: Callable[[str, dict], None] | None = None,
         rng: random.Random | None = None,
         record_limit_bytes: int = 0,
+        group: str = "",
+        group_epoch: int = 0,
     ) -> None:
         self.settings = settings
+        #: a Helper group's leader: its group and term epoch, in every frame (nodes fence on it)
+        self.group = group
+        self.group_epoch = group_epoch
         self.helper_incarnation = helper_incarnation
         self.reply_to = reply_to
         self._append = journal_append
@@ -277,7 +282,7 @@ class Dispatcher:
         # (same incarnation, a new link) never sees a number its old link used.
         self._frame_seq = 0
         self._pass_count = 0  # turns the tie order of `share_credit` from pass to pass
-        self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation)
+        self._tail = wire.dispatch_batch_tail(reply_to, helper_incarnation, group, group_epoch)
         #: a frame unconfirmed this long is followed by a probe (see `_probe`)
         self.unconfirmed_after_s = settings.node_dead_after_s
         self._seq = 0
@@ -856,7 +861,8 @@ class Dispatcher:
         self._cancelled(entry)
         if was_running:
             self._send(node.sock, wire.encode_cancel_batch([task_id], self.reply_to,
-                                                           self.helper_incarnation))
+                                                           self.helper_incarnation, self.group,
+                                                           self.group_epoch))
         return wire.CancelResult(task_id=task_id, code=wire.OK, state=wire.CANCELLED,
                                  was_running=was_running)
 

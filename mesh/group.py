@@ -78,10 +78,14 @@ class LeaderHooks:
     def __init__(self, member: GroupMember) -> None:
         self._member = member
         self.journal: LeaderJournal | None = None
+        #: the group and the term's epoch, in every dispatch frame: nodes refuse older epochs
+        self.name = member.settings.group
+        self.epoch = member.state.epoch if member.state is not None else 0
 
     def wrap_journal(self, journal):  # noqa: ANN001, ANN201
         m = self._member
-        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump)
+        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump,
+                                     send_now=m._pump)
         return self.journal
 
     def refusal(self) -> MeshError | None:

@@ -91,7 +91,8 @@ class Helper:
         self.settings = settings
         # A Helper group's leader hooks (mesh/group.py `LeaderHooks`): the journal wrapper that
         # answers syncs once followers have the records, and the intake's refusal while too few
-        # followers are in sync. None for a Helper of its own.
+        # followers are in sync, and its `name` and `epoch`, which every dispatch frame carries
+        # (nodes refuse a deposed leader's). None for a Helper of its own.
         self._group = group
         self.trust = trust
         self._own_trust = trust is None
@@ -175,7 +176,9 @@ class Helper:
             journal_append=self.journal.append, journal_release=self.journal.release,
             connect=self._connect_node, send=_send_noblock, close=_close_now,
             metrics=self.metrics, on_event=self._on_event,
-            record_limit_bytes=self.journal.max_record_bytes)
+            record_limit_bytes=self.journal.max_record_bytes,
+            group=self._group.name if self._group is not None else "",
+            group_epoch=self._group.epoch if self._group is not None else 0)
         replayed = 0
         for record in self.journal.recover():
             self.dispatcher.replay(record)

@@ -52,6 +52,7 @@ STARTED, DONE, FAILED, REJECTED = _pb.STARTED, _pb.DONE, _pb.FAILED, _pb.REJECTE
 RETRYABLE, FATAL, RETRY_LATER, TIMEOUT = _pb.RETRYABLE, _pb.FATAL, _pb.RETRY_LATER, _pb.TIMEOUT
 UNKNOWN_TASK_KIND, WRONG_INCARNATION, DRAINING, MALFORMED = (
     _pb.UNKNOWN_TASK_KIND, _pb.WRONG_INCARNATION, _pb.DRAINING, _pb.MALFORMED)
+STALE_EPOCH = _pb.STALE_EPOCH
 CANCELLED_RUN = _pb.CANCELLED_RUN
 ATTEMPTS_EXHAUSTED, FATAL_ERROR, EXPIRED, UNKNOWN_KIND, DELIVERY_LIMIT, PAYLOAD_REJECTED = (
     _pb.ATTEMPTS_EXHAUSTED, _pb.FATAL_ERROR, _pb.EXPIRED, _pb.UNKNOWN_KIND,
@@ -108,11 +109,13 @@ def encode_dispatch_batch(dispatches: list) -> bytes:
     return batch.SerializeToString()
 
 
-def encode_cancel_batch(task_ids: list[str], reply_to: str, helper_incarnation: int) -> bytes:
+def encode_cancel_batch(task_ids: list[str], reply_to: str, helper_incarnation: int,
+                        group: str = "", group_epoch: int = 0) -> bytes:
     """A DispatchBatch with no dispatch, only cancellations: seq 0, so it is not on the
     link's ledger (see DispatchBatch.cancel_task_ids)."""
     batch = DispatchBatch(version=PROTOCOL_VERSION, sent_ns=time.time_ns(), reply_to=reply_to,
-                          helper_incarnation=helper_incarnation)
+                          helper_incarnation=helper_incarnation, group=group,
+                          group_epoch=group_epoch)
     batch.cancel_task_ids.extend(task_ids)
     return batch.SerializeToString()
 
@@ -269,12 +272,18 @@ def dispatch_suffix(incarnation: int, reply_to: str, helper_id: str,
             + b"\x39" + helper_incarnation.to_bytes(8, "little"))
 
 
-def dispatch_batch_tail(reply_to: str, helper_incarnation: int) -> bytes:
-    """The DispatchBatch fields naming its link (reply_to, helper_incarnation): the same for
-    every frame to one node, and what lets a node place a probe (a frame with no dispatch)."""
+def dispatch_batch_tail(reply_to: str, helper_incarnation: int, group: str = "",
+                        group_epoch: int = 0) -> bytes:
+    """The DispatchBatch fields naming its link (reply_to, helper_incarnation) and, for a
+    group's leader, its group and epoch: the same for every frame to one node, and what lets a
+    node place a probe (a frame with no dispatch)."""
     reply = reply_to.encode()
-    return (b"\x2a" + _varint(len(reply)) + reply
+    tail = (b"\x2a" + _varint(len(reply)) + reply
             + b"\x31" + helper_incarnation.to_bytes(8, "little"))
+    if group:
+        name = group.encode()
+        tail += b"\x42" + _varint(len(name)) + name + b"\x48" + _varint(group_epoch)
+    return tail
 
 
 def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int]], suffix: bytes,

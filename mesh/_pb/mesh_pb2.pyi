@@ -47,6 +47,7 @@ class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAINING: _ClassVar[ErrorClass]
     MALFORMED: _ClassVar[ErrorClass]
     CANCELLED_RUN: _ClassVar[ErrorClass]
+    STALE_EPOCH: _ClassVar[ErrorClass]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -108,6 +109,7 @@ WRONG_INCARNATION: ErrorClass
 DRAINING: ErrorClass
 MALFORMED: ErrorClass
 CANCELLED_RUN: ErrorClass
+STALE_EPOCH: ErrorClass
 ERROR_CODE_UNSPECIFIED: ErrorCode
 OK: ErrorCode
 QUEUE_FULL: ErrorCode
@@ -182,7 +184,7 @@ class Dispatch(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., attempt: _Optional[int] = ..., delivery: _Optional[int] = ..., incarnation: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_id: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
 
 class DispatchBatch(_message.Message):
-    __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation", "cancel_task_ids")
+    __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation", "cancel_task_ids", "group", "group_epoch")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DISPATCHES_FIELD_NUMBER: _ClassVar[int]
     SENT_NS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +192,8 @@ class DispatchBatch(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     HELPER_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     CANCEL_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    GROUP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     version: int
     dispatches: _containers.RepeatedCompositeFieldContainer[Dispatch]
     sent_ns: int
@@ -197,7 +201,9 @@ class DispatchBatch(_message.Message):
     reply_to: str
     helper_incarnation: int
     cancel_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    group: str
+    group_epoch: int
+    def __init__(self, version: _Optional[int] = ..., dispatches: _Optional[_Iterable[_Union[Dispatch, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., seq: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_incarnation: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ..., group: _Optional[str] = ..., group_epoch: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("task_id", "delivery", "kind", "result", "error", "error_class", "retry_after_ms", "started_ns", "finished_ns", "from_dedup", "attempt", "dependency", "lost")
