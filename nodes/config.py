@@ -7,10 +7,10 @@ import ipaddress
 import logging
 import os
 import socket
-from importlib import metadata
 
 from discovery import ConsulSettings, consul_settings_from_env, consul_url_from_env
 from mesh.errors import ConfigError
+from mesh.version import __version__
 from nodes import settings_spec
 
 log = logging.getLogger("mesh.node.config")
@@ -94,15 +94,9 @@ def metrics_endpoint(metrics_addr: str, advertised: str, port: int | None) -> st
     return f"http://{host}:{port}/metrics"
 
 
-#: the distribution's name on PyPI ("mesh" is taken there); the import names stay mesh, nodes
-DISTRIBUTION = "mesh-tasks"
-
-
 def mesh_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed version (mesh.version: the distribution is mesh-tasks on PyPI)."""
+    return __version__
 
 
 def discovery_url(args: argparse.Namespace) -> str | None:
