@@ -13,6 +13,7 @@ from mesh.errors import (
 )
 from mesh.status import TaskState, TaskStatus
 from mesh.settings import AINodeSettings, HelperSettings
+from mesh.version import __version__
 from mesh.task import make_task, new_task_id
 
 __all__ = [

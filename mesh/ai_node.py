@@ -67,6 +67,7 @@ from mesh.executors import (
 )
 from mesh.metrics import AINodeMetrics
 from mesh.settings import AINodeSettings
+from mesh.version import __version__
 from mesh.trust import (
     Domain, Operation, RateLimitedLog, Role, Trust, TrustError, default_key_dir, inert, key_of,
 )
@@ -868,16 +869,8 @@ class AINode:
         return self._draining
 
 
-def _mesh_version() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version("mesh")
-    except metadata.PackageNotFoundError:
-        return ""
-
-
 #: announced in heartbeats (`mesh nodes`, the live page)
-_VERSION = _mesh_version()
+_VERSION = __version__
 
 
 def _describe(exc: BaseException) -> str:

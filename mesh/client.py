@@ -314,6 +314,15 @@ class Client:
                               "empty): start one with `mesh helper`, or give an endpoint")
         return self._pool
 
+    async def helper_pool(self):  # noqa: ANN201 - mesh.helper_pool.HelperPool
+        """The HelperPool of a Client following Helpers, its endpoints refreshed from the
+        source when due (for callers that ask each Helper themselves, like the HTTP gateway).
+        Unavailable if the source lists none."""
+        if self._source is None:
+            raise MeshError(f"this Client talks to one Helper ({self.endpoint}); give it "
+                            "endpoints= to follow several")
+        return await self._helpers()
+
     def _channel(self, role: Role) -> _Channel:
         channel = self._channels.get(role)
         if channel is None:

@@ -282,6 +282,7 @@ class Helper:
         if failed == self._journal_failed:
             return
         self._journal_failed = failed
+        self.metrics.journal_failed.set(1 if failed else 0)
         if failed:
             log.error("journal failed: %s; submits are refused until it recovers", message)
             self._on_event("journal_failed", {"error": message or ""})

@@ -70,6 +70,10 @@ class HelperMetrics:
         self.journal_bytes = Gauge("mesh_journal_bytes", "Journal size on disk", registry=r)
         self.journal_errors = Counter("mesh_journal_errors", "Journal write or sync failures",
                                       registry=r)
+        self.journal_failed = Gauge(
+            "mesh_journal_failed",
+            "1 while the journal is failed (every submit refused until it reopens), else 0",
+            registry=r)
         self.journal_damaged_bytes = Gauge(
             "mesh_journal_damaged_bytes",
             "Bytes the last journal recovery found damaged and skipped (copied aside)", registry=r)

@@ -7,10 +7,10 @@ import ipaddress
 import logging
 import os
 import socket
-from importlib import metadata
 
 from discovery import ConsulSettings, consul_settings_from_env, consul_url_from_env
 from mesh.errors import ConfigError
+from mesh.version import __version__
 from nodes import settings_spec
 
 log = logging.getLogger("mesh.node.config")
@@ -94,15 +94,9 @@ def metrics_endpoint(metrics_addr: str, advertised: str, port: int | None) -> st
     return f"http://{host}:{port}/metrics"
 
 
-#: the distribution's name on PyPI ("mesh" is taken there); the import names stay mesh, nodes
-DISTRIBUTION = "mesh-tasks"
-
-
 def mesh_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed version (mesh.version: the distribution is mesh-tasks on PyPI)."""
+    return __version__
 
 
 def discovery_url(args: argparse.Namespace) -> str | None:
@@ -127,6 +121,23 @@ def default_node_id(role: str) -> str:
 def default_data_dir(helper_id: str) -> str:
     base = os.environ.get("MESH_DATA_DIR") or os.path.join(os.getcwd(), "mesh-data")
     return os.path.join(base, helper_id)
+
+
+def private_state_dir(name: str, environ: dict[str, str] | None = None) -> str:
+    """A per-user private directory for `name`'s small state (a notifier's positions), made
+    0700: $MESH_DATA_DIR/name, else $XDG_STATE_HOME/mesh/name, else ~/.local/state/mesh/name.
+    Never the current directory: runs started from one directory must not share positions."""
+    env = os.environ if environ is None else environ
+    if env.get("MESH_DATA_DIR"):
+        base = env["MESH_DATA_DIR"]
+    else:
+        state_home = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                               ".local", "state")
+        base = os.path.join(state_home, "mesh")
+    path = os.path.join(base, name)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def parse_kv(items: list[str] | None) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
     mesh http --bind 127.0.0.1:8080 --intake tcp://10.0.0.5:7001 --tokens /etc/mesh/tokens
 
-Routes only: the gateway is a Client of the mesh and keeps no state of its own. Submits spread
-over the Helpers and fail over with the same task ids (mesh/helper_pool.py); errors are
+Routes only: the gateway is a Client of the mesh and keeps no state of its own. It follows the
+Helpers in discovery (or the --intake ones) as a `mesh.Client(endpoints=...)` does, so a Helper
+added or replaced later is used without a restart; submits spread over them and fail over
+with the same task ids (mesh/helper_pool.py); errors are
 problem+json (mesh/http_problem.py); callers show a bearer token (mesh/http_tokens.py). The
 OpenAPI document (mesh/http_openapi.py) lists every route; docs/decisions/008-http-gateway.md
 says why Starlette on uvicorn and how TLS is done (--tls-cert/--tls-key, or a reverse proxy).
@@ -24,7 +26,9 @@ import time
 from pathlib import Path
 
 from mesh import Client, make_task, sockets, wire
-from mesh.errors import ConfigError, MeshError
+from mesh.alert_recent import RecentAlerts
+from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
+from mesh.errors import ConfigError, MeshError, Unavailable
 from mesh.helper_pool import HelperPool, WaitTimedOut
 from mesh.http_metrics import GatewayMetrics
 from mesh.http_openapi import openapi_document
@@ -34,7 +38,6 @@ from mesh.http_views import (
     MAX_IDEMPOTENCY_KEY_CHARS, accepted_json, is_json, iso, status_json, task_id_for_key,
     task_location,
 )
-from mesh.trust import Role
 from nodes import config, keys, runtime
 
 log = logging.getLogger("mesh.node.http")
@@ -57,8 +60,12 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (port 0: any free one)")
     p.add_argument("--intake", action="append", default=[], metavar="ENDPOINT",
                    help="a Helper's intake endpoint (repeatable; default: the Helpers in "
-                        "discovery at start)")
+                        "discovery, followed as they come and go)")
     p.add_argument("--helper-service", default="mesh-helper")
+    p.add_argument("--no-alerts", action="store_true",
+                   help="do not follow the alert lane (the page's recent alerts); it is followed "
+                        "through discovery with this host's notifier key, unless only --intake "
+                        "and no discovery is given")
     p.add_argument("--tokens", default=None, metavar="FILE",
                    help="bearer tokens, lines `ROLE TOKEN` or JSON; must be mode 0600")
     p.add_argument("--no-auth", action="store_true",
@@ -95,40 +102,69 @@ def main(args: argparse.Namespace) -> int:
     return runtime.run(_serve(args, settings, tokens))
 
 
-def _helpers(args: argparse.Namespace) -> dict[str, str]:
-    """Intake endpoint -> the key the Helper announced ("" if unknown)."""
+def _helper_source(args: argparse.Namespace):  # noqa: ANN202 - mesh.client.EndpointSource
+    """The Helpers the gateway follows: the --intake endpoints, else the Helpers in discovery
+    now (asked again every few seconds by the Client, so one added or replaced later is used)."""
     if args.intake:
-        return dict.fromkeys(args.intake, "")
+        endpoints = list(dict.fromkeys(args.intake))
+        return lambda: endpoints
+    from nodes.client_factory import DiscoverySource
+    return DiscoverySource(config.discovery_url(args), consul=config.consul_settings(args),
+                           service=args.helper_service)
+
+
+async def _follow_alerts(args: argparse.Namespace, trust, ctx, recent: RecentAlerts):  # noqa: ANN001, ANN202
+    """Subscribe to every alert publisher in discovery, as the Notifier does (notifier key, kept
+    in memory only: the ring is for the page); a stop coroutine, or None when not followed."""
+    url = config.discovery_url(args)
+    if args.no_alerts or (args.intake and url is None):
+        log.info("not following the alert lane (%s)", "--no-alerts" if args.no_alerts else
+                 "--intake without --discovery")
+        return None
     from discovery import open_discovery
-    directory = open_discovery(config.discovery_url(args), consul=config.consul_settings(args))
-    try:
-        _, found = directory.instances(args.helper_service)
-    finally:
+    from nodes.notifier import ALERT_SERVICE, choose_publishers
+    from nodes.registration import watch
+
+    subscriber = AlertSubscriber(AlertSubscriberSettings(), recent, context=ctx, trust=trust)
+    await subscriber.start()
+    directory = open_discovery(url, consul=config.consul_settings(args))
+    stopping = False
+
+    def on_publishers(found: list) -> None:
+        if stopping:
+            return
+        chosen = choose_publishers(found, set())
+        for pid, (pub, replay, key, watched) in chosen.items():
+            subscriber.add_publisher(pid, pub, replay, key, watch=watched)
+        for pid in subscriber.publishers:
+            if pid not in chosen:
+                subscriber.remove_publisher(pid)
+
+    publishers = watch(directory, ALERT_SERVICE, on_publishers, wait_s=2.0)
+
+    async def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        publishers.stop(timeout_s=1.0)
+        await subscriber.stop()
         directory.close()
-    helpers = {inst.meta["ep_intake"]: inst.meta.get("curve_key", "")
-               for inst in found if inst.meta.get("ep_intake")}
-    if not helpers:
-        raise MeshError("no Helper found in discovery; start one or pass --intake")
-    return helpers
+    return stop
 
 
 async def _serve(args: argparse.Namespace, settings: GatewaySettings,
                  tokens: TokenTable | None) -> int:
     import uvicorn
 
-    helpers = _helpers(args)
     trust = keys.trust_from_args(args)
     ctx = sockets.new_context()
-
-    def make_client(endpoint: str, role: Role) -> Client:
-        return Client(endpoint, context=ctx, trust=trust, role=role,
-                      timeout_s=settings.timeout_s,
-                      server_key=None if args.insecure else helpers[endpoint] or None)
-
-    pool = HelperPool(list(helpers), make_client, timeout_s=settings.timeout_s)
+    # role None: the pool asks with the client key, or the operator key for operator routes
+    mesh = Client(endpoints=_helper_source(args), context=ctx, trust=trust,
+                  timeout_s=settings.timeout_s)
+    recent = RecentAlerts()
+    stop_alerts = await _follow_alerts(args, trust, ctx, recent)
     host, _, port = args.bind.rpartition(":")
     server = uvicorn.Server(uvicorn.Config(
-        build_app(pool, settings, tokens), host=host or "127.0.0.1", port=int(port),
+        build_app(mesh, settings, tokens, alerts=recent if stop_alerts else None), host=host or "127.0.0.1", port=int(port),
         loop="none", lifespan="on", access_log=False, log_level="warning",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key))
@@ -137,10 +173,17 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
         await asyncio.sleep(0.01)
     if serving.done():
         await serving
+        if stop_alerts is not None:
+            await stop_alerts()
         ctx.term()
         raise MeshError(f"the gateway could not serve on {args.bind} (see the log above)")
     bound = server.servers[0].sockets[0].getsockname()
     scheme = "https" if args.tls_cert else "http"
+    try:
+        helpers = (await mesh.helper_pool()).endpoints
+    except Unavailable as exc:
+        log.warning("%s; the gateway serves and keeps looking", exc)
+        helpers = []
     runtime.announce_ready("http", url=f"{scheme}://{bound[0]}:{bound[1]}",
                            helpers=list(helpers), auth=tokens is not None)
     signalled = asyncio.ensure_future(runtime.until_signalled())
@@ -148,6 +191,8 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     server.should_exit = True
     await serving
     signalled.cancel()
+    if stop_alerts is not None:
+        await stop_alerts()
     ctx.term()
     return 0
 
@@ -155,8 +200,12 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
 # ---- the app ----------------------------------------------------------------------------------
 
 
-def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | None,
-              metrics: GatewayMetrics | None = None):  # noqa: ANN201 - a Starlette app
+def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: TokenTable | None,
+              metrics: GatewayMetrics | None = None,
+              alerts: RecentAlerts | None = None):  # noqa: ANN201 - a Starlette app
+    """`pool`: a fixed HelperPool, or a `mesh.Client` following Helpers (its HelperPool, with
+    the endpoints its source gives now, serves each request). `alerts`: the recent alerts of
+    the alert lane, for /v1/overview (None: not followed, the page says so)."""
     from starlette.applications import Starlette
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
@@ -164,6 +213,16 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
 
     metrics = metrics or GatewayMetrics()
     routes: list = []
+
+    async def helpers() -> HelperPool:
+        """The Helpers now; Unavailable (503) if there are none."""
+        return pool if isinstance(pool, HelperPool) else await pool.helper_pool()
+
+    async def helpers_or_none() -> HelperPool | None:
+        try:
+            return await helpers()
+        except Unavailable:
+            return None
     long_polls = [0]
 
     def answer(body: object, status: int = 200, headers: dict | None = None) -> Response:
@@ -209,7 +268,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
             ttl_s=_header_ttl(headers.get("x-mesh-ttl")),
             headers={"content-type": headers["content-type"]}
             if "content-type" in headers else None)
-        outcome = (await pool.submit([task]))[0]
+        outcome = (await (await helpers()).submit([task]))[0]
         if outcome.code != wire.OK:
             raise submit_problem(outcome.code, outcome.message)
         return answer(accepted_json(outcome.task_id, outcome.duplicate), 202,
@@ -234,7 +293,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
                 where.append(i)
             except Problem as problem:
                 results[i] = {"index": i, "status": problem.status, "problem": problem.body()}
-        for i, outcome in zip(where, await pool.submit(tasks) if tasks else [], strict=True):
+        for i, outcome in zip(where, await (await helpers()).submit(tasks) if tasks else [], strict=True):
             if outcome.code == wire.OK:
                 results[i] = {"index": i, "status": 202,
                               **accepted_json(outcome.task_id, outcome.duplicate)}
@@ -247,7 +306,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
         task_id = request.path_params["task_id"]
         wait_s = _wait_param(request.query_params.get("wait"), settings.max_wait_s)
         if not wait_s:
-            return (await pool.find(task_id)).status
+            return (await (await helpers()).find(task_id)).status
         if long_polls[0] >= settings.max_long_polls:
             raise Problem(429, "TOO_MANY_LONG_POLLS", f"{long_polls[0]} long-polls are held "
                           "(the gateway's bound); ask again shortly or without ?wait",
@@ -255,7 +314,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
         long_polls[0] += 1
         metrics.long_polls.set(long_polls[0])
         try:
-            return await pool.wait(task_id, wait_s)
+            return await (await helpers()).wait(task_id, wait_s)
         except WaitTimedOut as exc:
             raise Problem(504, "WAIT_TIMEOUT", str(exc),
                           state=wire.state_name(exc.status.state)) from None
@@ -284,7 +343,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
     @route("/v1/tasks/{task_id}", "DELETE")
     async def cancel_task(request) -> Response:  # noqa: ANN001
         task_id = request.path_params["task_id"]
-        outcome = await pool.cancel(task_id)  # 404 unknown, 409 finished (problem_for)
+        outcome = await (await helpers()).cancel(task_id)  # 404 unknown, 409 finished (problem_for)
         return answer({"id": task_id, "state": outcome.state.name,
                        "was_running": outcome.was_running,
                        "location": task_location(task_id)})
@@ -292,7 +351,8 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
     # -- dead letters (operator) --
 
     async def dead_letters(op: str, task_ids: list[str], limit: int = 100) -> dict:
-        answers = await pool.each(lambda c: c.dead_letters(op, task_ids, limit))
+        pool_now = await helpers()
+        answers = await pool_now.each(lambda c: c.dead_letters(op, task_ids, limit))
         tasks, affected, errors = [], 0, {}
         for endpoint, reply in answers.items():
             if isinstance(reply, BaseException):
@@ -303,7 +363,7 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
         if len(errors) == len(answers):
             exc = next(a for a in answers.values() if isinstance(a, BaseException))
             raise problem_for(exc) if isinstance(exc, MeshError) else Problem(
-                503, "UNAVAILABLE", f"no Helper answered within {pool.timeout_s:g}s",
+                503, "UNAVAILABLE", f"no Helper answered within {pool_now.timeout_s:g}s",
                 headers={"Retry-After": "1"})
         return {"tasks": tasks, "affected": affected, "errors": errors}
 
@@ -351,7 +411,8 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
         async def both(client):  # noqa: ANN001, ANN202 - a Helper's stats and nodes
             stats, nodes = await asyncio.gather(client.stats(), client.nodes())
             return stats, next(iter(nodes.values()))
-        answers = await pool.each(both)
+        pool_now = await helpers_or_none()  # none: the page still shows the gateway's side
+        answers = await pool_now.each(both) if pool_now is not None else {}
         helpers, totals, nodes, queues = [], {}, [], {}
         for endpoint, reply in answers.items():
             if isinstance(reply, BaseException):
@@ -370,12 +431,14 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
                        "totals": totals, "nodes": nodes,
                        "queues": [{"kind": k, "depth": d, "oldest_age_s": round(o / 1000, 3)}
                                   for k, (d, o) in sorted(queues.items())],
-                       "gateway": _gateway_figures(pool, long_polls[0]),
-                       "missing": MISSING_FROM_STATS})
+                       "gateway": _gateway_figures(pool_now, long_polls[0]),
+                       "alerts": alerts.json() if alerts is not None else [],
+                       "missing": MISSING_FROM_STATS if alerts is not None
+                       else [*MISSING_FROM_STATS, NO_ALERTS]})
 
     @route("/healthz", "GET", None)
     async def healthz(request) -> Response:  # noqa: ANN001
-        probes = await pool.probe(settings.health_timeout_s)
+        probes = await (await helpers()).probe(settings.health_timeout_s)
         body = {e: {"answered": ok, "ms": round(s * 1000, 2), **({"why": why} if why else {})}
                 for e, (ok, s, why) in probes.items()}
         if any(ok for ok, _, _ in probes.values()):
@@ -386,8 +449,10 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
 
     @route("/metrics", "GET", None)
     async def prometheus(request) -> Response:  # noqa: ANN001
-        metrics.failovers.set(pool.failovers)
-        metrics.suspects.set(len(pool.suspects))
+        pool_now = await helpers_or_none()
+        if pool_now is not None:
+            metrics.failovers.set(pool_now.failovers)
+            metrics.suspects.set(len(pool_now.suspects))
         return Response(metrics.exposition(), 200,
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -413,9 +478,10 @@ def build_app(pool: HelperPool, settings: GatewaySettings, tokens: TokenTable | 
 
 
 #: what the live page would show but the gateway does not give yet
-MISSING_FROM_STATS = [
-    "recent alerts (needs the gateway to subscribe to the alert lane with a notifier key)",
-]
+MISSING_FROM_STATS: list[str] = []
+#: ... and when the gateway does not follow the alert lane
+NO_ALERTS = ("recent alerts (the gateway does not follow the alert lane: --no-alerts, or "
+             "--intake without --discovery)")
 
 
 def nodes_json(node, helper: str) -> dict:  # noqa: ANN001 - wire.NodeInfo
@@ -433,9 +499,9 @@ def host_of(endpoint: str) -> str:
     return rest.rpartition(":")[0].strip("[]") if scheme == "tcp" else ""
 
 
-def _gateway_figures(pool: HelperPool, long_polls: int) -> dict:
-    return {"long_polls": long_polls, "failovers": pool.failovers,
-            "suspect_helpers": pool.suspects, "version": config.mesh_version()}
+def _gateway_figures(pool: HelperPool | None, long_polls: int) -> dict:
+    return {"long_polls": long_polls, "failovers": pool.failovers if pool else 0,
+            "suspect_helpers": pool.suspects if pool else {}, "version": config.mesh_version()}
 
 
 # ---- request parsing (each raises a Problem naming what is wrong) ----------------------------

@@ -52,8 +52,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook-max-queued", type=int, default=1000,
                    help="alerts waiting for a webhook at most (then the lane waits)")
     p.add_argument("--state-file", default=None,
-                   help="positions file (default: $MESH_DATA_DIR or ./mesh-data, "
-                        "<notifier-id>/alert-positions.json)")
+                   help="positions file (default: <notifier-id>/alert-positions.json under "
+                        "$MESH_DATA_DIR, else $XDG_STATE_HOME/mesh or ~/.local/state/mesh; "
+                        "0700)")
     p.add_argument("--start-from", choices=("earliest", "latest"), default="earliest",
                    help="for a publisher never seen: all it still has, or only new alerts")
     p.add_argument("--rt-priority", type=int, default=0, metavar="PRIO",
@@ -125,7 +126,7 @@ def use_realtime_priority(priority: int) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     notifier_id = args.notifier_id or "notifier"
-    state_file = args.state_file or os.path.join(config.default_data_dir(notifier_id),
+    state_file = args.state_file or os.path.join(config.private_state_dir(notifier_id),
                                                  "alert-positions.json")
     os.makedirs(os.path.dirname(os.path.abspath(state_file)), exist_ok=True)
     handlers = [] if args.no_log else [("log", log_handler)]

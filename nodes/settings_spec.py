@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class Option:
     env: str | None = ""
     metavar: str | None = None
     required: bool = False  # checked by the command (a one-line message), not by argparse
+    #: what separates a list's items in its environment variable (a regular expression);
+    #: another than "," for items that hold commas themselves (`vision=50/s,burst=100`)
+    env_sep: str = ","
 
     @property
     def flag(self) -> str:
@@ -177,7 +181,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _o("max_node_ids_per_key", "live AI node ids one ai-node key may hold", type=int,
        setting=(H, "max_node_ids_per_key")),
     _o("rate_limit", "dispatch rate of a kind, e.g. vision=50/s or ocr=600/m,burst=20 "
-       "(repeatable); split evenly among the Helpers in discovery", kind="list",
+       "(repeatable; env: separated by ';' or whitespace, since an item holds commas); split "
+       "evenly among the Helpers in discovery", kind="list", env_sep=r"[;\s]+",
        metavar="KIND=RATE"),
     _o("breakers", "circuit breakers per dependency a handler names (DependencyDown), per task "
        "kind too (all: its retryable failures, timeouts, child deaths), or off",
@@ -377,7 +382,8 @@ def _from_env(opt: Option, text: str) -> object:
             return False
         raise ConfigValueError(f"{where}: expected one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
     if opt.kind == "list":
-        return [_convert(opt, item.strip(), where) for item in text.split(",") if item.strip()]
+        return [_convert(opt, item.strip(), where) for item in re.split(opt.env_sep, text)
+                if item.strip()]
     return _convert(opt, text, where)
 
 

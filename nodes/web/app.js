@@ -97,6 +97,14 @@ function render(overview, dead) {
                    [(t.error || "").slice(0, 200)], [t.finished_at || ""]]);
   }
 
+  const alerts = document.querySelector("#alerts tbody");
+  alerts.replaceChildren();
+  for (const a of overview.alerts || []) {
+    const bad = a.severity === "error" || a.severity === "critical";
+    row(alerts, [[a.time || ""], [a.severity, bad ? "down" : ""], [a.kind], [a.source],
+                 [a.publisher]]);
+  }
+
   const gw = overview.gateway;
   text("gw-long_polls", num(gw.long_polls));
   text("gw-failovers", num(gw.failovers));
@@ -105,6 +113,7 @@ function render(overview, dead) {
 
   const missing = document.getElementById("missing");
   missing.replaceChildren();
+  document.getElementById("missing-section").hidden = !overview.missing.length;
   for (const m of overview.missing) {
     const li = document.createElement("li");
     li.textContent = m;

@@ -320,6 +320,46 @@ async def _async_nodes_seen(http: httpx.AsyncClient, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
+def test_gateway_follows_discovery_to_a_helper_started_later_and_fails_over_to_it(
+        cluster) -> None:  # noqa: ANN001
+    """Issue 13: no --intake, so the gateway follows discovery; a Helper started after it is
+    used, and once the first is SIGKILLed every submit still gets its 202 and completes."""
+    first = cluster.start_helper(*HELPER_FLAGS)
+    cluster.start_ai()
+    gateway = start_gateway(cluster, [], "--discovery", cluster.discovery, *GATEWAY_FLAGS)
+    assert gateway.ready["helpers"] == [first.ready["intake"]]
+    url = gateway.ready["url"]
+
+    def submit(http: httpx.Client, key: str) -> str:
+        for _ in range(5):  # a caller retries a 503 with the same key: still one task
+            answer = http.post("/v1/tasks/echo", content=key.encode(),
+                               headers={"Idempotency-Key": key})
+            if answer.status_code == 202:
+                return answer.json()["id"]
+            assert answer.status_code == 503, answer.text
+        raise AssertionError(f"{key}: no 202 in 5 tries")
+
+    with httpx.Client(base_url=url, timeout=30) as http:
+        _nodes_seen(http, 1)
+        for n in range(3):
+            task_id = submit(http, f"before-{n}")
+            assert http.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()["state"] == \
+                "SUCCEEDED"
+        second = cluster.start_helper(*HELPER_FLAGS, helper_id="helper-2")
+
+        def both_up() -> bool:
+            helpers = http.get("/v1/overview").json()["helpers"]
+            return {h["endpoint"] for h in helpers if h["up"]} == \
+                {first.ready["intake"], second.ready["intake"]}
+        wait_until(both_up, 30, interval_s=0.1, what="the gateway following the second Helper")
+        _nodes_seen(http, 2)  # the AI node on both Helpers
+        first.kill()  # SIGKILL; discovery may list it a while longer
+        after = [submit(http, f"after-{n}") for n in range(10)]
+        for task_id in after:  # all on the second Helper, which the gateway found by itself
+            done = http.get(f"/v1/tasks/{task_id}", params={"wait": 30})
+            assert done.status_code == 200 and done.json()["state"] == "SUCCEEDED", done.text
+
+
 def test_upload_service_example_stores_a_file_and_follows_its_task(cluster, tmp_path) -> None:  # noqa: ANN001
     example = Path(__file__).resolve().parents[2] / "examples" / "upload_service"
     cluster.env["PYTHONPATH"] = os.pathsep.join([str(example), *sys.path])

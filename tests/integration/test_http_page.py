@@ -51,8 +51,9 @@ def test_live_page_renders_the_mesh_figures_and_refreshes_them(cluster, tmp_path
     tokens = write_tokens(tmp_path)
     cluster.start_helper(*HELPER_FLAGS)
     cluster.start_ai()
-    url = start_gateway(cluster, [cluster.intake], *GATEWAY_FLAGS,
-                        tokens_file=tokens["file"]).ready["url"]
+    # with discovery named, the gateway follows the alert lane (the recent alerts)
+    url = start_gateway(cluster, [cluster.intake], "--discovery", cluster.discovery,
+                        *GATEWAY_FLAGS, tokens_file=tokens["file"]).ready["url"]
     client = {"Authorization": f"Bearer {tokens['client']}"}
 
     browser.get(f"{url}/#token={tokens['operator']}")
@@ -63,7 +64,8 @@ def test_live_page_renders_the_mesh_figures_and_refreshes_them(cluster, tmp_path
     assert "1/1 Helpers answering" in _text(browser, "health")
     rows = browser.find_elements("css selector", "#helpers tbody tr")
     assert len(rows) == 1 and cluster.intake in rows[0].text and "up" in rows[0].text
-    assert browser.find_elements("css selector", "#missing li"), "what is not shown yet"
+    assert not browser.find_elements("css selector", "#missing li"), "nothing missing"
+    assert not browser.find_element("id", "missing-section").is_displayed()
     node_rows = browser.find_elements("css selector", "#nodes tbody tr")
     assert len(node_rows) == 1 and "ai-1" in node_rows[0].text and "alive" in node_rows[0].text
     assert "s ago" in node_rows[0].text and "127.0.0.1" in node_rows[0].text
@@ -83,6 +85,15 @@ def test_live_page_renders_the_mesh_figures_and_refreshes_them(cluster, tmp_path
     assert len(dead_rows) == 1 and dead in dead_rows[0].text and "FATAL_ERROR" in \
         dead_rows[0].text
     assert int(_text(browser, "refreshes")) > refreshes
+
+    # the dead task's alert (mesh.task.dead, from the Helper's alert publisher) on the page
+    def dead_alert_row() -> str | None:
+        rows = browser.find_elements("css selector", "#alerts tbody tr")
+        return next((r.text for r in rows if "mesh.task.dead" in r.text), None)
+    wait_until(lambda: dead_alert_row() is not None, 20, interval_s=0.1,
+               what="the page showing the mesh.task.dead alert")
+    alert_text = dead_alert_row()
+    assert "warning" in alert_text and dead in alert_text and "helper-1" in alert_text
 
     # the queue by kind: a task of a kind no node serves waits (within the unroutable grace)
     with httpx.Client(base_url=url, timeout=30, headers=client) as http:

@@ -131,3 +131,22 @@ def test_pool_spreads_submits_and_reports_unavailable_and_full() -> None:
         assert outcome.code == wire.QUEUE_FULL
         assert len(full._clients) == 2, "a full queue is tried on every Helper"
     asyncio.run(scenario())
+
+
+def test_recent_alerts_keep_the_last_100_newest_first_with_fields_bounded() -> None:
+    from mesh import wire
+    from mesh.alert_recent import RecentAlerts
+
+    recent = RecentAlerts()
+
+    async def feed() -> None:
+        for seq in range(1, 151):
+            await recent(wire.Alert(publisher_id="helper-1-alerts", seq=seq, kind="mesh.node.down",
+                                    severity=wire.severity_value("error"), source="x" * 500,
+                                    time_ns=1_700_000_000_000_000_000 + seq))
+    asyncio.run(feed())
+    kept = recent.json()
+    assert len(kept) == 100 and recent.seen == 150
+    assert [a["seq"] for a in kept[:2]] == [150, 149] and kept[-1]["seq"] == 51
+    assert kept[0]["severity"] == "error" and kept[0]["kind"] == "mesh.node.down"
+    assert len(kept[0]["source"]) == 200 and kept[0]["time"].endswith("Z")

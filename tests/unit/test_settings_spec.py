@@ -144,3 +144,15 @@ def test_version_names_the_distribution(capsys) -> None:  # noqa: ANN001
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("mesh ") and "unknown" not in out  # metadata of mesh-tasks found
+
+
+def test_rate_limits_from_the_environment_keep_their_commas(monkeypatch) -> None:  # noqa: ANN001
+    """MESH_RATE_LIMIT items hold commas (`vision=50/s,burst=100`): they are separated by ';'
+    or whitespace; the other list-valued variables still split on commas."""
+    args = _parse(["helper"], monkeypatch, env={
+        "MESH_RATE_LIMIT": "vision=50/s,burst=100; ocr=600/m,burst=20\nasr=5/s",
+        "MESH_KIND_MAX_ATTEMPTS": "vision=5,ocr=2"})
+    assert args.rate_limit == ["vision=50/s,burst=100", "ocr=600/m,burst=20", "asr=5/s"]
+    assert args.kind_max_attempts == ["vision=5", "ocr=2"]
+    one = _parse(["helper"], monkeypatch, env={"MESH_RATE_LIMIT": "vision=50/s,burst=100"})
+    assert one.rate_limit == ["vision=50/s,burst=100"]
