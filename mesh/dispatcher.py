@@ -460,11 +460,11 @@ class Dispatcher:
             size = wire.dispatch_size(len(entry.encoded), suffix_len)
             if frame_bytes + size > node.frame_budget:
                 if entries:
-                    self.pending.push(entry, front=True)  # first in the next frame
+                    self.pending.put_back(entry)  # first in the next frame
                     full = True
                     break
                 if self._fits_some_node(entry, size):
-                    self.pending.push(entry, front=True)  # for a node that takes it
+                    self.pending.put_back(entry)  # for a node that takes it
                     break
                 self._dead(entry, wire.PAYLOAD_REJECTED,
                            f"the task's delivery takes {size} bytes, more than any AI node "
@@ -474,7 +474,7 @@ class Dispatcher:
                            "or lower the Helper's max payload")
                 continue
             if gated and not self._may_go(entry.kind, now):
-                self.pending.push(entry, front=True)  # stays queued: no attempt, no delivery
+                self.pending.put_back(entry)  # stays queued: no attempt, no delivery
                 kinds = node.kinds - self.held_back
                 continue
             frame_bytes += size
@@ -491,7 +491,7 @@ class Dispatcher:
             # Not connected yet or not reading: put them back, try this node later.
             for entry in reversed(entries):
                 entry.deliveries -= 1
-                self.pending.push(entry, front=True)
+                self.pending.put_back(entry)
             node.stalled_until = now + 0.05
             return 0, False
         self._frame_seq = seq

@@ -84,6 +84,15 @@ class PendingQueue:
         self._count += 1
         self._bytes += entry.size_bytes
 
+    def put_back(self, entry: Queueable) -> None:
+        """Return an entry `pop` just gave out and that was not sent (frame full, node not
+        connected, kind held back): to the front of its lane, and its pick is not counted, so
+        the aging rule ("every Nth pick") counts deliveries, not attempts to make one."""
+        self.push(entry, front=True)
+        kq = self._kinds.get(entry.kind)
+        if kq is not None and kq.picks > 0:
+            kq.picks -= 1
+
     def discard(self, entry: Queueable) -> None:
         """Take an entry out (dead-lettered, adopted, expired); O(1), the slot is skipped later."""
         if entry.in_queue:

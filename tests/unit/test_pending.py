@@ -105,3 +105,14 @@ def test_one_off_kinds_leave_a_bounded_trace() -> None:
         q.push(Entry(i, kind=f"kind-{i}"))
         assert q.pop(None).seq == i
     assert len(q._kinds) <= _KEEP_EMPTY_KINDS + 1
+
+
+def test_an_entry_put_back_unsent_does_not_count_as_a_pick() -> None:
+    q = PendingQueue(100, 10_000, aging_every=3)
+    q.push(Entry(1, priority=0))
+    for i in range(2, 6):
+        q.push(Entry(i, priority=5))
+    first = q.pop(None)  # pick 1
+    q.put_back(first)  # not sent (node not connected): not a pick
+    # picks 1 and 2 go to the high lane, the 3rd to the lane that waited longest (the low one)
+    assert drain(q) == [2, 3, 1, 4, 5]
