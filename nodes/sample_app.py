@@ -91,6 +91,7 @@ _decode = msgspec.json.Decoder(Job)
 async def simulate(payload: bytes, ctx: TaskContext) -> bytes:
     """A simulated AI call: waits like a model server would, then answers."""
     started_ns = time.time_ns()
+    started_monotonic_ns = time.monotonic_ns()
     job = _decode.decode(payload) if payload[:1] == b"{" else Job()
     if job.fatal:
         raise FatalError("the input can never be processed")
@@ -106,8 +107,11 @@ async def simulate(payload: bytes, ctx: TaskContext) -> bytes:
     else:
         await asyncio.sleep(delay_ms / 1000.0)
     _record_effect(ctx)
+    # The run's span on the host's monotonic clock, for tests that check concurrency from
+    # results: the wall clock (started_ns, for latency against submitted_ns) may be slewed.
     return msgspec.json.encode({"started_ns": started_ns, "node": ctx.node_id,
-                                "attempt": ctx.attempt})
+                                "attempt": ctx.attempt,
+                                "run_monotonic_ns": [started_monotonic_ns, time.monotonic_ns()]})
 
 
 @app.task("noop")

@@ -107,7 +107,9 @@ def test_failed_journal_recovers_when_the_disk_does_and_keeps_what_was_durable(
         assert events[1] == (False, None) and journal.failure is None
         journal.append(1, b"after", b"ok")
         await journal.sync()
-        assert journal.sync_here()
+        # sync_here declines while the flusher holds the disk (it may still be re-preparing a
+        # segment after the recovery); what matters is that it works again, not on first try.
+        await wait_until(journal.sync_here)
         await journal.close()
 
     asyncio.run(main())
