@@ -96,8 +96,7 @@ def check_task(task, limits: TaskLimits) -> bytes:  # noqa: ANN001 - wire.Task
     if payload_bytes > limits.max_payload_bytes:
         raise PayloadTooLarge(payload_bytes, limits.max_payload_bytes)
     encoded = wire.task_bytes(task)
-    record_bytes = (RECORD_OVERHEAD + id_bytes
-                    + len(wire.encode_new_task_record(encoded)))
+    record_bytes = RECORD_OVERHEAD + id_bytes + wire.new_task_record_size(len(encoded))
     if record_bytes > limits.max_record_bytes:
         raise PayloadTooLarge(
             record_bytes, limits.max_record_bytes,

@@ -89,7 +89,10 @@ class _HelperLink:
         self.pinned = pinned
         self.sock = sock
         self.outbox: list = []
-        self.started_at: dict[str, int] = {}  # task_id -> index of its unsent STARTED ack
+        #: task_id -> index of its unsent STARTED ack in `outbox`: there, until it is sent, a
+        #: (task id, delivery, started_ns, attempt) tuple, made an Ack only if it is sent (a
+        #: short task's DONE takes its place first; see `_send`)
+        self.started_at: dict[str, int] = {}
         self.helper_incarnation = 0
         self.received = 0
         self.seq = 0  # highest DispatchBatch.seq read from that Helper run
@@ -641,9 +644,7 @@ class AINode:
         started_ns = time.time_ns()
         link = job.link
         link.started_at[job.task_id] = len(link.outbox)
-        link.outbox.append(wire.Ack(task_id=job.task_id, delivery=dispatch.delivery,
-                                    kind=wire.STARTED, started_ns=started_ns,
-                                    attempt=dispatch.attempt))
+        link.outbox.append((job.task_id, dispatch.delivery, started_ns, dispatch.attempt))
         self._schedule_flush()
         timeout_s = job.timeout_s
         ack = wire.Ack(task_id=job.task_id, delivery=dispatch.delivery, started_ns=started_ns,
@@ -830,6 +831,9 @@ class AINode:
         self._send(link, link.outbox)
 
     def _send(self, link: _HelperLink, acks: list) -> None:
+        if link.started_at and acks is link.outbox:
+            acks = [wire.Ack(task_id=a[0], delivery=a[1], kind=wire.STARTED, started_ns=a[2],
+                             attempt=a[3]) if type(a) is tuple else a for a in acks]
         frame = wire.encode_ack_batch(self._heartbeat(link), acks)
         try:
             link.sock.send(frame, zmq.NOBLOCK)

@@ -629,8 +629,17 @@ class Dispatcher:
         node.beat = hb.beat
         node.held = hb.held_task_ids
         node.version = hb.version
-        for ack in batch.acks:
-            self._apply_ack(node, ack)
+        if batch.acks:
+            # Counted once per batch, not per ack (also when the journal fails half-way).
+            stats = self.stats
+            succeeded = stats["succeeded"]
+            try:
+                for ack in batch.acks:
+                    self._apply_ack(node, ack)
+            finally:
+                stats["acks"] += len(batch.acks)
+                if stats["succeeded"] != succeeded:
+                    self._succeeded_metric.inc(stats["succeeded"] - succeeded)
         node.concurrency = hb.concurrency
         node.running = hb.running
         node.kinds_full = hb.kinds_full
@@ -773,7 +782,6 @@ class Dispatcher:
                      inert(node.node_id, 80))
 
     def _apply_ack(self, node: NodeLink, ack) -> None:  # noqa: ANN001 - wire.Ack
-        self.stats["acks"] += 1
         entry = self.tasks.get(ack.task_id)
         kind = ack.kind
         if entry is None or entry.terminal:
@@ -968,8 +976,7 @@ class Dispatcher:
             del self.tasks[entry.task_id]
         self._release(key)
         self._retain(entry.task_id, record, self._segment(), entry.deliveries)
-        self.stats["succeeded"] += 1
-        self._succeeded_metric.inc()
+        self.stats["succeeded"] += 1  # the outcomes metric follows once per batch (on_ack_batch)
         self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
         self._finish(entry)
 

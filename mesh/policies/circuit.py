@@ -253,9 +253,21 @@ class Breakers:
         return max((b.next_allowed(now) for b in self._involved(kind)), default=now)
 
     def record_success(self, kind: str, now: float) -> None:
-        self._get(KIND, kind)  # successes count in the window before the first failure
-        for breaker in self._involved(kind):
-            self._report(breaker.record(True, now))
+        # Once per finished task: the kind's breaker and its dependencies' without building
+        # the list `_involved` makes (same breakers, same order).
+        own = self._breakers.get((KIND, kind))
+        if own is None:
+            own = self._get(KIND, kind)  # successes count in the window before the first failure
+        if own is not None:
+            change = own.record(True, now)
+            if change is not None:
+                self._report(change)
+        dependencies = self._depends.get(kind)
+        if dependencies:
+            for dependency in dependencies:
+                breaker = self._breakers.get((DEPENDENCY, dependency))
+                if breaker is not None:
+                    self._report(breaker.record(True, now))
 
     def record_failure(self, kind: str, now: float, dependency: str = "") -> None:
         """A failure of a `kind` task; `dependency` when the handler raised DependencyDown."""
