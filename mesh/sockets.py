@@ -93,6 +93,17 @@ def secure(sock: zmq.Socket, link: Link) -> None:
         raise TypeError(f"link must be a ServerLink, a ClientLink or None, not {link!r}")
 
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def _never_has_user_id(sock: zmq.Socket) -> bool:
+    """No frame read from `sock` can carry a ZAP User-Id: its mechanism is NULL and it has no
+    ZAP domain (libzmq runs ZAP for NULL only with a domain set)."""
+    return (sock.getsockopt(zmq.MECHANISM) == zmq.NULL
+            and not sock.getsockopt(zmq.ZAP_DOMAIN))
+
+
 def user_id(frame: zmq.Frame) -> str:
     """The ZAP User-Id ZeroMQ attached to a frame received with copy=False ("" on a plain
     link); mesh.trust.role_of reads the role from it."""
@@ -314,6 +325,9 @@ class FrameReader:
         self._loop = None
         self._scheduled = False
         self._fd = sock.getsockopt(zmq.FD)
+        #: a plain link (NULL mechanism, no ZAP domain: ZAP never runs, so no frame carries a
+        #: User-Id): "" without asking each frame, which costs a raised ZMQError per frame
+        self._plain = _never_has_user_id(sock)
 
     def start(self, loop) -> None:  # noqa: ANN001
         self._loop = loop
@@ -345,8 +359,9 @@ class FrameReader:
         events = sock.getsockopt
         count = 0
         # Ask before each read rather than read until zmq.Again: raising and catching that
-        # exception costs more than the question, on every wake-up.
-        while count < self._batch_max and events(zmq.EVENTS) & zmq.POLLIN:
+        # exception costs more than the question, on every wake-up. Plain ints: `& zmq.POLLIN`
+        # (an enum.Flag) builds an enum member per question.
+        while count < self._batch_max and events(_EVENTS) & _POLLIN:
             try:
                 message = recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -365,9 +380,13 @@ class FrameReader:
             self.wake()  # more may wait: come back after the loop's other work
 
     def _recv_frame(self, flags: int) -> tuple[bytes, str]:
+        if self._plain:
+            return self._sock.recv(flags), ""
         frame = self._sock.recv(flags, copy=False)
         return frame.bytes, user_id(frame)
 
     def _recv_frames(self, flags: int) -> tuple[list[bytes], str]:
+        if self._plain:
+            return self._sock.recv_multipart(flags), ""
         frames = self._sock.recv_multipart(flags, copy=False)
         return [f.bytes for f in frames], user_id(frames[-1])
