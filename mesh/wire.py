@@ -223,6 +223,8 @@ _SMALL_VARINTS = [bytes((i,)) for i in range(128)]
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _SMALL_VARINTS[value]
+    if 0 <= value < 0x4000:  # two bytes: the length of a task or of one delivery, mostly
+        return bytes((value & 0x7F | 0x80, value >> 7))
     if 0x100_0000_0000_0000 <= value < 0x8000_0000_0000_0000:
         # nine bytes at once: a nanosecond timestamp (every dispatch frame carries one)
         return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
@@ -275,7 +277,7 @@ def encode_new_task_record(task_encoded: bytes) -> bytes:
 
 def new_task_record_size(task_bytes_len: int) -> int:
     """len(encode_new_task_record(x)) for an x of `task_bytes_len` bytes, without building it."""
-    return 1 + len(_varint(task_bytes_len)) + task_bytes_len + 4
+    return 1 + _varint_len(task_bytes_len) + task_bytes_len + 4
 
 
 def dispatch_suffix(incarnation: int, reply_to: str, helper_id: str,
@@ -326,5 +328,14 @@ DISPATCH_BATCH_HEAD_BYTES = 2 + 11 + 11
 def dispatch_size(task_bytes_len: int, suffix_len: int) -> int:
     """Bytes one delivery adds to a DispatchBatch, at most (attempt and delivery numbers
     counted at their largest, 5 bytes each): what a frame's byte budget is checked against."""
-    body = 1 + len(_varint(task_bytes_len)) + task_bytes_len + 6 + 6 + suffix_len
-    return 1 + len(_varint(body)) + body
+    body = 1 + _varint_len(task_bytes_len) + task_bytes_len + 6 + 6 + suffix_len
+    return 1 + _varint_len(body) + body
+
+
+def _varint_len(value: int) -> int:
+    """len(_varint(value)) for value >= 0, without building it."""
+    if value < 0x80:
+        return 1
+    if value < 0x4000:
+        return 2
+    return (value.bit_length() + 6) // 7
