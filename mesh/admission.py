@@ -52,7 +52,14 @@ def journal_record_limit(settings: HelperSettings) -> int:
 
 
 def _utf8_len(text: str) -> int:
+    if text.isascii():  # nearly always: no copy to count
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _name(task_id: str, id_bytes: int) -> str:
+    """How an error message names the task (only made when one is raised)."""
+    return repr(task_id) if id_bytes <= 64 else repr(task_id[:32]) + "..."
 
 
 def check_task(task, limits: TaskLimits) -> bytes:  # noqa: ANN001 - wire.Task
@@ -67,28 +74,33 @@ def check_task(task, limits: TaskLimits) -> bytes:  # noqa: ANN001 - wire.Task
         raise InvalidTask(f"task_id of {len(task_id)} characters ({id_bytes} UTF-8 bytes) "
                           f"exceeds the limit of {MAX_TASK_ID_CHARS} characters and "
                           f"{MAX_TASK_ID_BYTES} bytes; use a shorter id")
-    name = repr(task_id) if id_bytes <= 64 else repr(task_id[:32]) + "..."
     kind_bytes = _utf8_len(task.kind)
     if not kind_bytes:
+        name = _name(task_id, id_bytes)
         raise InvalidTask(f"task {name} has an empty kind; name the handler to run")
     if kind_bytes > limits.max_kind_bytes:
+        name = _name(task_id, id_bytes)
         raise InvalidTask(f"task {name}: kind of {kind_bytes} UTF-8 bytes exceeds the limit of "
                           f"{limits.max_kind_bytes} bytes (max_kind_bytes)")
     key_bytes = _utf8_len(task.idempotency_key)
     if key_bytes > limits.max_idempotency_key_bytes:
+        name = _name(task_id, id_bytes)
         raise InvalidTask(f"task {name}: idempotency_key of {key_bytes} UTF-8 bytes exceeds the "
                           f"limit of {limits.max_idempotency_key_bytes} bytes "
                           "(max_idempotency_key_bytes)")
     if not limits.min_priority <= task.priority <= limits.max_priority:
+        name = _name(task_id, id_bytes)
         raise InvalidTask(f"task {name}: priority {task.priority} is outside "
                           f"{limits.min_priority}..{limits.max_priority}")
     headers = task.headers
     if len(headers) > limits.max_headers:
+        name = _name(task_id, id_bytes)
         raise InvalidTask(f"task {name}: {len(headers)} headers exceed the limit of "
                           f"{limits.max_headers} (max_headers)")
     if headers:
         header_bytes = sum(_utf8_len(k) + _utf8_len(v) for k, v in headers.items())
         if header_bytes > limits.max_header_bytes:
+            name = _name(task_id, id_bytes)
             raise InvalidTask(f"task {name}: headers of {header_bytes} UTF-8 bytes (keys and "
                               f"values) exceed the limit of {limits.max_header_bytes} bytes "
                               "(max_header_bytes)")
@@ -98,6 +110,7 @@ def check_task(task, limits: TaskLimits) -> bytes:  # noqa: ANN001 - wire.Task
     encoded = wire.task_bytes(task)
     record_bytes = RECORD_OVERHEAD + id_bytes + wire.new_task_record_size(len(encoded))
     if record_bytes > limits.max_record_bytes:
+        name = _name(task_id, id_bytes)
         raise PayloadTooLarge(
             record_bytes, limits.max_record_bytes,
             f"task {name}: its journal record of {record_bytes} bytes (payload "

@@ -65,7 +65,7 @@ from mesh.executors import (
     ChildDied, ChildStartFailed, DependencyDown, ErrorClass, HandlerFailed, InlineExecutor,
     PoolClosed, ProcessExecutor, RunTimedOut, ThreadExecutor,
 )
-from mesh.metrics import AINodeMetrics
+from mesh.metrics import AINodeMetrics, observe_many
 from mesh.settings import AINodeSettings
 from mesh.version import __version__
 from mesh.trust import (
@@ -124,6 +124,9 @@ TIMEOUT_SWEEP_S = 0.05
 #: beyond it new acks for that link are dropped and counted, and the Helper's redelivery and
 #: the de-duplication window recover them.
 MAX_OUTBOX = 10_000
+#: handler run times kept for the run-time histogram between heartbeats, at most (then observed
+#: at once): the histogram takes them in one update per bucket, not one per task
+RUN_TIMES_KEPT = 4096
 
 #: The process executor times a run out itself (and kills its child); the node's own sweep
 #: cancels such a run only this long after the executor should have (a backstop).
@@ -213,6 +216,7 @@ class AINode:
         self._beat = 0
         self._kinds = app.kinds
         self._outcomes: dict[str, int] = {}
+        self._run_s: list[float] = []  # handler run times, observed once per heartbeat
         #: the highest epoch seen per Helper group (DispatchBatch.group_epoch): the fence
         self.group_epochs: dict[str, int] = {}
 
@@ -750,7 +754,9 @@ class AINode:
             outcome = "cancelled"
         ack.finished_ns = time.time_ns()
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
-        self.metrics.run_latency.observe((ack.finished_ns - started_ns) / 1e9)
+        self._run_s.append((ack.finished_ns - started_ns) / 1e9)
+        if len(self._run_s) >= RUN_TIMES_KEPT:
+            self._observe_run_times()
         if ack.kind != wire.REJECTED:
             self._dedup.remember(job.task_id, dispatch.attempt, ack)
         self._finish(job, ack)
@@ -850,6 +856,10 @@ class AINode:
                 self._send_heartbeat(link)
             self._update_metrics()
 
+    def _observe_run_times(self) -> None:
+        run_s, self._run_s = self._run_s, []
+        observe_many(self.metrics.run_latency, run_s)
+
     def _update_metrics(self) -> None:
         """Per-task counts go to Prometheus here, once per heartbeat, not once per task."""
         m = self.metrics
@@ -857,6 +867,7 @@ class AINode:
         m.waiting.set(len(self._waiting))
         m.running.set(len(self._running))
         outcomes, self._outcomes = self._outcomes, {}
+        self._observe_run_times()
         for outcome, count in outcomes.items():
             m.completed.labels(outcome).inc(count)
         if self.processes is not None:

@@ -40,7 +40,7 @@ import msgspec
 from mesh import records, wire
 from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
-from mesh.metrics import HelperMetrics
+from mesh.metrics import HelperMetrics, observe_many
 from mesh.pending import PendingQueue
 from mesh.policies.circuit import Breakers, State, Transition
 from mesh.policies.rate_limit import RateLimits
@@ -315,6 +315,7 @@ class Dispatcher:
         self._ids_of_key: dict[str, set[str]] = {}
         self._warn = RateLimitedLog(log, interval_s=10.0)
         self._succeeded_metric = metrics.outcomes.labels("succeeded")  # looked up once: hot path
+        self._e2e_s: list[float] = []  # end-to-end latencies of an ack batch, observed at its end
         now = time.monotonic()
         self.rate_limits = RateLimits(settings.rate_limit_rates(), now)
         self.breakers = (Breakers(settings.breaker_settings(), self._on_breaker)
@@ -640,6 +641,8 @@ class Dispatcher:
                 stats["acks"] += len(batch.acks)
                 if stats["succeeded"] != succeeded:
                     self._succeeded_metric.inc(stats["succeeded"] - succeeded)
+                    observe_many(self.metrics.e2e_latency, self._e2e_s)
+                    self._e2e_s = []
         node.concurrency = hb.concurrency
         node.running = hb.running
         node.kinds_full = hb.kinds_full
@@ -977,7 +980,7 @@ class Dispatcher:
         self._release(key)
         self._retain(entry.task_id, record, self._segment(), entry.deliveries)
         self.stats["succeeded"] += 1  # the outcomes metric follows once per batch (on_ack_batch)
-        self.metrics.e2e_latency.observe(max(0.0, time.monotonic() - entry.accepted_at))
+        self._e2e_s.append(max(0.0, time.monotonic() - entry.accepted_at))  # by on_ack_batch
         self._finish(entry)
 
     def _dead(self, entry: TaskEntry, reason: int, error: str) -> None:
