@@ -785,11 +785,12 @@ class Dispatcher:
                      inert(node.node_id, 80))
 
     def _apply_ack(self, node: NodeLink, ack) -> None:  # noqa: ANN001 - wire.Ack
-        entry = self.tasks.get(ack.task_id)
+        task_id = ack.task_id  # read once: each read of a protobuf field makes a new str
+        entry = self.tasks.get(task_id)
         kind = ack.kind
         if entry is None or entry.terminal:
-            node.inflight.pop(ack.task_id, None)
-            if kind == wire.DONE and (entry is not None or ack.task_id in self.retained):
+            node.inflight.pop(task_id, None)
+            if kind == wire.DONE and (entry is not None or task_id in self.retained):
                 self.stats["duplicate_done"] += 1
             self.metrics.late_acks.inc()
             return
@@ -798,22 +799,23 @@ class Dispatcher:
             # another node's task.
             self.metrics.acks_not_holder.inc()
             self._warn.warning("not_holder", "ack for task %s from node %s (key %s) dropped: "
-                               "the task was never sent to that key", inert(ack.task_id, 80),
+                               "the task was never sent to that key", inert(task_id, 80),
                                inert(node.node_id, 80), node.key or "none")
-            return
-        current = entry.node_id == node.node_id and (
-            ack.delivery == entry.delivery or node.inflight.get(ack.task_id) == 0)
-        if kind == wire.STARTED:
-            if current and entry.state == wire.DISPATCHED:
-                entry.state = wire.RUNNING
             return
         if kind == wire.DONE:
             # First DONE wins, whichever delivery it came from.
             self._release_delivery(entry)
-            node.inflight.pop(ack.task_id, None)
+            node.inflight.pop(task_id, None)
             entry.node_id = node.node_id
-            self._record_outcome(entry, ack)
+            if self.breakers is not None:
+                self._record_outcome(entry, ack)
             self._succeed(entry, ack.result)
+            return
+        current = entry.node_id == node.node_id and (
+            ack.delivery == entry.delivery or node.inflight.get(task_id) == 0)
+        if kind == wire.STARTED:
+            if current and entry.state == wire.DISPATCHED:
+                entry.state = wire.RUNNING
             return
         error = ack.error[:MAX_ERROR_CHARS]
         if not current:

@@ -146,6 +146,14 @@ class Breaker:
 
     def record(self, ok: bool, now: float) -> Transition | None:
         s = self.settings
+        if ok and not self._failures and self.state is State.CLOSED:
+            # The common case, once per finished task: with no failure in the window, a
+            # success cannot open the breaker (0 < failure_ratio * calls).
+            window = self._window
+            window.append((now, True))
+            if len(window) > s.window_calls or window[0][0] < now - s.window_s:
+                self._prune(now)
+            return None
         if self.state is State.OPEN:
             return None  # a task dispatched before it opened
         if self.state is State.HALF_OPEN:
