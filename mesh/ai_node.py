@@ -100,14 +100,18 @@ class _HelperLink:
         self.last_used = time.monotonic()
 
 
+def _is_done(ack) -> bool:  # noqa: ANN001 - wire.Ack; a stored success answers any attempt
+    return ack.kind == wire.DONE
+
+
 class _Job:
     __slots__ = ("dispatch", "link", "task_id", "handler", "runner", "timeout_s", "deadline",
                  "timed_out", "cancel_event", "executor")
 
-    def __init__(self, dispatch, link: _HelperLink, handler) -> None:  # noqa: ANN001
+    def __init__(self, dispatch, link: _HelperLink, handler, task_id: str) -> None:  # noqa: ANN001
         self.dispatch = dispatch
         self.link = link
-        self.task_id = dispatch.task.task_id
+        self.task_id = task_id
         self.handler = handler  # looked up once, when the delivery is taken
         self.runner: asyncio.Task | None = None
         self.timeout_s = 0.0
@@ -498,7 +502,9 @@ class AINode:
                 self.metrics.bad_frames.inc()
             return  # no way to answer: dropped (and counted); its Helper resends it
         task = dispatch.task
-        if not task.task_id or not task.kind:
+        task_id = task.task_id  # each read of a protobuf string field makes a new str
+        kind = task.kind
+        if not task_id or not kind:
             self.metrics.bad_frames.inc()
             self._warn.warning("no-id", "delivery %d from %s has no task id or kind; rejected "
                                "as malformed", dispatch.delivery, inert(dispatch.reply_to, 80))
@@ -512,10 +518,9 @@ class AINode:
         if self._draining:
             self._reject(link, dispatch, wire.DRAINING, "node is draining")
             return
-        if task.task_id in self._running or task.task_id in link.held:
+        if task_id in self._running or task_id in link.held:
             return  # already here; it is in our heartbeat's held list
-        stored = self._dedup.lookup(task.task_id, dispatch.attempt,
-                                    lambda ack: ack.kind == wire.DONE)
+        stored = self._dedup.lookup(task_id, dispatch.attempt, _is_done)
         if stored is not None:
             self.metrics.dedup_hits.inc()
             answer = wire.Ack()
@@ -524,13 +529,13 @@ class AINode:
             answer.from_dedup = True
             self._queue_ack(link, answer)
             return
-        handler = self.app.handlers.get(task.kind)
+        handler = self.app.handlers.get(kind)
         if handler is None:
             self._reject(link, dispatch, wire.UNKNOWN_TASK_KIND,
-                         f"no handler for task kind {inert(task.kind, 100)!r} on node "
+                         f"no handler for task kind {inert(kind, 100)!r} on node "
                          f"{self.settings.node_id} (kinds: {', '.join(self._kinds) or 'none'})")
             return
-        job = _Job(dispatch, link, handler)
+        job = _Job(dispatch, link, handler, task_id)
         link.held.add(job.task_id)
         if len(self._running) < self.settings.concurrency and self._kind_has_room(handler.kind):
             self._start(job)
