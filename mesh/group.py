@@ -295,7 +295,7 @@ class GroupMember:
                         term.epoch, reason)
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-            journal.fail_waiters(f"the leader stopped leading ({reason})")
+            journal.fail_waiters(reason)
             if self._on_follow is not None:
                 await self._on_follow(helper)
             await helper.stop()
@@ -547,6 +547,14 @@ class _Follower:
                     break
             started = await self._handle(messages, started)
 
+    def _in_stream(self, leader_id: str, how: str) -> None:
+        """The leader's stream reaches this follower now (what an operator, or a rolling
+        restart, waits for before stopping the next member)."""
+        fs = self.state
+        log.info("group %s: %s replicates epoch %d of %s from index %d (%s)",
+                 self.member.settings.group, fs.member_id, fs.known_epoch, inert(leader_id, 60),
+                 fs.last_index, how)
+
     def _hello(self) -> Hello:
         hello = self.state.hello()
         if self.dirty:  # our log end is uncertain: ask to start from nothing (a snapshot)
@@ -573,9 +581,11 @@ class _Follower:
                     self._awaiting_snapshot = True
                     self._snapshot = []
                     await self._send(replica_link.ResetRequest(fs.member_id, fs.known_epoch))
-                elif step.epoch_changed:
-                    await self.flog.append((), fs.known_epoch, fs.last_index, fs.history)
-                    await self._send(fs.durable(fs.last_index))
+                else:
+                    if step.epoch_changed:
+                        await self.flog.append((), fs.known_epoch, fs.last_index, fs.history)
+                        await self._send(fs.durable(fs.last_index))
+                    self._in_stream(msg.leader_id, "its log agrees")
             elif isinstance(msg, Append):
                 if self._awaiting_snapshot:
                     continue
@@ -605,6 +615,7 @@ class _Follower:
                 self.dirty = False
                 started = True
                 await self._send(fs.durable(fs.last_index))
+                self._in_stream(msg.leader_id, "from a snapshot")
         if entries or saw_append:
             if entries:
                 await self.flog.append(entries, fs.known_epoch, fs.last_index, fs.history)

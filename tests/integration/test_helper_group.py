@@ -207,3 +207,36 @@ def test_group_with_min_replicas_zero_accepts_on_the_leader_alone(cluster):  # n
                 await client.close()
 
     asyncio.run(scenario())
+
+
+def test_group_submit_refused_for_want_of_replicas_is_not_logged_as_a_journal_failure(cluster):  # noqa: ANN001
+    """A submit admitted while the follower looked alive, whose follower then stops before it
+    has the record, is answered NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes. The
+    leader's log says so, and says no journal sync failed (nothing did: the disk is fine)."""
+    group = Group(cluster, 2)
+    group.start("h1")
+    wait_until(group.leader, 20, what="h1 leads")
+    group.start("h2")
+    wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
+               what="h2 in h1's stream")
+    cluster.start_ai()
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client}, make_task("echo", b"a", task_id="a"), 20)
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                results = await client.submit_results([make_task("echo", b"w", task_id="w")])
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert results[0].code == 20, (results[0].code, results[0].message)
+            assert "min-replicas" in results[0].message
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "submits not accepted (nothing failed on disk): only 0 follower(s)" in leader_log
+    assert "journal sync failed" not in leader_log
