@@ -22,6 +22,7 @@ from fake_agent import FakeConsulAgent
 
 from mesh import make_task
 from tests.integration.test_helper_group import Group, _clients, _submit_until_accepted, _wait_done
+from tests.integration.test_helper_group_rolling import rolling_restart_under_load
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -232,3 +233,9 @@ def test_consul_group_deposed_leaders_late_deliveries_reach_the_node_and_are_ref
         print(f"deliveries of the deposed epoch refused by the node: {refused:.0f}")
 
     asyncio.run(scenario())
+
+
+def test_consul_group_of_three_rolling_restart_under_load_gives_no_client_error_beyond_retries(cluster, lock_agent):  # noqa: ANN001
+    """tests/integration/test_helper_group_rolling.py in Consul mode: a clean stop releases the
+    key (no lock-delay after an explicit release), the client follows the leader in Consul."""
+    rolling_restart_under_load(cluster, ConsulGroup(cluster, lock_agent, 3), "--discovery-ttl", "1")

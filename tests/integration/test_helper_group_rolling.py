@@ -128,8 +128,9 @@ def _restart(cluster, group: Group, member: str) -> dict:  # noqa: ANN001
     return took
 
 
-def test_group_of_three_rolling_restart_under_load_gives_no_client_error_beyond_retries(cluster):  # noqa: ANN001
-    group = Group(cluster, 3)
+def rolling_restart_under_load(cluster, group: Group, *ai_args: str) -> None:  # noqa: ANN001
+    """The scenario of the module docstring on a group of 3 not started yet (embedded or
+    Consul mode: `group.leader()` reads the lock)."""
     group.start("h1")
     wait_until(group.leader, 20, what="h1 leads")
     offsets = {m: _log_size(cluster, m) for m in ("h2", "h3")}
@@ -138,8 +139,8 @@ def test_group_of_three_rolling_restart_under_load_gives_no_client_error_beyond_
     for member, offset in offsets.items():
         wait_until(lambda m=member, o=offset: "replicates epoch" in _log_since(cluster, m, o), 30,
                    interval_s=0.1, what=f"{member} in the leader's stream")
-    cluster.start_ai()
-    cluster.start_ai()
+    cluster.start_ai(*ai_args)
+    cluster.start_ai(*ai_args)
 
     async def scenario() -> None:
         client = Client(endpoints=DiscoverySource(cluster.discovery), timeout_s=2.0)
@@ -195,3 +196,7 @@ def test_group_of_three_rolling_restart_under_load_gives_no_client_error_beyond_
         assert not twice, f"effects applied twice: {twice}"
 
     asyncio.run(scenario())
+
+
+def test_group_of_three_rolling_restart_under_load_gives_no_client_error_beyond_retries(cluster):  # noqa: ANN001
+    rolling_restart_under_load(cluster, Group(cluster, 3))
