@@ -128,8 +128,9 @@ class GroupMember:
         self._heard: dict[str, tuple[bytes, Hello]] = {}
         #: after the term's Helper stopped (a clean stop): acks are still taken, nothing else
         self._handing_over = False
-        #: the term's first moments, before the intake is advertised: not yet "degraded"
-        self._settling = False
+        #: the term's first moments (monotonic deadline): followers not heard while planning
+        #: say Hello within a hello interval, so no "degraded" alert before then
+        self._settling_until = 0.0
         self._stepdown = asyncio.Event()
         self._stop = asyncio.Event()
         self._pump_scheduled = False
@@ -296,16 +297,14 @@ class GroupMember:
         for identity, hello in heard.values():
             self._answer_hello(identity, hello, time.monotonic())
         self._pump()
-        self._settling = True
+        self._settling_until = time.monotonic() + 1.5 * s.hello_interval_s
         ticker = asyncio.create_task(self._tick(), name="group-tick")
         try:
-            await self._await_followers()
-            self._settling = False
             if self._on_lead is not None:
                 await self._on_lead(helper)
             await self._stepdown.wait()
         finally:
-            self._settling = False
+            self._settling_until = 0.0
             reason = (self.leadership.lost_reason
                       or (f"a newer epoch ({self.state.fenced_by}) exists"
                           if self.state.fenced_by else "stopping"))
@@ -324,19 +323,6 @@ class GroupMember:
             self._hooks = None
             self._stepdown.clear()
             await self.leadership.resign()
-
-    async def _await_followers(self) -> None:
-        """Before the intake is advertised: wait a little (1.5 hello intervals at most) until
-        --min-replicas followers are in this term's stream. Those heard while planning are at
-        once; the others say Hello within a hello interval. Clients are then not refused
-        NOT_ENOUGH_REPLICAS for want of a Hello, and a failover raises no degraded alert when
-        the followers are there."""
-        s = self.settings
-        deadline = time.monotonic() + 1.5 * s.hello_interval_s
-        while (self.state is not None and not self._stepdown.is_set()
-               and len(self.state.alive_followers(time.monotonic())) < s.replicas
-               and time.monotonic() < deadline):
-            await asyncio.sleep(0.02)
 
     async def _hand_over(self) -> None:
         """A clean stop, the Helper stopped (nothing more is appended): send the followers in
@@ -368,7 +354,8 @@ class GroupMember:
         try:
             state.check_accepting(time.monotonic())
         except NotEnoughReplicas as exc:
-            self._set_degraded(True, len(state.alive_followers(time.monotonic())))
+            if time.monotonic() >= self._settling_until:
+                self._set_degraded(True, len(state.alive_followers(time.monotonic())))
             return exc
         except MeshError:
             return ShuttingDown()
@@ -385,8 +372,8 @@ class GroupMember:
                 self._stepdown.set()
                 return
             self._pump()
-            if self._settling:
-                continue
+            if time.monotonic() < self._settling_until:
+                continue  # the followers' first Hellos may be on their way
             alive = len(state.alive_followers(time.monotonic()))
             self._set_degraded(alive < max(s.replicas, 1) and s.group_size > 1, alive)
             if alive < s.replicas and self._hooks is not None and self._hooks.journal is not None:

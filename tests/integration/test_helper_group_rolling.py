@@ -13,7 +13,7 @@ it may get besides "accepted" are the ones that mean "not stored, send again": n
 time (the leader it knew is gone), SHUTTING_DOWN (a member that is stopping, or stopped
 leading) and NOT_ENOUGH_REPLICAS (a new leader before its followers are back in its stream).
 Anything else (a journal failure, above all) is an error the restart caused; and since a new
-leader advertises its intake only once a follower is in its stream, NOT_ENOUGH_REPLICAS should
+leader starts its term with the follower it heard while planning, NOT_ENOUGH_REPLICAS should
 not come either. At the end every accepted task succeeded and its effect was applied exactly
 once.
 """
@@ -178,8 +178,9 @@ def rolling_restart_under_load(cluster, group: Group, *ai_args: str) -> None:  #
               f"errors {len(producer.errors)}")
         assert any(r["was_leader"] for r in restarts), restarts
         assert not producer.errors, f"the client saw errors beyond retries: {producer.errors[:10]}"
-        # A new leader advertises its intake once a follower is in its stream (those it heard
-        # while planning are answered at once): no refusal for want of a Hello.
+        # A new leader answers the Hellos it heard while planning as its term begins: a
+        # follower is in its stream before its intake is advertised, nothing is refused for
+        # want of a Hello.
         assert not producer.retried["NOT_ENOUGH_REPLICAS"], dict(producer.retried)
         ids = producer.accepted
         assert len(ids) == len(set(ids))
