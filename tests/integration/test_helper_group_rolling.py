@@ -1,4 +1,5 @@
-"""A rolling restart of a whole Helper group under load (issue 15, decision 009), embedded mode.
+"""A rolling restart of a whole Helper group under load (issue 15, decision 009); embedded mode
+here, Consul mode in tests/consul/test_helper_group_consul.py (same scenario).
 
 A group of 3 (min-replicas 1), two AI nodes, and a client that follows discovery (`Client` with
 the registry as its endpoint source: only the leader is registered) submitting without pause,
