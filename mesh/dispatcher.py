@@ -40,7 +40,6 @@ import msgspec
 from mesh import records, wire
 from mesh.choose import share_credit
 from mesh.deadletter import DeadLetterBook, dead_letter_size
-from mesh.journal.record import RECORD_OVERHEAD
 from mesh.metrics import HelperMetrics, observe_many
 from mesh.pending import PendingQueue
 from mesh.policies.circuit import Breakers, State, Transition
@@ -317,9 +316,6 @@ class Dispatcher:
         self._warn = RateLimitedLog(log, interval_s=10.0)
         self._succeeded_metric = metrics.outcomes.labels("succeeded")  # looked up once: hot path
         self._e2e_s: list[float] = []  # end-to-end latencies of an ack batch, observed at its end
-        #: while an ack batch is applied: the (key, SUCCEEDED record) of each task it finished,
-        #: appended together at its end (`_write_succeeded`); None outside of one
-        self._succeeded_records: list[tuple[bytes, bytes]] | None = None
         now = time.monotonic()
         self.rate_limits = RateLimits(settings.rate_limit_rates(), now)
         self.breakers = (Breakers(settings.breaker_settings(), self._on_breaker)
@@ -635,12 +631,9 @@ class Dispatcher:
         node.held = hb.held_task_ids
         node.version = hb.version
         if batch.acks:
-            # Counted once per batch, not per ack (also when the journal fails half-way), and
-            # the batch's SUCCEEDED records appended together.
+            # Counted once per batch, not per ack (also when the journal fails half-way).
             stats = self.stats
             succeeded = stats["succeeded"]
-            if self.record_limit_bytes:
-                self._succeeded_records = []
             try:
                 for ack in batch.acks:
                     self._apply_ack(node, ack)
@@ -650,9 +643,6 @@ class Dispatcher:
                     self._succeeded_metric.inc(stats["succeeded"] - succeeded)
                     observe_many(self.metrics.e2e_latency, self._e2e_s)
                     self._e2e_s = []
-                done, self._succeeded_records = self._succeeded_records, None
-                if done:
-                    self._write_succeeded(done)
         node.concurrency = hb.concurrency
         node.running = hb.running
         node.kinds_full = hb.kinds_full
@@ -965,23 +955,17 @@ class Dispatcher:
             state=wire.SUCCEEDED, attempts=entry.attempt, deliveries=entry.lost_deliveries,
             result=result, error=entry.error, finished_ns=finished_ns, node_id=entry.node_id,
             history=entry.history))
-        batched = self._succeeded_records
-        if batched is not None and \
-                RECORD_OVERHEAD + len(key) + len(record) <= self.record_limit_bytes:
-            batched.append((key, record))  # appended, and its key released, with its batch
-        else:
-            batched = None
-            try:
-                self._append(records.TASK, key, record)
-            except ValueError as exc:  # the journal's record size check
-                limit = (f"{self.record_limit_bytes} bytes" if self.record_limit_bytes
-                         else "its limit")
-                self._dead(entry, wire.PAYLOAD_REJECTED,
-                           f"the result of {len(result)} bytes from node "
-                           f"{inert(entry.node_id, 80)} does not fit the Helper's journal "
-                           f"record limit of {limit} ({exc}); return smaller results (store "
-                           "large ones elsewhere and return a reference)")
-                return
+        try:
+            self._append(records.TASK, key, record)
+        except ValueError as exc:  # the journal's record size check
+            limit = (f"{self.record_limit_bytes} bytes" if self.record_limit_bytes
+                     else "its limit")
+            self._dead(entry, wire.PAYLOAD_REJECTED,
+                       f"the result of {len(result)} bytes from node {inert(entry.node_id, 80)} "
+                       f"does not fit the Helper's journal record limit of {limit} "
+                       f"({exc}); return smaller results (store large ones elsewhere and "
+                       "return a reference)")
+            return
         # A DONE can overtake the task's own bookkeeping: after our restart the task is queued
         # again while a node still finishes it, or a retry waits while an earlier delivery's
         # DONE comes in. Out of the queue with it, or it is dispatched again with no payload.
@@ -995,36 +979,11 @@ class Dispatcher:
         entry.finished_ns = finished_ns
         if self.tasks.get(entry.task_id) is entry:
             del self.tasks[entry.task_id]
-        if batched is None:
-            self._release(key)
+        self._release(key)
         self._retain(entry.task_id, record, self._segment(), entry.deliveries)
         self.stats["succeeded"] += 1  # the outcomes metric follows once per batch (on_ack_batch)
         self._e2e_s.append(max(0.0, time.monotonic() - entry.accepted_at))  # by on_ack_batch
         self._finish(entry)
-
-    def _write_succeeded(self, done: list[tuple[bytes, bytes]]) -> None:
-        """Append the SUCCEEDED records of one ack batch: in as few TASKS records as the record
-        limit allows (a lone one as a TASK record), then release their keys. A key is released
-        only once its record is appended: if the journal refuses it, the task's earlier records
-        stay live (it runs again after a restart, as when a result's record is lost unsynced;
-        a compaction rewrites it from the retained store meanwhile)."""
-        room = self.record_limit_bytes - RECORD_OVERHEAD
-        start = 0
-        while start < len(done):
-            end, size = start, 0
-            while end < len(done):
-                size += len(done[end][1]) + 10  # its bytes and a length prefix, at most
-                if end > start and size > room:
-                    break
-                end += 1
-            chunk = done[start:end]
-            if len(chunk) == 1:
-                self._append(records.TASK, chunk[0][0], chunk[0][1])
-            else:
-                self._append(records.TASKS, b"", wire.join_records([r for _, r in chunk]))
-            for key, _ in chunk:
-                self._release(key)
-            start = end
 
     def _dead(self, entry: TaskEntry, reason: int, error: str) -> None:
         self.pending.discard(entry)
@@ -1348,10 +1307,17 @@ class Dispatcher:
     def replay(self, record) -> None:  # noqa: ANN001 - journal Record
         """Apply one journal record during recovery (records come oldest first)."""
         if record.type == records.TASK:
-            self._replay_task(record.payload, record.key)
-        elif record.type == records.TASKS:  # one ack batch's SUCCEEDED records
-            for payload in wire.split_records(record.payload):
-                self._replay_task(payload, None)
+            rec = wire.decode_task_record(record.payload)
+            self._seq += 1
+            if rec.state == wire.SUCCEEDED:  # a retained result (self-contained): key released
+                self.tasks.pop(rec.task.task_id, None)
+                self.retained.put(rec.task.task_id, _SENT.pack(0) + record.payload,
+                                  self._segment())
+                self._release(record.key)
+                return
+            self.retained.remove(rec.task.task_id)
+            entry = _entry_of_record(rec, self._seq, self._kind_attempts(rec.task.kind))
+            self.tasks[entry.task_id] = entry
         elif record.type == records.TRANSITION:
             rec = wire.decode_transition_record(record.payload)
             entry = self.tasks.get(rec.task_id)
@@ -1388,19 +1354,6 @@ class Dispatcher:
             self.retained.remove(record.key.decode())
             self.dead_letters.remove(record.key.decode())
             self._release(record.key)
-
-    def _replay_task(self, payload: bytes, key: bytes | None) -> None:
-        """One TaskRecord (a TASK record, or one of a TASKS record, whose key is its task id)."""
-        rec = wire.decode_task_record(payload)
-        self._seq += 1
-        if rec.state == wire.SUCCEEDED:  # a retained result (self-contained): key released
-            self.tasks.pop(rec.task.task_id, None)
-            self.retained.put(rec.task.task_id, _SENT.pack(0) + payload, self._segment())
-            self._release(key if key is not None else rec.task.task_id.encode())
-            return
-        self.retained.remove(rec.task.task_id)
-        entry = _entry_of_record(rec, self._seq, self._kind_attempts(rec.task.kind))
-        self.tasks[entry.task_id] = entry
 
     def finish_replay(self) -> dict[str, int]:
         """Queue every task that is not terminal; rebuild retention. Returns counts."""

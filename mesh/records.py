@@ -6,11 +6,6 @@ Record types (the journal's `type` byte):
 - TRANSITION: one change of a known task (`TransitionRecord`): retry scheduled, delivery lost
   with a dead node, SUCCEEDED with its result, DEAD with its reason, replayed from the DLQ.
 - FORGET: the task is no longer needed (its result fell out of retention, or it was purged).
-- TASKS: the SUCCEEDED `TaskRecord`s of one ack batch in one record (no key): replayed exactly
-  as that many TASK records. One append per batch instead of one per finished task; a batch of
-  one is written as a TASK record. Payload: each TaskRecord as a varint length and its bytes
-  (`wire.join_records` / `wire.split_records`). A Helper older than this skips it on replay,
-  so after a downgrade those tasks run again (the nodes' de-duplication answers most).
 
 Not journaled, on purpose: DISPATCHED and RUNNING. After a restart every task that is not
 terminal is queued again (the node that still holds it reports so in its heartbeat and keeps
@@ -23,7 +18,6 @@ from __future__ import annotations
 TASK = 1
 TRANSITION = 2
 FORGET = 3
-TASKS = 6
 
 # A Helper group's own records (mesh/group_log.py); a replay of the task table skips them.
 POSITION = 4  # where this member's log stands: (known epoch, last index, epoch history); not replicated

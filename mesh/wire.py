@@ -275,39 +275,6 @@ def encode_new_task_record(task_encoded: bytes) -> bytes:
     return b"\x0a" + _varint(len(task_encoded)) + task_encoded + b"\x10\x01\x18\x01"
 
 
-def join_records(encoded: list[bytes]) -> bytes:
-    """Several encoded records in one payload: each as a varint length and its bytes (the
-    journal's TASKS record; the same bytes as a repeated message field 1 without its tags)."""
-    parts = []
-    for record in encoded:
-        parts.append(_varint(len(record)))
-        parts.append(record)
-    return b"".join(parts)
-
-
-def split_records(payload: bytes) -> list[bytes]:
-    """The records `join_records` joined. WireError if the payload is cut or malformed."""
-    out = []
-    view = memoryview(payload)
-    i, end = 0, len(payload)
-    while i < end:
-        size = shift = 0
-        while True:
-            if i >= end or shift > 63:
-                raise WireError(f"malformed record batch at byte {i} of {end}")
-            byte = payload[i]
-            i += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        if i + size > end:
-            raise WireError(f"record batch cut: {size} bytes at byte {i} of {end}")
-        out.append(bytes(view[i:i + size]))
-        i += size
-    return out
-
-
 def new_task_record_size(task_bytes_len: int) -> int:
     """len(encode_new_task_record(x)) for an x of `task_bytes_len` bytes, without building it."""
     return 1 + _varint_len(task_bytes_len) + task_bytes_len + 4
