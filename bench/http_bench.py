@@ -12,7 +12,8 @@ Starts a Helper, one AI node (kind `noop`) and `mesh http --no-auth` as processe
 The HTTP side is measured with a minimal keep-alive HTTP/1.1 client written here (a few lines
 on asyncio streams), so the figure is the gateway's cost and not an HTTP library's. Targets
 (issue 12): 202 p50 <= native p50 + 300 us; HTTP throughput >= 50% of native. The load average
-is printed before and after: on a shared machine the figures are only as quiet as it is.
+is printed before and after: on a shared machine the figures are only as quiet as it is. The
+gateway's CPU time per request (from /proc) is the figure that load disturbs least.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ class RawHttp:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(samples_s: list[float]) -> dict:
@@ -112,12 +119,16 @@ async def closed_loop(submit_factories: list, seconds: float) -> dict:
     return {"tasks_per_s": round(done[0] / elapsed), "tasks": done[0]}
 
 
-async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust | None) -> dict:
+async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust | None,
+                  gateway_pid: int) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     out: dict = {"load_before": os.getloadavg()}
     async with Client(intake, trust=trust) as client:
         out["native_latency"] = await native_latency(client, args.count)
+        cpu = cpu_s(gateway_pid)
         out["http_latency"] = await http_latency(host, int(port), args.count)
+        out["http_latency"]["gateway_cpu_us_per_request"] = round(
+            (cpu_s(gateway_pid) - cpu) * 1e6 / (args.count + 200), 1)
 
         async def native_submit() -> None:
             await client.submit("noop", b"")
@@ -125,8 +136,11 @@ async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust 
                                                      args.seconds)
     conns = [await RawHttp(host, int(port)).connect() for _ in range(args.concurrency)]
     try:
+        cpu = cpu_s(gateway_pid)
         out["http_throughput"] = await closed_loop(
             [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns], args.seconds)
+        out["http_throughput"]["gateway_cpu_us_per_request"] = round(
+            (cpu_s(gateway_pid) - cpu) * 1e6 / out["http_throughput"]["tasks"], 1)
     finally:
         for conn in conns:
             conn.close()
@@ -162,7 +176,8 @@ def main() -> int:
                               discovery, "--no-alerts", *plain], env=env,
                              log_path=work / "helper.log", name="helper")
         procs.append(helper.start())
-        procs.append(NodeProcess(["ai", "--discovery", discovery, *plain], env=env,
+        procs.append(NodeProcess(["ai", "--app", "nodes.sample_app:app", "--discovery", discovery,
+                                  *plain], env=env,
                                  log_path=work / "ai.log", name="ai").start())
         gateway = NodeProcess(["http", "--bind", "127.0.0.1:0", "--no-auth", "--intake",
                                helper.ready["intake"], *plain], env=env,
@@ -174,7 +189,8 @@ def main() -> int:
             run = uvloop.run
         except ImportError:
             run = asyncio.run
-        result = run(measure(args, helper.ready["intake"], gateway.ready["url"], trust))
+        result = run(measure(args, helper.ready["intake"], gateway.ready["url"], trust,
+                             gateway.pid))
     finally:
         stop_all(procs)
     result["cores"] = os.cpu_count()
