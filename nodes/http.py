@@ -30,6 +30,7 @@ from mesh.alert_recent import RecentAlerts
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError, MeshError, Unavailable
 from mesh.helper_pool import HelperPool, WaitTimedOut
+from mesh.http_asgi import HotRoutes, JsonAnswer
 from mesh.http_metrics import GatewayMetrics
 from mesh.http_openapi import openapi_document
 from mesh.http_problem import PROBLEM_JSON, Problem, problem_for, submit_problem
@@ -205,7 +206,10 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
               alerts: RecentAlerts | None = None):  # noqa: ANN201 - a Starlette app
     """`pool`: a fixed HelperPool, or a `mesh.Client` following Helpers (its HelperPool, with
     the endpoints its source gives now, serves each request). `alerts`: the recent alerts of
-    the alert lane, for /v1/overview (None: not followed, the page says so)."""
+    the alert lane, for /v1/overview (None: not followed, the page says so).
+
+    Returns a `HotRoutes` (mesh/http_asgi.py) in front of the Starlette app: it serves the two
+    hot routes (submit one task, a task's status) with the same endpoints, bare ASGI."""
     from starlette.applications import Starlette
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
@@ -213,6 +217,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
 
     metrics = metrics or GatewayMetrics()
     routes: list = []
+    endpoints: dict[tuple[str, str], object] = {}  # (method, path) -> the wrapped endpoint
 
     async def helpers() -> HelperPool:
         """The Helpers now; Unavailable (503) if there are none."""
@@ -225,8 +230,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             return None
     long_polls = [0]
 
-    def answer(body: object, status: int = 200, headers: dict | None = None) -> Response:
-        return Response(json.dumps(body).encode(), status, headers, "application/json")
+    def answer(body: object, status: int = 200, headers: dict | None = None) -> JsonAnswer:
+        return JsonAnswer(json.dumps(body).encode(), status, headers)
 
     def route(path: str, method: str, role: HttpRole | None = HttpRole.CLIENT):  # noqa: ANN202
         """Register `fn` for `method path`; authorize, turn errors into problem+json, count."""
@@ -249,6 +254,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
                                 time.perf_counter() - started)
                 return response
             routes.append(Route(path, endpoint, methods=[method]))
+            endpoints[(method, path)] = endpoint
             return fn
         return register
 
@@ -474,7 +480,9 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
         finally:
             await pool.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return HotRoutes(Starlette(routes=routes, lifespan=lifespan),
+                     submit=endpoints[("POST", "/v1/tasks/{kind}")],
+                     status=endpoints[("GET", "/v1/tasks/{task_id}")])
 
 
 #: what the live page would show but the gateway does not give yet
@@ -624,6 +632,5 @@ def _batch_task(item: object):  # noqa: ANN202 - wire.Task
                      ttl_s=_header_ttl(item.get("ttl_s"), "ttl_s"))
 
 
-def _problem_response(problem: Problem):  # noqa: ANN202
-    from starlette.responses import Response
-    return Response(problem.encode(), problem.status, problem.headers, PROBLEM_JSON)
+def _problem_response(problem: Problem) -> JsonAnswer:
+    return JsonAnswer(problem.encode(), problem.status, problem.headers, PROBLEM_JSON)
