@@ -4,8 +4,9 @@
 
 Starts a Helper, one AI node (kind `noop`) and `mesh http --no-auth` as processes, then:
 
-- latency: one submit at a time, N times, after a warm-up: the native `Client.submit` until
-  "accepted", and an HTTP POST /v1/tasks/noop until its 202 (one keep-alive connection);
+- latency: one submit at a time, N times each, after a warm-up: the native `Client.submit`
+  until "accepted", and an HTTP POST /v1/tasks/noop until its 202 (one keep-alive
+  connection), taken in turn (native, HTTP, native, ...) so that both see the same load;
 - throughput: `--concurrency` submitters for `--seconds`, one submit in flight each: native
   coroutines sharing one Client, and HTTP callers on a connection each.
 
@@ -76,31 +77,33 @@ def percentiles(samples_s: list[float]) -> dict:
             "mean_us": round(statistics.fmean(ordered) * 1e6, 1), "n": len(ordered)}
 
 
-async def native_latency(client: Client, count: int) -> dict:
-    for _ in range(200):
-        await client.submit("noop", b"")
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await client.submit("noop", b"")
-        samples.append(time.perf_counter() - started)
-    return percentiles(samples)
+WARM_UP = 200
 
 
-async def http_latency(host: str, port: int, count: int) -> dict:
+async def paired_latency(client: Client, host: str, port: int, count: int,
+                         gateway_pid: int) -> tuple[dict, dict]:
+    """Native and HTTP submits one at a time, in turn: (native, http) percentiles, and the
+    gateway's CPU time per HTTP request."""
     conn = await RawHttp(host, port).connect()
     try:
-        for _ in range(200):
+        for _ in range(WARM_UP):
+            await client.submit("noop", b"")
             assert await conn.post("/v1/tasks/noop", b"") == 202
-        samples = []
+        native, http = [], []
+        cpu = cpu_s(gateway_pid)
         for _ in range(count):
             started = time.perf_counter()
+            await client.submit("noop", b"")
+            native.append(time.perf_counter() - started)
+            started = time.perf_counter()
             status = await conn.post("/v1/tasks/noop", b"")
-            samples.append(time.perf_counter() - started)
+            http.append(time.perf_counter() - started)
             assert status == 202, status
+        cpu = cpu_s(gateway_pid) - cpu
     finally:
         conn.close()
-    return percentiles(samples)
+    return percentiles(native), {**percentiles(http),
+                                 "gateway_cpu_us_per_request": round(cpu * 1e6 / count, 1)}
 
 
 async def closed_loop(submit_factories: list, seconds: float) -> dict:
@@ -124,11 +127,8 @@ async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust 
     host, port = url.removeprefix("http://").rsplit(":", 1)
     out: dict = {"load_before": os.getloadavg()}
     async with Client(intake, trust=trust) as client:
-        out["native_latency"] = await native_latency(client, args.count)
-        cpu = cpu_s(gateway_pid)
-        out["http_latency"] = await http_latency(host, int(port), args.count)
-        out["http_latency"]["gateway_cpu_us_per_request"] = round(
-            (cpu_s(gateway_pid) - cpu) * 1e6 / (args.count + 200), 1)
+        out["native_latency"], out["http_latency"] = await paired_latency(
+            client, host, int(port), args.count, gateway_pid)
 
         async def native_submit() -> None:
             await client.submit("noop", b"")

@@ -619,6 +619,12 @@ class Client:
         finally:
             self._batches.discard(batch.done)
 
+    def _no_reply(self, reply: asyncio.Future, timeout_s: float) -> None:
+        if not reply.done():
+            reply.set_exception(Unavailable(
+                f"no reply from the Helper at {self.endpoint} within {timeout_s:g}s: is it up? "
+                "(mesh nodes / discovery list it)"))
+
     def _expire(self, rid: int, reply: asyncio.Future, timeout_s: float) -> None:
         self._waiting.pop(rid, None)
         if not reply.done():
@@ -695,14 +701,14 @@ class Client:
         return rid, fut
 
     async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+        # One timer on the reply future itself, not asyncio.wait_for (a second future, a
+        # callback and a timer per request: the HTTP gateway's share of CPU per submit).
         rid, fut = self._send(request)
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._no_reply, fut, timeout_s)
         try:
-            reply = await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
-                              f"{timeout_s:g}s: is it up? (mesh nodes / discovery list it)"
-                              ) from None
+            reply = await fut
         finally:
+            timer.cancel()
             self._waiting.pop(rid, None)
         if reply.code not in (wire.OK, 0):
             raise error_from_code(reply.code, reply.message)

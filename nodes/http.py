@@ -274,7 +274,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             ttl_s=_header_ttl(headers.get("x-mesh-ttl")),
             headers={"content-type": headers["content-type"]}
             if "content-type" in headers else None)
-        outcome = (await (await helpers()).submit([task]))[0]
+        outcome = await (await helpers()).submit_one(task)
         if outcome.code != wire.OK:
             raise submit_problem(outcome.code, outcome.message)
         return answer(accepted_json(outcome.task_id, outcome.duplicate), 202,
