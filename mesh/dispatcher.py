@@ -906,7 +906,8 @@ class Dispatcher:
         self._finish(entry)
 
     def nodes_view(self):  # noqa: ANN201 - wire.NodesReply
-        """The nodes and the queue by kind as this Helper sees them now."""
+        """The nodes, the queue by kind, the rate limits (held back or not) and the circuit
+        breakers as this Helper sees them now."""
         now = time.monotonic()
         reply = wire.NodesReply()
         for node in self.nodes.values():
@@ -920,6 +921,20 @@ class Dispatcher:
             reply.queues.append(wire.KindQueue(kind=kind, depth=depth,
                                                oldest_age_ms=int((now - oldest) * 1000)))
         reply.retry_waiting = len(self.retry_waiting)
+        limits = self.rate_limits
+        held = set(limits.throttled())
+        for kind in limits.kinds:
+            share, whole = limits.share(kind), limits.limit(kind)
+            reply.rate_limits.append(wire.RateLimitInfo(
+                kind=kind, per_s=share.per_s, burst=share.burst, limit_per_s=whole.per_s,
+                held=kind in held))
+        if self.breakers is not None:
+            for info in self.breakers.snapshot(now):
+                reply.circuits.append(wire.CircuitInfo(
+                    name=info.name, scope=info.scope, state=info.state.value,
+                    failures=info.failures, calls=info.calls,
+                    probe_in_ms=max(0, int((info.reopen_at - now) * 1000))
+                    if info.reopen_at else 0))
         return reply
 
     def _release_delivery(self, entry: TaskEntry) -> None:

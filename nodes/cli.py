@@ -8,7 +8,8 @@
     mesh status TASK_ID...      the state of tasks (JSON, one line each)
     mesh cancel TASK_ID...      cancel tasks (queued or running)
     mesh dlq list|inspect|replay|purge [TASK_ID...]   (with the operator key)
-    mesh nodes                  the AI nodes and the queue by kind (with the operator key)
+    mesh nodes                  the AI nodes, the queue by kind, rate limits and circuit breakers
+                                (with the operator key)
     mesh stats                  the Helper's counters (with the operator key)
 
 Client commands find the Helpers with --intake, else $MESH_INTAKE, else discovery, and give
@@ -228,15 +229,19 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _nodes(args: argparse.Namespace) -> int:
-    from nodes.http import host_of, nodes_json
+    from nodes.http import circuit_json, host_of, nodes_json, rate_limit_json
     async with _client(args, Role.OPERATOR) as client:
         views = await client.nodes()
     nodes = [nodes_json(n, helper) for helper, view in views.items() for n in view.nodes]
     queues = [{"helper": helper, "kind": q.kind, "depth": q.depth,
                "oldest_age_s": q.oldest_age_ms / 1000} for helper, view in views.items()
               for q in view.queues]
+    limits = [rate_limit_json(r, helper) for helper, view in views.items()
+              for r in view.rate_limits]
+    circuits = [circuit_json(c, helper) for helper, view in views.items()
+                for c in view.circuits]
     if args.json:
-        _print({"nodes": nodes, "queues": queues})
+        _print({"nodes": nodes, "queues": queues, "rate_limits": limits, "circuits": circuits})
         return EXIT_OK
     columns = ("id", "host", "state", "credit", "held", "version", "last beat", "helper")
     rows = [(n["id"], n["host"] or n["endpoint"], n["state"], str(n["credit"]), str(n["held"]),
@@ -250,6 +255,22 @@ async def _nodes(args: argparse.Namespace) -> int:
         print("(no AI node is connected to the Helpers)")
     for q in queues:
         print(f"queue {q['kind']}: {q['depth']} waiting, oldest {q['oldest_age_s']:.1f}s")
+    several = len(views) > 1
+    for r in limits:
+        where = f" on {host_of(r['helper']) or r['helper']}" if several else ""
+        share = (f" (this Helper's share {r['per_s']:g}/s)"
+                 if r["per_s"] != r["limit_per_s"] else "")
+        print(f"rate limit {r['kind']}{where}: {r['limit_per_s']:g}/s{share}, burst "
+              f"{r['burst']:g}, {'held back now' if r['held'] else 'not holding tasks back'}")
+    for c in circuits:
+        where = f" on {host_of(c['helper']) or c['helper']}" if several else ""
+        if c["state"] == "closed":
+            how = f"{c['failures']} failures in the last {c['calls']} calls"
+        elif c["state"] == "open":
+            how = f"probe in {c['probe_in_s'] or 0:.1f}s"
+        else:
+            how = "a probe runs"
+        print(f"circuit {c['scope']} {c['name']}{where}: {c['state']} ({how})")
     return EXIT_OK
 
 

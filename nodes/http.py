@@ -419,7 +419,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             return stats, next(iter(nodes.values()))
         pool_now = await helpers_or_none()  # none: the page still shows the gateway's side
         answers = await pool_now.each(both) if pool_now is not None else {}
-        helpers, totals, nodes, queues = [], {}, [], {}
+        helpers, totals, nodes, queues, limits, circuits = [], {}, [], {}, [], []
         for endpoint, reply in answers.items():
             if isinstance(reply, BaseException):
                 helpers.append({"endpoint": endpoint, "up": False,
@@ -430,6 +430,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
             nodes += [nodes_json(node, endpoint) for node in view.nodes]
+            limits += [rate_limit_json(limit, endpoint) for limit in view.rate_limits]
+            circuits += [circuit_json(circuit, endpoint) for circuit in view.circuits]
             for queue in view.queues:
                 depth, oldest = queues.get(queue.kind, (0, 0))
                 queues[queue.kind] = (depth + queue.depth, max(oldest, queue.oldest_age_ms))
@@ -437,6 +439,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
                        "totals": totals, "nodes": nodes,
                        "queues": [{"kind": k, "depth": d, "oldest_age_s": round(o / 1000, 3)}
                                   for k, (d, o) in sorted(queues.items())],
+                       "rate_limits": limits, "circuits": circuits,
                        "gateway": _gateway_figures(pool_now, long_polls[0]),
                        "alerts": alerts.json() if alerts is not None else [],
                        "missing": MISSING_FROM_STATS if alerts is not None
@@ -499,6 +502,21 @@ def nodes_json(node, helper: str) -> dict:  # noqa: ANN001 - wire.NodeInfo
             "concurrency": node.concurrency, "held": node.held, "running": node.running,
             "inflight": node.inflight, "version": node.version or None,
             "last_beat_s": round(node.last_beat_age_ms / 1000, 3), "kinds": list(node.kinds)}
+
+
+def rate_limit_json(limit, helper: str) -> dict:  # noqa: ANN001 - wire.RateLimitInfo
+    """A kind's rate limit on one Helper (its share of the whole), and whether it holds tasks
+    back now; for `mesh nodes` and /v1/overview."""
+    return {"kind": limit.kind, "helper": helper, "per_s": round(limit.per_s, 6),
+            "burst": round(limit.burst, 6), "limit_per_s": round(limit.limit_per_s, 6),
+            "held": limit.held}
+
+
+def circuit_json(circuit, helper: str) -> dict:  # noqa: ANN001 - wire.CircuitInfo
+    """A circuit breaker on one Helper, for `mesh nodes` and /v1/overview."""
+    return {"name": circuit.name, "scope": circuit.scope, "helper": helper,
+            "state": circuit.state, "failures": circuit.failures, "calls": circuit.calls,
+            "probe_in_s": round(circuit.probe_in_ms / 1000, 3) if circuit.probe_in_ms else None}
 
 
 def host_of(endpoint: str) -> str:
