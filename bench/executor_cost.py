@@ -9,7 +9,8 @@ async|thread|process` minus the node's own path (sockets, acks), which is the sa
 
 Per way of running: p50/p99 latency of one call (from the caller's await to its result) and
 throughput, with `slots` callers each keeping one call in flight (a closed loop, as an AI node
-with concurrency 16 runs); then p50/p99 with one call in flight (the bare per-call cost).
+with concurrency 16 runs), with the CPU time per call of the parent and (process rows) of
+the children together; then p50/p99 with one call in flight (the bare per-call cost).
 The parent runs uvloop, as the nodes do. Also: how long a child takes to start (spawn, what
 the pool uses) against multiprocessing's forkserver (the alternative we measured), and how
 long the pool takes to start `slots` children. Figures are for this machine and its load: the
@@ -161,23 +162,29 @@ async def main(args: argparse.Namespace) -> None:
     rows = []
     for name, call in ways:
         await _closed_loop(call, slots, slots * 20)  # warm up
+        pids = [c.pid for c in pool.children()] if name.startswith("process") else []
+        children = sum(_proc_cpu_s(p) for p in pids)
         cpu = time.process_time()
         loaded, elapsed = await _closed_loop(call, slots, calls)
         cpu = time.process_time() - cpu
+        children = sum(_proc_cpu_s(p) for p in pids) - children
         alone = await _serial(call, serial)
         rows.append((name, _pct(loaded, 0.5), _pct(loaded, 0.99), len(loaded) / elapsed,
-                     _pct(alone, 0.5), _pct(alone, 0.99), cpu / len(loaded)))
+                     _pct(alone, 0.5), _pct(alone, 0.99), cpu / len(loaded),
+                     children / len(loaded)))
     await pool.stop()
     await threads.stop()
 
     print(f"\n{calls} calls of a {HANDLER_S * 1000:.0f} ms handler, {slots} in flight; then "
           f"{serial} calls one at a time")
-    print(f"{'':24} {'p50 us':>8} {'p99 us':>8} {'calls/s':>9} {'parent cpu us/call':>19} | "
-          f"{'alone p50':>9} {'alone p99':>9} | p50 - inline's: loaded / alone")
+    print(f"{'':24} {'p50 us':>8} {'p99 us':>8} {'calls/s':>9} {'parent cpu us/call':>19} "
+          f"{'children':>9} | {'alone p50':>9} {'alone p99':>9} | p50 - inline's: loaded / "
+          "alone")
     base = rows[0]
-    for name, p50, p99, rate, a50, a99, cpu in rows:
-        print(f"{name:24} {p50 * 1e6:8.0f} {p99 * 1e6:8.0f} {rate:9.0f} {cpu * 1e6:19.1f} | "
-              f"{a50 * 1e6:9.0f} {a99 * 1e6:9.0f} | {(p50 - base[1]) * 1e6:+.0f} / "
+    for name, p50, p99, rate, a50, a99, cpu, kids in rows:
+        kids_us = f"{kids * 1e6:9.1f}" if name.startswith("process") else f"{'-':>9}"
+        print(f"{name:24} {p50 * 1e6:8.0f} {p99 * 1e6:8.0f} {rate:9.0f} {cpu * 1e6:19.1f} "
+              f"{kids_us} | {a50 * 1e6:9.0f} {a99 * 1e6:9.0f} | {(p50 - base[1]) * 1e6:+.0f} / "
               f"{(a50 - base[4]) * 1e6:+.0f} us")
     best = min((r for r in rows if r[0].startswith("process")), key=lambda r: r[1])
     print(f"\ntargets (process vs inline): p50 at most +150 us -> "
@@ -194,14 +201,18 @@ async def main(args: argparse.Namespace) -> None:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and of its children now alive (/proc)."""
-    def one(p: int) -> float:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    one = _proc_cpu_s
     kids = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
