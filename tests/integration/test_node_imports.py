@@ -25,7 +25,7 @@ NOT_IN_A_HELPER = (
     "mesh.replication", "mesh.replica_link", "mesh.leadership", "mesh.http_views",
     "mesh.http_openapi", "nodes.http", "nodes.notifier", "nodes.sample_app",
     "nodes.client_factory", "discovery.consul", "consul", "requests", "starlette", "uvicorn",
-    "httptools", "multiprocessing",
+    "httptools", "multiprocessing", "importlib.metadata",
 )
 
 
