@@ -3,7 +3,7 @@ and the bound on how many of them the Helper keeps.
 
 Dead tasks stay in the journal until purged, replayed or evicted, so they survive restarts;
 out of the heap, each one's full record (the task as submitted included) is in a store on disk
-of the same kind as the retained results' (`Dispatcher.dead`, mesh/retained.py: 16 bytes a slot
+of the same kind as the retained results' (`Dispatcher.dead`, mesh/retained.py: 12 bytes a slot
 in memory), rebuilt by recovery; `DeadLetterBook` keeps their ids in death order with their
 sizes. Replay writes a fresh TASK record (attempt 1, no lost deliveries) before
 queuing the task, so a crash right after a replay does not bring the dead state back.
