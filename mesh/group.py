@@ -84,8 +84,7 @@ class LeaderHooks:
 
     def wrap_journal(self, journal):  # noqa: ANN001, ANN201
         m = self._member
-        self.journal = LeaderJournal(journal, m.state, holds=m.holds, on_append=m.schedule_pump,
-                                     send_now=m._pump)
+        self.journal = LeaderJournal(journal, m.state, holds=m.holds, send_now=m._pump)
         return self.journal
 
     def refusal(self) -> MeshError | None:
@@ -123,7 +122,6 @@ class GroupMember:
         self._plan: FailoverPlan | None = None
         self._stepdown = asyncio.Event()
         self._stop = asyncio.Event()
-        self._pump_scheduled = False
         self._degraded = False
         self.role = "starting"
         self.terms_led = 0
@@ -264,7 +262,8 @@ class GroupMember:
             group=s.group, leader_id=s.member_id, epoch=term.epoch, followers=(),
             min_replicas=s.replicas, last_index=position.last_index,
             history=EpochHistory(position.history), group_size=s.group_size,
-            follower_timeout_s=s.follower_timeout_s, heartbeat_interval_s=s.heartbeat_interval_s)
+            follower_timeout_s=s.follower_timeout_s, heartbeat_interval_s=s.heartbeat_interval_s,
+            ship_on_sync=True)
         self._hooks = LeaderHooks(self)
         helper = self._make_helper(self._hooks)
         self.helper = helper
@@ -398,14 +397,8 @@ class GroupMember:
         if state.fenced_by is not None:
             self._stepdown.set()
 
-    def schedule_pump(self) -> None:
-        if not self._pump_scheduled:
-            self._pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
-
     def _pump(self) -> None:
         """Send each follower what it has not had (and heartbeats when due)."""
-        self._pump_scheduled = False
         state = self.state
         if state is None or self._stepdown.is_set():
             return

@@ -83,13 +83,13 @@ class LeaderJournal:
     Journal's."""
 
     def __init__(self, journal: Journal, state: LeaderState, *, holds: Callable[[], bool],
-                 on_append: Callable[[], None], send_now: Callable[[], None] | None = None) -> None:
+                 send_now: Callable[[], None]) -> None:
         self._journal = journal
         self.state = state
         self._holds = holds
-        self._on_append = on_append
-        #: sends the followers what they lack at once: called before an inline fsync, so the
-        #: follower's fsync runs while ours does instead of after it
+        #: sends the followers what they lack at once. Called by every sync, before the local
+        #: fsync starts: the follower's fsync runs while ours does, not after it, and records
+        #: reach followers when (and only when) the leader syncs them (`LeaderState.syncing`)
         self._send_now = send_now
         self._position_at = -1
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # (index, seq, future) heap
@@ -107,7 +107,6 @@ class LeaderJournal:
         except StaleEpoch as exc:
             raise JournalError(f"not recorded: {exc}") from None
         self._journal.append(type, key, payload)
-        self._on_append()
 
     def _append_position(self) -> None:
         state = self.state
@@ -115,6 +114,10 @@ class LeaderJournal:
             self._journal.append(records.POSITION, POSITION_KEY,
                                  encode_position(state.epoch, state.last_index, state.history))
             self._position_at = state.last_index
+
+    def _ship(self, target: int) -> None:
+        self.state.syncing(target)
+        self._send_now()
 
     def position_record(self) -> list[tuple[int, bytes]]:
         """For compaction: the POSITION record as of now."""
@@ -126,6 +129,7 @@ class LeaderJournal:
     def sync_future(self) -> asyncio.Future[None]:
         target = self.state.last_index
         self._append_position()
+        self._ship(target)
         inner = self._journal.sync_future()
         loop = asyncio.get_running_loop()
         out = loop.create_future()
@@ -146,8 +150,7 @@ class LeaderJournal:
     def sync_here(self) -> bool:
         target = self.state.last_index
         self._append_position()
-        if self._send_now is not None:
-            self._send_now()
+        self._ship(target)
         if not self._journal.sync_here():
             return False
         self.durable(target)
@@ -157,6 +160,7 @@ class LeaderJournal:
         """Durable here (results, compaction): no wait for followers, nothing is answered."""
         target = self.state.last_index
         self._append_position()
+        self._ship(target)
         await self._journal.sync_future()
         self.durable(target)
 
