@@ -237,12 +237,26 @@ class FollowerLog:
     async def append(self, entries, known_epoch: int, last_index: int,  # noqa: ANN001
                      history: EpochHistory) -> None:
         """Append entries and a POSITION after them; one sync."""
+        if not self.append_now(entries, known_epoch, last_index, history):
+            await self.synced(known_epoch, last_index, history)
+
+    def append_now(self, entries, known_epoch: int, last_index: int,  # noqa: ANN001
+                   history: EpochHistory) -> bool:
+        """Append entries and a POSITION after them, and fsync on this (the loop) thread when
+        the journal's flusher is idle: no thread hand-over. True: durable; False: they are
+        appended, `await synced(...)` with the same position makes them durable."""
         journal = self.journal
         for entry in entries:
             journal.append(entry.type, entry.key, entry.payload)
         journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, last_index, history))
-        if not journal.sync_here():  # inline when the flusher is idle: no thread hand-over
-            await journal.sync_future()
+        if not journal.sync_here():
+            return False
+        self.position = Position(known_epoch, last_index, tuple(history.as_list()))
+        return True
+
+    async def synced(self, known_epoch: int, last_index: int, history: EpochHistory) -> None:
+        """What was appended is durable (JournalError if that failed)."""
+        await self.journal.sync_future()
         self.position = Position(known_epoch, last_index, tuple(history.as_list()))
 
     async def reset(self, snapshot_records, known_epoch: int, as_of_index: int,  # noqa: ANN001
