@@ -127,6 +127,8 @@ class GroupMember:
         self._degraded = False
         self.role = "starting"
         self.terms_led = 0
+        #: followers brought up to date while leading, by path: "log" or "snapshot"
+        self.catchups: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -380,6 +382,11 @@ class GroupMember:
                 answer = state.on_hello(msg, now)
                 if isinstance(answer, Start):
                     self._send(msg.member_id, answer)
+                    if answer.truncate_after < state.last_index:
+                        self._count_catchup("log")
+                        log.info("group %s: %s catches up from the log: %d records from index %d",
+                                 self.settings.group, msg.member_id,
+                                 state.last_index - answer.truncate_after, answer.truncate_after + 1)
                 else:
                     self._send_snapshot(msg.member_id)
             elif isinstance(msg, Ack):
@@ -445,8 +452,15 @@ class GroupMember:
             if not self._send(member, chunk):
                 return
         state.snapshot_sent(member, as_of)
+        self._count_catchup("snapshot")
         log.info("group %s: snapshot of %d records as of index %d sent to %s", self.settings.group,
                  len(recs), as_of, member)
+
+    def _count_catchup(self, path: str) -> None:
+        self.catchups[path] = self.catchups.get(path, 0) + 1
+        metrics = getattr(self.helper, "metrics", None)
+        if metrics is not None:
+            metrics.group_catchups.labels(path).inc()
 
     def _alert(self, kind: str, severity: str, info: dict) -> None:
         if self._alerts is None:

@@ -24,7 +24,8 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import msgspec
 from mesh import records
 from mesh.errors import JournalError
 from mesh.journal import FsyncPolicy, Journal
-from mesh.replication import EpochHistory, LeaderState, StaleEpoch
+from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
 
 log = logging.getLogger("mesh.group")
 
@@ -63,19 +64,65 @@ def decode_position(payload: bytes) -> Position:
     return Position(int(known), int(last), tuple((int(e), int(i)) for e, i in history))
 
 
-def scan_position(recovered: list) -> Position:  # noqa: ANN001 - journal Records
+def scan_position(recovered: Iterable) -> Position:
     """The log's position from its recovered records (the last POSITION; dirty if anything
     but a POSITION follows it, or if records exist and none is a POSITION)."""
-    position = Position()
-    after = 0
+    scan = LogScan(max_bytes=0)
     for record in recovered:
-        if record.type == records.POSITION:
-            position = decode_position(record.payload)
-            after = 0
-        else:
-            after += 1
-    position.dirty = after > 0
-    return position
+        scan.feed(record)
+    return scan.finish()
+
+
+class LogScan:
+    """Reads a member's journal, oldest record first: its position (`scan_position`) and the
+    entries it can still give their (epoch, index), newest `max_bytes` of them, for catch-up
+    from the log.
+
+    Records carry no index; POSITION records do. Between POSITION(a) and POSITION(b) with b > a
+    the records are the entries a+1..b exactly when there are b - a of them (the writers put a
+    POSITION before every sync and around a compaction's rewrites). A run that does not add up
+    (a crash between append and sync, a snapshot's records, a failed batch cut off) drops every
+    entry before it: the entries kept are always contiguous and end at the last POSITION.
+    Runs with b == a (compaction rewrites) are not entries and are skipped."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.position = Position()
+        self.entries: deque[Entry] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._anchor: int | None = None  # last_index of the last POSITION seen
+        self._run: list[tuple[int, bytes, bytes]] = []
+
+    def feed(self, record) -> None:  # noqa: ANN001 - a journal Record
+        if record.type != records.POSITION:
+            self._run.append((record.type, record.key, record.payload))
+            return
+        position = decode_position(record.payload)
+        gap = None if self._anchor is None else position.last_index - self._anchor
+        if gap is not None and gap > 0 and gap == len(self._run):
+            history = EpochHistory(position.history)
+            first = self._anchor + 1
+            for offset, (type_, key, payload) in enumerate(self._run):
+                self._keep(Entry(history.epoch_at(first + offset), first + offset, type_, key, payload))
+        elif gap != 0:
+            self.entries.clear()
+            self._bytes = 0
+        self._anchor = position.last_index
+        self._run = []
+        self.position = position
+
+    def finish(self) -> Position:
+        self.position.dirty = bool(self._run)
+        if self.position.dirty:  # the log end is uncertain: no catch-up from it
+            self.entries.clear()
+            self._bytes = 0
+        return self.position
+
+    def _keep(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self._bytes += entry.size_bytes
+        while self._bytes > self._max_bytes and self.entries:
+            self._bytes -= self.entries.popleft().size_bytes
 
 
 class LeaderJournal:
@@ -92,6 +139,7 @@ class LeaderJournal:
         #: reach followers when (and only when) the leader syncs them (`LeaderState.syncing`)
         self._send_now = send_now
         self._position_at = -1
+        self._anchor = True
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # (index, seq, future) heap
         self._seq = 0
         self.closed_reason: str | None = None
@@ -99,18 +147,47 @@ class LeaderJournal:
     def __getattr__(self, name: str):  # noqa: ANN204 - the wrapped journal's attribute
         return getattr(self._journal, name)
 
+    def recover(self) -> Iterator:
+        """The journal's records (for the Helper's replay); on the way, the entries this log
+        can still give followers that are behind go into the term's backlog (`LogScan`), so a
+        new leader serves catch-up from its log, not only from what it appended in its term."""
+        scan = LogScan(self.state.max_backlog_bytes)
+        for record in self._journal.recover():
+            scan.feed(record)
+            yield record
+        position = scan.finish()
+        self._position_at = position.last_index
+        restored = self.state.restore_backlog(scan.entries)
+        log.info("group log: %d entries (from index %d) kept for followers' catch-up",
+                 restored, self.state.backlog_first_index)
+
+    def compact(self) -> int:
+        """The journal's compaction, with a POSITION before and after the records it rewrites,
+        so `LogScan` can tell them from entries."""
+        self._append_position()
+        before = self._journal.appended_bytes
+        reclaimed = self._journal.compact()
+        if self._journal.appended_bytes != before:
+            self._append_position(force=True)
+        return reclaimed
+
     # -- appends --------------------------------------------------------------------------
 
     def append(self, type: int, key: bytes, payload: bytes) -> None:
-        try:
-            self.state.append(type, key, payload)
-        except StaleEpoch as exc:
-            raise JournalError(f"not recorded: {exc}") from None
-        self._journal.append(type, key, payload)
-
-    def _append_position(self) -> None:
+        """Journal the record, then give it its index: a record the journal refuses (too large,
+        journal failed) gets none, so no follower holds a record the leader's log lacks."""
         state = self.state
-        if state.last_index != self._position_at:
+        if state.fenced_by is not None:
+            raise JournalError(f"not recorded: {StaleEpoch(state.epoch, state.fenced_by)}")
+        if self._anchor:  # the term's first record: a POSITION in front, so LogScan can index it
+            self._append_position(force=True)
+            self._anchor = False
+        self._journal.append(type, key, payload)
+        state.append(type, key, payload)
+
+    def _append_position(self, *, force: bool = False) -> None:
+        state = self.state
+        if force or state.last_index != self._position_at:
             self._journal.append(records.POSITION, POSITION_KEY,
                                  encode_position(state.epoch, state.last_index, state.history))
             self._position_at = state.last_index

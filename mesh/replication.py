@@ -262,6 +262,25 @@ class LeaderState:
         of it."""
         self.syncing_through = max(self.syncing_through, min(index, self.last_index))
 
+    def restore_backlog(self, entries: Iterable[Entry]) -> int:
+        """Entries of earlier terms that this leader's log still holds (they must end right
+        before the backlog, or at `last_index` when it is empty): followers that are behind
+        catch up from them instead of a snapshot. Keeps the newest backlog_bytes. Returns how
+        many were taken (0 when they do not join up)."""
+        older = list(entries)
+        if not older or older[-1].index != self.backlog_first_index - 1:
+            return 0
+        if any(b.index != a.index + 1 for a, b in zip(older, older[1:])):
+            return 0
+        taken = 0
+        for entry in reversed(older):
+            if self.backlog_bytes + entry.size_bytes > self.max_backlog_bytes and self.backlog:
+                break
+            self.backlog.appendleft(entry)
+            self.backlog_bytes += entry.size_bytes
+            taken += 1
+        return taken
+
     def durable(self, index: int) -> int:
         """The leader's own fsync reached `index`; returns the commit index."""
         self.leader_durable = max(self.leader_durable, min(index, self.last_index))
