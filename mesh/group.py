@@ -65,6 +65,10 @@ class GroupSettings:
     plan_alert_s: float = 5.0
     segment_size_bytes: int = 64 * 2**20
     max_record_bytes: int = 8 * 2**20
+    #: the leader Helper's retention of results, which a follower's compaction applies too
+    max_retained_results: int = 100_000
+    #: how often a follower compacts its journal (the leader's Helper: every second too)
+    compact_interval_s: float = 1.0
 
     @property
     def replicas(self) -> int:
@@ -189,7 +193,8 @@ class GroupMember:
         s = self.settings
         self.role = "follower"
         flog = FollowerLog(Path(s.data_dir) / "journal", segment_size_bytes=s.segment_size_bytes,
-                           max_record_bytes=s.max_record_bytes)
+                           max_record_bytes=s.max_record_bytes,
+                           max_retained_results=s.max_retained_results)
         position = flog.open()
         log.info("group %s: %s follows (log at index %d, epoch %d%s)", s.group, s.member_id,
                  position.last_index, position.known_epoch, ", dirty" if position.dirty else "")
@@ -554,6 +559,7 @@ class _Follower:
         m = self.member
         connected_to = None
         hello_at = 0.0
+        compact_at = time.monotonic() + m.settings.compact_interval_s
         while True:
             if self.leader != connected_to:
                 if self._worker is not None:  # finish what the old leader sent, in order
@@ -573,8 +579,18 @@ class _Follower:
             if self.sock is not None and not self.started and now - hello_at >= m.settings.hello_interval_s:
                 hello_at = now
                 self._send(self._hello())
+            if now >= compact_at and self._worker is None:
+                compact_at = now + m.settings.compact_interval_s
+                self._compact()
             self._leader_changed.clear()
             await _wait(self._leader_changed, 0.1)
+
+    def _compact(self) -> None:
+        try:
+            self.flog.compact()
+        except Exception:  # noqa: BLE001 - a bug or a failed journal: the stream goes on
+            log.exception("group %s: compacting the follower's journal failed",
+                          self.member.settings.group)
 
     def _hello(self) -> Hello:
         hello = self.state.hello()
@@ -627,6 +643,7 @@ class _Follower:
             return False
         if saw_append:
             self._send(fs.durable(fs.last_index))
+        self.flog.track()
         return True
 
     def _start_worker(self, messages: list, *, wait_sync: bool) -> None:
@@ -639,6 +656,7 @@ class _Follower:
             if wait_sync:
                 await self.flog.synced(fs.known_epoch, fs.last_index, fs.history)
                 self._send(fs.durable(fs.last_index))
+                self.flog.track()
             while messages:
                 await self._handle(messages)
                 messages = self._decode_inbox()
@@ -701,6 +719,7 @@ class _Follower:
             if entries:
                 await self.flog.append(entries, fs.known_epoch, fs.last_index, fs.history)
             self._send(fs.durable(fs.last_index))
+            self.flog.track()
 
 
 def _hello_epoch(hello: Hello) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import msgspec
 
-from mesh import records
+from mesh import records, wire
 from mesh.errors import JournalError
 from mesh.journal import FsyncPolicy, Journal
 from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
@@ -293,22 +293,96 @@ class LeaderJournal:
                 future.set_exception(JournalError(f"not accepted: {reason}; submit again"))
 
 
-class FollowerLog:
-    """A follower's journal: append what the leader sent, sync, report the durable index."""
+class FollowerTable:
+    """What a follower's journal must keep, worked out from the records it holds, by the rules
+    the leader's Helper applies to its own journal (mesh/dispatcher.py): a task's key is live
+    from its first record until its FORGET; a succeeded task's self-contained record is a
+    retained result (key released at once), and segments are kept from the oldest of the
+    newest `max_retained_results` on (`Journal.keep_from`); NOOP records are needed by no
+    replay. Compaction then rewrites a live key as the records it has had since its last TASK
+    record, which replays to the same state. Loop thread only; no I/O."""
 
-    def __init__(self, directory: Path, *, segment_size_bytes: int, max_record_bytes: int) -> None:
+    def __init__(self, journal: Journal, max_retained_results: int) -> None:
+        self._journal = journal
+        self._max_retained = max_retained_results
+        self._records: dict[bytes, list[tuple[int, bytes]]] = {}
+        self._retained: dict[bytes, int] = {}  # key -> segment of its record, oldest first
+        self._floor: int | None = None
+        self.position_payload = b""
+
+    def apply(self, type_: int, key: bytes, payload: bytes, segment: int) -> None:
+        """A record of the log, in order (`segment`: where the journal put it)."""
+        journal = self._journal
+        if type_ == records.POSITION:
+            self.position_payload = payload
+        elif type_ == records.TASK:
+            self._retained.pop(key, None)
+            if wire.decode_task_record(payload).state == wire.SUCCEEDED:
+                self._records.pop(key, None)
+                journal.release(key)
+                self._retained[key] = segment
+                self._evict()
+            else:
+                self._records[key] = [(type_, payload)]
+        elif type_ == records.TRANSITION and key in self._records:
+            self._records[key].append((type_, payload))
+        elif type_ == records.FORGET:
+            self._records.pop(key, None)
+            self._retained.pop(key, None)
+            journal.release(key)
+        else:  # a NOOP, or a transition of a task this log no longer knows: nothing replays it
+            journal.release(key)
+
+    def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        if key == POSITION_KEY:
+            return [(records.POSITION, self.position_payload)] if self.position_payload else []
+        return list(self._records.get(key, ()))
+
+    def _evict(self) -> None:
+        retained = self._retained
+        while len(retained) > self._max_retained:
+            del retained[next(iter(retained))]
+        floor = next(iter(retained.values()), None)
+        if floor is not None and floor != self._floor:
+            self._floor = floor
+            self._journal.keep_from(floor)
+
+
+class FollowerLog:
+    """A follower's journal: append what the leader sent, sync, report the durable index;
+    compacted by the leader's rules (`FollowerTable`), so it stays as small as the leader's."""
+
+    def __init__(self, directory: Path, *, segment_size_bytes: int, max_record_bytes: int,
+                 max_retained_results: int = 100_000) -> None:
         self.directory = directory
         self._segment_size_bytes = segment_size_bytes
         self._max_record_bytes = max_record_bytes
+        self._max_retained = max_retained_results
         self.journal: Journal | None = None
+        self.table: FollowerTable | None = None
         self.position = Position()
+        self._untracked: list = []  # (entry, its segment) appended, not yet in the table
+
+    def _new_journal(self) -> Journal:
+        journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
+                          segment_size_bytes=self._segment_size_bytes,
+                          max_record_bytes=self._max_record_bytes, rewrite=self._rewrite)
+        self.table = FollowerTable(journal, self._max_retained)
+        self._untracked = []
+        return journal
+
+    def _rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        return self.table.rewrite(key)
 
     def open(self) -> Position:
-        self.journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
-                               segment_size_bytes=self._segment_size_bytes,
-                               max_record_bytes=self._max_record_bytes)
-        self.position = scan_position(self.journal.recover())
-        self.journal.start(asyncio.get_running_loop())
+        self.journal = journal = self._new_journal()
+        scan = LogScan(max_bytes=0)
+        table = self.table
+        for record in journal.recover():
+            scan.feed(record)
+            table.apply(record.type, record.key, record.payload, journal.segment)
+        self.position = scan.finish()
+        journal.start(asyncio.get_running_loop())
         return self.position
 
     async def append(self, entries, known_epoch: int, last_index: int,  # noqa: ANN001
@@ -321,15 +395,42 @@ class FollowerLog:
                    history: EpochHistory) -> bool:
         """Append entries and a POSITION after them, and fsync on this (the loop) thread when
         the journal's flusher is idle: no thread hand-over. True: durable; False: they are
-        appended, `await synced(...)` with the same position makes them durable."""
+        appended, `await synced(...)` with the same position makes them durable. The entries
+        reach the compaction table later (`track`), after the ack."""
         journal = self.journal
+        untracked = self._untracked
         for entry in entries:
             journal.append(entry.type, entry.key, entry.payload)
+            untracked.append((entry, journal.segment))
         journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, last_index, history))
+        self.table.position_payload = encode_position(known_epoch, last_index, history)
         if not journal.sync_here():
             return False
         self.position = Position(known_epoch, last_index, tuple(history.as_list()))
         return True
+
+    def track(self) -> None:
+        """Apply the entries appended since the last call to the compaction table (off the
+        path to the ack: a succeeded task's record is decoded here)."""
+        untracked, self._untracked = self._untracked, []
+        if not untracked:
+            return
+        table = self.table
+        for entry, segment in untracked:
+            table.apply(entry.type, entry.key, entry.payload, segment)
+
+    def compact(self) -> int:
+        """Compact by the leader's rules; a POSITION after the rewritten records (one comes
+        before them already: every append ends with one), so `LogScan` skips them."""
+        journal = self.journal
+        if journal is None or journal.failed:
+            return 0
+        self.track()
+        before = journal.appended_bytes
+        reclaimed = journal.compact()
+        if journal.appended_bytes != before and self.table.position_payload:
+            journal.append(records.POSITION, POSITION_KEY, self.table.position_payload)
+        return reclaimed
 
     async def synced(self, known_epoch: int, last_index: int, history: EpochHistory) -> None:
         """What was appended is durable (JournalError if that failed)."""
@@ -344,16 +445,18 @@ class FollowerLog:
         aside = self.directory.with_name(f"{self.directory.name}.aside-{time.time_ns()}")
         if self.directory.exists():
             os.replace(self.directory, aside)
-        self.journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
-                               segment_size_bytes=self._segment_size_bytes,
-                               max_record_bytes=self._max_record_bytes)
-        for _ in self.journal.recover():
+        self.journal = journal = self._new_journal()
+        for _ in journal.recover():
             pass
-        self.journal.start(asyncio.get_running_loop())
+        journal.start(asyncio.get_running_loop())
+        table = self.table
         for type_, key, payload in snapshot_records:
-            self.journal.append(type_, key, payload)
-        self.journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, as_of_index, history))
-        await self.journal.sync_future()
+            journal.append(type_, key, payload)
+            table.apply(type_, key, payload, journal.segment)
+        payload = encode_position(known_epoch, as_of_index, history)
+        journal.append(records.POSITION, POSITION_KEY, payload)
+        table.position_payload = payload
+        await journal.sync_future()
         self.position = Position(known_epoch, as_of_index, tuple(history.as_list()))
         if aside.exists():
             await asyncio.to_thread(_remove_tree, aside)
