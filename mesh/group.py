@@ -607,8 +607,12 @@ class _Follower:
             return
         if self._awaiting_snapshot or not all(isinstance(msg, Append) for msg in messages):
             self._start_worker(messages, wait_sync=False)
-        elif not self._appends_now(messages):
-            self._start_worker([], wait_sync=True)
+            return
+        try:
+            if not self._appends_now(messages):
+                self._start_worker([], wait_sync=True)
+        except Exception:  # noqa: BLE001 - a failed journal (or a bug): never ack past it
+            self._resync()
 
     def _decode_inbox(self) -> list:
         messages = []
@@ -662,11 +666,25 @@ class _Follower:
                 messages = self._decode_inbox()
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug or a failed journal: log it, the Hello resynchronises
-            log.exception("group %s: handling the leader's stream failed", self.member.settings.group)
-            self.started = False
+        except Exception:  # noqa: BLE001 - a failed journal (or a bug): never ack past it
+            self._resync()
         finally:
             self._worker = None
+
+    def _resync(self) -> None:
+        """A step failed part-way (the journal refused a record or its sync): what the state
+        took in may not be in the log. Go back to the log's durable position and say Hello, so
+        nothing is acked that the log does not hold; the leader says where to go on from."""
+        log.exception("group %s: handling the leader's stream failed; starting again from "
+                      "the log's durable position", self.member.settings.group)
+        position, known = self.flog.position, self.state.known_epoch
+        self.state = FollowerState(self.state.member_id, known_epoch=max(known, position.known_epoch),
+                                   last_index=position.last_index, last_epoch=position.last_epoch,
+                                   history=EpochHistory(position.history))
+        self._awaiting_snapshot = False
+        self._snapshot = []
+        self.started = False
+        self._send(self._hello())
 
     async def _handle(self, messages: list) -> None:
         fs = self.state

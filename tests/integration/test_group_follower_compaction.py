@@ -1,7 +1,7 @@
-"""A follower's journal is compacted by the leader's rules while it follows (issue 15,
-decision 009): its data dir stays bounded over a long run of completed tasks, as the leader's
-does, and it still replays to the leader's table. In-process: two group members (embedded
-lock) and one AI node on loopback."""
+"""A follower's journal (issue 15, decision 009): compacted by the leader's rules while it
+follows, so its data dir stays bounded over a long run of completed tasks, as the leader's
+does, and still replays to the leader's table; and never acked past a batch it failed to
+write. In-process: group members (embedded lock) and one AI node on loopback."""
 
 from __future__ import annotations
 
@@ -104,6 +104,75 @@ def test_a_followers_data_dir_stays_bounded_over_a_long_run_of_completed_tasks(t
         finally:
             await again.stop()
             await asyncio.gather(run, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        trust.close()
+
+
+def test_a_follower_whose_journal_refuses_a_batch_acks_nothing_past_it_and_resyncs(
+        tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    # The follower's append fails once, part-way through a stream of submits. It must not ack
+    # what its log does not hold: when it leads afterwards, it knows every accepted task.
+    from mesh.errors import JournalError
+    from mesh.group_log import FollowerLog
+
+    app = App("resync")
+
+    @app.task("noop")
+    async def noop(payload: bytes) -> bytes:
+        return b"ok"
+
+    trust = Trust.local(tmp_path / "keys")
+    calls = {"n": 0}
+    real_append_now = FollowerLog.append_now
+
+    def failing_append_now(self, entries, *args):  # noqa: ANN001, ANN002, ANN202
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise JournalError("injected: the follower's journal refused the batch")
+        return real_append_now(self, entries, *args)
+
+    monkeypatch.setattr(FollowerLog, "append_now", failing_append_now)
+
+    def member(name: str) -> GroupMember:
+        hs = HelperSettings(helper_id=name, data_dir=str(tmp_path / name))
+        gs = GroupSettings(group="g", member_id=name, data_dir=hs.data_dir, group_size=2)
+        return GroupMember(gs, FileLock(tmp_path / "groups", "g"), trust=trust,
+                           make_helper=lambda hooks: Helper(hs, trust=trust, group=hooks))
+
+    async def scenario() -> None:
+        leader, follower = member("m1"), member("m2")
+        runs = [asyncio.create_task(leader.run())]
+        accepted: list[str] = []
+        try:
+            await async_wait_until(_now(lambda: leader.role == "leader" and leader.helper is not None),
+                                   20, what="m1 leads")
+            runs.append(asyncio.create_task(follower.run()))
+            for n in range(60):
+                task = make_task("noop", b"x", task_id=f"t-{n}")
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        await leader.helper.submit_many([task])
+                        accepted.append(task.task_id)
+                        break
+                    except Exception:  # noqa: BLE001 - refused while the follower resyncs
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.05)
+            assert calls["n"] > 30, "the failure was not injected"
+            await leader.stop()
+            await runs.pop(0)
+            await async_wait_until(_now(lambda: follower.role == "leader" and follower.helper is not None),
+                                   20, what="m2 leads")
+            known = set(follower.helper.dispatcher.tasks)
+            assert set(accepted) <= known, f"accepted but not in m2's log: {sorted(set(accepted) - known)}"
+        finally:
+            for m in (follower, leader):
+                await m.stop()
+            await asyncio.gather(*runs, return_exceptions=True)
 
     try:
         asyncio.run(scenario())
