@@ -328,6 +328,7 @@ class GroupMember:
 
     async def _tick(self) -> None:
         s = self.settings
+        appended_by_last_tick = 0
         while True:
             await asyncio.sleep(0.05)
             state = self.state
@@ -336,6 +337,10 @@ class GroupMember:
             if state.fenced_by is not None or not self.leadership.holds():
                 self._stepdown.set()
                 return
+            # Records no sync has shipped for a whole tick (a retry or an expiry the timer
+            # wrote while no submit or result came) go to the followers anyway.
+            state.syncing(appended_by_last_tick)
+            appended_by_last_tick = state.last_index
             self._pump()
             alive = len(state.alive_followers(time.monotonic()))
             self._set_degraded(alive < max(s.replicas, 1) and s.group_size > 1, alive)
