@@ -666,6 +666,7 @@ class _Follower:
                 await self.flog.synced(fs.known_epoch, fs.last_index, fs.history)
                 self._send(fs.durable(fs.last_index))
                 self.flog.track()
+            messages += self._decode_inbox()  # what was read while this waited
             while messages:
                 await self._handle(messages)
                 messages = self._decode_inbox()
