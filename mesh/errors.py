@@ -120,6 +120,19 @@ class ShuttingDown(TaskRejected):
         super().__init__("the Helper is shutting down and takes no new tasks; submit to another")
 
 
+class StoppedLeading(ShuttingDown):
+    """A Helper group's leader ended its term (a clean stop, a lost lock, a newer epoch) while
+    the task waited for its followers: it was not accepted here. On the wire it is SHUTTING_DOWN
+    (nothing stored, send it elsewhere): the client resends the same id to the new leader. Not a
+    journal failure: nothing went wrong with a disk."""
+
+    def __init__(self, reason: str) -> None:
+        TaskRejected.__init__(
+            self, f"not accepted: this Helper stopped leading its group ({reason}); submit "
+                  "again with the same task id (to the group's leader)")
+        self.reason = reason
+
+
 class NotEnoughReplicas(TaskRejected):
     """Fewer followers of the Helper group are in sync than --min-replicas: the task was not
     accepted (nothing of it counts as durable); retry later, or start/repair a follower."""

@@ -63,6 +63,8 @@ class GroupSettings:
     hello_interval_s: float = 1.0
     yield_s: float = 2.0
     plan_alert_s: float = 5.0
+    #: a clean stop: how long the leader waits for its followers to have its whole log
+    hand_over_s: float = 1.0
     segment_size_bytes: int = 64 * 2**20
     max_record_bytes: int = 8 * 2**20
     #: the leader Helper's retention of results, which a follower's compaction applies too
@@ -126,6 +128,14 @@ class GroupMember:
         self._hooks: LeaderHooks | None = None
         self._ids: dict[str, bytes] = {}
         self._plan: FailoverPlan | None = None
+        #: the Hellos heard while planning (member -> (router identity, Hello)): answered as
+        #: the term begins, so those followers are in its stream at once
+        self._heard: dict[str, tuple[bytes, Hello]] = {}
+        #: after the term's Helper stopped (a clean stop): acks are still taken, nothing else
+        self._handing_over = False
+        #: the term's first moments (monotonic deadline): followers not heard while planning
+        #: say Hello within a hello interval, so no "degraded" alert before then
+        self._settling_until = 0.0
         self._stepdown = asyncio.Event()
         self._stop = asyncio.Event()
         self._degraded = False
@@ -227,6 +237,7 @@ class GroupMember:
         self.role = "planning"
         plan = FailoverPlan(s.member_id, position.last_epoch, position.last_index,
                             group_size=s.group_size, min_replicas=s.replicas)
+        self._heard.clear()
         self._plan = plan
         started = time.monotonic()
         alerted = False
@@ -290,12 +301,18 @@ class GroupMember:
                  position.last_index)
         self._alert("mesh.group.leader", "info", {"group": s.group, "leader": s.member_id,
                                                    "epoch": term.epoch})
+        heard, self._heard = self._heard, {}
+        for identity, hello in heard.values():
+            self._answer_hello(identity, hello, time.monotonic())
+        self._pump()
+        self._settling_until = time.monotonic() + 1.5 * s.hello_interval_s
         ticker = asyncio.create_task(self._tick(), name="group-tick")
         try:
             if self._on_lead is not None:
                 await self._on_lead(helper)
             await self._stepdown.wait()
         finally:
+            self._settling_until = 0.0
             reason = (self.leadership.lost_reason
                       or (f"a newer epoch ({self.state.fenced_by}) exists"
                           if self.state.fenced_by else "stopping"))
@@ -303,15 +320,41 @@ class GroupMember:
                         term.epoch, reason)
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
-            journal.fail_waiters(f"the leader stopped leading ({reason})")
+            journal.fail_waiters(reason)
             if self._on_follow is not None:
                 await self._on_follow(helper)
             await helper.stop()
+            if self._stop.is_set() and self.state.fenced_by is None:
+                await self._hand_over()
             self.helper = None
             self.state = None
             self._hooks = None
             self._stepdown.clear()
             await self.leadership.resign()
+
+    async def _hand_over(self) -> None:
+        """A clean stop, the Helper stopped (nothing more is appended): send the followers in
+        the stream what they lack and wait, `hand_over_s` at most, until they have acked the
+        whole log. The next leader then holds every record of this term (results included, so
+        nothing finished runs again) and need not yield to a member with a longer log."""
+        s, state = self.settings, self.state
+        deadline = time.monotonic() + s.hand_over_s
+        self._handing_over = True
+        state.syncing(state.last_index)  # the Helper's close made everything durable here
+        try:
+            while True:
+                now = time.monotonic()
+                behind = [m for m in state.alive_followers(now)
+                          if state.followers[m].acked < state.last_index]
+                if not behind or now >= deadline:
+                    break
+                self._pump()
+                await asyncio.sleep(0.01)
+            if behind:
+                log.warning("group %s: %s stops with %s behind index %d", s.group, s.member_id,
+                            ", ".join(behind), state.last_index)
+        finally:
+            self._handing_over = False
 
     def refusal(self) -> MeshError | None:
         state = self.state
@@ -320,7 +363,8 @@ class GroupMember:
         try:
             state.check_accepting(time.monotonic())
         except NotEnoughReplicas as exc:
-            self._set_degraded(True, len(state.alive_followers(time.monotonic())))
+            if time.monotonic() >= self._settling_until:
+                self._set_degraded(True, len(state.alive_followers(time.monotonic())))
             return exc
         except MeshError:
             return ShuttingDown()
@@ -342,6 +386,8 @@ class GroupMember:
             state.syncing(appended_by_last_tick)
             appended_by_last_tick = state.last_index
             self._pump()
+            if time.monotonic() < self._settling_until:
+                continue  # the followers' first Hellos may be on their way
             alive = len(state.alive_followers(time.monotonic()))
             self._set_degraded(alive < max(s.replicas, 1) and s.group_size > 1, alive)
             if alive < s.replicas and self._hooks is not None and self._hooks.journal is not None:
@@ -382,23 +428,20 @@ class GroupMember:
         plan, state = self._plan, self.state
         if isinstance(msg, Hello) and plan is not None:
             plan.report(msg.member_id, _hello_epoch(msg), msg.last_index)
+            self._heard[msg.member_id] = (identity, msg)
+            return
+        if self._handing_over and state is not None and isinstance(msg, Ack):
+            try:
+                state.on_ack(msg, time.monotonic())
+            except MeshError:
+                pass
             return
         if state is None or self._stepdown.is_set():
             return  # not leading: the follower's Hello is repeated to whoever leads
         now = time.monotonic()
         try:
             if isinstance(msg, Hello):
-                self._ids[msg.member_id] = identity
-                answer = state.on_hello(msg, now)
-                if isinstance(answer, Start):
-                    self._send(msg.member_id, answer)
-                    if answer.truncate_after < state.last_index:
-                        self._count_catchup("log")
-                        log.info("group %s: %s catches up from the log: %d records from index %d",
-                                 self.settings.group, msg.member_id,
-                                 state.last_index - answer.truncate_after, answer.truncate_after + 1)
-                else:
-                    self._send_snapshot(msg.member_id)
+                self._answer_hello(identity, msg, now)
             elif isinstance(msg, Ack):
                 self._ids.setdefault(msg.member_id, identity)
                 state.on_ack(msg, now)
@@ -416,10 +459,29 @@ class GroupMember:
         if state.fenced_by is not None:
             self._stepdown.set()
 
+    def _answer_hello(self, identity: bytes, msg: Hello, now: float) -> None:
+        state = self.state
+        try:
+            self._ids[msg.member_id] = identity
+            answer = state.on_hello(msg, now)
+            if isinstance(answer, Start):
+                self._send(msg.member_id, answer)
+                if answer.truncate_after < state.last_index:
+                    self._count_catchup("log")
+                    log.info("group %s: %s catches up from the log: %d records from index %d",
+                             self.settings.group, msg.member_id,
+                             state.last_index - answer.truncate_after, answer.truncate_after + 1)
+            else:
+                self._send_snapshot(msg.member_id)
+        except MeshError as exc:  # a member beyond the group's size, or a stale message
+            log.warning("replication message from %s refused: %s", inert(msg.member_id, 60), exc)
+        if state.fenced_by is not None:
+            self._stepdown.set()
+
     def _pump(self) -> None:
         """Send each follower what it has not had (and heartbeats when due)."""
         state = self.state
-        if state is None or self._stepdown.is_set():
+        if state is None or (self._stepdown.is_set() and not self._handing_over):
             return
         now = time.monotonic()
         for member in list(state.followers):
@@ -597,6 +659,14 @@ class _Follower:
             log.exception("group %s: compacting the follower's journal failed",
                           self.member.settings.group)
 
+    def _in_stream(self, leader_id: str, how: str) -> None:
+        """The leader's stream reaches this follower now (what an operator, or a rolling
+        restart, waits for before stopping the next member)."""
+        fs = self.state
+        log.info("group %s: %s replicates epoch %d of %s from index %d (%s)",
+                 self.member.settings.group, fs.member_id, fs.known_epoch, inert(leader_id, 60),
+                 fs.last_index, how)
+
     def _hello(self) -> Hello:
         hello = self.state.hello()
         if self.dirty:  # our log end is uncertain: ask to start from nothing (a snapshot)
@@ -707,9 +777,11 @@ class _Follower:
                     self._awaiting_snapshot = True
                     self._snapshot = []
                     self._send(replica_link.ResetRequest(fs.member_id, fs.known_epoch))
-                elif step.epoch_changed:
-                    await self.flog.append((), fs.known_epoch, fs.last_index, fs.history)
-                    self._send(fs.durable(fs.last_index))
+                else:
+                    if step.epoch_changed:
+                        await self.flog.append((), fs.known_epoch, fs.last_index, fs.history)
+                        self._send(fs.durable(fs.last_index))
+                    self._in_stream(msg.leader_id, "its log agrees")
             elif isinstance(msg, Append):
                 if self._awaiting_snapshot:
                     continue
@@ -739,6 +811,7 @@ class _Follower:
                 self.dirty = False
                 self.started = True
                 self._send(fs.durable(fs.last_index))
+                self._in_stream(msg.leader_id, "from a snapshot")
         if entries or saw_append:
             if entries:
                 await self.flog.append(entries, fs.known_epoch, fs.last_index, fs.history)

@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 
 from mesh import records, wire
-from mesh.errors import JournalError
+from mesh.errors import JournalError, StoppedLeading
 from mesh.journal import FsyncPolicy, Journal
 from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
 
@@ -258,7 +258,7 @@ class LeaderJournal:
 
     def _wait_commit(self, index: int, future: asyncio.Future) -> None:
         if self.closed_reason is not None:
-            future.set_exception(JournalError(self.closed_reason))
+            future.set_exception(StoppedLeading(self.closed_reason))
         elif self.state.committed(index) and self._holds():
             future.set_result(None)
         else:
@@ -285,12 +285,14 @@ class LeaderJournal:
                 future.set_exception(error)
 
     def fail_waiters(self, reason: str) -> None:
-        """The term ended (or the Helper stops): nothing waiting is accepted."""
+        """The term ended (or the Helper stops): nothing waiting is accepted. They are answered
+        SHUTTING_DOWN (`StoppedLeading`), not JOURNAL_FAILED: no disk failed, and the client
+        sends the same ids to the next leader."""
         self.closed_reason = reason
         waiters, self._waiters = self._waiters, []
         for _, _, future in waiters:
             if not future.done():
-                future.set_exception(JournalError(f"not accepted: {reason}; submit again"))
+                future.set_exception(StoppedLeading(reason))
 
 
 class FollowerTable:

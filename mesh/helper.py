@@ -40,8 +40,8 @@ from mesh import sockets, wire
 from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, WireError,
-    error_from_code,
+    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, TaskRejected,
+    WireError, error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
@@ -437,7 +437,7 @@ class Helper:
             error = None
             try:
                 await self.journal.sync_future()
-            except JournalError as exc:
+            except (JournalError, TaskRejected) as exc:  # TaskRejected: a group's refusal
                 error = exc
             self._settle_submit(results, new, dupes, error, started)
         if no_room:
@@ -459,12 +459,23 @@ class Helper:
                                              message=str(err)))
 
     def _settle_submit(self, results: list, new: list, dupes: list,
-                       error: JournalError | None, started: float, kick: bool = True) -> None:
-        """The journal sync of a submit ended: the tasks are accepted, or they never were."""
+                       error: MeshError | None, started: float, kick: bool = True) -> None:
+        """The journal sync of a submit ended: the tasks are accepted, or they never were.
+
+        `error` is a JournalError when the disk failed, or a group's refusal (a TaskRejected:
+        NotEnoughReplicas when the followers went away before they had the records,
+        StoppedLeading when the term ended): those are no journal failure, and are logged and
+        counted as what they are (the group alerts mesh.group.degraded itself)."""
         if error is not None:
-            self.metrics.journal_errors.inc()
-            log.error("journal sync failed, %d submits refused: %s", len(new), error)
-            self._on_event("journal_error", {"error": str(error)})
+            if isinstance(error, TaskRejected):
+                self.metrics.rejected.labels(type(error).__name__).inc(len(new))
+                self._warn.warning(("not_accepted", type(error).__name__),
+                                   "%d submits not accepted (nothing failed on disk): %s",
+                                   len(new), error)
+            else:
+                self.metrics.journal_errors.inc()
+                log.error("journal sync failed, %d submits refused: %s", len(new), error)
+                self._on_event("journal_error", {"error": str(error)})
             failed = set()
             for entry in new:
                 self.dispatcher.abandon(entry)

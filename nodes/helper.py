@@ -230,7 +230,10 @@ async def _register_leader(settings: HelperSettings, args: argparse.Namespace, d
     ai_watch = watch_nodes(discovery, args.ai_service, on_ai_nodes)
 
     async def stop() -> None:
-        ai_watch.stop(timeout_s=1.0)
+        # Not joined: the watch thread may sit in a blocking query for seconds, and this runs on
+        # the loop at every term's end, before the lock is released (a join held the hand-over
+        # and the loop for 1 s). Stopped, it reports nothing more and ends with its query.
+        ai_watch.stop(timeout_s=0.0)
         await presence.stop()
 
     return stop

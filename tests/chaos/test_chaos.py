@@ -2,6 +2,12 @@
 driver that SIGKILLs, SIGSTOPs/SIGCONTs and restarts AI nodes and, at least once, SIGKILLs and
 restarts the Helper.
 
+Group mode (`group_size`): the Helper is a replicated Helper group (decision 009, embedded
+mode: a lock file) and the producer a `Client` that follows discovery, where only the leader is
+registered. The same fault schedule hits the AI nodes; the Helper events hit the group's leader:
+once SIGKILL and a restart on its data dir (a follower takes over), once SIGSTOP then SIGCONT
+(stopped past the lock's 2 s TTL it wakes deposed and steps down).
+
 Reproduce a run with the seed it prints: `MESH_CHAOS_SEED=<seed> pytest tests/chaos`. The short
 run (about a minute) runs in CI; `MESH_CHAOS_LONG=1 pytest tests/chaos -m slow` runs 5 minutes.
 A shorter variant runs the AI nodes with `--executor process` (handlers in child processes).
@@ -32,7 +38,9 @@ from pathlib import Path
 import pytest
 
 from mesh import Client, MeshError, RequestTimeout, make_task, wire
-from tests.support.waiting import async_wait_until
+from nodes.client_factory import DiscoverySource
+from tests.integration.test_helper_group import Group
+from tests.support.waiting import async_wait_until, wait_until
 
 HELPER_ARGS = ("--retry-base", "0.1", "--retry-cap", "0.5", "--node-dead-after", "1.0",
                "--max-lost-deliveries", "4", "--ack-timeout", "3")
@@ -106,16 +114,57 @@ class Chaos:
         self.stopped.clear()
 
 
-def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS) -> None:  # noqa: ANN001
+class LeaderFaults:
+    """Group mode: the Helper events of the schedule, aimed at whoever leads the group now."""
+
+    def __init__(self, cluster, size: int) -> None:  # noqa: ANN001
+        self.group = Group(cluster, size, *HELPER_ARGS)
+        self.group.start("h1")
+        wait_until(self.group.leader, 20, what="h1 leads")
+        for n in range(2, size + 1):
+            self.group.start(f"h{n}")
+
+    def kill_and_restart_leader(self) -> None:
+        """SIGKILL the leader, start it again on its data dir (it rejoins as a follower), and
+        return once a member leads."""
+        victim = wait_until(self.group.leader, 30, what="a leader to kill")[0]
+        self.group.procs[victim].kill()
+        self.group.start(victim)
+        wait_until(self.group.leader, 30, interval_s=0.05, what="a leader after the kill")
+
+    def stop_leader(self) -> str:
+        victim = wait_until(self.group.leader, 30, what="a leader to stop")[0]
+        self.group.procs[victim].signal(signal.SIGSTOP)
+        return victim
+
+    def resume(self, member: str) -> None:
+        self.group.procs[member].signal(signal.SIGCONT)
+        wait_until(self.group.leader, 30, interval_s=0.05, what="a leader after SIGCONT")
+
+    def log_names(self) -> list[str]:
+        return sorted(self.group.procs)
+
+
+def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS,  # noqa: ANN001
+              group_size: int = 0) -> None:
     seed = _seed()
     rng = random.Random(seed)
     task_rng = random.Random(rng.randrange(2**32))
-    cluster.start_helper(*HELPER_ARGS)
+    leader_faults = None
+    if group_size:
+        leader_faults = LeaderFaults(cluster, group_size)
+    else:
+        cluster.start_helper(*HELPER_ARGS)
     chaos = Chaos(cluster, rng, ai_args)
     accepted: dict[str, str] = {}   # task id -> what kind of job
     uncertain: set[str] = set()     # submitted, never answered (the Helper was down)
     helper_kill_at = duration_s * rng.uniform(0.3, 0.6)
     helper_restarts: list[tuple[int, int]] = []  # (wall ns before the kill, after the start)
+    # group mode: the leader is also stopped once, for long enough to lose its lock's TTL
+    # (2 s) or not, on the other side of the kill
+    leader_stop_at = duration_s * (rng.uniform(0.1, 0.25) if helper_kill_at > duration_s * 0.45
+                                   else rng.uniform(0.7, 0.85)) if group_size else None
+    leader_stop_s = rng.uniform(0.5, 3.0) if group_size else 0.0
 
     async def producer(client: Client, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -135,23 +184,45 @@ def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS) -> None:  # 
             uncertain.update(t.task_id for t in tasks if t.task_id not in accepted)
             await asyncio.sleep(0.05)
 
+    def client() -> Client:
+        if leader_faults is None:
+            return Client(cluster.intake, timeout_s=2.0)
+        return Client(endpoints=DiscoverySource(cluster.discovery), timeout_s=2.0)
+
     async def scenario() -> None:
-        async with Client(cluster.intake, timeout_s=2.0) as client:
+        async with client() as client_:
             async def nodes_up() -> bool:
-                return (await client.stats())["nodes"] == 3
+                try:
+                    return (await client_.stats())["nodes"] == 3
+                except MeshError:  # following discovery: the leader not registered yet
+                    return False
             await async_wait_until(nodes_up, 20, what="3 AI nodes")
             stop = asyncio.Event()
-            produce = asyncio.create_task(producer(client, stop))
+            produce = asyncio.create_task(producer(client_, stop))
             began = time.monotonic()
             helper_killed = False
+            leader_stopped = False
             while time.monotonic() - began < duration_s:
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
                 if not helper_killed and time.monotonic() - began >= helper_kill_at:
                     helper_killed = True
                     killed_ns = time.time_ns()
-                    await asyncio.to_thread(cluster.restart_helper, *HELPER_ARGS)
+                    if leader_faults is None:
+                        await asyncio.to_thread(cluster.restart_helper, *HELPER_ARGS)
+                    else:
+                        await asyncio.to_thread(leader_faults.kill_and_restart_leader)
                     helper_restarts.append((killed_ns, time.time_ns()))
                     chaos.actions["helper_sigkill_restart"] += 1
+                elif (leader_stop_at is not None and not leader_stopped
+                      and time.monotonic() - began >= leader_stop_at):
+                    leader_stopped = True
+                    stopped_ns = time.time_ns()
+                    member = await asyncio.to_thread(leader_faults.stop_leader)
+                    await asyncio.sleep(leader_stop_s)  # the fault's length, from the seed
+                    await asyncio.to_thread(leader_faults.resume, member)
+                    # a leader stopped past its TTL steps down on waking: a failover
+                    helper_restarts.append((stopped_ns, time.time_ns()))
+                    chaos.actions["leader_sigstop"] += 1
                 else:
                     await asyncio.to_thread(chaos.step)
             stop.set()
@@ -161,10 +232,13 @@ def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS) -> None:  # 
             ids = list(accepted)
             statuses = []
             for i in range(0, len(ids), 500):
-                statuses += await asyncio.gather(*(client.wait(t, timeout=120)
+                statuses += await asyncio.gather(*(client_.wait(t, timeout=120)
                                                    for t in ids[i:i + 500]))
             check(statuses, accepted, uncertain, chaos.actions, seed, cluster.applied_effects())
-            check_double_runs(cluster.workdir, helper_restarts, seed)
+            if leader_faults is not None:
+                assert chaos.actions["leader_sigstop"] == 1, f"(seed {seed})"
+            check_double_runs(cluster.workdir, helper_restarts, seed,
+                              leader_faults.log_names() if leader_faults else ("helper-1",))
 
     asyncio.run(scenario())
 
@@ -254,9 +328,10 @@ def unjustified_double_runs(runs: dict[str, list[Run]], causes: collections.Coun
     return found
 
 
-def check_double_runs(workdir: Path, helper_restarts: list[tuple[int, int]], seed: int) -> None:
+def check_double_runs(workdir: Path, helper_restarts: list[tuple[int, int]], seed: int,
+                      helpers: tuple | list = ("helper-1",)) -> None:
     runs = read_runs(workdir / "effects")
-    causes = resend_causes((workdir / "helper-1.log").read_text())
+    causes = resend_causes("\n".join((workdir / f"{name}.log").read_text() for name in helpers))
     doubles = unjustified_double_runs(runs, causes, helper_restarts)
     on_two = sum(1 for task_runs in runs.values()
                  if len({(r.node_id, r.pid) for r in task_runs}) > 1)
@@ -305,3 +380,18 @@ def test_chaos_short_with_process_pools_every_accepted_task_finishes_once(cluste
                     reason="the long chaos run needs MESH_CHAOS_LONG=1")
 def test_chaos_long_every_accepted_task_finishes_and_no_effect_applies_twice(cluster) -> None:  # noqa: ANN001
     run_chaos(cluster, duration_s=300.0)
+
+
+@pytest.mark.timeout(240)
+def test_chaos_short_group_of_three_every_accepted_task_finishes_once(cluster) -> None:  # noqa: ANN001
+    """Group mode: a group of 3 Helpers instead of one, its leader SIGKILLed (and restarted)
+    once and SIGSTOPped once besides the AI nodes' faults. Shorter, to keep CI time reasonable."""
+    run_chaos(cluster, duration_s=25.0, group_size=3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("MESH_CHAOS_LONG") != "1",
+                    reason="the long chaos run needs MESH_CHAOS_LONG=1")
+def test_chaos_long_group_of_three_every_accepted_task_finishes_once(cluster) -> None:  # noqa: ANN001
+    run_chaos(cluster, duration_s=300.0, group_size=3)

@@ -207,3 +207,77 @@ def test_group_with_min_replicas_zero_accepts_on_the_leader_alone(cluster):  # n
                 await client.close()
 
     asyncio.run(scenario())
+
+
+def test_group_submit_refused_for_want_of_replicas_is_not_logged_as_a_journal_failure(cluster):  # noqa: ANN001
+    """A submit admitted while the follower looked alive, whose follower then stops before it
+    has the record, is answered NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes. The
+    leader's log says so, and says no journal sync failed (nothing did: the disk is fine)."""
+    group = Group(cluster, 2)
+    group.start("h1")
+    wait_until(group.leader, 20, what="h1 leads")
+    group.start("h2")
+    wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
+               what="h2 in h1's stream")
+    cluster.start_ai()
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client}, make_task("echo", b"a", task_id="a"), 20)
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                results = await client.submit_results([make_task("echo", b"w", task_id="w")])
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert results[0].code == 20, (results[0].code, results[0].message)
+            assert "min-replicas" in results[0].message
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "submits not accepted (nothing failed on disk): only 0 follower(s)" in leader_log
+    assert "journal sync failed" not in leader_log
+
+
+def test_group_leader_stopping_answers_waiting_submits_shutting_down_not_journal_failed(cluster):  # noqa: ANN001
+    """A submit that waits for its commit when the leader is stopped (SIGTERM) was not accepted:
+    it is answered SHUTTING_DOWN, which a client resends to the next leader, not JOURNAL_FAILED
+    (no disk failed), and the leader logs no journal failure. The follower is stopped first so
+    that the commit cannot come (it stays alive to the leader for 3 s)."""
+    group = Group(cluster, 2)
+    group.start("h1")
+    wait_until(group.leader, 20, what="h1 leads")
+    group.start("h2")
+    wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
+               what="h2 in h1's stream")
+    cluster.start_ai()
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client}, make_task("echo", b"a", task_id="a"), 20)
+            group.procs["h2"].signal(signal.SIGSTOP)
+            try:
+                waiting = asyncio.ensure_future(client.submit_results(
+                    [make_task("echo", b"w", task_id="w")]))
+
+                async def admitted() -> bool:  # in the leader's table, waiting for its commit
+                    return (await client.stats())["tasks"] >= 2
+                await async_wait_until(admitted, 2, interval_s=0.02, what="the submit admitted")
+                group.procs["h1"].signal(signal.SIGTERM)
+                results = await waiting
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert results[0].code == 7, (results[0].code, results[0].message)  # SHUTTING_DOWN
+            assert "stopped leading" in results[0].message
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert group.procs["h1"].proc.wait(timeout=20) == 0
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "journal sync failed" not in leader_log
