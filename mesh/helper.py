@@ -180,7 +180,7 @@ class Helper:
             record_limit_bytes=self.journal.max_record_bytes,
             group=self._group.name if self._group is not None else "",
             group_epoch=self._group.epoch if self._group is not None else 0,
-            retained=RetainedStore(data_dir / "retained"),
+            retained=RetainedStore(data_dir / "retained"), dead=RetainedStore(data_dir / "dead"),
             journal_segment=lambda: self.journal.segment, journal_keep_from=self.journal.keep_from)
         replayed = 0
         for record in self.journal.recover():
@@ -229,6 +229,7 @@ class Helper:
             for node in list(self.dispatcher.nodes.values()):
                 _close_now(node.sock)
             self.dispatcher.retained.close()
+            self.dispatcher.dead.close()
         for sock in (self._intake, self._ack):
             if sock is not None:
                 sock.close(linger=0)
@@ -1024,7 +1025,7 @@ class Helper:
     def stats(self) -> dict[str, float]:
         d = self.dispatcher
         return {
-            "tasks": float(len(d.tasks) + len(d.retained)),
+            "tasks": float(len(d.tasks) + len(d.retained) + len(d.dead)),
             "retained_results": float(len(d.retained)),
             "queued": float(len(d.pending)),
             "retry_waiting": float(len(d.retry_waiting)),
