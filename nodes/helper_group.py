@@ -69,7 +69,8 @@ async def serve(settings: HelperSettings, args: argparse.Namespace, discovery: D
         group=args.group, member_id=settings.helper_id, data_dir=settings.data_dir,
         group_size=args.group_size, min_replicas=args.min_replicas,
         repl_endpoint=config.bindable(args.repl, config.advertise_host(args)),
-        segment_size_bytes=settings.journal_segment_bytes)
+        segment_size_bytes=settings.journal_segment_bytes,
+        max_retained_results=settings.max_retained_results)
     registered: dict = {}
 
     async def on_lead(helper: Helper) -> None:
