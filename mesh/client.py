@@ -59,6 +59,9 @@ from mesh.errors import (
     TaskCancelled, TaskFailed, TooManyPending, Unavailable, WaitTimedOut, WireError,
     error_from_code,
 )
+#: how long a Client waits for a Helper's answer unless told otherwise: in mesh.settings, so
+#: `mesh helper` builds the client commands' flags without loading this module
+from mesh.settings import DEFAULT_TIMEOUT_S
 from mesh.status import TaskState, TaskStatus
 from mesh.task import make_task
 from mesh.trust import ClientLink, Role, Trust
@@ -73,9 +76,6 @@ MAX_PENDING = 1000
 #: of up to 64 payload limits; a task larger than this goes alone)
 BATCH_MAX_TASKS = 1000
 BATCH_MAX_BYTES = 1 * 2**20
-#: how long a Client waits for a Helper's answer unless told otherwise (issue 12: a submit to a
-#: Helper that is down must not hang; 3 s is the gateway's figure too)
-DEFAULT_TIMEOUT_S = 3.0
 #: how often a Client that follows Helpers asks its endpoint source again
 REFRESH_INTERVAL_S = 2.0
 

@@ -257,6 +257,7 @@ class Dispatcher:
         group: str = "",
         group_epoch: int = 0,
         retained: RetainedStore | None = None,
+        dead: RetainedStore | None = None,
         journal_segment: Callable[[], int] | None = None,
         journal_keep_from: Callable[[int | None], None] | None = None,
     ) -> None:
@@ -283,6 +284,9 @@ class Dispatcher:
         #: succeeded tasks kept for status and result queries, out of `tasks` and of the heap
         #: (see mesh/retained.py); `find` looks in both
         self.retained = retained if retained is not None else RetainedStore()
+        #: dead letters: each one's full record (its task as submitted) on disk, in a store of
+        #: the same kind; `dead_letters` keeps their order and sizes, `find` looks here too
+        self.dead = dead if dead is not None else RetainedStore()
         self.finished: deque[str] = deque()  # cancelled tasks, oldest first (see _evict_cancelled)
         # A succeeded task's record is self-contained (a TASK record in state SUCCEEDED) and its
         # key is released at once, so the journal tracks no key per retained result; instead
@@ -778,7 +782,8 @@ class Dispatcher:
         kind = ack.kind
         if entry is None or entry.terminal:
             node.inflight.pop(ack.task_id, None)
-            if kind == wire.DONE and (entry is not None or ack.task_id in self.retained):
+            if kind == wire.DONE and (entry is not None or ack.task_id in self.retained
+                                      or ack.task_id in self.dead_letters):
                 self.stats["duplicate_done"] += 1
             self.metrics.late_acks.inc()
             return
@@ -874,6 +879,9 @@ class Dispatcher:
             if task_id in self.retained:
                 return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
                                          state=wire.SUCCEEDED)
+            if task_id in self.dead_letters:
+                return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
+                                         state=wire.DEAD)
             return wire.CancelResult(task_id=task_id, code=wire.NOT_FOUND)
         if entry.terminal:
             return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
@@ -1010,17 +1018,25 @@ class Dispatcher:
                                      "kind": inert(entry.kind, 60), "reason": reason_name,
                                      "error": inert(error, 500)})
         self.dead_letters.add(entry.task_id, dead_letter_size(entry))
+        self._bury(entry)
         self._finish(entry)
         self._evict_dead()
+
+    def _bury(self, entry: TaskEntry) -> None:
+        """A dead task leaves the table (and the heap) for the dead-letter store: its full
+        record, the task as submitted included, behind the count of its deliveries. Its key
+        stays live in the journal until it is purged, replayed or evicted."""
+        if self.tasks.get(entry.task_id) is entry:
+            del self.tasks[entry.task_id]
+        self.dead.put(entry.task_id, _SENT.pack(min(entry.deliveries, 0xFFFF_FFFF))
+                      + wire.encode_record(entry.record()))
 
     def _evict_dead(self) -> None:
         """Forget the oldest dead letters past their bounds, for good (see mesh/deadletter.py)."""
         evicted = 0
         for task_id in self.dead_letters.overflow():
-            entry = self.tasks.get(task_id)
-            if entry is None or entry.state != wire.DEAD:
+            if not self.dead.remove(task_id):
                 continue
-            del self.tasks[task_id]
             self._forget(task_id)
             evicted += 1
         if evicted:
@@ -1074,9 +1090,29 @@ class Dispatcher:
             return entry
         stored = self.retained.get(task_id)
         if stored is None:
-            return None
+            return self.dead_letter(task_id)
         entry = _entry_of_record(wire.decode_task_record(stored[_SENT.size:]), 0,
                                  self.settings.max_attempts)
+        entry.deliveries = _SENT.unpack_from(stored)[0]
+        return entry
+
+    def revive(self, entry: TaskEntry) -> None:
+        """A dead letter replayed by an operator (`mesh.deadletter.replay`): back in the table,
+        as the newest task, out of the dead-letter store."""
+        self.dead.remove(entry.task_id)
+        self._seq += 1
+        entry.seq = self._seq
+        entry.accepted_at = time.monotonic()
+        self.tasks[entry.task_id] = entry
+
+    def dead_letter(self, task_id: str) -> TaskEntry | None:
+        """A dead letter, read from its store (a snapshot: `mesh.deadletter` replays or purges
+        it through the dispatcher), or None."""
+        stored = self.dead.get(task_id)
+        if stored is None:
+            return None
+        rec = wire.decode_task_record(stored[_SENT.size:])
+        entry = _entry_of_record(rec, 0, self._kind_attempts(rec.task.kind))
         entry.deliveries = _SENT.unpack_from(stored)[0]
         return entry
 
@@ -1355,6 +1391,7 @@ class Dispatcher:
         elif record.type == records.FORGET:
             self.tasks.pop(record.key.decode(), None)
             self.retained.remove(record.key.decode())
+            self.dead.remove(record.key.decode())
             self.dead_letters.remove(record.key.decode())
             self._release(record.key)
 
@@ -1391,6 +1428,7 @@ class Dispatcher:
         for entry in sorted((e for e in live if e.state == wire.DEAD),
                             key=lambda e: e.finished_ns):
             self.dead_letters.add(entry.task_id, dead_letter_size(entry))
+            self._bury(entry)
         self._evict_dead()
         if counts["queued"]:
             self.reconcile_until = time.monotonic() + self.settings.reconcile_window_s
@@ -1414,6 +1452,8 @@ class Dispatcher:
         entry = self.tasks.get(key.decode())
         if entry is None:
             stored = self.retained.get(key.decode())
+            if stored is None:
+                stored = self.dead.get(key.decode())
             return [] if stored is None else [(records.TASK, stored[_SENT.size:])]
         return [(records.TASK, wire.encode_record(entry.record()))]
 

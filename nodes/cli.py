@@ -49,17 +49,20 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from discovery import DiscoveryError
-from mesh import Client, MeshError, TaskStatus, wire
-from mesh.client import DEFAULT_TIMEOUT_S
+from mesh import MeshError, wire
 from mesh.errors import (
     AddressInUse, AlreadyFinished, AppLoadError, HelperRefusedKey, InUse, NotFound,
     RequestTimeout, UsageError, WaitTimedOut,
 )
+from mesh.settings import DEFAULT_TIMEOUT_S
 from mesh.trust import Role
 from nodes import ai, config, demo, helper, keys, runtime, settings_spec
-from nodes.client_factory import env_source
+
+if TYPE_CHECKING:  # the client commands' modules: not loaded by the node commands
+    from mesh.client import Client
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,7 +83,10 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
             continue
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `mesh` parser. Given the `command` about to run, the optional commands' modules (the
+    HTTP gateway, the notifier: Starlette, the alert subscriber, the Client) are loaded only if
+    it is one of theirs, so a node does not carry them (bench/import_cost.py)."""
     parser = settings_spec.MeshParser(prog="mesh", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mesh {config.mesh_version()}")
@@ -91,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register_commands(sub)
     _client_commands(sub)
     settings_spec.register_commands(sub, build_parser)
-    _optional_commands(sub)
+    if command is None or command not in sub.choices:
+        _optional_commands(sub)
     return parser
 
 
@@ -151,6 +158,8 @@ def _client(args: argparse.Namespace, role: Role = Role.CLIENT) -> Client:
     """A Client acting as `role` with the key store of --keys/--insecure: the Helper at
     --intake, else those of $MESH_INTAKE or discovery (each pinned to the key it announced,
     if that key is in allowed/helper/), spread and failed over."""
+    from mesh.client import Client
+    from nodes.client_factory import env_source
     options = {"trust": keys.trust_from_args(args), "role": role, "timeout_s": args.timeout}
     if args.intake:
         return Client(args.intake, **options)
@@ -275,6 +284,7 @@ async def _nodes(args: argparse.Namespace) -> int:
 
 
 async def _dlq(args: argparse.Namespace) -> int:
+    from mesh.status import TaskStatus
     if args.op in ("replay", "purge") and not args.task_ids and not args.all:
         print(f"mesh dlq {args.op}: name task ids or pass --all", file=sys.stderr)
         return EXIT_USAGE
@@ -309,7 +319,8 @@ def exit_code(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if hasattr(args, "log_format"):  # a node command: its resolved logging options apply
         runtime.setup_logging(args.log_level, args.log_format)
