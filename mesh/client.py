@@ -59,6 +59,9 @@ from mesh.errors import (
     TaskCancelled, TaskFailed, TooManyPending, Unavailable, WaitTimedOut, WireError,
     error_from_code,
 )
+#: how long a Client waits for a Helper's answer unless told otherwise: in mesh.settings, so
+#: `mesh helper` builds the client commands' flags without loading this module
+from mesh.settings import DEFAULT_TIMEOUT_S
 from mesh.status import TaskState, TaskStatus
 from mesh.task import make_task
 from mesh.trust import ClientLink, Role, Trust
@@ -73,9 +76,6 @@ MAX_PENDING = 1000
 #: of up to 64 payload limits; a task larger than this goes alone)
 BATCH_MAX_TASKS = 1000
 BATCH_MAX_BYTES = 1 * 2**20
-#: how long a Client waits for a Helper's answer unless told otherwise (issue 12: a submit to a
-#: Helper that is down must not hang; 3 s is the gateway's figure too)
-DEFAULT_TIMEOUT_S = 3.0
 #: how often a Client that follows Helpers asks its endpoint source again
 REFRESH_INTERVAL_S = 2.0
 
@@ -619,6 +619,12 @@ class Client:
         finally:
             self._batches.discard(batch.done)
 
+    def _no_reply(self, reply: asyncio.Future, timeout_s: float) -> None:
+        if not reply.done():
+            reply.set_exception(Unavailable(
+                f"no reply from the Helper at {self.endpoint} within {timeout_s:g}s: is it up? "
+                "(mesh nodes / discovery list it)"))
+
     def _expire(self, rid: int, reply: asyncio.Future, timeout_s: float) -> None:
         self._waiting.pop(rid, None)
         if not reply.done():
@@ -695,14 +701,14 @@ class Client:
         return rid, fut
 
     async def _call(self, request, timeout_s: float):  # noqa: ANN001, ANN202
+        # One timer on the reply future itself, not asyncio.wait_for (a second future, a
+        # callback and a timer per request: the HTTP gateway's share of CPU per submit).
         rid, fut = self._send(request)
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._no_reply, fut, timeout_s)
         try:
-            reply = await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
-                              f"{timeout_s:g}s: is it up? (mesh nodes / discovery list it)"
-                              ) from None
+            reply = await fut
         finally:
+            timer.cancel()
             self._waiting.pop(rid, None)
         if reply.code not in (wire.OK, 0):
             raise error_from_code(reply.code, reply.message)

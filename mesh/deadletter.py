@@ -1,8 +1,11 @@
 """Operators' view of dead tasks: list, inspect, replay (back to queued, attempts reset), purge;
 and the bound on how many of them the Helper keeps.
 
-Dead tasks stay in the Helper's table and journal until purged, replayed or evicted, so they
-survive restarts. Replay writes a fresh TASK record (attempt 1, no lost deliveries) before
+Dead tasks stay in the journal until purged, replayed or evicted, so they survive restarts;
+out of the heap, each one's full record (the task as submitted included) is in a store on disk
+of the same kind as the retained results' (`Dispatcher.dead`, mesh/retained.py: 12 bytes a slot
+in memory), rebuilt by recovery; `DeadLetterBook` keeps their ids in death order with their
+sizes. Replay writes a fresh TASK record (attempt 1, no lost deliveries) before
 queuing the task, so a crash right after a replay does not bring the dead state back.
 
 Overflow policy: the Helper keeps at most `max_dead_letters` dead letters and
@@ -74,15 +77,18 @@ def dead_letter_size(entry) -> int:  # noqa: ANN001 - TaskEntry
 
 
 def dead_entries(dispatcher: Dispatcher, task_ids) -> list:  # noqa: ANN001
-    if task_ids:
-        found = (dispatcher.tasks.get(t) for t in dict.fromkeys(task_ids))
-        return [e for e in found if e is not None and e.state == wire.DEAD]
-    found = (dispatcher.tasks.get(t) for t in dispatcher.dead_letters)
-    return [e for e in found if e is not None and e.state == wire.DEAD]
+    """The dead letters among `task_ids` (every one if empty), read from their store, oldest
+    first."""
+    ids = dict.fromkeys(task_ids) if task_ids else dispatcher.dead_letters
+    found = (dispatcher.dead_letter(t) for t in ids if t in dispatcher.dead_letters)
+    entries = [e for e in found if e is not None]
+    entries.sort(key=lambda e: e.finished_ns)
+    return entries
 
 
 def replay(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
     dispatcher.dead_letters.remove(entry.task_id)
+    dispatcher.revive(entry)
     entry.state = wire.QUEUED
     entry.attempt = 1
     entry.lost_deliveries = 0
@@ -96,7 +102,7 @@ def replay(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
 
 def purge(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
     dispatcher.dead_letters.remove(entry.task_id)
-    del dispatcher.tasks[entry.task_id]
+    dispatcher.dead.remove(entry.task_id)
     dispatcher.forget(entry.task_id)
 
 
@@ -105,11 +111,15 @@ def answer(dispatcher: Dispatcher, request, request_id: int,  # noqa: ANN001, AN
     """Serve one DeadLetterRequest from the intake. A list or inspect reply stops adding tasks
     at `max_reply_bytes` (always at least one) and says so in its message."""
     reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=request_id, code=wire.OK)
-    entries = dead_entries(dispatcher, list(request.task_ids))
-    entries.sort(key=lambda e: e.finished_ns)
     op = request.op
     if op in (wire.LIST, wire.INSPECT):
         limit = request.limit or 100
+        if request.task_ids:
+            entries = dead_entries(dispatcher, list(request.task_ids))
+            total = len(entries)
+        else:  # the book is in death order: only the `limit` oldest are read from disk
+            total = len(dispatcher.dead_letters)
+            entries = dead_entries(dispatcher, list(dispatcher.dead_letters)[:limit])
         size = 0
         for entry in entries[:limit]:
             status = entry.status(preview=op == wire.INSPECT)
@@ -118,17 +128,19 @@ def answer(dispatcher: Dispatcher, request, request_id: int,  # noqa: ANN001, AN
             size += status.ByteSize() + 8
             if size > max_reply_bytes and reply.dead_letter.tasks:
                 reply.message = (f"listed {len(reply.dead_letter.tasks)} of "
-                                 f"{min(limit, len(entries))} dead letters: the reply reached "
+                                 f"{min(limit, total)} dead letters: the reply reached "
                                  f"its limit of {max_reply_bytes} bytes; ask with a lower limit "
                                  "or by task ids")
                 break
             reply.dead_letter.tasks.append(status)
-        reply.dead_letter.affected = len(entries)
+        reply.dead_letter.affected = total
     elif op == wire.REPLAY:
+        entries = dead_entries(dispatcher, list(request.task_ids))
         for entry in entries:
             replay(dispatcher, entry)
         reply.dead_letter.affected = len(entries)
     elif op == wire.PURGE:
+        entries = dead_entries(dispatcher, list(request.task_ids))
         for entry in entries:
             purge(dispatcher, entry)
         reply.dead_letter.affected = len(entries)

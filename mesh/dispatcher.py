@@ -257,6 +257,7 @@ class Dispatcher:
         group: str = "",
         group_epoch: int = 0,
         retained: RetainedStore | None = None,
+        dead: RetainedStore | None = None,
         journal_segment: Callable[[], int] | None = None,
         journal_keep_from: Callable[[int | None], None] | None = None,
     ) -> None:
@@ -283,6 +284,9 @@ class Dispatcher:
         #: succeeded tasks kept for status and result queries, out of `tasks` and of the heap
         #: (see mesh/retained.py); `find` looks in both
         self.retained = retained if retained is not None else RetainedStore()
+        #: dead letters: each one's full record (its task as submitted) on disk, in a store of
+        #: the same kind; `dead_letters` keeps their order and sizes, `find` looks here too
+        self.dead = dead if dead is not None else RetainedStore()
         self.finished: deque[str] = deque()  # cancelled tasks, oldest first (see _evict_cancelled)
         # A succeeded task's record is self-contained (a TASK record in state SUCCEEDED) and its
         # key is released at once, so the journal tracks no key per retained result; instead
@@ -790,7 +794,8 @@ class Dispatcher:
         kind = ack.kind
         if entry is None or entry.terminal:
             node.inflight.pop(task_id, None)
-            if kind == wire.DONE and (entry is not None or task_id in self.retained):
+            if kind == wire.DONE and (entry is not None or task_id in self.retained
+                                      or task_id in self.dead_letters):
                 self.stats["duplicate_done"] += 1
             self.metrics.late_acks.inc()
             return
@@ -887,6 +892,9 @@ class Dispatcher:
             if task_id in self.retained:
                 return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
                                          state=wire.SUCCEEDED)
+            if task_id in self.dead_letters:
+                return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
+                                         state=wire.DEAD)
             return wire.CancelResult(task_id=task_id, code=wire.NOT_FOUND)
         if entry.terminal:
             return wire.CancelResult(task_id=task_id, code=wire.ALREADY_FINISHED,
@@ -919,7 +927,8 @@ class Dispatcher:
         self._finish(entry)
 
     def nodes_view(self):  # noqa: ANN201 - wire.NodesReply
-        """The nodes and the queue by kind as this Helper sees them now."""
+        """The nodes, the queue by kind, the rate limits (held back or not) and the circuit
+        breakers as this Helper sees them now."""
         now = time.monotonic()
         reply = wire.NodesReply()
         for node in self.nodes.values():
@@ -933,6 +942,20 @@ class Dispatcher:
             reply.queues.append(wire.KindQueue(kind=kind, depth=depth,
                                                oldest_age_ms=int((now - oldest) * 1000)))
         reply.retry_waiting = len(self.retry_waiting)
+        limits = self.rate_limits
+        held = set(limits.throttled())
+        for kind in limits.kinds:
+            share, whole = limits.share(kind), limits.limit(kind)
+            reply.rate_limits.append(wire.RateLimitInfo(
+                kind=kind, per_s=share.per_s, burst=share.burst, limit_per_s=whole.per_s,
+                held=kind in held))
+        if self.breakers is not None:
+            for info in self.breakers.snapshot(now):
+                reply.circuits.append(wire.CircuitInfo(
+                    name=info.name, scope=info.scope, state=info.state.value,
+                    failures=info.failures, calls=info.calls,
+                    probe_in_ms=max(0, int((info.reopen_at - now) * 1000))
+                    if info.reopen_at else 0))
         return reply
 
     def _release_delivery(self, entry: TaskEntry) -> None:
@@ -1007,17 +1030,25 @@ class Dispatcher:
                                      "kind": inert(entry.kind, 60), "reason": reason_name,
                                      "error": inert(error, 500)})
         self.dead_letters.add(entry.task_id, dead_letter_size(entry))
+        self._bury(entry)
         self._finish(entry)
         self._evict_dead()
+
+    def _bury(self, entry: TaskEntry) -> None:
+        """A dead task leaves the table (and the heap) for the dead-letter store: its full
+        record, the task as submitted included, behind the count of its deliveries. Its key
+        stays live in the journal until it is purged, replayed or evicted."""
+        if self.tasks.get(entry.task_id) is entry:
+            del self.tasks[entry.task_id]
+        self.dead.put(entry.task_id, _SENT.pack(min(entry.deliveries, 0xFFFF_FFFF))
+                      + wire.encode_record(entry.record()))
 
     def _evict_dead(self) -> None:
         """Forget the oldest dead letters past their bounds, for good (see mesh/deadletter.py)."""
         evicted = 0
         for task_id in self.dead_letters.overflow():
-            entry = self.tasks.get(task_id)
-            if entry is None or entry.state != wire.DEAD:
+            if not self.dead.remove(task_id):
                 continue
-            del self.tasks[task_id]
             self._forget(task_id)
             evicted += 1
         if evicted:
@@ -1071,9 +1102,29 @@ class Dispatcher:
             return entry
         stored = self.retained.get(task_id)
         if stored is None:
-            return None
+            return self.dead_letter(task_id)
         entry = _entry_of_record(wire.decode_task_record(stored[_SENT.size:]), 0,
                                  self.settings.max_attempts)
+        entry.deliveries = _SENT.unpack_from(stored)[0]
+        return entry
+
+    def revive(self, entry: TaskEntry) -> None:
+        """A dead letter replayed by an operator (`mesh.deadletter.replay`): back in the table,
+        as the newest task, out of the dead-letter store."""
+        self.dead.remove(entry.task_id)
+        self._seq += 1
+        entry.seq = self._seq
+        entry.accepted_at = time.monotonic()
+        self.tasks[entry.task_id] = entry
+
+    def dead_letter(self, task_id: str) -> TaskEntry | None:
+        """A dead letter, read from its store (a snapshot: `mesh.deadletter` replays or purges
+        it through the dispatcher), or None."""
+        stored = self.dead.get(task_id)
+        if stored is None:
+            return None
+        rec = wire.decode_task_record(stored[_SENT.size:])
+        entry = _entry_of_record(rec, 0, self._kind_attempts(rec.task.kind))
         entry.deliveries = _SENT.unpack_from(stored)[0]
         return entry
 
@@ -1352,6 +1403,7 @@ class Dispatcher:
         elif record.type == records.FORGET:
             self.tasks.pop(record.key.decode(), None)
             self.retained.remove(record.key.decode())
+            self.dead.remove(record.key.decode())
             self.dead_letters.remove(record.key.decode())
             self._release(record.key)
 
@@ -1388,6 +1440,7 @@ class Dispatcher:
         for entry in sorted((e for e in live if e.state == wire.DEAD),
                             key=lambda e: e.finished_ns):
             self.dead_letters.add(entry.task_id, dead_letter_size(entry))
+            self._bury(entry)
         self._evict_dead()
         if counts["queued"]:
             self.reconcile_until = time.monotonic() + self.settings.reconcile_window_s
@@ -1411,6 +1464,8 @@ class Dispatcher:
         entry = self.tasks.get(key.decode())
         if entry is None:
             stored = self.retained.get(key.decode())
+            if stored is None:
+                stored = self.dead.get(key.decode())
             return [] if stored is None else [(records.TASK, stored[_SENT.size:])]
         return [(records.TASK, wire.encode_record(entry.record()))]
 

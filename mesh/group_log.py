@@ -24,16 +24,17 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from mesh import records
+from mesh import records, wire
 from mesh.errors import JournalError, StoppedLeading
 from mesh.journal import FsyncPolicy, Journal
-from mesh.replication import EpochHistory, LeaderState, StaleEpoch
+from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
 
 log = logging.getLogger("mesh.group")
 
@@ -63,19 +64,65 @@ def decode_position(payload: bytes) -> Position:
     return Position(int(known), int(last), tuple((int(e), int(i)) for e, i in history))
 
 
-def scan_position(recovered: list) -> Position:  # noqa: ANN001 - journal Records
+def scan_position(recovered: Iterable) -> Position:
     """The log's position from its recovered records (the last POSITION; dirty if anything
     but a POSITION follows it, or if records exist and none is a POSITION)."""
-    position = Position()
-    after = 0
+    scan = LogScan(max_bytes=0)
     for record in recovered:
-        if record.type == records.POSITION:
-            position = decode_position(record.payload)
-            after = 0
-        else:
-            after += 1
-    position.dirty = after > 0
-    return position
+        scan.feed(record)
+    return scan.finish()
+
+
+class LogScan:
+    """Reads a member's journal, oldest record first: its position (`scan_position`) and the
+    entries it can still give their (epoch, index), newest `max_bytes` of them, for catch-up
+    from the log.
+
+    Records carry no index; POSITION records do. Between POSITION(a) and POSITION(b) with b > a
+    the records are the entries a+1..b exactly when there are b - a of them (the writers put a
+    POSITION before every sync and around a compaction's rewrites). A run that does not add up
+    (a crash between append and sync, a snapshot's records, a failed batch cut off) drops every
+    entry before it: the entries kept are always contiguous and end at the last POSITION.
+    Runs with b == a (compaction rewrites) are not entries and are skipped."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.position = Position()
+        self.entries: deque[Entry] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._anchor: int | None = None  # last_index of the last POSITION seen
+        self._run: list[tuple[int, bytes, bytes]] = []
+
+    def feed(self, record) -> None:  # noqa: ANN001 - a journal Record
+        if record.type != records.POSITION:
+            self._run.append((record.type, record.key, record.payload))
+            return
+        position = decode_position(record.payload)
+        gap = None if self._anchor is None else position.last_index - self._anchor
+        if gap is not None and gap > 0 and gap == len(self._run):
+            history = EpochHistory(position.history)
+            first = self._anchor + 1
+            for offset, (type_, key, payload) in enumerate(self._run):
+                self._keep(Entry(history.epoch_at(first + offset), first + offset, type_, key, payload))
+        elif gap != 0:
+            self.entries.clear()
+            self._bytes = 0
+        self._anchor = position.last_index
+        self._run = []
+        self.position = position
+
+    def finish(self) -> Position:
+        self.position.dirty = bool(self._run)
+        if self.position.dirty:  # the log end is uncertain: no catch-up from it
+            self.entries.clear()
+            self._bytes = 0
+        return self.position
+
+    def _keep(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self._bytes += entry.size_bytes
+        while self._bytes > self._max_bytes and self.entries:
+            self._bytes -= self.entries.popleft().size_bytes
 
 
 class LeaderJournal:
@@ -83,15 +130,16 @@ class LeaderJournal:
     Journal's."""
 
     def __init__(self, journal: Journal, state: LeaderState, *, holds: Callable[[], bool],
-                 on_append: Callable[[], None], send_now: Callable[[], None] | None = None) -> None:
+                 send_now: Callable[[], None]) -> None:
         self._journal = journal
         self.state = state
         self._holds = holds
-        self._on_append = on_append
-        #: sends the followers what they lack at once: called before an inline fsync, so the
-        #: follower's fsync runs while ours does instead of after it
+        #: sends the followers what they lack at once. Called by every sync, before the local
+        #: fsync starts: the follower's fsync runs while ours does, not after it, and records
+        #: reach followers when (and only when) the leader syncs them (`LeaderState.syncing`)
         self._send_now = send_now
         self._position_at = -1
+        self._anchor = True
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # (index, seq, future) heap
         self._seq = 0
         self.closed_reason: str | None = None
@@ -99,22 +147,54 @@ class LeaderJournal:
     def __getattr__(self, name: str):  # noqa: ANN204 - the wrapped journal's attribute
         return getattr(self._journal, name)
 
+    def recover(self) -> Iterator:
+        """The journal's records (for the Helper's replay); on the way, the entries this log
+        can still give followers that are behind go into the term's backlog (`LogScan`), so a
+        new leader serves catch-up from its log, not only from what it appended in its term."""
+        scan = LogScan(self.state.max_backlog_bytes)
+        for record in self._journal.recover():
+            scan.feed(record)
+            yield record
+        position = scan.finish()
+        self._position_at = position.last_index
+        restored = self.state.restore_backlog(scan.entries)
+        log.info("group log: %d entries (from index %d) kept for followers' catch-up",
+                 restored, self.state.backlog_first_index)
+
+    def compact(self) -> int:
+        """The journal's compaction, with a POSITION before and after the records it rewrites,
+        so `LogScan` can tell them from entries."""
+        self._append_position()
+        before = self._journal.appended_bytes
+        reclaimed = self._journal.compact()
+        if self._journal.appended_bytes != before:
+            self._append_position(force=True)
+        return reclaimed
+
     # -- appends --------------------------------------------------------------------------
 
     def append(self, type: int, key: bytes, payload: bytes) -> None:
-        try:
-            self.state.append(type, key, payload)
-        except StaleEpoch as exc:
-            raise JournalError(f"not recorded: {exc}") from None
-        self._journal.append(type, key, payload)
-        self._on_append()
-
-    def _append_position(self) -> None:
+        """Journal the record, then give it its index: a record the journal refuses (too large,
+        journal failed) gets none, so no follower holds a record the leader's log lacks."""
         state = self.state
-        if state.last_index != self._position_at:
+        if state.fenced_by is not None:
+            raise JournalError(f"not recorded: {StaleEpoch(state.epoch, state.fenced_by)}")
+        if self._anchor:  # the term's first record: a POSITION in front, so LogScan can index it
+            self._append_position(force=True)
+            self._anchor = False
+        self._journal.append(type, key, payload)
+        state.append(type, key, payload)
+
+    def _append_position(self, *, force: bool = False) -> None:
+        state = self.state
+        if force or state.last_index != self._position_at:
             self._journal.append(records.POSITION, POSITION_KEY,
                                  encode_position(state.epoch, state.last_index, state.history))
             self._position_at = state.last_index
+
+    def _ship(self, target: int) -> None:
+        self.state.syncing(target)
+        self._send_now()
 
     def position_record(self) -> list[tuple[int, bytes]]:
         """For compaction: the POSITION record as of now."""
@@ -126,6 +206,7 @@ class LeaderJournal:
     def sync_future(self) -> asyncio.Future[None]:
         target = self.state.last_index
         self._append_position()
+        self._ship(target)
         inner = self._journal.sync_future()
         loop = asyncio.get_running_loop()
         out = loop.create_future()
@@ -146,8 +227,7 @@ class LeaderJournal:
     def sync_here(self) -> bool:
         target = self.state.last_index
         self._append_position()
-        if self._send_now is not None:
-            self._send_now()
+        self._ship(target)
         if not self._journal.sync_here():
             return False
         self.durable(target)
@@ -157,6 +237,7 @@ class LeaderJournal:
         """Durable here (results, compaction): no wait for followers, nothing is answered."""
         target = self.state.last_index
         self._append_position()
+        self._ship(target)
         await self._journal.sync_future()
         self.durable(target)
 
@@ -214,33 +295,148 @@ class LeaderJournal:
                 future.set_exception(StoppedLeading(reason))
 
 
-class FollowerLog:
-    """A follower's journal: append what the leader sent, sync, report the durable index."""
+class FollowerTable:
+    """What a follower's journal must keep, worked out from the records it holds, by the rules
+    the leader's Helper applies to its own journal (mesh/dispatcher.py): a task's key is live
+    from its first record until its FORGET; a succeeded task's self-contained record is a
+    retained result (key released at once), and segments are kept from the oldest of the
+    newest `max_retained_results` on (`Journal.keep_from`); NOOP records are needed by no
+    replay. Compaction then rewrites a live key as the records it has had since its last TASK
+    record, which replays to the same state. Loop thread only; no I/O."""
 
-    def __init__(self, directory: Path, *, segment_size_bytes: int, max_record_bytes: int) -> None:
+    def __init__(self, journal: Journal, max_retained_results: int) -> None:
+        self._journal = journal
+        self._max_retained = max_retained_results
+        self._records: dict[bytes, list[tuple[int, bytes]]] = {}
+        self._retained: dict[bytes, int] = {}  # key -> segment of its record, oldest first
+        self._floor: int | None = None
+        self.position_payload = b""
+
+    def apply(self, type_: int, key: bytes, payload: bytes, segment: int) -> None:
+        """A record of the log, in order (`segment`: where the journal put it)."""
+        journal = self._journal
+        if type_ == records.POSITION:
+            self.position_payload = payload
+        elif type_ == records.TASK:
+            self._retained.pop(key, None)
+            if wire.decode_task_record(payload).state == wire.SUCCEEDED:
+                self._records.pop(key, None)
+                journal.release(key)
+                self._retained[key] = segment
+                self._evict()
+            else:
+                self._records[key] = [(type_, payload)]
+        elif type_ == records.TRANSITION and key in self._records:
+            self._records[key].append((type_, payload))
+        elif type_ == records.FORGET:
+            self._records.pop(key, None)
+            self._retained.pop(key, None)
+            journal.release(key)
+        else:  # a NOOP, or a transition of a task this log no longer knows: nothing replays it
+            journal.release(key)
+
+    def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        if key == POSITION_KEY:
+            return [(records.POSITION, self.position_payload)] if self.position_payload else []
+        return list(self._records.get(key, ()))
+
+    def _evict(self) -> None:
+        retained = self._retained
+        while len(retained) > self._max_retained:
+            del retained[next(iter(retained))]
+        floor = next(iter(retained.values()), None)
+        if floor is not None and floor != self._floor:
+            self._floor = floor
+            self._journal.keep_from(floor)
+
+
+class FollowerLog:
+    """A follower's journal: append what the leader sent, sync, report the durable index;
+    compacted by the leader's rules (`FollowerTable`), so it stays as small as the leader's."""
+
+    def __init__(self, directory: Path, *, segment_size_bytes: int, max_record_bytes: int,
+                 max_retained_results: int = 100_000) -> None:
         self.directory = directory
         self._segment_size_bytes = segment_size_bytes
         self._max_record_bytes = max_record_bytes
+        self._max_retained = max_retained_results
         self.journal: Journal | None = None
+        self.table: FollowerTable | None = None
         self.position = Position()
+        self._untracked: list = []  # (entry, its segment) appended, not yet in the table
+
+    def _new_journal(self) -> Journal:
+        journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
+                          segment_size_bytes=self._segment_size_bytes,
+                          max_record_bytes=self._max_record_bytes, rewrite=self._rewrite)
+        self.table = FollowerTable(journal, self._max_retained)
+        self._untracked = []
+        return journal
+
+    def _rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
+        return self.table.rewrite(key)
 
     def open(self) -> Position:
-        self.journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
-                               segment_size_bytes=self._segment_size_bytes,
-                               max_record_bytes=self._max_record_bytes)
-        self.position = scan_position(self.journal.recover())
-        self.journal.start(asyncio.get_running_loop())
+        self.journal = journal = self._new_journal()
+        scan = LogScan(max_bytes=0)
+        table = self.table
+        for record in journal.recover():
+            scan.feed(record)
+            table.apply(record.type, record.key, record.payload, journal.segment)
+        self.position = scan.finish()
+        journal.start(asyncio.get_running_loop())
         return self.position
 
     async def append(self, entries, known_epoch: int, last_index: int,  # noqa: ANN001
                      history: EpochHistory) -> None:
         """Append entries and a POSITION after them; one sync."""
+        if not self.append_now(entries, known_epoch, last_index, history):
+            await self.synced(known_epoch, last_index, history)
+
+    def append_now(self, entries, known_epoch: int, last_index: int,  # noqa: ANN001
+                   history: EpochHistory) -> bool:
+        """Append entries and a POSITION after them, and fsync on this (the loop) thread when
+        the journal's flusher is idle: no thread hand-over. True: durable; False: they are
+        appended, `await synced(...)` with the same position makes them durable. The entries
+        reach the compaction table later (`track`), after the ack."""
         journal = self.journal
+        untracked = self._untracked
         for entry in entries:
             journal.append(entry.type, entry.key, entry.payload)
+            untracked.append((entry, journal.segment))
         journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, last_index, history))
-        if not journal.sync_here():  # inline when the flusher is idle: no thread hand-over
-            await journal.sync_future()
+        self.table.position_payload = encode_position(known_epoch, last_index, history)
+        if not journal.sync_here():
+            return False
+        self.position = Position(known_epoch, last_index, tuple(history.as_list()))
+        return True
+
+    def track(self) -> None:
+        """Apply the entries appended since the last call to the compaction table (off the
+        path to the ack: a succeeded task's record is decoded here)."""
+        untracked, self._untracked = self._untracked, []
+        if not untracked:
+            return
+        table = self.table
+        for entry, segment in untracked:
+            table.apply(entry.type, entry.key, entry.payload, segment)
+
+    def compact(self) -> int:
+        """Compact by the leader's rules; a POSITION after the rewritten records (one comes
+        before them already: every append ends with one), so `LogScan` skips them."""
+        journal = self.journal
+        if journal is None or journal.failed:
+            return 0
+        self.track()
+        before = journal.appended_bytes
+        reclaimed = journal.compact()
+        if journal.appended_bytes != before and self.table.position_payload:
+            journal.append(records.POSITION, POSITION_KEY, self.table.position_payload)
+        return reclaimed
+
+    async def synced(self, known_epoch: int, last_index: int, history: EpochHistory) -> None:
+        """What was appended is durable (JournalError if that failed)."""
+        await self.journal.sync_future()
         self.position = Position(known_epoch, last_index, tuple(history.as_list()))
 
     async def reset(self, snapshot_records, known_epoch: int, as_of_index: int,  # noqa: ANN001
@@ -251,16 +447,18 @@ class FollowerLog:
         aside = self.directory.with_name(f"{self.directory.name}.aside-{time.time_ns()}")
         if self.directory.exists():
             os.replace(self.directory, aside)
-        self.journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
-                               segment_size_bytes=self._segment_size_bytes,
-                               max_record_bytes=self._max_record_bytes)
-        for _ in self.journal.recover():
+        self.journal = journal = self._new_journal()
+        for _ in journal.recover():
             pass
-        self.journal.start(asyncio.get_running_loop())
+        journal.start(asyncio.get_running_loop())
+        table = self.table
         for type_, key, payload in snapshot_records:
-            self.journal.append(type_, key, payload)
-        self.journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, as_of_index, history))
-        await self.journal.sync_future()
+            journal.append(type_, key, payload)
+            table.apply(type_, key, payload, journal.segment)
+        payload = encode_position(known_epoch, as_of_index, history)
+        journal.append(records.POSITION, POSITION_KEY, payload)
+        table.position_payload = payload
+        await journal.sync_future()
         self.position = Position(known_epoch, as_of_index, tuple(history.as_list()))
         if aside.exists():
             await asyncio.to_thread(_remove_tree, aside)

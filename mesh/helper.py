@@ -180,7 +180,7 @@ class Helper:
             record_limit_bytes=self.journal.max_record_bytes,
             group=self._group.name if self._group is not None else "",
             group_epoch=self._group.epoch if self._group is not None else 0,
-            retained=RetainedStore(data_dir / "retained"),
+            retained=RetainedStore(data_dir / "retained"), dead=RetainedStore(data_dir / "dead"),
             journal_segment=lambda: self.journal.segment, journal_keep_from=self.journal.keep_from)
         replayed = 0
         for record in self.journal.recover():
@@ -229,6 +229,7 @@ class Helper:
             for node in list(self.dispatcher.nodes.values()):
                 _close_now(node.sock)
             self.dispatcher.retained.close()
+            self.dispatcher.dead.close()
         for sock in (self._intake, self._ack):
             if sock is not None:
                 sock.close(linger=0)
@@ -528,15 +529,9 @@ class Helper:
         large = len(frame) >= LARGE_REPLY_BYTES
         if large:
             unread = self._unread_bytes(identity)
-            limit = self.settings.max_unread_reply_bytes
-            if unread + len(frame) > limit:
-                self.metrics.intake_refused.labels("unread_reply_bytes").inc()
-                frame = wire.encode(wire.ClientReply(
-                    version=wire.PROTOCOL_VERSION, request_id=reply.request_id,
-                    code=wire.QUEUE_FULL,
-                    message=f"reply of {len(frame)} bytes not sent: {unread} bytes of earlier "
-                            f"replies to this client are still unread (limit "
-                            f"max_unread_reply_bytes={limit}); read them, then ask again"))
+            if unread + len(frame) > self.settings.max_unread_reply_bytes:
+                frame = self._unread_refusal(reply.request_id, f"reply of {len(frame)} bytes",
+                                             unread)
                 large = False
         try:
             if large:
@@ -551,6 +546,22 @@ class Helper:
             self._reply_failed(identity, exc)
         self._intake_reader.wake()  # a send can take the edge of a request that just arrived
         return sent
+
+    def _unread_refusal(self, rid: int, what: str, unread: int) -> bytes:
+        limit = self.settings.max_unread_reply_bytes
+        self.metrics.intake_refused.labels("unread_reply_bytes").inc()
+        return wire.encode(wire.ClientReply(
+            version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.QUEUE_FULL,
+            message=f"{what} not sent: {unread} bytes of earlier replies to this client are "
+                    f"still unread (limit max_unread_reply_bytes={limit}); read them, then "
+                    "ask again"))
+
+    def _refuse_unread(self, identity: bytes, rid: int) -> None:
+        frame = self._unread_refusal(rid, "status reply", self._unread_bytes(identity))
+        try:
+            self._intake.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self._reply_failed(identity, exc)
 
     def _reply_failed(self, identity: bytes, exc: zmq.ZMQError) -> None:
         if exc.errno == zmq.EAGAIN:
@@ -615,7 +626,12 @@ class Helper:
         if which == "submit":
             self._on_submit(identity, rid, request.submit)
         elif which == "status":
-            self._reply(identity, self._answer_status(rid, request.status.task_ids))
+            if self._unread_bytes(identity) >= self.settings.max_unread_reply_bytes:
+                # refused before reading results from disk and building a reply of up to
+                # max_reply_bytes that could not be sent anyway
+                self._refuse_unread(identity, rid)
+            else:
+                self._reply(identity, self._answer_status(rid, request.status.task_ids))
         elif which == "result":
             self._answer_result(identity, rid, request.result.task_id, request.result.wait_ms)
         elif which == "dead_letter":
@@ -1024,7 +1040,7 @@ class Helper:
     def stats(self) -> dict[str, float]:
         d = self.dispatcher
         return {
-            "tasks": float(len(d.tasks) + len(d.retained)),
+            "tasks": float(len(d.tasks) + len(d.retained) + len(d.dead)),
             "retained_results": float(len(d.retained)),
             "queued": float(len(d.pending)),
             "retry_waiting": float(len(d.retry_waiting)),

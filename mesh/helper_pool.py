@@ -42,6 +42,10 @@ RETRY_ELSEWHERE = frozenset((wire.QUEUE_FULL, wire.SHUTTING_DOWN, wire.JOURNAL_F
 _TRY_NEXT = (RequestTimeout, TimeoutError, HelperRefusedKey, ShuttingDown, JournalError)
 #: a task id no Helper holds: a status request for it is the cheapest "are you there?"
 PROBE_TASK_ID = "mesh-gateway-probe"
+#: bounds of the request `submit_one` makes of one loop turn's tasks (a task larger than the
+#: byte bound goes alone); the Client's own coalescing uses the same figures
+BATCH_MAX_TASKS = 1000
+BATCH_MAX_BYTES = 1 * 2**20
 _RANK = {wire.SUCCEEDED: 5, wire.DEAD: 5, wire.CANCELLED: 5, wire.RUNNING: 3,
          wire.DISPATCHED: 2, wire.QUEUED: 1}
 
@@ -68,6 +72,18 @@ class Found:
 ClientFactory = Callable[[str, Role], object]
 
 
+class _TurnBatch:
+    """The tasks `submit_one` was given in one loop turn, and the futures of all but the
+    first (whose caller submits them)."""
+
+    __slots__ = ("tasks", "futures", "size_bytes")
+
+    def __init__(self) -> None:
+        self.tasks: list = []
+        self.futures: list[asyncio.Future | None] = []
+        self.size_bytes = 0
+
+
 class HelperPool:
     """`make_client(endpoint, role)` builds a (not yet started) `mesh.Client`; the pool owns
     and closes what it makes."""
@@ -88,6 +104,8 @@ class HelperPool:
         self._turn = itertools.count()
         self._prober: asyncio.Task | None = None
         self.failovers = 0
+        #: submit_one: the batch of this loop turn, open for others to join
+        self._open_batch: _TurnBatch | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -170,6 +188,48 @@ class HelperPool:
                                          f"no Helper answered within {self.timeout_s:g}s ({why})")
                 for i, outcome in enumerate(outcomes)]
 
+    async def submit_one(self, task) -> SubmitOutcome:  # noqa: ANN001 - a wire Task
+        """Submit one wire Task together with the others given in this turn of the event loop:
+        they leave as one `submit` (one request to a Helper; the same spread, failover and
+        per-task codes) at the start of the next turn. Returns this task's outcome.
+
+        Why: an HTTP gateway under load starts many requests in one turn (every connection
+        that is readable at once); a request each cost a Helper round trip, a timer and a
+        Helper request each. The first caller of a turn submits for all; the others wait for
+        its answer (no task of its own: a submit alone costs one more loop turn, a few us)."""
+        size = task.ByteSize()
+        batch = self._open_batch
+        if batch is not None and len(batch.tasks) < BATCH_MAX_TASKS \
+                and batch.size_bytes + size <= BATCH_MAX_BYTES:
+            future = asyncio.get_running_loop().create_future()
+            batch.tasks.append(task)
+            batch.futures.append(future)
+            batch.size_bytes += size
+            return await future
+        batch = self._open_batch = _TurnBatch()
+        batch.tasks.append(task)
+        batch.futures.append(None)  # the leader's own place
+        batch.size_bytes = size
+        try:
+            try:
+                await asyncio.sleep(0)  # the others of this turn join
+            finally:
+                if self._open_batch is batch:
+                    self._open_batch = None
+            outcomes = await self.submit(batch.tasks)
+        except BaseException as exc:  # cancelled (the server stops), or a bug: tell the others
+            error = exc if isinstance(exc, MeshError) else MeshError(
+                f"the submit was not completed ({type(exc).__name__}: {exc}); the outcome is "
+                "unknown: submit again with the same task id")
+            for future in batch.futures[1:]:
+                if not future.done():
+                    future.set_exception(error)
+            raise
+        for future, outcome in zip(batch.futures[1:], outcomes[1:], strict=True):
+            if not future.done():  # its caller may have gone
+                future.set_result(outcome)
+        return outcomes[0]
+
     def _order(self) -> list[str]:
         """Healthy Helpers in turn (a different first one each call), suspects last."""
         healthy = [e for e in self.endpoints if e not in self._suspect]
@@ -216,8 +276,14 @@ class HelperPool:
     async def find(self, task_id: str) -> Found:
         """The task's most advanced status over every Helper. NotFound if every Helper answered
         and none knows it; Unavailable if none knows it and some did not answer."""
-        answers = await asyncio.gather(*(self._status_on(e, task_id) for e in self.endpoints),
-                                       return_exceptions=True)
+        if len(self.endpoints) == 1:  # no gather: a task and a future less per request
+            try:
+                answers = [await self._status_on(self.endpoints[0], task_id)]
+            except Exception as exc:  # noqa: BLE001 - sorted out below, as gather's
+                answers = [exc]
+        else:
+            answers = await asyncio.gather(*(self._status_on(e, task_id)
+                                             for e in self.endpoints), return_exceptions=True)
         best, holders, unreachable = None, [], []
         for endpoint, answer in zip(self.endpoints, answers, strict=True):
             if isinstance(answer, BaseException):

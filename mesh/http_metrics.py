@@ -24,10 +24,18 @@ class GatewayMetrics:
                                "after a timeout (since start)", registry=r)
         self.suspects = Gauge("mesh_http_helpers_suspect", "Helpers that did not answer and "
                               "are asked last until a probe answers", registry=r)
+        #: (route, method, status) -> its counter and histogram children: `labels()` takes a
+        #: lock and builds a key on every call, a cost per request; the set of keys is small
+        #: (route templates x methods x statuses)
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = self._children[(route, method, status)] = (
+                self.requests.labels(route, method, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

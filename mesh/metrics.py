@@ -94,6 +94,10 @@ class HelperMetrics:
         self.journal_bytes = Gauge("mesh_journal_bytes", "Journal size on disk", registry=r)
         self.journal_errors = Counter("mesh_journal_errors", "Journal write or sync failures",
                                       registry=r)
+        self.group_catchups = Counter(
+            "mesh_group_catchups", "Followers of a Helper group brought up to date by this "
+            "leader, by path: log (the records they lacked) or snapshot (its live records)",
+            ["path"], registry=r)
         self.journal_failed = Gauge(
             "mesh_journal_failed",
             "1 while the journal is failed (every submit refused until it reopens), else 0",

@@ -212,6 +212,7 @@ class LeaderState:
         follower_timeout_s: float = 3.0,
         heartbeat_interval_s: float = 0.5,
         group_size: int | None = None,
+        ship_on_sync: bool = False,
     ) -> None:
         self.followers = {m: _Follower(m) for m in followers if m != leader_id}
         # With group_size, followers need not be named up front: a member's first Hello adds it.
@@ -236,6 +237,9 @@ class LeaderState:
         self.follower_timeout_s = follower_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.fenced_by: int | None = None
+        #: with ship_on_sync, followers get entries only up to `syncing_through` (see `syncing`)
+        self.ship_on_sync = ship_on_sync
+        self.syncing_through = last_index
 
     # -- the leader's own writes --------------------------------------------------------------------
 
@@ -249,6 +253,33 @@ class LeaderState:
         while self.backlog_bytes > self.max_backlog_bytes and len(self.backlog) > 1:
             self.backlog_bytes -= self.backlog.popleft().size_bytes
         return entry
+
+    def syncing(self, index: int) -> None:
+        """The leader is making entries up to `index` durable: with ship_on_sync, followers get
+        them now (and no later entry before the leader syncs it). So a follower fsyncs when the
+        leader does, not once per append: records nobody waits for (results) ride along with
+        the next submit's sync instead of costing the follower an fsync of their own in front
+        of it."""
+        self.syncing_through = max(self.syncing_through, min(index, self.last_index))
+
+    def restore_backlog(self, entries: Iterable[Entry]) -> int:
+        """Entries of earlier terms that this leader's log still holds (they must end right
+        before the backlog, or at `last_index` when it is empty): followers that are behind
+        catch up from them instead of a snapshot. Keeps the newest backlog_bytes. Returns how
+        many were taken (0 when they do not join up)."""
+        older = list(entries)
+        if not older or older[-1].index != self.backlog_first_index - 1:
+            return 0
+        if any(b.index != a.index + 1 for a, b in zip(older, older[1:])):
+            return 0
+        taken = 0
+        for entry in reversed(older):
+            if self.backlog_bytes + entry.size_bytes > self.max_backlog_bytes and self.backlog:
+                break
+            self.backlog.appendleft(entry)
+            self.backlog_bytes += entry.size_bytes
+            taken += 1
+        return taken
 
     def durable(self, index: int) -> int:
         """The leader's own fsync reached `index`; returns the commit index."""
@@ -314,8 +345,9 @@ class LeaderState:
     # -- what to send ---------------------------------------------------------------------------------
 
     def to_send(self, member_id: str, now: float) -> Append | SnapshotNeeded | None:
-        """The next batch for a follower (sent entries are not sent again until it says Hello),
-        a heartbeat when nothing was sent for heartbeat_interval_s, or None."""
+        """The next batch for a follower (sent entries are not sent again until it says Hello;
+        with ship_on_sync only entries the leader is syncing), a heartbeat when nothing was sent
+        for heartbeat_interval_s, or None."""
         follower = self._follower(member_id)
         if follower.next_index == 0 or self.fenced_by is not None:
             return None
@@ -325,9 +357,10 @@ class LeaderState:
             return SnapshotNeeded(member_id, start)
         batch: list[Entry] = []
         size = 0
-        if start <= self.last_index:
+        end = self.syncing_through if self.ship_on_sync else self.last_index
+        if start <= end:
             for entry in self._backlog_from(start):
-                if batch and size + entry.size_bytes > self.max_batch_bytes:
+                if entry.index > end or (batch and size + entry.size_bytes > self.max_batch_bytes):
                     break
                 batch.append(entry)
                 size += entry.size_bytes

@@ -1,11 +1,13 @@
 """Retained results: succeeded tasks kept for status and result queries, on disk, with an index
-of 16 bytes a slot in memory.
+of 12 bytes a slot in memory.
 
 A Helper keeps up to `max_retained_results` (100,000 by default) succeeded tasks answerable.
 As Python objects they cost about 1 KiB each (the entry, its strings, its result); here each is
 one record in an append-only spill file and one slot of an open-addressing table held in two
-`array('q')`: the task id's hash (never 0) and the record's position. A hash match is checked
-against the task id stored in the record, so a collision costs a read, never a wrong answer.
+arrays: 32 bits of the task id's hash (`array('I')`, never 0 or 1) and the record's position
+(`array('q')`). A hash match is checked against the task id stored in the record, so a
+collision (one comparison in 2**32) costs a read, never a wrong answer. The dead letters
+(mesh/deadletter.py) are kept in a store of the same kind.
 
 The spill files are a cache, not a source of truth: the journal holds every result (its
 SUCCEEDED transition), recovery rebuilds the store from it, and the store starts empty (its
@@ -36,14 +38,14 @@ SEGMENT_BYTES = 16 * 2**20
 _SEG_SHIFT = 40
 _POS_MASK = (1 << _SEG_SHIFT) - 1
 _HEAD = struct.Struct("<IHI")  # record length (after this header), task id length, tag
-_EMPTY, _GONE = 0, -1
+_EMPTY, _GONE = 0, 1  # a live slot's key is above _GONE
 _MIN_SLOTS = 1024
 
 
 def _fingerprint(task_id: str) -> int:
-    """A task id's slot key: its hash, never _EMPTY or _GONE."""
-    h = hash(task_id) & 0x7FFF_FFFF_FFFF_FFFF
-    return h or 1
+    """A task id's slot key: 32 bits of its hash, never _EMPTY or _GONE."""
+    h = hash(task_id) & 0xFFFF_FFFF
+    return h if h > _GONE else h + 2
 
 
 class RetainedStore:
@@ -58,8 +60,8 @@ class RetainedStore:
             shutil.rmtree(self._dir)  # a cache of the journal: rebuilt by recovery
         self._dir.mkdir(parents=True, mode=0o700)
         self._segment_bytes = segment_bytes
-        self._keys = array("q", bytes(8 * _MIN_SLOTS))
-        self._positions = array("q", bytes(8 * _MIN_SLOTS))
+        self._keys = array("I", [_EMPTY]) * _MIN_SLOTS
+        self._positions = array("q", [0]) * _MIN_SLOTS
         self._used = 0  # live + _GONE slots
         self._count = 0
         self._live: dict[int, int] = {}  # segment -> live records
@@ -249,7 +251,7 @@ class RetainedStore:
         keys = self._keys
         mask = len(keys) - 1
         i = fp & mask
-        while keys[i] > 0:
+        while keys[i] > _GONE:
             i = (i + 1) & mask
         if keys[i] == _EMPTY:
             self._used += 1
@@ -266,12 +268,15 @@ class RetainedStore:
             self._delete_segment(seg)
 
     def _resize(self, slots: int) -> None:
-        old = [(k, p) for k, p in zip(self._keys, self._positions) if k > 0]
-        self._keys = array("q", bytes(8 * slots))
-        self._positions = array("q", bytes(8 * slots))
+        # slot by slot: a list of the live (key, position) pairs would be ~120 bytes each at
+        # once, and the heap would keep that peak's pages (pymalloc arenas stay half used)
+        old_keys, old_positions = self._keys, self._positions
+        self._keys = array("I", [_EMPTY]) * slots
+        self._positions = array("q", [0]) * slots
         self._used = 0
-        for k, p in old:
-            self._insert(k, p)
+        for i in range(len(old_keys)):
+            if old_keys[i] > _GONE:
+                self._insert(old_keys[i], old_positions[i])
 
     # ---- the files ---------------------------------------------------------------------
 

@@ -12,6 +12,11 @@ from mesh.errors import ConfigError
 
 FSYNC_POLICIES = ("always", "batch", "interval", "none")
 BREAKER_MODES = ("off", "dependency", "all")
+#: how long a Client waits for a Helper's answer unless told otherwise (issue 12: a submit to a
+#: Helper that is down must not hang; 3 s is the gateway's figure too)
+DEFAULT_TIMEOUT_S = 3.0
+#: the values of `mesh ai --executor` ("" or "async" is the default: see mesh/executors)
+EXECUTORS = ("async", "thread", "process")
 
 
 class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -199,7 +204,7 @@ class AINodeSettings(msgspec.Struct, frozen=True, kw_only=True):
                   "max_message_bytes", "max_result_bytes", "max_helpers", "helper_link_idle_s")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.executor not in ("async", "thread", "process"):
+        if self.executor not in EXECUTORS:
             raise ConfigError(f"executor {self.executor!r} is not one of async, thread, process")
         if self.max_tasks_per_child < 0 or self.max_memory_per_child_bytes < 0:
             raise ConfigError("max_tasks_per_child and max_memory_per_child_bytes must be 0 "

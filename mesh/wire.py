@@ -43,6 +43,8 @@ NodeInfo = _pb.NodeInfo
 NodesReply = _pb.NodesReply
 DeadLetterReply = _pb.DeadLetterReply
 KindQueue = _pb.KindQueue
+RateLimitInfo = _pb.RateLimitInfo
+CircuitInfo = _pb.CircuitInfo
 
 # Enums as plain ints (protobuf enum values are ints already).
 QUEUED, DISPATCHED, RUNNING, SUCCEEDED, DEAD, CANCELLED = (

@@ -11,16 +11,18 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from discovery import Discovery, DiscoveryError, Health, Instance, open_discovery
-from mesh import App, sockets, wire
-from mesh.ai_node import AINode
+from mesh import sockets, wire
 from mesh.errors import AppLoadError, UsageError
-from mesh.metrics import serve
 from mesh.settings import AINodeSettings
 from mesh.trust import Role, Trust
 from nodes import config, keys, logs, runtime, settings_spec
 from nodes.registration import GoneNodes, Presence, check_reachable, claim_node, watch_nodes
+
+if TYPE_CHECKING:  # loaded by `mesh ai` only: `mesh helper` imports this module for its flags
+    from mesh.app import App
 
 log = logging.getLogger("mesh.node.ai")
 
@@ -37,6 +39,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
 def load_app(spec: str) -> App:
     """The App named `module:attribute`, imported with the current directory on the import path
     (as `python -m` has it). Raises AppLoadError with one line naming the cause."""
+    from mesh.app import App
     module_name, sep, attr = spec.partition(":")
     if not (sep and module_name and attr):
         raise AppLoadError(f"--app must be module:attribute, e.g. myservice.tasks:app; got {spec!r}")
@@ -120,6 +123,8 @@ def _exit_past_hung_handlers(code: int) -> None:
 
 async def _serve(settings: AINodeSettings, app: App, args: argparse.Namespace,
                  discovery: Discovery, trust: Trust) -> int:
+    from mesh.ai_node import AINode
+    from mesh.metrics import serve
     node = AINode(settings, app, helpers=args.helper, trust=trust, app_path=args.app)
     server = None
     metrics_port = None

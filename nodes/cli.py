@@ -8,7 +8,8 @@
     mesh status TASK_ID...      the state of tasks (JSON, one line each)
     mesh cancel TASK_ID...      cancel tasks (queued or running)
     mesh dlq list|inspect|replay|purge [TASK_ID...]   (with the operator key)
-    mesh nodes                  the AI nodes and the queue by kind (with the operator key)
+    mesh nodes                  the AI nodes, the queue by kind, rate limits and circuit breakers
+                                (with the operator key)
     mesh stats                  the Helper's counters (with the operator key)
 
 Client commands find the Helpers with --intake, else $MESH_INTAKE, else discovery, and give
@@ -48,17 +49,20 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from discovery import DiscoveryError
-from mesh import Client, MeshError, TaskStatus, wire
-from mesh.client import DEFAULT_TIMEOUT_S
+from mesh import MeshError, wire
 from mesh.errors import (
     AddressInUse, AlreadyFinished, AppLoadError, HelperRefusedKey, InUse, NotFound,
     RequestTimeout, UsageError, WaitTimedOut,
 )
+from mesh.settings import DEFAULT_TIMEOUT_S
 from mesh.trust import Role
 from nodes import ai, config, demo, helper, keys, runtime, settings_spec
-from nodes.client_factory import env_source
+
+if TYPE_CHECKING:  # the client commands' modules: not loaded by the node commands
+    from mesh.client import Client
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -79,7 +83,10 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
             continue
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `mesh` parser. Given the `command` about to run, the optional commands' modules (the
+    HTTP gateway, the notifier: Starlette, the alert subscriber, the Client) are loaded only if
+    it is one of theirs, so a node does not carry them (bench/import_cost.py)."""
     parser = settings_spec.MeshParser(prog="mesh", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mesh {config.mesh_version()}")
@@ -90,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register_commands(sub)
     _client_commands(sub)
     settings_spec.register_commands(sub, build_parser)
-    _optional_commands(sub)
+    if command is None or command not in sub.choices:
+        _optional_commands(sub)
     return parser
 
 
@@ -150,6 +158,8 @@ def _client(args: argparse.Namespace, role: Role = Role.CLIENT) -> Client:
     """A Client acting as `role` with the key store of --keys/--insecure: the Helper at
     --intake, else those of $MESH_INTAKE or discovery (each pinned to the key it announced,
     if that key is in allowed/helper/), spread and failed over."""
+    from mesh.client import Client
+    from nodes.client_factory import env_source
     options = {"trust": keys.trust_from_args(args), "role": role, "timeout_s": args.timeout}
     if args.intake:
         return Client(args.intake, **options)
@@ -228,15 +238,19 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _nodes(args: argparse.Namespace) -> int:
-    from nodes.http import host_of, nodes_json
+    from nodes.http import circuit_json, host_of, nodes_json, rate_limit_json
     async with _client(args, Role.OPERATOR) as client:
         views = await client.nodes()
     nodes = [nodes_json(n, helper) for helper, view in views.items() for n in view.nodes]
     queues = [{"helper": helper, "kind": q.kind, "depth": q.depth,
                "oldest_age_s": q.oldest_age_ms / 1000} for helper, view in views.items()
               for q in view.queues]
+    limits = [rate_limit_json(r, helper) for helper, view in views.items()
+              for r in view.rate_limits]
+    circuits = [circuit_json(c, helper) for helper, view in views.items()
+                for c in view.circuits]
     if args.json:
-        _print({"nodes": nodes, "queues": queues})
+        _print({"nodes": nodes, "queues": queues, "rate_limits": limits, "circuits": circuits})
         return EXIT_OK
     columns = ("id", "host", "state", "credit", "held", "version", "last beat", "helper")
     rows = [(n["id"], n["host"] or n["endpoint"], n["state"], str(n["credit"]), str(n["held"]),
@@ -250,10 +264,27 @@ async def _nodes(args: argparse.Namespace) -> int:
         print("(no AI node is connected to the Helpers)")
     for q in queues:
         print(f"queue {q['kind']}: {q['depth']} waiting, oldest {q['oldest_age_s']:.1f}s")
+    several = len(views) > 1
+    for r in limits:
+        where = f" on {host_of(r['helper']) or r['helper']}" if several else ""
+        share = (f" (this Helper's share {r['per_s']:g}/s)"
+                 if r["per_s"] != r["limit_per_s"] else "")
+        print(f"rate limit {r['kind']}{where}: {r['limit_per_s']:g}/s{share}, burst "
+              f"{r['burst']:g}, {'held back now' if r['held'] else 'not holding tasks back'}")
+    for c in circuits:
+        where = f" on {host_of(c['helper']) or c['helper']}" if several else ""
+        if c["state"] == "closed":
+            how = f"{c['failures']} failures in the last {c['calls']} calls"
+        elif c["state"] == "open":
+            how = f"probe in {c['probe_in_s'] or 0:.1f}s"
+        else:
+            how = "a probe runs"
+        print(f"circuit {c['scope']} {c['name']}{where}: {c['state']} ({how})")
     return EXIT_OK
 
 
 async def _dlq(args: argparse.Namespace) -> int:
+    from mesh.status import TaskStatus
     if args.op in ("replay", "purge") and not args.task_ids and not args.all:
         print(f"mesh dlq {args.op}: name task ids or pass --all", file=sys.stderr)
         return EXIT_USAGE
@@ -288,7 +319,8 @@ def exit_code(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if hasattr(args, "log_format"):  # a node command: its resolved logging options apply
         runtime.setup_logging(args.log_level, args.log_format)

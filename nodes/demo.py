@@ -19,13 +19,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from mesh import Client, make_task, wire
+from mesh import wire
 from mesh.trust import Role, Trust
 from nodes.launch import NodeProcess, stop_all
-from nodes.sample_app import applied_effects
+
+if TYPE_CHECKING:
+    from mesh.client import Client
 
 
 def register_commands(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +63,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
+    from mesh.client import Client  # not at import: `mesh helper` loads this module too
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="mesh-demo-"))
@@ -105,6 +109,7 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 async def _drive(client: Client, nodes: list[NodeProcess], args: argparse.Namespace,
                  rng: random.Random) -> dict:
+    from mesh.task import make_task
     total = args.tasks
     kill_after = int(total * args.kill_at)
     accept_s: list[float] = []
@@ -161,6 +166,7 @@ def _count_lines(paths) -> collections.Counter:  # noqa: ANN001
 
 
 def _print_report(report: dict, stats: dict, effects: Path, args: argparse.Namespace) -> int:
+    from nodes.sample_app import applied_effects
     effects_applied = applied_effects(str(effects))
     run_twice = sum(1 for count in effects_applied.values() if count > 1)
     absorbed = _count_lines(effects.glob("*.absorbed"))

@@ -14,9 +14,7 @@ import os
 
 from discovery import Discovery
 from mesh.alerts import AlertPublisher, AlertPublisherSettings
-from mesh.group import GroupMember, GroupSettings
 from mesh.helper import Helper
-from mesh.leadership import FileLock
 from mesh.settings import HelperSettings
 from nodes import config, keys, runtime
 
@@ -49,6 +47,7 @@ def lock_backend(args: argparse.Namespace, settings: HelperSettings, discovery: 
         return ConsulLock(discovery, args.group, ttl_s=args.group_ttl or 10.0,
                           lock_delay_s=args.group_lock_delay,
                           session_name=f"mesh-helper-{settings.helper_id}")
+    from mesh.leadership import FileLock  # the group's modules: loaded with --group only
     directory = args.group_lock_dir or os.path.join(os.path.dirname(
         os.path.abspath(settings.data_dir)), "groups")
     return FileLock(directory, args.group, ttl_s=args.group_ttl or 2.0)
@@ -56,6 +55,7 @@ def lock_backend(args: argparse.Namespace, settings: HelperSettings, discovery: 
 
 async def serve(settings: HelperSettings, args: argparse.Namespace, discovery: Discovery,
                 register) -> int:  # noqa: ANN001 - nodes.helper.register_leader
+    from mesh.group import GroupMember, GroupSettings
     trust = keys.trust_from_args(args)
     alerts = None
     if not args.no_alerts:
@@ -69,7 +69,8 @@ async def serve(settings: HelperSettings, args: argparse.Namespace, discovery: D
         group=args.group, member_id=settings.helper_id, data_dir=settings.data_dir,
         group_size=args.group_size, min_replicas=args.min_replicas,
         repl_endpoint=config.bindable(args.repl, config.advertise_host(args)),
-        segment_size_bytes=settings.journal_segment_bytes)
+        segment_size_bytes=settings.journal_segment_bytes,
+        max_retained_results=settings.max_retained_results)
     registered: dict = {}
 
     async def on_lead(helper: Helper) -> None:

@@ -30,6 +30,7 @@ from mesh.alert_recent import RecentAlerts
 from mesh.alert_subscriber import AlertSubscriber, AlertSubscriberSettings
 from mesh.errors import ConfigError, MeshError, Unavailable
 from mesh.helper_pool import HelperPool, WaitTimedOut
+from mesh.http_asgi import HotRoutes, JsonAnswer
 from mesh.http_metrics import GatewayMetrics
 from mesh.http_openapi import openapi_document
 from mesh.http_problem import PROBLEM_JSON, Problem, problem_for, submit_problem
@@ -205,7 +206,10 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
               alerts: RecentAlerts | None = None):  # noqa: ANN201 - a Starlette app
     """`pool`: a fixed HelperPool, or a `mesh.Client` following Helpers (its HelperPool, with
     the endpoints its source gives now, serves each request). `alerts`: the recent alerts of
-    the alert lane, for /v1/overview (None: not followed, the page says so)."""
+    the alert lane, for /v1/overview (None: not followed, the page says so).
+
+    Returns a `HotRoutes` (mesh/http_asgi.py) in front of the Starlette app: it serves the two
+    hot routes (submit one task, a task's status) with the same endpoints, bare ASGI."""
     from starlette.applications import Starlette
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
@@ -213,6 +217,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
 
     metrics = metrics or GatewayMetrics()
     routes: list = []
+    endpoints: dict[tuple[str, str], object] = {}  # (method, path) -> the wrapped endpoint
 
     async def helpers() -> HelperPool:
         """The Helpers now; Unavailable (503) if there are none."""
@@ -225,8 +230,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             return None
     long_polls = [0]
 
-    def answer(body: object, status: int = 200, headers: dict | None = None) -> Response:
-        return Response(json.dumps(body).encode(), status, headers, "application/json")
+    def answer(body: object, status: int = 200, headers: dict | None = None) -> JsonAnswer:
+        return JsonAnswer(json.dumps(body).encode(), status, headers)
 
     def route(path: str, method: str, role: HttpRole | None = HttpRole.CLIENT):  # noqa: ANN202
         """Register `fn` for `method path`; authorize, turn errors into problem+json, count."""
@@ -249,6 +254,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
                                 time.perf_counter() - started)
                 return response
             routes.append(Route(path, endpoint, methods=[method]))
+            endpoints[(method, path)] = endpoint
             return fn
         return register
 
@@ -268,7 +274,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             ttl_s=_header_ttl(headers.get("x-mesh-ttl")),
             headers={"content-type": headers["content-type"]}
             if "content-type" in headers else None)
-        outcome = (await (await helpers()).submit([task]))[0]
+        outcome = await (await helpers()).submit_one(task)
         if outcome.code != wire.OK:
             raise submit_problem(outcome.code, outcome.message)
         return answer(accepted_json(outcome.task_id, outcome.duplicate), 202,
@@ -413,7 +419,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             return stats, next(iter(nodes.values()))
         pool_now = await helpers_or_none()  # none: the page still shows the gateway's side
         answers = await pool_now.each(both) if pool_now is not None else {}
-        helpers, totals, nodes, queues = [], {}, [], {}
+        helpers, totals, nodes, queues, limits, circuits = [], {}, [], {}, [], []
         for endpoint, reply in answers.items():
             if isinstance(reply, BaseException):
                 helpers.append({"endpoint": endpoint, "up": False,
@@ -424,6 +430,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
             nodes += [nodes_json(node, endpoint) for node in view.nodes]
+            limits += [rate_limit_json(limit, endpoint) for limit in view.rate_limits]
+            circuits += [circuit_json(circuit, endpoint) for circuit in view.circuits]
             for queue in view.queues:
                 depth, oldest = queues.get(queue.kind, (0, 0))
                 queues[queue.kind] = (depth + queue.depth, max(oldest, queue.oldest_age_ms))
@@ -431,6 +439,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
                        "totals": totals, "nodes": nodes,
                        "queues": [{"kind": k, "depth": d, "oldest_age_s": round(o / 1000, 3)}
                                   for k, (d, o) in sorted(queues.items())],
+                       "rate_limits": limits, "circuits": circuits,
                        "gateway": _gateway_figures(pool_now, long_polls[0]),
                        "alerts": alerts.json() if alerts is not None else [],
                        "missing": MISSING_FROM_STATS if alerts is not None
@@ -474,7 +483,9 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
         finally:
             await pool.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return HotRoutes(Starlette(routes=routes, lifespan=lifespan),
+                     submit=endpoints[("POST", "/v1/tasks/{kind}")],
+                     status=endpoints[("GET", "/v1/tasks/{task_id}")])
 
 
 #: what the live page would show but the gateway does not give yet
@@ -491,6 +502,21 @@ def nodes_json(node, helper: str) -> dict:  # noqa: ANN001 - wire.NodeInfo
             "concurrency": node.concurrency, "held": node.held, "running": node.running,
             "inflight": node.inflight, "version": node.version or None,
             "last_beat_s": round(node.last_beat_age_ms / 1000, 3), "kinds": list(node.kinds)}
+
+
+def rate_limit_json(limit, helper: str) -> dict:  # noqa: ANN001 - wire.RateLimitInfo
+    """A kind's rate limit on one Helper (its share of the whole), and whether it holds tasks
+    back now; for `mesh nodes` and /v1/overview."""
+    return {"kind": limit.kind, "helper": helper, "per_s": round(limit.per_s, 6),
+            "burst": round(limit.burst, 6), "limit_per_s": round(limit.limit_per_s, 6),
+            "held": limit.held}
+
+
+def circuit_json(circuit, helper: str) -> dict:  # noqa: ANN001 - wire.CircuitInfo
+    """A circuit breaker on one Helper, for `mesh nodes` and /v1/overview."""
+    return {"name": circuit.name, "scope": circuit.scope, "helper": helper,
+            "state": circuit.state, "failures": circuit.failures, "calls": circuit.calls,
+            "probe_in_s": round(circuit.probe_in_ms / 1000, 3) if circuit.probe_in_ms else None}
 
 
 def host_of(endpoint: str) -> str:
@@ -624,6 +650,5 @@ def _batch_task(item: object):  # noqa: ANN202 - wire.Task
                      ttl_s=_header_ttl(item.get("ttl_s"), "ttl_s"))
 
 
-def _problem_response(problem: Problem):  # noqa: ANN202
-    from starlette.responses import Response
-    return Response(problem.encode(), problem.status, problem.headers, PROBLEM_JSON)
+def _problem_response(problem: Problem) -> JsonAnswer:
+    return JsonAnswer(problem.encode(), problem.status, problem.headers, PROBLEM_JSON)

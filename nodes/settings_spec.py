@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import msgspec
 
 from mesh.alerts import AlertPublisherSettings
-from mesh.executors import EXECUTORS
-from mesh.settings import BREAKER_MODES, FSYNC_POLICIES, AINodeSettings, HelperSettings
+from mesh.settings import (
+    BREAKER_MODES, EXECUTORS, FSYNC_POLICIES, AINodeSettings, HelperSettings,
+)
 
 CONFIG_ENV = "MESH_CONFIG"
 SOURCES_ATTR = "mesh_sources"

@@ -459,15 +459,49 @@ class KindQueue(_message.Message):
     oldest_age_ms: int
     def __init__(self, kind: _Optional[str] = ..., depth: _Optional[int] = ..., oldest_age_ms: _Optional[int] = ...) -> None: ...
 
+class RateLimitInfo(_message.Message):
+    __slots__ = ("kind", "per_s", "burst", "limit_per_s", "held")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PER_S_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    per_s: float
+    burst: float
+    limit_per_s: float
+    held: bool
+    def __init__(self, kind: _Optional[str] = ..., per_s: _Optional[float] = ..., burst: _Optional[float] = ..., limit_per_s: _Optional[float] = ..., held: _Optional[bool] = ...) -> None: ...
+
+class CircuitInfo(_message.Message):
+    __slots__ = ("name", "scope", "state", "failures", "calls", "probe_in_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scope: str
+    state: str
+    failures: int
+    calls: int
+    probe_in_ms: int
+    def __init__(self, name: _Optional[str] = ..., scope: _Optional[str] = ..., state: _Optional[str] = ..., failures: _Optional[int] = ..., calls: _Optional[int] = ..., probe_in_ms: _Optional[int] = ...) -> None: ...
+
 class NodesReply(_message.Message):
-    __slots__ = ("nodes", "queues", "retry_waiting")
+    __slots__ = ("nodes", "queues", "retry_waiting", "rate_limits", "circuits")
     NODES_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     RETRY_WAITING_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CIRCUITS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     queues: _containers.RepeatedCompositeFieldContainer[KindQueue]
     retry_waiting: int
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[KindQueue, _Mapping]]] = ..., retry_waiting: _Optional[int] = ...) -> None: ...
+    rate_limits: _containers.RepeatedCompositeFieldContainer[RateLimitInfo]
+    circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., queues: _Optional[_Iterable[_Union[KindQueue, _Mapping]]] = ..., retry_waiting: _Optional[int] = ..., rate_limits: _Optional[_Iterable[_Union[RateLimitInfo, _Mapping]]] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ...) -> None: ...
 
 class StatsReply(_message.Message):
     __slots__ = ("values",)

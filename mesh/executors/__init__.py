@@ -32,6 +32,7 @@ from mesh.executors.errors import (
 from mesh.executors.inline import InlineExecutor
 from mesh.executors.processes import ChildInfo, PoolStats, ProcessExecutor, Run
 from mesh.executors.threads import ThreadExecutor
+from mesh.settings import EXECUTORS
 
 __all__ = [
     "InlineExecutor", "ThreadExecutor", "ProcessExecutor", "Run", "PoolStats", "ChildInfo",
@@ -40,5 +41,3 @@ __all__ = [
     "handler_failed", "EXECUTORS",
 ]
 
-#: the values of `mesh ai --executor` ("" or "async" is the default: see above)
-EXECUTORS = ("async", "thread", "process")

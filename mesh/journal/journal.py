@@ -325,6 +325,8 @@ class Journal:
                         key_bytes[key] += grown
                         live_bytes[seq] += grown
                 yield record
+            # one segment's bytes (and records) at a time: not alive while the next is read
+            records = outcome = None
         if appendable:
             assert last_seq is not None
             self._active_seq = last_seq

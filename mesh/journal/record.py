@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 #: marker, length, crc32, type, keylen
@@ -103,7 +105,7 @@ class Damage:
 class Scan:
     """What one segment holds: its valid records and the damage between and after them."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[Record] | RecordRun = field(default_factory=list)
     #: offset just past the last valid record (or the header): where appends would continue
     end: int = 0
     #: damaged ranges before ``end`` (each followed by a valid record)
@@ -112,6 +114,35 @@ class Scan:
     tail: Damage | None = None
     #: whether zero bytes follow ``end`` (or the tail damage) to the end of the data
     zero_tail: bool = False
+
+
+class RecordRun:
+    """The valid records of one segment, decoded one at a time from the segment's bytes as they
+    are iterated: 8 bytes (the record's offset) each until then, where a list of `Record`s costs
+    ~400 bytes each (a 32 MiB segment: ~40 MiB more at the peak of a recovery, and a heap that
+    keeps that peak's pages). Iterating again decodes again; equal to a list of the same records."""
+
+    __slots__ = ("_data", "_offsets")
+
+    def __init__(self, data: bytes, offsets: array) -> None:
+        self._data = data
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __iter__(self) -> Iterator[Record]:
+        data = self._data
+        unpack = _LENGTH_CRC_TYPE_KEYLEN.unpack_from
+        for pos in self._offsets:
+            length, _crc, type_, keylen = unpack(data, pos + MARKER_SIZE)
+            key_end = pos + RECORD_OVERHEAD + keylen
+            yield Record(type_, data[pos + RECORD_OVERHEAD : key_end], data[key_end : pos + PREFIX_SIZE + length])
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, RecordRun)) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _problem_at(data: bytes, pos: int, size: int, marker: bytes) -> tuple[int, str | None]:
@@ -143,8 +174,9 @@ def _next_record(data: bytes, start: int, size: int, marker: bytes) -> int:
     return -1
 
 
-def scan(data: bytes, start: int, marker: bytes) -> Scan:
+def scan(data: bytes, start: int, marker: bytes, *, lazy: bool = False) -> Scan:
     """Decode the records of ``data`` from ``start``, resynchronising on the marker after damage.
+    ``lazy``: ``records`` is a `RecordRun` over ``data`` (recovery), not a list.
 
     A position where no valid record starts begins a damaged range, which ends at the next valid
     record (found by the marker and checked by its crc). Zeros from a position to the end of the
@@ -154,6 +186,7 @@ def scan(data: bytes, start: int, marker: bytes) -> Scan:
     size = len(data)
     result = Scan(end=start)
     records = result.records
+    offsets = array("q") if lazy else None
     unpack = _LENGTH_CRC_TYPE_KEYLEN.unpack_from
     crc32 = zlib.crc32
     view = memoryview(data)
@@ -164,8 +197,11 @@ def scan(data: bytes, start: int, marker: bytes) -> Scan:
             length, crc, type_, keylen = unpack(data, pos + MARKER_SIZE)
             end = pos + PREFIX_SIZE + length
             if length >= 2 and end <= size and type_ != 0 and 2 + keylen <= length and crc32(view[pos + PREFIX_SIZE : end]) == crc:
-                key_end = pos + RECORD_OVERHEAD + keylen
-                records.append(Record(type_, data[pos + RECORD_OVERHEAD : key_end], data[key_end:end]))
+                if offsets is not None:
+                    offsets.append(pos)
+                else:
+                    key_end = pos + RECORD_OVERHEAD + keylen
+                    records.append(Record(type_, data[pos + RECORD_OVERHEAD : key_end], data[key_end:end]))
                 pos = result.end = end
                 continue
         if is_zero(data, pos):
@@ -181,6 +217,8 @@ def scan(data: bytes, start: int, marker: bytes) -> Scan:
         result.damage.append(Damage(pos, following - pos, reason, data.count(marker, pos, following)))
         pos = following
     view.release()
+    if offsets is not None:
+        result.records = RecordRun(data, offsets)
     return result
 
 

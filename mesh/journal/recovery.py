@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .record import RECORD_OVERHEAD, Damage, Record, Scan, _problem_at, decode_run_v1, is_zero, last_non_zero, scan
+from .record import RECORD_OVERHEAD, Damage, Record, RecordRun, Scan, _problem_at, decode_run_v1, is_zero, last_non_zero, scan
 from .segment import (
     FILE_MODE,
     MARKER_SIZE,
@@ -78,7 +78,7 @@ class RecoveryReport:
 
 @dataclass(slots=True)
 class SegmentOutcome:
-    records: list[Record]
+    records: list[Record] | RecordRun  # a RecordRun holds the segment's bytes until dropped
     ranges: list[DamagedRange] = field(default_factory=list)
     #: where appends would continue (only meaningful for the newest segment)
     end: int = 0
@@ -167,7 +167,7 @@ def recover_segment(seq: int, path: Path, marker: bytes, *, newest: bool, only_i
                 outcome.ranges.append(_keep(path, seq, data, Damage(0, stop, f"{problem} (crash while creating it)", 0), torn=True))
             path.unlink()
             return outcome
-        found = scan(data, SEGMENT_HEADER_SIZE, marker)
+        found = scan(data, SEGMENT_HEADER_SIZE, marker, lazy=True)
         if not found.records and size > SEGMENT_HEADER_V1_SIZE:
             old = _scan_v1(data)  # perhaps a format-1 segment whose header was hit
             if old.records:
@@ -178,7 +178,7 @@ def recover_segment(seq: int, path: Path, marker: bytes, *, newest: bool, only_i
         found, format1 = _scan_v1(data), True
     else:
         assert header.marker is not None
-        found = scan(data, header.size, header.marker)
+        found = scan(data, header.size, header.marker, lazy=True)
     outcome = SegmentOutcome(found.records, end=found.end, size=size, format1=format1)
     outcome.sealed = header is None or format1
     for damage in ([header_damage] if header_damage else []) + found.damage:

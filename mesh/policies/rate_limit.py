@@ -215,6 +215,10 @@ class RateLimits:
         for kind, rate in self._limits.items():
             self._buckets[kind].reshape(self._share(rate), now)
 
+    def limit(self, kind: str) -> Rate | None:
+        """`kind`'s whole limit, as configured (None when unlimited)."""
+        return self._limits.get(kind)
+
     def share(self, kind: str) -> Rate | None:
         """This Helper's part of `kind`'s limit (None when unlimited)."""
         rate = self._limits.get(kind)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.support.waiting import async_wait_until
 pytestmark = pytest.mark.timeout(120)
 
 BREAKER = "circuit.dependency.ocr-api"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _metric(proc, metric: str, **labels: str) -> float:  # noqa: ANN001 - NodeProcess
@@ -66,6 +71,19 @@ def test_a_breaker_opens_within_its_window_probes_closes_and_loses_nothing(
             held = len(runs())
             attempts = {s.task_id: s.attempts for s in await client.statuses(ids)}
             assert (await client.stats()).get(BREAKER) == 2.0 and len(runs()) == held
+            # `mesh nodes` shows the breaker open and when its probe may go (issue 14)
+            circuits = {(c.scope, c.name): c for c in
+                        (await client.nodes())[cluster.intake].circuits}
+            ocr_api = circuits[("dependency", "ocr-api")]
+            assert ocr_api.state in ("open", "half_open"), ocr_api  # the cool-down is 2 s
+            assert ocr_api.probe_in_ms <= 2000
+            shown = subprocess.run(
+                [sys.executable, "-m", "nodes.cli", "nodes", "--intake", cluster.intake,
+                 "--json"], capture_output=True, timeout=60, cwd=REPO,
+                env={**os.environ, **cluster.env})
+            assert shown.returncode == 0, shown.stderr.decode()
+            listed = {(c["scope"], c["name"]): c for c in json.loads(shown.stdout)["circuits"]}
+            assert listed[("dependency", "ocr-api")]["state"] in ("open", "half_open")
 
             state.write_text("up")
 

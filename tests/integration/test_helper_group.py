@@ -209,10 +209,8 @@ def test_group_with_min_replicas_zero_accepts_on_the_leader_alone(cluster):  # n
     asyncio.run(scenario())
 
 
-def test_group_submit_refused_for_want_of_replicas_is_not_logged_as_a_journal_failure(cluster):  # noqa: ANN001
-    """A submit admitted while the follower looked alive, whose follower then stops before it
-    has the record, is answered NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes. The
-    leader's log says so, and says no journal sync failed (nothing did: the disk is fine)."""
+def _leader_h1_follower_h2_and_a_node(cluster) -> Group:  # noqa: ANN001
+    """A group of 2 where h1 leads and h2 is in its stream, and one AI node."""
     group = Group(cluster, 2)
     group.start("h1")
     wait_until(group.leader, 20, what="h1 leads")
@@ -220,6 +218,14 @@ def test_group_submit_refused_for_want_of_replicas_is_not_logged_as_a_journal_fa
     wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
                what="h2 in h1's stream")
     cluster.start_ai()
+    return group
+
+
+def test_group_submit_refused_for_want_of_replicas_is_not_logged_as_a_journal_failure(cluster):  # noqa: ANN001
+    """A submit admitted while the follower looked alive, whose follower then stops before it
+    has the record, is answered NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes. The
+    leader's log says so, and says no journal sync failed (nothing did: the disk is fine)."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
 
     async def scenario() -> None:
         client = Client(group.intakes["h1"], timeout_s=10.0)
@@ -247,13 +253,7 @@ def test_group_leader_stopping_answers_waiting_submits_shutting_down_not_journal
     it is answered SHUTTING_DOWN, which a client resends to the next leader, not JOURNAL_FAILED
     (no disk failed), and the leader logs no journal failure. The follower is stopped first so
     that the commit cannot come (it stays alive to the leader for 3 s)."""
-    group = Group(cluster, 2)
-    group.start("h1")
-    wait_until(group.leader, 20, what="h1 leads")
-    group.start("h2")
-    wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
-               what="h2 in h1's stream")
-    cluster.start_ai()
+    group = _leader_h1_follower_h2_and_a_node(cluster)
 
     async def scenario() -> None:
         client = Client(group.intakes["h1"], timeout_s=10.0)

@@ -148,7 +148,9 @@ def test_a_leaking_handler_is_recycled_at_the_memory_bound() -> None:
             assert 2 <= switch <= 4  # recycled after the task that took it past the bound
             await until(lambda: not alive(first), 5, "the leaking child exited")
             assert pool.stats().recycled_memory >= 1
-            assert all(c.rss_bytes <= bound for c in pool.children())
+            # a child the last call took past the bound may still be retiring (exiting):
+            # with a base RSS under 30 MiB the 8th call is such a one
+            assert all(c.rss_bytes <= bound for c in pool.children() if c.state != "retiring")
 
     run(main())
 

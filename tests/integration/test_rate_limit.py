@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.support.waiting import async_wait_until
 pytestmark = pytest.mark.timeout(150)
 
 APP = ("--app", "tests.policies_app:app", "--concurrency", "16")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _starts(statuses) -> list[float]:  # noqa: ANN001
@@ -38,6 +43,15 @@ def _metric(proc, name: str, **labels: str) -> float:  # noqa: ANN001 - NodeProc
     return float(found.group(1)) if found else 0.0
 
 
+def _mesh_nodes(cluster, *flags: str) -> str:  # noqa: ANN001
+    """`mesh nodes` against the cluster's Helper: its output."""
+    done = subprocess.run([sys.executable, "-m", "nodes.cli", "nodes", "--intake",
+                           cluster.intake, *flags], capture_output=True, timeout=60,
+                          cwd=REPO, env={**os.environ, **cluster.env})
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
 async def _nodes_seen(client: Client) -> None:
     async def seen() -> bool:
         return (await client.stats())["nodes"] == 1
@@ -54,6 +68,14 @@ def test_a_rate_limit_holds_within_ten_percent_over_ten_seconds(cluster) -> None
             await _nodes_seen(client)
             vision = [await client.submit("vision") for _ in range(rate * 13)]
             text = [await client.submit("text") for _ in range(50)]
+            # `mesh nodes` shows the limit and that it holds tasks back now (issue 14)
+            view = (await client.nodes())[cluster.intake]
+            limits = {r.kind: r for r in view.rate_limits}
+            assert set(limits) == {"vision"} and limits["vision"].per_s == rate
+            assert limits["vision"].limit_per_s == rate and limits["vision"].burst == 2
+            assert limits["vision"].held
+            shown = _mesh_nodes(cluster)
+            assert f"rate limit vision: {rate}/s, burst 2, held back now" in shown, shown
             # the unlimited kind is not held behind the limited one
             for status in await asyncio.gather(*(client.wait(t, timeout=20) for t in text)):
                 assert status.state == wire.SUCCEEDED

@@ -245,7 +245,8 @@ def test_a_task_larger_than_every_node_accepts_goes_dead_and_does_not_block_the_
     (big,) = _submit(d, 1, payload=b"p" * (2 * 2**20))
     small = _submit(d, 2)
     assert d.dispatch_pass() == 2
-    assert d.tasks[big].state == wire.DEAD and d.tasks[big].dead_reason == wire.PAYLOAD_REJECTED
+    dead = d.find(big)  # out of the table: a dead letter, in its store
+    assert dead.state == wire.DEAD and dead.dead_reason == wire.PAYLOAD_REJECTED
     assert sorted(_ids(w.frames[-1][0])) == sorted(small)
 
 

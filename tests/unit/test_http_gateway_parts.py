@@ -70,9 +70,11 @@ class FakeHelper:
     def __init__(self, endpoint: str, hang: bool = False, full: bool = False) -> None:
         self.endpoint, self.hang, self.full = endpoint, hang, full
         self.received: list[str] = []
+        self.requests = 0
 
     async def submit_results(self, tasks: list) -> list:
         self.received += [t.task_id for t in tasks]
+        self.requests += 1
         if self.hang:
             await asyncio.Event().wait()
         code = wire.QUEUE_FULL if self.full else wire.OK
@@ -133,6 +135,29 @@ def test_pool_spreads_submits_and_reports_unavailable_and_full() -> None:
     asyncio.run(scenario())
 
 
+def test_pool_sends_the_single_submits_of_one_loop_turn_as_one_request() -> None:
+    async def scenario() -> None:
+        helpers = {"a": FakeHelper("a"), "b": FakeHelper("b")}
+        pool = _pool(helpers)
+        tasks = [make_task("echo", b"%d" % i) for i in range(5)]
+        outcomes = await asyncio.gather(*(pool.submit_one(t) for t in tasks))
+        assert [o.task_id for o in outcomes] == [t.task_id for t in tasks]
+        assert all(o.code == wire.OK for o in outcomes)
+        assert helpers["a"].requests + helpers["b"].requests == 1, "one request for the turn"
+        alone = await pool.submit_one(make_task("echo", b"alone"))
+        assert alone.code == wire.OK
+        assert helpers["a"].requests + helpers["b"].requests == 2
+        # A batch still fails over as a whole, with the same ids, and each task hears its own
+        # outcome; the last Helper's refusal reaches every caller of the turn.
+        down = _pool({"a": FakeHelper("a", hang=True), "b": FakeHelper("b", full=True)},
+                     timeout_s=0.3)
+        refused = await asyncio.gather(*(down.submit_one(make_task("echo", b"")) for _ in range(3)))
+        assert [o.code for o in refused] == [wire.QUEUE_FULL] * 3
+        await pool.close()
+        await down.close()
+    asyncio.run(scenario())
+
+
 def test_recent_alerts_keep_the_last_100_newest_first_with_fields_bounded() -> None:
     from mesh import wire
     from mesh.alert_recent import RecentAlerts
@@ -150,3 +175,64 @@ def test_recent_alerts_keep_the_last_100_newest_first_with_fields_bounded() -> N
     assert [a["seq"] for a in kept[:2]] == [150, 149] and kept[-1]["seq"] == 51
     assert kept[0]["severity"] == "error" and kept[0]["kind"] == "mesh.node.down"
     assert len(kept[0]["source"]) == 200 and kept[0]["time"].endswith("Z")
+
+
+def test_hot_routes_answer_as_the_starlette_routes_do() -> None:
+    """The bare-ASGI path (mesh/http_asgi.py) in front of Starlette gives the same status,
+    headers and body as Starlette's own routes for the same requests: accepted, refused by
+    auth, invalid headers, unknown task, a status with its result."""
+    from mesh.http_tokens import TokenTable
+    from nodes.http import GatewaySettings, build_app
+
+    class Holder(FakeHelper):
+        async def statuses(self, task_ids: list[str]) -> list:
+            return [wire.TaskStatus(task_id=t, kind="echo", attempts=1, result=b'{"a": 1}',
+                                    state=wire.SUCCEEDED if t == "known" else 0,
+                                    submitted_ns=1_700_000_000_000_000_000)
+                    for t in task_ids]
+
+    token = "c" * 20
+    app = build_app(_pool({"a": Holder("a")}), GatewaySettings(),
+                    TokenTable([(HttpRole.CLIENT, token)]))
+
+    async def call(asgi, method: str, path: str, headers: dict[str, str],
+                   query: bytes = b"") -> tuple:
+        sent: list[dict] = []
+        body = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict:
+            return body.pop() if body else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "root_path": "", "query_string": query, "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 8080),
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        await asgi(scope, receive, send)
+        return sent[0]["status"], sorted(sent[0]["headers"]), sent[1]["body"]
+
+    auth = {"Authorization": f"Bearer {token}"}
+    cases = [
+        ("POST", "/v1/tasks/echo", {**auth, "Idempotency-Key": "k-1",
+                                    "Content-Type": "application/json"}, b""),
+        ("POST", "/v1/tasks/echo", {"Idempotency-Key": "k-1"}, b""),
+        ("POST", "/v1/tasks/echo", {"Authorization": "Bearer " + "x" * 20}, b""),
+        ("POST", "/v1/tasks/echo", {**auth, "X-Mesh-Priority": "high"}, b""),
+        ("POST", "/v1/tasks/echo", {**auth, "X-Mesh-TTL": "-1"}, b""),
+        ("POST", "/v1/tasks/echo", {**auth, "Content-Length": "99999999"}, b""),
+        ("GET", "/v1/tasks/known", auth, b""),
+        ("GET", "/v1/tasks/unknown", auth, b""),
+        ("GET", "/v1/tasks/known", auth, b"wait=abc"),
+        ("GET", "/v1/tasks/known", {}, b""),
+    ]
+
+    async def scenario() -> None:
+        for method, path, headers, query in cases:
+            hot = await call(app, method, path, headers, query)
+            starlette = await call(app.app, method, path, headers, query)
+            assert hot == starlette, (method, path, headers, query)
+        assert (await call(app, "POST", "/v1/tasks/echo", auth))[0] == 202
+        assert (await call(app, "GET", "/v1/tasks/known", auth))[0] == 200
+    asyncio.run(scenario())

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.journal import FsyncPolicy, Journal, Record
-from mesh.journal.record import RECORD_OVERHEAD, encode, scan
+from mesh.journal.record import RECORD_OVERHEAD, RecordRun, encode, scan
 from mesh.journal.segment import MARKER_NAME, SEGMENT_HEADER_SIZE, list_segments, read_marker_file
 
 records_st = st.builds(
@@ -29,6 +29,15 @@ def test_codec_decodes_what_it_encodes(records: list[Record], marker: bytes) -> 
     data = b"".join(encode(r.type, r.key, r.payload, marker) for r in records)
     decoded = scan(data, 0, marker)
     assert (decoded.records, decoded.end, decoded.damage, decoded.tail) == (records, len(data), [], None)
+
+
+@given(st.lists(records_st, max_size=50), st.binary(min_size=8, max_size=8).filter(lambda m: 0 not in m))
+def test_lazy_scan_of_recovery_decodes_the_same_records_one_at_a_time(records: list[Record], marker: bytes) -> None:
+    data = b"".join(encode(r.type, r.key, r.payload, marker) for r in records)
+    decoded = scan(data, 0, marker, lazy=True)
+    assert isinstance(decoded.records, RecordRun) and len(decoded.records) == len(records)
+    assert (list(decoded.records), decoded.end, decoded.damage, decoded.tail) == (records, len(data), [], None)
+    assert decoded.records == records  # and again: iterating decodes afresh
 
 
 def _segment_records(path: Path, data: bytes | None = None) -> list[Record]:

@@ -200,6 +200,24 @@ def test_a_gap_or_a_new_leader_without_a_start_makes_the_follower_say_hello():
     assert fol.on_append(first).entries == ()  # a resent batch is not written twice
 
 
+def test_with_ship_on_sync_followers_get_entries_only_as_the_leader_syncs_them():
+    # Results appended between submits ride along with the next sync instead of costing the
+    # follower an fsync of their own in front of it.
+    lead = leader(("f1",), ship_on_sync=True)
+    fol = FollowerState("f1")
+    connect(lead, fol)
+    lead.append(2, b"result", b"")
+    lead.append(1, b"t1", b"")
+    beat = lead.to_send("f1", 0.0)
+    assert isinstance(beat, Append) and beat.entries == ()  # a heartbeat, nothing to sync yet
+    lead.syncing(1)
+    assert [e.index for e in lead.to_send("f1", 0.0).entries] == [1]
+    lead.append(1, b"t2", b"")
+    lead.syncing(lead.last_index)
+    assert [e.index for e in lead.to_send("f1", 0.0).entries] == [2, 3]
+    assert lead.to_send("f1", 0.1) is None
+
+
 def test_an_idle_leader_sends_heartbeats_with_the_commit_index():
     lead = leader(("f1",), min_replicas=0, heartbeat_interval_s=0.5)
     fol = FollowerState("f1")
