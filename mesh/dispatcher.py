@@ -1459,6 +1459,28 @@ class Dispatcher:
             self._release(key)
             self.retained.put(task_id, stored, self._segment())
 
+    def snapshot_records(self) -> list[tuple[int, bytes, bytes]]:
+        """(type, key, payload) records that replay to every task this Helper knows: the
+        retained results (oldest first, so a replay keeps the same ones past retention), the
+        dead letters (in order of death), then the tasks of the table. A Helper group's leader
+        sends them to a follower whose log must be replaced (a snapshot): the table alone is
+        not enough, since succeeded and dead tasks leave it for their stores, and a follower
+        reset without them would answer them unknown once it leads."""
+        out: list[tuple[int, bytes, bytes]] = []
+        for task_id in list(self.retained.task_ids()):
+            stored = self.retained.get(task_id)
+            if stored is not None:
+                out.append((records.TASK, task_id.encode(), stored[_SENT.size:]))
+        for task_id in self.dead_letters:
+            stored = self.dead.get(task_id)
+            if stored is not None:
+                out.append((records.TASK, task_id.encode(), stored[_SENT.size:]))
+        for task_id in list(self.tasks):
+            key = task_id.encode()
+            for type_, payload in self.rewrite(key):
+                out.append((type_, key, payload))
+        return out
+
     def rewrite(self, key: bytes) -> list[tuple[int, bytes]]:
         """The full state of one live task, for journal compaction."""
         entry = self.tasks.get(key.decode())

@@ -511,12 +511,7 @@ class GroupMember:
 
     def _send_snapshot(self, member: str) -> None:
         state, helper = self.state, self.helper
-        d = helper.dispatcher
-        recs: list[tuple[int, bytes, bytes]] = []
-        for task_id in list(d.tasks):
-            key = task_id.encode()
-            for type_, payload in d.rewrite(key):
-                recs.append((type_, key, payload))
+        recs = helper.dispatcher.snapshot_records()  # retained results and dead letters too
         as_of = state.last_index
         chunks = replica_link.snapshot_chunks(state.epoch, state.leader_id, as_of,
                                               state.history.epoch_at(as_of), recs)
