@@ -210,6 +210,11 @@ class GroupMember:
                  position.last_index, position.known_epoch, ", dirty" if position.dirty else "")
         follower = _Follower(self, flog, position)
         stream = asyncio.create_task(follower.run(), name="group-follow")
+        # Our own resign of the last term (a yield, or the end of a term) set the step-down
+        # signal through `on_lost`: it belongs to that term. Left set, it ended every later
+        # term before it served (each such end a resign that set it again): a member that had
+        # yielded once never led again, and a group whose members all had, had no leader.
+        self._stepdown.clear()
         campaign = asyncio.create_task(self.leadership.campaign(), name="group-campaign")
         stopped = asyncio.create_task(self._stop.wait())
         try:
