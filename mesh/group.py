@@ -669,8 +669,12 @@ class _Follower:
 
     def _hello(self) -> Hello:
         hello = self.state.hello()
-        if self.dirty:  # our log end is uncertain: ask to start from nothing (a snapshot)
-            return Hello(hello.member_id, hello.epoch, 0, 0)
+        if self.dirty:
+            # Records past our last position cannot be indexed: the stream starts us over
+            # from a snapshot (`reset`). The log end we report is still the true one, for a new
+            # leader's FailoverPlan: reported as 0, a restarted old leader (dirty after its
+            # SIGKILL) hid records it had committed from a plan that counted on hearing them.
+            return Hello(hello.member_id, hello.epoch, hello.last_index, hello.last_epoch, reset=True)
         return hello
 
     def _on_frames(self) -> None:

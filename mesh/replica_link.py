@@ -19,7 +19,7 @@ import msgspec
 from mesh.errors import WireError
 from mesh.replication import Ack, Append, Entry, Hello, Refuse, Snapshot, Start
 
-VERSION = 1
+VERSION = 2  # 2: Hello carries `reset` (a dirty log) beside its true log end
 #: the largest frame either end takes (a batch is bounded far below it; snapshots are chunked)
 MAX_FRAME_BYTES = 64 * 2**20
 #: a snapshot is sent in chunks of about this many bytes of records
@@ -47,7 +47,8 @@ def encode(msg: object) -> bytes:
     if isinstance(msg, Ack):
         return _encoder.encode(["ack", msg.member_id, msg.epoch, msg.durable_index])
     if isinstance(msg, Hello):
-        return _encoder.encode(["hello", VERSION, msg.member_id, msg.epoch, msg.last_index, msg.last_epoch])
+        return _encoder.encode(["hello", VERSION, msg.member_id, msg.epoch, msg.last_index, msg.last_epoch,
+                                msg.reset])
     if isinstance(msg, Start):
         return _encoder.encode(["start", msg.epoch, msg.leader_id, msg.truncate_after])
     if isinstance(msg, Snapshot):
@@ -73,10 +74,14 @@ def decode(frame: bytes) -> object:
             member_id, epoch, durable = rest
             return Ack(str(member_id), int(epoch), int(durable))
         if tag == "hello":
-            version, member_id, epoch, last_index, last_epoch = rest
+            version, rest = rest[0], rest[1:]
+            if version == 1:  # before `reset`: a dirty log said Hello from index 0
+                member_id, epoch, last_index, last_epoch = rest
+                return Hello(str(member_id), int(epoch), int(last_index), int(last_epoch))
             if version != VERSION:
                 raise WireError(f"replication version {version!r}, this build speaks {VERSION}")
-            return Hello(str(member_id), int(epoch), int(last_index), int(last_epoch))
+            member_id, epoch, last_index, last_epoch, reset = rest
+            return Hello(str(member_id), int(epoch), int(last_index), int(last_epoch), bool(reset))
         if tag == "start":
             epoch, leader_id, truncate_after = rest
             return Start(int(epoch), str(leader_id), int(truncate_after))

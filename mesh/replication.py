@@ -53,12 +53,19 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Follower -> leader on (re)connect: the newest epoch it has seen and its durable log end."""
+    """Follower -> leader on (re)connect: the newest epoch it has seen and its durable log end.
+
+    `reset`: the follower's log holds records past `last_index` that it cannot index (a crash
+    between their append and their sync: a *dirty* log), so the stream must start it over
+    from a snapshot. `last_index` is still what it durably holds: a new leader's
+    `FailoverPlan` counts it, since every record the follower acked, and every record a
+    leader committed before it crashed, is at or below it."""
 
     member_id: str
     epoch: int
     last_index: int
     last_epoch: int
+    reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +320,9 @@ class LeaderState:
         follower = self._follower(hello.member_id)
         self._see_epoch(hello.epoch)
         follower.last_seen_s = now
-        match = min(hello.last_index, self.history.end_of(hello.last_epoch, self.last_index))
+        # A follower that needs a reset holds nothing the stream can build on: from index 0.
+        last_index, last_epoch = (0, 0) if hello.reset else (hello.last_index, hello.last_epoch)
+        match = min(last_index, self.history.end_of(last_epoch, self.last_index))
         if match < self.backlog_first_index - 1 and match < self.last_index:
             follower.next_index = 0
             return SnapshotNeeded(hello.member_id, match + 1)

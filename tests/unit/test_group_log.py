@@ -107,3 +107,62 @@ def test_the_leader_journal_rebuilds_its_backlog_from_its_journal(tmp_path):  # 
         await lj.close()
 
     asyncio.run(scenario())
+
+
+def test_a_dirty_log_reports_its_true_end_to_a_failover_plan_and_still_gets_a_snapshot(tmp_path):  # noqa: ANN001
+    """The old leader, SIGKILLed with records appended after its last sync, restarts with a
+    dirty log. It must still report what it durably holds to a new leader's FailoverPlan: it
+    may be the one member of the recovery quorum with a committed record (here index 3, acked
+    by a follower the plan did not hear). It said Hello from index 0 before, and the new
+    leader served without that record."""
+    import types
+
+    from mesh import replica_link
+    from mesh.group import _Follower
+    from mesh.group_log import FollowerLog
+    from mesh.replication import FailoverPlan
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "h1" / "journal")
+        state = LeaderState(group="g", leader_id="h1", epoch=1, followers=(), min_replicas=1,
+                            group_size=3)
+        lj = LeaderJournal(journal, state, holds=lambda: True, send_now=lambda: None)
+        assert list(lj.recover()) == []
+        journal.start(asyncio.get_running_loop())
+        for _ in range(3):
+            lj.append(records.NOOP, NOOP_KEY, b"")
+        await lj.sync()  # index 3 durable here (and, say, acked by h3: committed)
+        lj.append(records.TRANSITION, b"t0", b"y")  # written, no POSITION after it
+        await journal.sync()
+        await journal.close()  # a SIGKILL: no closing POSITION
+
+        flog = FollowerLog(tmp_path / "h1" / "journal", segment_size_bytes=2**20,
+                           max_record_bytes=2**20)
+        position = flog.open()
+        assert position.dirty and position.last_index == 3
+        member = types.SimpleNamespace(settings=types.SimpleNamespace(member_id="h1"))
+        hello = replica_link.decode(replica_link.encode(_Follower(member, flog, position)._hello()))
+        await flog.close()
+
+        # h2 won the lock with a log that ends at 2; it hears h1 (the quorum of 3 - 1 = 2)
+        plan = FailoverPlan("h2", 1, 2, group_size=3, min_replicas=1)
+        plan.report(hello.member_id, hello.last_epoch, hello.last_index)  # as GroupMember does
+        assert plan.ready and plan.source() == "h1"  # h2 yields to the log with index 3
+        assert hello.reset and (hello.last_epoch, hello.last_index) == (1, 3)
+
+        # whoever leads starts h1's stream over from nothing (a snapshot): it is acked nothing
+        leader = LeaderState(group="g", leader_id="h3", epoch=2, followers=(), min_replicas=1,
+                             last_index=3, history=EpochHistory([(1, 1)]), group_size=3)
+        answer = leader.on_hello(hello, 0.0)
+        assert isinstance(answer, (Start, SnapshotNeeded))
+        assert (answer.truncate_after if isinstance(answer, Start) else answer.from_index - 1) == 0
+        assert leader.followers["h1"].acked == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_hello_of_the_previous_replication_version_still_decodes() -> None:
+    from mesh import replica_link
+
+    frame = replica_link._encoder.encode(["hello", 1, "h1", 4, 10, 3])
+    assert replica_link.decode(frame) == Hello("h1", 4, 10, 3)
