@@ -270,6 +270,9 @@ class GroupMember:
             source = plan.source()
         finally:
             self._plan = None
+        # what a failover decided from: (epoch, index) of each log end heard
+        log.info("group %s: %s planned epoch %d from log ends %s", s.group, s.member_id,
+                 term.epoch, ", ".join(f"{m} {e}/{i}" for m, (e, i) in sorted(plan.reports.items())))
         if source is not None:
             log.warning("group %s: %s has a longer log than %s; yielding the term", s.group,
                         source, s.member_id)

@@ -234,7 +234,13 @@ def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS,  # noqa: ANN
             for i in range(0, len(ids), 500):
                 statuses += await asyncio.gather(*(client_.wait(t, timeout=120)
                                                    for t in ids[i:i + 500]))
-            check(statuses, accepted, uncertain, chaos.actions, seed, cluster.applied_effects())
+            try:
+                check(statuses, accepted, uncertain, chaos.actions, seed,
+                      cluster.applied_effects())
+            except AssertionError:
+                print_lost(cluster.workdir, statuses,
+                           leader_faults.log_names() if leader_faults else ("helper-1",))
+                raise
             if leader_faults is not None:
                 assert chaos.actions["leader_sigstop"] == 1, f"(seed {seed})"
             check_double_runs(cluster.workdir, helper_restarts, seed,
@@ -253,7 +259,8 @@ def check(statuses: list, accepted: dict, uncertain: set, actions, seed: int,  #
           f"side effects applied {sum(effects.values())}", flush=True)
     where = f"(seed {seed})"
     not_terminal = [s.task_id for s in statuses if s.state not in wire.TERMINAL_STATES]
-    assert not not_terminal, f"{len(not_terminal)} accepted tasks never finished {where}"
+    assert not not_terminal, (f"{len(not_terminal)} accepted tasks never finished {where}: "
+                              f"{not_terminal[:5]}")
     no_reason = [s.task_id for s in statuses if s.state == wire.DEAD and not s.dead_reason]
     assert not no_reason, f"DEAD without a reason: {no_reason[:5]} {where}"
     twice = {k: n for k, n in effects.items() if n > 1}
@@ -268,6 +275,31 @@ def check(statuses: list, accepted: dict, uncertain: set, actions, seed: int,  #
             assert wire.dead_reason_name(s.dead_reason) in ("FATAL_ERROR", "DELIVERY_LIMIT")
     assert actions["helper_sigkill_restart"] == 1 and sum(actions.values()) >= 5, where
     assert states["SUCCEEDED"] > len(accepted) // 2, f"too little got through {where}"
+
+
+_GROUP_EVENT = re.compile(r"mesh\.(group|leadership)\[")
+
+
+def print_lost(workdir: Path, statuses: list, helpers) -> None:  # noqa: ANN001
+    """On a failed check: the tasks that did not finish, every Helper's log lines about them,
+    and the group's story (terms, plans, catch-ups, snapshots), to trace where they went."""
+    lost = [s for s in statuses if s.state not in wire.TERMINAL_STATES]
+    print(f"\n{len(lost)} tasks not finished; the first: "
+          f"{[(s.task_id, wire.state_name(s.state)) for s in lost[:5]]}", flush=True)
+    for name in helpers:
+        path = workdir / f"{name}.log"
+        if not path.exists():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        print(f"--- {name}: group events", flush=True)
+        for line in lines:
+            if _GROUP_EVENT.search(line):
+                print(line, flush=True)
+        for status in lost[:3]:
+            print(f"--- {name}: lines naming {status.task_id}", flush=True)
+            for line in lines:
+                if status.task_id in line:
+                    print(line, flush=True)
 
 
 Run = collections.namedtuple("Run", "task_id node_id pid attempt delivery start_ns")
