@@ -1459,6 +1459,12 @@ class Dispatcher:
             self._release(key)
             self.retained.put(task_id, stored, self._segment())
 
+    def key_is_live(self, key: bytes) -> bool:
+        """Whether the journal must keep `key`'s records: a task of the table or a dead letter.
+        (A retained result's key is released: its segment is kept instead.)"""
+        task_id = key.decode("utf-8", "surrogatepass")
+        return task_id in self.tasks or task_id in self.dead_letters
+
     def snapshot_records(self) -> list[tuple[int, bytes, bytes]]:
         """(type, key, payload) records that replay to every task this Helper knows: the
         retained results (oldest first, so a replay keeps the same ones past retention), the

@@ -91,7 +91,8 @@ class LeaderHooks:
 
     def wrap_journal(self, journal):  # noqa: ANN001, ANN201
         m = self._member
-        self.journal = LeaderJournal(journal, m.state, holds=m.holds, send_now=m._pump)
+        self.journal = LeaderJournal(journal, m.state, holds=m.holds, send_now=m._pump,
+                                     is_live=lambda key: m.helper.dispatcher.key_is_live(key))
         return self.journal
 
     def refusal(self) -> MeshError | None:

@@ -113,6 +113,8 @@ class LogScan:
 
     def finish(self) -> Position:
         self.position.dirty = bool(self._run)
+        #: a dirty log's records after its last POSITION: (type, key, payload), in order
+        self.tail = list(self._run)
         if self.position.dirty:  # the log end is uncertain: no catch-up from it
             self.entries.clear()
             self._bytes = 0
@@ -130,7 +132,8 @@ class LeaderJournal:
     Journal's."""
 
     def __init__(self, journal: Journal, state: LeaderState, *, holds: Callable[[], bool],
-                 send_now: Callable[[], None]) -> None:
+                 send_now: Callable[[], None],
+                 is_live: Callable[[bytes], bool] = lambda key: True) -> None:
         self._journal = journal
         self.state = state
         self._holds = holds
@@ -140,6 +143,8 @@ class LeaderJournal:
         self._send_now = send_now
         self._position_at = -1
         self._anchor = True
+        #: whether the Helper still needs a key's records (its dispatcher's answer)
+        self._is_live = is_live
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # (index, seq, future) heap
         self._seq = 0
         self.closed_reason: str | None = None
@@ -160,6 +165,32 @@ class LeaderJournal:
         restored = self.state.restore_backlog(scan.entries)
         log.info("group log: %d entries (from index %d) kept for followers' catch-up",
                  restored, self.state.backlog_first_index)
+        if scan.tail:
+            self._adopt_tail(scan.tail)
+
+    def _adopt_tail(self, tail: list[tuple[int, bytes, bytes]]) -> None:
+        """Give the records of a dirty log's tail their indexes in this term: append them again
+        as entries, right after the replay (before anything the Helper appends), so followers
+        get them like any other record.
+
+        A dirty tail is what the journal wrote after its last POSITION before a crash (the
+        flusher writes the whole buffer, so records appended while it ran go out without the
+        POSITION that follows them): submits admitted and never answered, results, a
+        compaction's rewrites. The Helper replayed them, so its table knows those tasks, but
+        they stand at no index: no follower ever gets them. A client resending such a task's
+        id was answered "accepted" as a duplicate once the commit covered the log, while the
+        record lived on this member alone, and a failover lost it. Appended again, they
+        replay to the same state; keys the dispatcher holds no longer (a retained result's,
+        a NOOP's) are released again."""
+        first = self.state.last_index + 1
+        for type_, key, payload in tail:
+            self.append(type_, key, payload)
+        for key in {key for _, key, _ in tail}:
+            if not self._is_live(key):
+                self._journal.release(key)
+        log.warning("group log: %d records past the log's last position (written before a "
+                    "crash, replayed) appended again as entries %d..%d", len(tail), first,
+                    self.state.last_index)
 
     def compact(self) -> int:
         """The journal's compaction, with a POSITION before and after the records it rewrites,

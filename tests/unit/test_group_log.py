@@ -166,3 +166,54 @@ def test_a_hello_of_the_previous_replication_version_still_decodes() -> None:
 
     frame = replica_link._encoder.encode(["hello", 1, "h1", 4, 10, 3])
     assert replica_link.decode(frame) == Hello("h1", 4, 10, 3)
+
+
+def test_a_leader_whose_log_is_dirty_gives_its_tail_indexes_so_followers_get_it(tmp_path):  # noqa: ANN001
+    """A SIGKILLed leader's journal can hold records past its last POSITION (the flusher writes
+    the whole buffer, so a submit admitted while it ran goes out without the POSITION that
+    follows it). The Helper replays them; if this member leads again they must become entries
+    of its term, or a client resending such a task's id is answered "accepted" (a duplicate)
+    while the record lives on the leader alone."""
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "j")
+        first = LeaderState(group="g", leader_id="h1", epoch=1, followers=(), min_replicas=1,
+                            group_size=3)
+        lj = LeaderJournal(journal, first, holds=lambda: True, send_now=lambda: None)
+        assert list(lj.recover()) == []
+        journal.start(asyncio.get_running_loop())
+        for n in range(3):
+            lj.append(records.TASK, f"t{n}".encode(), b"x")
+        await lj.sync()
+        lj.append(records.TASK, b"t3", b"x")  # admitted, written by the flusher, no POSITION
+        await journal.sync()
+        await journal.close()  # SIGKILL
+
+        journal = Journal(tmp_path / "j")
+        second = LeaderState(group="g", leader_id="h1", epoch=2, followers=(), min_replicas=1,
+                             last_index=3, history=EpochHistory([(1, 1)]), group_size=3,
+                             ship_on_sync=True)
+        lj = LeaderJournal(journal, second, holds=lambda: True, send_now=lambda: None)
+        replayed = [r.key for r in lj.recover() if r.type == records.TASK]
+        assert replayed == [b"t0", b"t1", b"t2", b"t3"]  # the Helper's table has t3
+        journal.start(asyncio.get_running_loop())
+        assert second.last_index == 4
+        assert [(e.epoch, e.index, e.key) for e in second.backlog][-1] == (2, 4, b"t3")
+        # a follower that has 1..3 gets t3 in the stream
+        assert second.on_hello(Hello("h2", 1, 3, 1), 0.0) == Start(2, "h1", 3)
+        await lj.sync()
+        batch = second.to_send("h2", 0.0)
+        assert [e.key for e in batch.entries] == [b"t3"]
+        await lj.close()
+
+        # and the log indexes it from now on (catch-up from the log)
+        journal = Journal(tmp_path / "j")
+        third = LeaderState(group="g", leader_id="h2", epoch=3, followers=(), min_replicas=1,
+                            last_index=4, history=EpochHistory([(1, 1), (2, 4)]), group_size=3)
+        lj = LeaderJournal(journal, third, holds=lambda: True, send_now=lambda: None)
+        list(lj.recover())
+        assert [(e.index, e.key) for e in third.backlog] == [
+            (1, b"t0"), (2, b"t1"), (3, b"t2"), (4, b"t3")]
+        journal.start(asyncio.get_running_loop())
+        await lj.close()
+
+    asyncio.run(scenario())
