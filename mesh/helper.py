@@ -481,10 +481,15 @@ class Helper:
             for entry in new:
                 self.dispatcher.abandon(entry)
                 failed.add(entry.task_id)
+            # A group's refusal fails every duplicate too: on a leader, a task of the table is
+            # not yet accepted by the group until the commit covers it (one replayed from the
+            # log at the term's start commits with the term's first record, which may not
+            # have committed). Only a single Helper's own sync makes a known task durable.
+            group_refusal = isinstance(error, TaskRejected)
             for result in results:
-                if result.task_id in failed or (result.duplicate and any(
+                if result.task_id in failed or (result.duplicate and (group_refusal or any(
                         e.task_id == result.task_id and e.state == ACCEPTING
-                        for _, e in dupes)):
+                        for _, e in dupes))):
                     result.code = error.code
                     result.message = str(error)
                     result.duplicate = False

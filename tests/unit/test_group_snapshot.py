@@ -66,3 +66,24 @@ def test_a_snapshot_replays_to_every_task_the_leader_knows_succeeded_and_dead_on
     assert follower.find(dead).dead_reason == wire.FATAL_ERROR
     assert follower.dead_letter(dead) is not None
     assert follower.find(running) is not None and not follower.find(running).terminal
+
+
+def test_a_group_refusal_fails_a_duplicate_of_a_known_task_too() -> None:
+    """A leader's table holds tasks replayed from its log; they are accepted by the group only
+    once the term's commit covers them. A resent id (a duplicate) whose sync then fails with
+    a group refusal must not be answered "accepted" (a single Helper's journal error still
+    answers a duplicate of a durable task OK: its own disk has it)."""
+    from mesh.errors import JournalError, NotEnoughReplicas, StoppedLeading
+    from mesh.helper import Helper
+    from mesh.trust import Trust
+
+    helper = Helper(HelperSettings(helper_id="h", data_dir="/nonexistent"), trust=Trust.plain())
+    helper.dispatcher = d = _dispatcher()
+    entry = d.admit(make_task("k", b"x"))
+    d.durable(entry)  # as a replayed task: QUEUED, not ACCEPTING
+    for error, code in ((NotEnoughReplicas(0, 1, "g"), NotEnoughReplicas(0, 1, "g").code),
+                        (StoppedLeading("the term ended"), StoppedLeading("x").code),
+                        (JournalError("disk"), wire.OK)):
+        result = wire.SubmitResult(task_id=entry.task_id, code=wire.OK, duplicate=True)
+        helper._settle_submit([result], [], [(result, entry)], error, 0.0, kick=False)
+        assert result.code == code, error
