@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +63,9 @@ INLINE_SYNC_MAX_S = 0.002
 RESULT_SYNC_DELAY_S = 0.01  # how long result records may wait for a sync (see _flush_background)
 #: replies of at least this size are tracked until ZeroMQ has sent them (max_unread_reply_bytes)
 LARGE_REPLY_BYTES = 64 * 2**10
+#: how long, and for how many clients, a vanished route is remembered (see _client_gone)
+GONE_FOR_S = 5.0
+GONE_MEMORY = 1024
 #: how often clients holding long-polls are probed (an empty frame) to learn whether they left
 PROBE_INTERVAL_S = 2.0
 #: the timer loop's period: liveness, retries, and a dispatch pass
@@ -125,6 +128,9 @@ class Helper:
                                          settings.max_result_waiters_per_client)
         # identity -> large replies ZeroMQ may still hold: (tracker, bytes)
         self._unread: dict[bytes, deque] = {}
+        #: clients whose route vanished lately -> until when we know (requests they queued
+        #: before leaving are still read; status and result requests of theirs are not worked)
+        self._gone: OrderedDict[bytes, float] = OrderedDict()
         self._journal_failed = False
         self._dead_evicted_told = 0
         self._wake_handle: asyncio.TimerHandle | None = None
@@ -218,6 +224,7 @@ class Helper:
             self._wake_handle.cancel()
         self._long_polls.clear()
         self._unread.clear()
+        self._gone.clear()
         if self._bg_sync is not None:
             await asyncio.gather(self._bg_sync, return_exceptions=True)
         if self.journal is not None:
@@ -576,12 +583,28 @@ class Helper:
         self._client_gone(identity)
 
     def _client_gone(self, identity: bytes) -> None:
-        """No route to this client any more: its long-polls and reply trackers go."""
+        """No route to this client any more: its long-polls and reply trackers go, and the
+        requests it queued before it left are not worked for a while (GONE_FOR_S: the Helper
+        reads a backlog in far less; a client that reconnects under a routing id it set
+        itself, and so looks gone, is answered again after that)."""
+        self._gone[identity] = time.monotonic() + GONE_FOR_S
+        self._gone.move_to_end(identity)
+        while len(self._gone) > GONE_MEMORY:
+            self._gone.popitem(last=False)
         self._unread.pop(identity, None)
         for waiter in self._long_polls.drop_client(identity):
             if not self._long_polls.has_task(waiter.task_id):
                 self.dispatcher.remove_waiter(waiter.task_id, self._long_poll_done)
         self.metrics.result_waiters.set(len(self._long_polls))
+
+    def _known_gone(self, identity: bytes) -> bool:
+        until = self._gone.get(identity)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._gone[identity]
+        return False
 
     def _unread_bytes(self, identity: bytes) -> int:
         pending = self._unread.get(identity)
@@ -627,6 +650,10 @@ class Helper:
                      if which == "dead_letter" else _REQUEST_OPERATIONS.get(which))
         if operation is not None and not self.trust.permits(user_id, operation):
             self._deny(identity, rid, user_id, operation)
+            return
+        if which in ("status", "result") and self._known_gone(identity):
+            # nobody to answer: a status can mean 16 MiB read from disk, a long-poll a slot
+            self.metrics.replies_dropped.labels("gone").inc()
             return
         if which == "submit":
             self._on_submit(identity, rid, request.submit)
