@@ -19,7 +19,9 @@ import msgspec
 from mesh.errors import WireError
 from mesh.replication import Ack, Append, Entry, Hello, Refuse, Snapshot, Start
 
-VERSION = 2  # 2: Hello carries `reset` (a dirty log) beside its true log end
+#: 2: a Hello with `reset` (a dirty log) beside its true log end; a Hello without it is still
+#: sent as version 1, so a rolling upgrade keeps replicating through a leader of the older build
+VERSION = 2
 #: the largest frame either end takes (a batch is bounded far below it; snapshots are chunked)
 MAX_FRAME_BYTES = 64 * 2**20
 #: a snapshot is sent in chunks of about this many bytes of records
@@ -47,6 +49,8 @@ def encode(msg: object) -> bytes:
     if isinstance(msg, Ack):
         return _encoder.encode(["ack", msg.member_id, msg.epoch, msg.durable_index])
     if isinstance(msg, Hello):
+        if not msg.reset:  # as version 1 spoke it: a leader of the previous build reads it
+            return _encoder.encode(["hello", 1, msg.member_id, msg.epoch, msg.last_index, msg.last_epoch])
         return _encoder.encode(["hello", VERSION, msg.member_id, msg.epoch, msg.last_index, msg.last_epoch,
                                 msg.reset])
     if isinstance(msg, Start):

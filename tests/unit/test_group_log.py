@@ -217,3 +217,12 @@ def test_a_leader_whose_log_is_dirty_gives_its_tail_indexes_so_followers_get_it(
         await lj.close()
 
     asyncio.run(scenario())
+
+
+def test_a_clean_hello_is_sent_as_version_1_and_a_reset_one_as_version_2() -> None:
+    from mesh import replica_link
+
+    assert replica_link._decoder.decode(replica_link.encode(Hello("h1", 4, 10, 3)))[1] == 1
+    reset = Hello("h1", 4, 10, 3, reset=True)
+    assert replica_link._decoder.decode(replica_link.encode(reset))[1] == 2
+    assert replica_link.decode(replica_link.encode(reset)) == reset
