@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from mesh import Client, MeshError, RequestTimeout, make_task, wire
+from mesh.errors import NotFound
 from nodes.client_factory import DiscoverySource
 from tests.integration.test_helper_group import Group
 from tests.support.waiting import async_wait_until, wait_until
@@ -230,16 +231,28 @@ def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS,  # noqa: ANN
             await asyncio.to_thread(chaos.heal)
 
             ids = list(accepted)
-            statuses = []
+            statuses, unknown = [], []
             for i in range(0, len(ids), 500):
-                statuses += await asyncio.gather(*(client_.wait(t, timeout=120)
-                                                   for t in ids[i:i + 500]))
+                chunk = ids[i:i + 500]
+                answers = await asyncio.gather(*(client_.wait(t, timeout=120) for t in chunk),
+                                               return_exceptions=True)
+                for task_id, answer in zip(chunk, answers, strict=True):
+                    if isinstance(answer, NotFound):  # accepted, then lost: checked below
+                        unknown.append(task_id)
+                    elif isinstance(answer, BaseException):
+                        raise answer
+                    else:
+                        statuses.append(answer)
+            helpers = leader_faults.log_names() if leader_faults else ("helper-1",)
             try:
+                assert not unknown, (f"{len(unknown)} accepted tasks are unknown to the Helper "
+                                     f"(seed {seed}): {unknown[:5]}")
                 check(statuses, accepted, uncertain, chaos.actions, seed,
                       cluster.applied_effects())
             except AssertionError:
-                print_lost(cluster.workdir, statuses,
-                           leader_faults.log_names() if leader_faults else ("helper-1",))
+                print_lost(cluster.workdir, unknown + [s.task_id for s in statuses
+                                                       if s.state not in wire.TERMINAL_STATES],
+                           helpers)
                 raise
             if leader_faults is not None:
                 assert chaos.actions["leader_sigstop"] == 1, f"(seed {seed})"
@@ -280,12 +293,10 @@ def check(statuses: list, accepted: dict, uncertain: set, actions, seed: int,  #
 _GROUP_EVENT = re.compile(r"mesh\.(group|leadership)\[")
 
 
-def print_lost(workdir: Path, statuses: list, helpers) -> None:  # noqa: ANN001
-    """On a failed check: the tasks that did not finish, every Helper's log lines about them,
-    and the group's story (terms, plans, catch-ups, snapshots), to trace where they went."""
-    lost = [s for s in statuses if s.state not in wire.TERMINAL_STATES]
-    print(f"\n{len(lost)} tasks not finished; the first: "
-          f"{[(s.task_id, wire.state_name(s.state)) for s in lost[:5]]}", flush=True)
+def print_lost(workdir: Path, lost: list[str], helpers) -> None:  # noqa: ANN001
+    """On a failed check: the accepted tasks unknown or not finished, every Helper's log lines
+    about them, and the group's story (terms, plans, catch-ups, snapshots), to trace them."""
+    print(f"\n{len(lost)} tasks unknown or not finished; the first: {lost[:5]}", flush=True)
     for name in helpers:
         path = workdir / f"{name}.log"
         if not path.exists():
@@ -295,10 +306,10 @@ def print_lost(workdir: Path, statuses: list, helpers) -> None:  # noqa: ANN001
         for line in lines:
             if _GROUP_EVENT.search(line):
                 print(line, flush=True)
-        for status in lost[:3]:
-            print(f"--- {name}: lines naming {status.task_id}", flush=True)
+        for task_id in lost[:3]:
+            print(f"--- {name}: lines naming {task_id}", flush=True)
             for line in lines:
-                if status.task_id in line:
+                if task_id in line:
                     print(line, flush=True)
 
 
