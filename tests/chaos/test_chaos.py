@@ -229,6 +229,9 @@ def run_chaos(cluster, duration_s: float, ai_args: tuple = AI_ARGS,  # noqa: ANN
             stop.set()
             await produce
             await asyncio.to_thread(chaos.heal)
+            # Group mode: a failover may still be under way (a member yielding to a longer
+            # log), and a client that follows discovery finds no Helper until one serves.
+            await async_wait_until(nodes_up, 60, what="a serving Helper and 3 AI nodes")
 
             ids = list(accepted)
             statuses, unknown = [], []
