@@ -87,6 +87,12 @@ def parse_rate_limits(texts: list[str] | tuple[str, ...]) -> dict[str, Rate]:
     return limits
 
 
+#: a shortfall this small is the rounding of clock arithmetic (now + 0.1 - now is not 0.1 on a
+#: large monotonic reading), not a missing token: a dispatcher woken at next_ready() must find
+#: the token there, not reschedule itself a nanosecond later
+_ROUNDING = 1e-9
+
+
 class TokenBucket:
     """Holds up to `burst` tokens, gains `per_s` a second; a task takes one."""
 
@@ -105,8 +111,8 @@ class TokenBucket:
 
     def take(self, now: float, n: float = 1.0) -> bool:
         self._refill(now)
-        if self.tokens >= n:
-            self.tokens -= n
+        if self.tokens >= n - _ROUNDING:
+            self.tokens = max(0.0, self.tokens - n)
             return True
         return False
 
@@ -114,7 +120,7 @@ class TokenBucket:
         """When `take(n)` will succeed (now, if it would now)."""
         self._refill(now)
         missing = n - self.tokens
-        return now if missing <= 0 else now + missing / self.per_s
+        return now if missing <= _ROUNDING else now + missing / self.per_s
 
     def reshape(self, rate: Rate, now: float) -> None:
         """New rate and burst from `now` on; tokens kept, up to the new burst."""

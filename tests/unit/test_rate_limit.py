@@ -50,6 +50,19 @@ def test_a_bucket_allows_its_burst_then_its_rate() -> None:
     assert 5 + 100 - 1 <= taken <= 5 + 100
 
 
+@pytest.mark.parametrize("start", [0.0, 12_345.678, 987_654.321])
+def test_a_token_is_there_at_next_ready_whatever_the_clock_reads(start: float) -> None:
+    """On a large clock reading, start + 0.1 - start is a hair under 0.1: the token must still
+    be there when next_ready() says (the dispatcher sleeps until then), not a nanosecond later."""
+    bucket = TokenBucket(Rate(per_s=10.0, burst=1.0), now=start)
+    assert bucket.take(start) and not bucket.take(start)
+    ready = bucket.next_ready(start)
+    assert ready == pytest.approx(start + 0.1)
+    assert bucket.next_ready(ready) == ready
+    assert bucket.take(ready)
+    assert not bucket.take(ready)  # one token, taken once
+
+
 def test_an_idle_bucket_fills_only_up_to_its_burst() -> None:
     bucket = TokenBucket(Rate(per_s=1.0, burst=3.0), now=0.0)
     for _ in range(3):
