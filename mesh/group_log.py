@@ -495,12 +495,21 @@ class FollowerLog:
             await asyncio.to_thread(_remove_tree, aside)
 
     async def close(self) -> None:
+        """Close the journal; its final flush makes everything appended durable, so the
+        position becomes the last POSITION appended. (A member that wins its campaign while a
+        batch's sync is still pending closes its log here: with the position of before that
+        batch it led from a log end its journal had passed, and the batch's records, replayed
+        into its table, stood at no index.)"""
         if self.journal is not None:
             journal, self.journal = self.journal, None
             try:
                 await journal.close()
             except JournalError as exc:
                 log.error("follower journal close failed: %s", exc)
+                return
+            payload = self.table.position_payload if self.table is not None else b""
+            if payload and not self.position.dirty:
+                self.position = decode_position(payload)
 
 
 def _remove_tree(path: Path) -> None:

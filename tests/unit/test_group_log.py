@@ -226,3 +226,30 @@ def test_a_clean_hello_is_sent_as_version_1_and_a_reset_one_as_version_2() -> No
     reset = Hello("h1", 4, 10, 3, reset=True)
     assert replica_link._decoder.decode(replica_link.encode(reset))[1] == 2
     assert replica_link.decode(replica_link.encode(reset)) == reset
+
+
+def test_a_follower_log_closed_with_a_sync_pending_reports_the_position_its_journal_reached(tmp_path):  # noqa: ANN001
+    """A follower that wins its campaign while a batch's sync waits closes its log at once;
+    the close makes the batch durable, so the position it leads from must include it."""
+    from mesh.group_log import FollowerLog
+    from mesh.replication import Entry
+
+    async def scenario() -> None:
+        flog = FollowerLog(tmp_path / "journal", segment_size_bytes=2**20, max_record_bytes=2**20)
+        flog.open()
+        history = EpochHistory([(1, 1)])
+        await flog.append([Entry(1, 1, records.NOOP, NOOP_KEY, b"")], 1, 1, history)
+        pending = flog.journal.sync_future()  # a sync waits: the next batch cannot sync inline
+        entries = [Entry(1, n, records.NOOP, NOOP_KEY, b"") for n in (2, 3)]
+        assert not flog.append_now(entries, 1, 3, history)
+        assert flog.position.last_index == 1
+        await flog.close()  # the campaign won: the stream stops before `synced`
+        await asyncio.gather(pending, return_exceptions=True)
+        assert flog.position.last_index == 3
+
+        again = FollowerLog(tmp_path / "journal", segment_size_bytes=2**20, max_record_bytes=2**20)
+        position = again.open()
+        assert position.last_index == 3 and not position.dirty
+        await again.close()
+
+    asyncio.run(scenario())
