@@ -542,8 +542,8 @@ class Helper:
         if large:
             unread = self._unread_bytes(identity)
             if unread + len(frame) > self.settings.max_unread_reply_bytes:
-                frame = self._unread_refusal(reply.request_id, f"reply of {len(frame)} bytes",
-                                             unread)
+                frame = wire.encode(self._unread_refusal(
+                    reply.request_id, f"reply of {len(frame)} bytes", unread))
                 large = False
         try:
             if large:
@@ -559,21 +559,18 @@ class Helper:
         self._intake_reader.wake()  # a send can take the edge of a request that just arrived
         return sent
 
-    def _unread_refusal(self, rid: int, what: str, unread: int) -> bytes:
+    def _unread_refusal(self, rid: int, what: str, unread: int):  # noqa: ANN202
         limit = self.settings.max_unread_reply_bytes
         self.metrics.intake_refused.labels("unread_reply_bytes").inc()
-        return wire.encode(wire.ClientReply(
+        return wire.ClientReply(
             version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.QUEUE_FULL,
             message=f"{what} not sent: {unread} bytes of earlier replies to this client are "
                     f"still unread (limit max_unread_reply_bytes={limit}); read them, then "
-                    "ask again"))
+                    "ask again")
 
     def _refuse_unread(self, identity: bytes, rid: int) -> None:
-        frame = self._unread_refusal(rid, "status reply", self._unread_bytes(identity))
-        try:
-            self._intake.send_multipart([identity, frame], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self._reply_failed(identity, exc)
+        self._reply(identity, self._unread_refusal(rid, "status reply",
+                                                   self._unread_bytes(identity)))
 
     def _reply_failed(self, identity: bytes, exc: zmq.ZMQError) -> None:
         if exc.errno == zmq.EAGAIN:
