@@ -520,7 +520,7 @@ class AINode:
             return
         if task_id in self._running or task_id in link.held:
             return  # already here; it is in our heartbeat's held list
-        stored = self._dedup.lookup(task_id, dispatch.attempt, _is_done)
+        stored = self._dedup.lookup(task_id, dispatch.attempt, _is_done, dispatch.replays)
         if stored is not None:
             self.metrics.dedup_hits.inc()
             answer = wire.Ack()
@@ -763,7 +763,7 @@ class AINode:
         if len(self._run_s) >= RUN_TIMES_KEPT:
             self._observe_run_times()
         if ack.kind != wire.REJECTED:
-            self._dedup.remember(job.task_id, dispatch.attempt, ack)
+            self._dedup.remember(job.task_id, dispatch.attempt, ack, dispatch.replays)
         self._finish(job, ack)
 
     def _log_failure(self, task, attempt: int, exc: BaseException, *, retried: bool) -> None:  # noqa: ANN001

@@ -90,7 +90,8 @@ def replay(dispatcher: Dispatcher, entry) -> None:  # noqa: ANN001
     dispatcher.dead_letters.remove(entry.task_id)
     dispatcher.revive(entry)
     entry.state = wire.QUEUED
-    entry.attempt = 1
+    entry.attempt = 1  # attempts count afresh; `replays` tells a node this attempt 1 is new
+    entry.replays += 1
     entry.lost_deliveries = 0
     entry.dead_reason = 0
     entry.finished_ns = 0

@@ -13,24 +13,28 @@ from collections import OrderedDict
 class DedupWindow:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._outcomes: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        #: task id -> ((replays, attempt) of the run that made the outcome, the outcome)
+        self._outcomes: OrderedDict[str, tuple[tuple[int, int], object]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._outcomes)
 
-    def remember(self, task_id: str, attempt: int, outcome: object) -> None:
-        self._outcomes[task_id] = (attempt, outcome)
+    def remember(self, task_id: str, attempt: int, outcome: object, replays: int = 0) -> None:
+        self._outcomes[task_id] = ((replays, attempt), outcome)
         self._outcomes.move_to_end(task_id)
         while len(self._outcomes) > self.capacity:
             self._outcomes.popitem(last=False)
 
-    def lookup(self, task_id: str, attempt: int, succeeded: "callable") -> object | None:  # noqa: F821
+    def lookup(self, task_id: str, attempt: int, succeeded: "callable",  # noqa: F821
+               replays: int = 0) -> object | None:
         """The stored outcome if it answers this delivery: a success answers any attempt; a
-        failure answers only a redelivery of the same attempt (a new attempt runs again)."""
+        failure answers only a redelivery of the same attempt of the same replay (a new
+        attempt runs again, and so does an operator's replay of a dead letter, whose attempts
+        start again at 1)."""
         found = self._outcomes.get(task_id)
         if found is None:
             return None
-        stored_attempt, outcome = found
-        if succeeded(outcome) or stored_attempt == attempt:
+        run, outcome = found
+        if succeeded(outcome) or run == (replays, attempt):
             return outcome
         return None

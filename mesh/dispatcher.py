@@ -119,6 +119,9 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
     holders: tuple = ()
     #: failed attempts and lost deliveries, as wire.Attempt (the most recent MAX_HISTORY)
     history: tuple = ()
+    #: dead-letter replays so far: sent with each delivery, so that a node runs a replayed
+    #: attempt instead of answering it with the failure it stored for the same attempt number
+    replays: int = 0
 
     @classmethod
     def of(cls, task, seq: int, max_attempts: int,  # noqa: ANN001
@@ -174,7 +177,8 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
             task=task, state=max(self.state, wire.QUEUED) if not self.terminal else self.state,
             attempts=self.attempt, deliveries=self.lost_deliveries, result=self.result,
             error=self.error, dead_reason=self.dead_reason, finished_ns=self.finished_ns,
-            not_before_ns=max(wall_not_before, 0), node_id=self.node_id, history=self.history)
+            not_before_ns=max(wall_not_before, 0), node_id=self.node_id, history=self.history,
+            replays=self.replays)
 
 
 class NodeLink:
@@ -485,7 +489,7 @@ class Dispatcher:
             frame_bytes += size
             entry.deliveries += 1
             entry.delivery = entry.deliveries
-            dispatches.append((entry.encoded, entry.attempt, entry.delivery))
+            dispatches.append((entry.encoded, entry.attempt, entry.delivery, entry.replays))
             entries.append(entry)
             room -= 1
         if not entries:
@@ -1511,6 +1515,7 @@ def _entry_of_record(rec, seq: int, max_attempts: int) -> TaskEntry:  # noqa: AN
     entry.node_id = rec.node_id
     entry.not_before = _monotonic_from_wall(rec.not_before_ns)
     entry.history = tuple(rec.history)
+    entry.replays = rec.replays
     if entry.state == wire.SUCCEEDED:
         entry.task = None
         entry.encoded = b""

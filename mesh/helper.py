@@ -1155,7 +1155,10 @@ def _not_durable(rid: int, error: BaseException, action: str):  # noqa: ANN202 -
             f"({error.reason}); {action} again with the same task id (the group's leader "
             "answers)")
     elif isinstance(error, TaskRejected):
-        code, message = error.code, f"the {action} was not recorded by the group: {error}"
+        # it may have taken effect here (a cancel, a replay is applied before its commit), but
+        # the group does not hold it: a failover can undo it
+        code, message = error.code, (f"the {action} is not known to be durable in the group "
+                                     f"({error}); {action} again with the same task id")
     else:
         code, message = wire.JOURNAL_FAILED, f"the {action} is recorded but not yet durable: {error}"
     return wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=code,

@@ -307,14 +307,16 @@ def dispatch_batch_tail(reply_to: str, helper_incarnation: int, group: str = "",
     return tail
 
 
-def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int]], suffix: bytes,
+def encode_dispatch_batch_raw(deliveries: list[tuple[bytes, int, int, int]], suffix: bytes,
                               seq: int = 0, tail: bytes = b"") -> bytes:
-    """DispatchBatch of (task bytes, attempt, delivery) sharing one `dispatch_suffix`; `seq`
-    numbers the frame on its link, `tail` is its `dispatch_batch_tail`."""
+    """DispatchBatch of (task bytes, attempt, delivery, replays) sharing one `dispatch_suffix`;
+    `seq` numbers the frame on its link, `tail` is its `dispatch_batch_tail`."""
     parts = [b"\x08" + _varint(PROTOCOL_VERSION)]
-    for encoded, attempt, delivery in deliveries:
+    for encoded, attempt, delivery, replays in deliveries:
         body = (b"\x0a" + _varint(len(encoded)) + encoded + b"\x10" + _varint(attempt)
                 + b"\x18" + _varint(delivery) + suffix)
+        if replays:
+            body += b"\x40" + _varint(replays)
         parts.append(b"\x12" + _varint(len(body)) + body)
     parts.append(b"\x18" + _varint(time.time_ns()))
     if seq:
@@ -329,8 +331,9 @@ DISPATCH_BATCH_HEAD_BYTES = 2 + 11 + 11
 
 def dispatch_size(task_bytes_len: int, suffix_len: int) -> int:
     """Bytes one delivery adds to a DispatchBatch, at most (attempt and delivery numbers
-    counted at their largest, 5 bytes each): what a frame's byte budget is checked against."""
-    body = 1 + _varint_len(task_bytes_len) + task_bytes_len + 6 + 6 + suffix_len
+    counted at their largest, 5 bytes each, a replay count too): what a frame's byte budget is
+    checked against."""
+    body = 1 + _varint_len(task_bytes_len) + task_bytes_len + 6 + 6 + 6 + suffix_len
     return 1 + _varint_len(body) + body
 
 

@@ -166,7 +166,7 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., deadline_ns: _Optional[int] = ..., run_timeout_ms: _Optional[int] = ..., submitted_ns: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Dispatch(_message.Message):
-    __slots__ = ("task", "attempt", "delivery", "incarnation", "reply_to", "helper_id", "helper_incarnation")
+    __slots__ = ("task", "attempt", "delivery", "incarnation", "reply_to", "helper_id", "helper_incarnation", "replays")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Dispatch(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     HELPER_ID_FIELD_NUMBER: _ClassVar[int]
     HELPER_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_FIELD_NUMBER: _ClassVar[int]
     task: Task
     attempt: int
     delivery: int
@@ -181,7 +182,8 @@ class Dispatch(_message.Message):
     reply_to: str
     helper_id: str
     helper_incarnation: int
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., attempt: _Optional[int] = ..., delivery: _Optional[int] = ..., incarnation: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_id: _Optional[str] = ..., helper_incarnation: _Optional[int] = ...) -> None: ...
+    replays: int
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., attempt: _Optional[int] = ..., delivery: _Optional[int] = ..., incarnation: _Optional[int] = ..., reply_to: _Optional[str] = ..., helper_id: _Optional[str] = ..., helper_incarnation: _Optional[int] = ..., replays: _Optional[int] = ...) -> None: ...
 
 class DispatchBatch(_message.Message):
     __slots__ = ("version", "dispatches", "sent_ns", "seq", "reply_to", "helper_incarnation", "cancel_task_ids", "group", "group_epoch")
@@ -569,7 +571,7 @@ class StatusReply(_message.Message):
     def __init__(self, statuses: _Optional[_Iterable[_Union[TaskStatus, _Mapping]]] = ...) -> None: ...
 
 class TaskRecord(_message.Message):
-    __slots__ = ("task", "state", "attempts", "deliveries", "result", "error", "dead_reason", "finished_ns", "not_before_ns", "node_id", "history")
+    __slots__ = ("task", "state", "attempts", "deliveries", "result", "error", "dead_reason", "finished_ns", "not_before_ns", "node_id", "history", "replays")
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -581,6 +583,7 @@ class TaskRecord(_message.Message):
     NOT_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_FIELD_NUMBER: _ClassVar[int]
     task: Task
     state: TaskState
     attempts: int
@@ -592,7 +595,8 @@ class TaskRecord(_message.Message):
     not_before_ns: int
     node_id: str
     history: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., finished_ns: _Optional[int] = ..., not_before_ns: _Optional[int] = ..., node_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    replays: int
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempts: _Optional[int] = ..., deliveries: _Optional[int] = ..., result: _Optional[bytes] = ..., error: _Optional[str] = ..., dead_reason: _Optional[_Union[DeadReason, str]] = ..., finished_ns: _Optional[int] = ..., not_before_ns: _Optional[int] = ..., node_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., replays: _Optional[int] = ...) -> None: ...
 
 class TransitionRecord(_message.Message):
     __slots__ = ("task_id", "state", "attempts", "deliveries", "result", "error", "dead_reason", "at_ns", "not_before_ns", "node_id")

@@ -128,6 +128,54 @@ def test_retries_then_success_and_dead_letters_keep_the_reason_and_last_error(cl
     assert _metric(text, "mesh_tasks_dead_total", reason="FATAL_ERROR") == 1.0
 
 
+def test_a_replayed_dead_letter_runs_again_on_the_node_that_failed_it_across_helper_restarts(
+        cluster, tmp_path) -> None:  # noqa: ANN001
+    """A task that died at attempt 1 (max_attempts 1 here; a FatalError or a poison pill do the
+    same) is replayed: its attempts start again at 1, and the node that stored its failure of
+    attempt 1 runs it again instead of answering that failure from its de-duplication window
+    (the Helper sends how many times the task was replayed; the count is journaled, so it holds
+    after a Helper restart too)."""
+    helper_args = (*FAST_RETRIES, "--max-attempts", "1")
+    cluster.start_helper(*helper_args)
+    ai = cluster.start_ai()
+    cause = tmp_path / "cause"
+    cause.write_text("the handler fails while this file exists")
+    marker = str(cause)
+
+    def runs(task_id: str) -> int:  # failed runs of attempt 1 the node logged
+        return ai.log_path.read_text().count(f"task {task_id} (kind simulate, attempt 1) failed")
+
+    async def dead_again(client: Client, task_id: str, runs_before: int) -> None:
+        async def ran_and_died() -> bool:
+            return runs(task_id) > runs_before and \
+                (await client.status(task_id)).state == wire.DEAD
+        await async_wait_until(ran_and_died, 30, what="the replayed task ran and died again")
+
+    async def scenario() -> str:
+        async with Client(cluster.intake) as client:
+            await _nodes_seen(client, 1)
+            task_id = await client.submit("simulate", _job(ms=1, fail_while_exists=marker))
+            assert (await client.wait(task_id, timeout=30)).state == wire.DEAD
+            assert runs(task_id) == 1
+            assert (await client.dead_letters("replay", [task_id])).affected == 1
+            await dead_again(client, task_id, 1)  # ran, not answered from the stored failure
+            return task_id
+    task_id = asyncio.run(scenario())
+    cluster.restart_helper(*helper_args)  # SIGKILL; the node keeps its window
+
+    async def after_restart() -> None:
+        async with Client(cluster.intake) as client:
+            await _nodes_seen(client, 1)
+            assert (await client.dead_letters("replay", [task_id])).affected == 1
+            await dead_again(client, task_id, 2)
+            cause.unlink()  # the operator fixed the cause
+            assert (await client.dead_letters("replay", [task_id])).affected == 1
+            status = await client.wait(task_id, timeout=30)
+            assert status.state == wire.SUCCEEDED and status.attempts == 1, status
+    asyncio.run(after_restart())
+    assert runs(task_id) == 3
+
+
 def test_dead_letters_are_listed_inspected_replayed_and_purged_from_cli_and_client(
         cluster, tmp_path) -> None:  # noqa: ANN001
     helper_args = (*FAST_RETRIES, "--max-attempts", "2")

@@ -355,20 +355,25 @@ def test_group_cancel_refused_for_want_of_replicas_is_answered_so_not_journal_fa
 def test_group_dead_letter_change_is_answered_only_once_the_group_has_it(cluster, op: str):  # noqa: ANN001
     """A dead-letter replay or purge is answered once its records are durable, as a cancel is:
     with the follower stopped before it has them, the operator is told NOT_ENOUGH_REPLICAS
-    (after the follower timeout), not "done" at once, and after the follower is back the same
-    request is answered and takes effect once."""
+    (after the follower timeout), not "done" at once; with the follower back, the same request
+    is answered, and the change holds (a replayed task runs and succeeds; a purged one is
+    gone)."""
     group = _leader_h1_follower_h2_and_a_node(cluster)
+    cause = cluster.workdir / "cause"  # the task fails while this file exists
+    cause.write_text("x")
 
     async def scenario() -> None:
         client = Client(group.intakes["h1"], timeout_s=10.0)
         await client.start()
         try:
+            job = json.dumps({"fail_while_exists": str(cause), "ms": 1}).encode()
             await _submit_until_accepted(group, {"h1": client}, make_task(
-                "simulate", json.dumps({"fatal": True}).encode(), task_id="poison"), 20)
+                "simulate", job, task_id="poison", max_attempts=1), 20)
 
             async def dead() -> bool:
                 return (await client.dead_letters("list")).affected == 1
             await async_wait_until(dead, 20, interval_s=0.05, what="the task dead-lettered")
+            cause.unlink()  # the operator fixed the cause
             group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
             try:
                 with pytest.raises(MeshError) as refused:
@@ -376,7 +381,7 @@ def test_group_dead_letter_change_is_answered_only_once_the_group_has_it(cluster
             finally:
                 group.procs["h2"].signal(signal.SIGCONT)
             assert isinstance(refused.value, NotEnoughReplicas), repr(refused.value)
-            assert f"the {op} was not recorded by the group" in str(refused.value)
+            assert f"the {op} is not known to be durable in the group" in str(refused.value)
 
             async def answered() -> bool:  # the follower back in the stream: the same request
                 try:
@@ -384,6 +389,11 @@ def test_group_dead_letter_change_is_answered_only_once_the_group_has_it(cluster
                 except NotEnoughReplicas:
                     return False
             await async_wait_until(answered, 20, interval_s=0.2, what=f"a {op} answered")
+            if op == "replay":
+                async def succeeded() -> bool:
+                    return (await client.status("poison")).state.name == "SUCCEEDED"
+                await async_wait_until(succeeded, 20, interval_s=0.05,
+                                       what="the replayed task succeeded")
             assert (await client.dead_letters("list")).affected == 0
         finally:
             await client.close()

@@ -168,7 +168,7 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(cluster) -> None:  # n
             await push_ai.send(b"\x00garbage\xff")
             # Well-formed protobuf, but the task in it is empty (no id, no kind).
             await push_ai.send(wire.encode_dispatch_batch_raw(
-                [(b"", 1, 1)], wire.dispatch_suffix(1, cluster.helper.ready["acks"], "x", 1)))
+                [(b"", 1, 1, 0)], wire.dispatch_suffix(1, cluster.helper.ready["acks"], "x", 1)))
             for sock in (dealer, push, push_ai):
                 sock.close(linger=200)
         finally:

@@ -113,7 +113,7 @@ class FakeHelper:
 
 def delivery(node: Node, task, reply_to: str, number: int = 1) -> bytes:  # noqa: ANN001
     return wire.encode_dispatch_batch_raw(
-        [(wire.task_bytes(task), 1, number)],
+        [(wire.task_bytes(task), 1, number, 0)],
         wire.dispatch_suffix(node.incarnation, reply_to, "fake-helper", 7))
 
 

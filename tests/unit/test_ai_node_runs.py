@@ -33,7 +33,7 @@ def _app() -> App:
 
 def _frame(node: AINode, acks: str, task, delivery: int = 1) -> bytes:  # noqa: ANN001
     return wire.encode_dispatch_batch_raw(
-        [(wire.task_bytes(task), 1, delivery)],
+        [(wire.task_bytes(task), 1, delivery, 0)],
         wire.dispatch_suffix(node.incarnation, acks, "h", 1))
 
 

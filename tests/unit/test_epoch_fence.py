@@ -12,7 +12,7 @@ from tests.unit.test_ai_node_runs import _acks_until, _run
 def _group_frame(node: AINode, acks: str, task, *, group: str, epoch: int, helper_inc: int,
                  seq: int = 1) -> bytes:  # noqa: ANN001
     return wire.encode_dispatch_batch_raw(
-        [(wire.task_bytes(task), 1, 1)],
+        [(wire.task_bytes(task), 1, 1, 0)],
         wire.dispatch_suffix(node.incarnation, acks, f"h{epoch}", helper_inc), seq,
         wire.dispatch_batch_tail(acks, helper_inc, group, epoch))
 

@@ -41,7 +41,7 @@ def _app() -> App:
 
 def _frame(node: AINode, acks: str, task) -> bytes:  # noqa: ANN001
     return wire.encode_dispatch_batch_raw(
-        [(wire.task_bytes(task), 1, 1)], wire.dispatch_suffix(node.incarnation, acks, "h", 1))
+        [(wire.task_bytes(task), 1, 1, 0)], wire.dispatch_suffix(node.incarnation, acks, "h", 1))
 
 
 def _outcomes(*tasks) -> dict[str, int]:  # noqa: ANN002

@@ -28,18 +28,25 @@ def test_spliced_task_record_equals_the_protobuf_message(task) -> None:  # noqa:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(tasks, st.integers(1, 2**32 - 1), st.integers(1, 2**32 - 1)),
+@given(st.lists(st.tuples(tasks, st.integers(1, 2**32 - 1), st.integers(1, 2**32 - 1),
+                          st.integers(0, 2**32 - 1)),
                 max_size=5),
        st.integers(0, 2**64 - 1), st.text(max_size=30), st.text(max_size=30),
        st.integers(0, 2**64 - 1))
 def test_spliced_dispatch_batch_equals_the_protobuf_message(items, inc, reply, helper, hinc) -> None:  # noqa: ANN001
     suffix = wire.dispatch_suffix(inc, reply, helper, hinc)
     frame = wire.encode_dispatch_batch_raw(
-        [(wire.task_bytes(t), attempt, delivery) for t, attempt, delivery in items], suffix)
+        [(wire.task_bytes(t), attempt, delivery, replays)
+         for t, attempt, delivery, replays in items], suffix)
     batch = wire.decode_dispatch_batch(frame)
     expected = [wire.Dispatch(task=t, attempt=a, delivery=d, incarnation=inc, reply_to=reply,
-                              helper_id=helper, helper_incarnation=hinc) for t, a, d in items]
+                              helper_id=helper, helper_incarnation=hinc, replays=r)
+                for t, a, d, r in items]
     assert list(batch.dispatches) == expected
+    for t, _a, _d, _r in items:  # the byte budget a frame is checked against holds each one
+        body = len(next(d for d in batch.dispatches if d.task == t).SerializeToString())
+        assert wire.dispatch_size(len(wire.task_bytes(t)), len(suffix)) >= \
+            1 + len(wire._varint(body)) + body
     assert batch.version == wire.PROTOCOL_VERSION and batch.sent_ns > 0
 
 
