@@ -103,6 +103,17 @@ def main(args: argparse.Namespace) -> int:
     return runtime.run(_serve(args, settings, tokens))
 
 
+def _http_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools' C parser when installed, else h11), writing each
+    response in one send (mesh/http_writes.py)."""
+    from mesh.http_writes import coalesce_writes
+    if importlib.util.find_spec("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol
+    return coalesce_writes(protocol)
+
+
 def _helper_source(args: argparse.Namespace):  # noqa: ANN202 - mesh.client.EndpointSource
     """The Helpers the gateway follows: the --intake endpoints, else the Helpers in discovery
     now (asked again every few seconds by the Client, so one added or replaced later is used)."""
@@ -167,7 +178,7 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     server = uvicorn.Server(uvicorn.Config(
         build_app(mesh, settings, tokens, alerts=recent if stop_alerts else None), host=host or "127.0.0.1", port=int(port),
         loop="none", lifespan="on", access_log=False, log_level="warning",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
         ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key))
     serving = asyncio.ensure_future(server.serve())
     while not server.started and not serving.done():
