@@ -434,9 +434,16 @@ class Client:
                 raise error_from_code(result.code, result.message)
         return [r.task_id for r in results]
 
-    async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
-        """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0,
+                             timeout_s: float | None = None) -> list:
+        """Like submit_many, but returns each task's SubmitResult (code, message, duplicate).
+        `timeout_s`: how long this Helper gets to answer (default the Client's `timeout_s` +
+        `wait_s`); Unavailable after it. A Client that follows Helpers bounds the whole call by
+        its own `timeout_s` + `wait_s`, over every Helper, and takes no `timeout_s` here."""
         if self._source is not None:
+            if timeout_s is not None:
+                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
+                                 "Helpers and bounds each call by its own timeout_s")
             outcomes = await (await self._helpers()).submit(tasks, wait_s)
             lost = [o for o in outcomes if o.code is None]
             if lost:
@@ -446,7 +453,8 @@ class Client:
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
-        reply = await self._call(request, self.timeout_s + wait_s)
+        reply = await self._call(request, self.timeout_s + wait_s if timeout_s is None
+                                 else timeout_s)
         return list(reply.submit.results)
 
     async def status(self, task_id: str) -> TaskStatus:

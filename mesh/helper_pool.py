@@ -165,9 +165,10 @@ class HelperPool:
                 break
             share_s = remaining / (len(order) - n)
             try:
-                async with asyncio.timeout(share_s):
-                    results = await self.client(endpoint).submit_results(
-                        [tasks[i] for i in todo], **({"wait_s": wait_s} if wait_s else {}))
+                # the member's own reply timer bounds the call (no second timer around it)
+                results = await self.client(endpoint).submit_results(
+                    tasks if len(todo) == len(tasks) else [tasks[i] for i in todo],
+                    wait_s=wait_s, timeout_s=share_s)
             except _TRY_NEXT as exc:
                 why = str(exc) or f"no answer within {share_s:.2f}s"
                 self._mark_suspect(endpoint, why)
@@ -232,6 +233,8 @@ class HelperPool:
 
     def _order(self) -> list[str]:
         """Healthy Helpers in turn (a different first one each call), suspects last."""
+        if len(self.endpoints) == 1:
+            return self.endpoints
         healthy = [e for e in self.endpoints if e not in self._suspect]
         if healthy:
             k = next(self._turn) % len(healthy)

@@ -72,11 +72,14 @@ class FakeHelper:
         self.received: list[str] = []
         self.requests = 0
 
-    async def submit_results(self, tasks: list) -> list:
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0,
+                             timeout_s: float | None = None) -> list:
         self.received += [t.task_id for t in tasks]
         self.requests += 1
-        if self.hang:
-            await asyncio.Event().wait()
+        if self.hang:  # as a Client's reply timer: Unavailable once timeout_s has passed
+            await asyncio.sleep(timeout_s)
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s")
         code = wire.QUEUE_FULL if self.full else wire.OK
         return [wire.SubmitResult(task_id=t.task_id, code=code) for t in tasks]
 
@@ -155,6 +158,30 @@ def test_pool_sends_the_single_submits_of_one_loop_turn_as_one_request() -> None
         assert [o.code for o in refused] == [wire.QUEUE_FULL] * 3
         await pool.close()
         await down.close()
+    asyncio.run(scenario())
+
+
+def test_a_clients_submit_gives_up_after_the_timeout_given_for_that_call() -> None:
+    """The pool bounds each Helper's share of its deadline with the member Client's own reply
+    timer (`submit_results(timeout_s=)`), so that timer must hold even when the Client's
+    default is longer."""
+    import time
+
+    from mesh import Client
+    from mesh.trust import Trust
+
+    async def scenario() -> None:
+        # nothing listens there: the request waits in the socket's queue, no reply comes
+        async with Client("tcp://127.0.0.1:1", trust=Trust.plain(), timeout_s=60) as client:
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="within 0.2s"):
+                await asyncio.wait_for(client.submit_results([make_task("echo", b"")],
+                                                             timeout_s=0.2), 10)
+            assert time.monotonic() - started < 5
+        following = Client(endpoints=lambda: ["tcp://127.0.0.1:1"], trust=Trust.plain())
+        with pytest.raises(ValueError, match="follows Helpers"):
+            await following.submit_results([make_task("echo", b"")], timeout_s=1)
+        await following.close()
     asyncio.run(scenario())
 
 
