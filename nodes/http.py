@@ -36,8 +36,8 @@ from mesh.http_openapi import openapi_document
 from mesh.http_problem import PROBLEM_JSON, Problem, problem_for, submit_problem
 from mesh.http_tokens import HttpRole, TokenTable, permits
 from mesh.http_views import (
-    MAX_IDEMPOTENCY_KEY_CHARS, accepted_json, is_json, iso, status_json, task_id_for_key,
-    task_location,
+    MAX_IDEMPOTENCY_KEY_CHARS, accepted_body, accepted_json, is_json, iso, status_json,
+    task_id_for_key, task_location,
 )
 from nodes import config, keys, runtime
 
@@ -288,8 +288,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
         outcome = await (await helpers()).submit_one(task)
         if outcome.code != wire.OK:
             raise submit_problem(outcome.code, outcome.message)
-        return answer(accepted_json(outcome.task_id, outcome.duplicate), 202,
-                      {"Location": task_location(outcome.task_id)})
+        return JsonAnswer(accepted_body(outcome.task_id, outcome.duplicate), 202,
+                          {"Location": task_location(outcome.task_id)})
 
     @route("/v1/tasks", "POST")
     async def submit_batch(request) -> Response:  # noqa: ANN001
@@ -574,7 +574,7 @@ async def _read_body(request, limit_bytes: int) -> bytes:  # noqa: ANN001
                           f"{limit_bytes} bytes; store large inputs elsewhere and submit a "
                           "reference")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _json(body: bytes) -> object:

@@ -34,6 +34,30 @@ def test_status_view_inlines_json_results_and_gives_iso_times() -> None:
     assert iso(0) is None
 
 
+def test_the_accepted_body_is_the_json_of_the_accepted_view_byte_for_byte() -> None:
+    import json
+
+    from mesh.http_views import accepted_body, accepted_json
+
+    for task_id in ("0" * 32, task_id_for_key("k"), 'odd "id"/\\ é\n'):
+        for duplicate in (False, True):
+            assert accepted_body(task_id, duplicate) == \
+                json.dumps(accepted_json(task_id, duplicate)).encode()
+
+
+def test_new_task_ids_have_the_form_of_a_uuid4_hex() -> None:
+    import uuid
+
+    from mesh.task import new_task_id
+
+    ids = {new_task_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for task_id in list(ids)[:100]:
+        parsed = uuid.UUID(hex=task_id)
+        assert parsed.hex == task_id and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
 def test_mesh_errors_map_to_problem_statuses() -> None:
     full = problem_for(QueueFull(10, 10))
     assert (full.status, full.code, full.headers["Retry-After"]) == (429, "QUEUE_FULL", "1")
