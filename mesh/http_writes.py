@@ -23,7 +23,9 @@ soon as that step is over. What it keeps of the transport's contract:
 - everything else (reading, extra info, limits) is the real transport's.
 
 `coalesce_writes(protocol_class)` gives the subclass of a uvicorn HTTP protocol (httptools or
-h11) whose connections get this transport; `uvicorn.Config(http=...)` takes a class.
+h11) whose connections get this transport, and which hands a response over as soon as it is
+complete (uvicorn's `on_response_complete`, called from the last `send` of the response),
+without waiting for the end of the callback; `uvicorn.Config(http=...)` takes a class.
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ def coalesce_writes(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Prot
     class Coalesced(protocol_class):
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
+
+        def on_response_complete(self) -> None:
+            # The answer is whole: send it now, not after the rest of this callback (the
+            # app's bookkeeping after its last `send`, the end of the task).
+            self.transport.flush()
+            super().on_response_complete()
 
     Coalesced.__name__ = Coalesced.__qualname__ = f"Coalesced{protocol_class.__name__}"
     return Coalesced

@@ -209,6 +209,39 @@ def test_a_clients_submit_gives_up_after_the_timeout_given_for_that_call() -> No
     asyncio.run(scenario())
 
 
+def test_gateway_metrics_count_a_turns_requests_at_its_end_and_a_scrape_sees_all() -> None:
+    from mesh.http_metrics import GatewayMetrics
+
+    def count(metrics: GatewayMetrics, status: str) -> float:
+        return metrics.registry.get_sample_value(
+            "mesh_http_requests_total", {"route": "/v1/tasks/{kind}", "method": "POST",
+                                         "status": status}) or 0.0
+
+    async def scenario() -> None:
+        metrics = GatewayMetrics()
+        for seconds in (0.0001, 0.0003, 0.003):
+            metrics.observe("/v1/tasks/{kind}", "POST", 202, seconds)
+        metrics.observe("/v1/tasks/{kind}", "POST", 429, 0.001)
+        assert count(metrics, "202") == 0, "counted at the end of the turn"
+        await asyncio.sleep(0)
+        assert count(metrics, "202") == 3 and count(metrics, "429") == 1
+        sample = metrics.registry.get_sample_value
+        labels = {"route": "/v1/tasks/{kind}"}
+        assert sample("mesh_http_request_seconds_bucket", {**labels, "le": "0.0002"}) == 1
+        assert sample("mesh_http_request_seconds_bucket", {**labels, "le": "0.0005"}) == 2
+        assert sample("mesh_http_request_seconds_count", labels) == 4
+        assert abs(sample("mesh_http_request_seconds_sum", labels) - 0.0044) < 1e-9
+        metrics.observe("/v1/tasks/{kind}", "POST", 202, 0.0001)
+        text = metrics.exposition().decode()
+        assert 'mesh_http_requests_total{method="POST",route="/v1/tasks/{kind}",status="202"} ' \
+               '4.0' in text, "a scrape counts what is pending"
+    asyncio.run(scenario())
+    outside = GatewayMetrics()
+    outside.observe("/healthz", "GET", 200, 0.001)  # no loop running: counted at once
+    assert outside.registry.get_sample_value(
+        "mesh_http_requests_total", {"route": "/healthz", "method": "GET", "status": "200"}) == 1
+
+
 def test_recent_alerts_keep_the_last_100_newest_first_with_fields_bounded() -> None:
     from mesh import wire
     from mesh.alert_recent import RecentAlerts

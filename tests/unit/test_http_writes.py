@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 
 import pytest
 
@@ -141,6 +143,7 @@ class RecordingTransport:
 
 
 BIG_BYTES = 4 * 2**20
+BUSY_S = 0.5
 
 
 async def app(scope: dict, receive, send) -> None:  # noqa: ANN001
@@ -154,6 +157,12 @@ async def app(scope: dict, receive, send) -> None:  # noqa: ANN001
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
+    if scope["path"] == "/then-busy":  # complete, then hold the loop before returning
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"done"})
+        time.sleep(BUSY_S)
+        return
     if scope["path"] == "/big":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"%d" % BIG_BYTES)]})
@@ -289,4 +298,30 @@ def test_a_caller_that_goes_away_mid_answer_leaves_the_server_serving() -> None:
             assert await read_response(reader) == (202, b'{"id": "still"}')
             writer.close()
         assert errors == [], errors
+    run(scenario)
+
+
+def test_a_complete_answer_leaves_before_the_app_returns() -> None:
+    """The response is handed over from uvicorn's on_response_complete, not at the end of the
+    loop callback: a caller has it while the app still runs after its last send."""
+    async def scenario() -> None:
+        writes: list[int] = []
+        async with Server(writes) as (host, port):
+            arrived: list[float] = []
+
+            def caller() -> None:
+                with socket.create_connection((host, port)) as sock:
+                    sock.sendall(request("/then-busy"))
+                    data = b""
+                    while not data.endswith(b"done"):
+                        data += sock.recv(4096)
+                    arrived.append(time.monotonic())
+            thread = threading.Thread(target=caller)
+            started = time.monotonic()
+            thread.start()
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
+        assert arrived, "no answer"
+        assert arrived[0] - started < BUSY_S * 0.6, \
+            f"the answer came {arrived[0] - started:.2f}s after the request"
+        assert len(writes) == 1
     run(scenario)
