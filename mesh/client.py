@@ -469,11 +469,17 @@ class Client:
             raise NotFound(task_id)
         return TaskStatus.of(status)
 
-    async def statuses(self, task_ids: list[str]) -> list[TaskStatus]:
+    async def statuses(self, task_ids: list[str], *,
+                       timeout_s: float | None = None) -> list[TaskStatus]:
         """One status per id given, in that order (an unknown id has state UNKNOWN). Asks for
         each distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for
-        the ids a reply left out (the Helper bounds each reply's bytes)."""
+        the ids a reply left out (the Helper bounds each reply's bytes). `timeout_s`: how long
+        the Helper gets to answer each request (default the Client's); a Client that follows
+        Helpers takes none (see submit_results)."""
         if self._source is not None:
+            if timeout_s is not None:
+                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
+                                 "Helpers and bounds each call by its own timeout_s")
             pool = await self._helpers()
 
             async def one(task_id: str) -> TaskStatus:
@@ -488,7 +494,7 @@ class Client:
             ask = [t for t in distinct if t not in found][:STATUS_IDS_PER_REQUEST]
             request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
             request.status.task_ids.extend(ask)
-            reply = await self._call(request, self.timeout_s)
+            reply = await self._call(request, self.timeout_s if timeout_s is None else timeout_s)
             before = len(found)
             asked = set(ask)
             for status in reply.status.statuses:

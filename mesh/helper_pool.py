@@ -306,8 +306,8 @@ class HelperPool:
         return Found(best, holders, unreachable)
 
     async def _status_on(self, endpoint: str, task_id: str):  # noqa: ANN202
-        async with asyncio.timeout(self.timeout_s):
-            return (await self.client(endpoint).statuses([task_id]))[0]
+        # the member's reply timer bounds it, as in submit
+        return (await self.client(endpoint).statuses([task_id], timeout_s=self.timeout_s))[0]
 
     async def wait(self, task_id: str, wait_s: float):  # noqa: ANN201 - wire.TaskStatus
         """The task's status once terminal, waiting up to `wait_s` (a long-poll on every Helper

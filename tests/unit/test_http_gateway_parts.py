@@ -107,9 +107,13 @@ class FakeHelper:
         code = wire.QUEUE_FULL if self.full else wire.OK
         return [wire.SubmitResult(task_id=t.task_id, code=code) for t in tasks]
 
-    async def statuses(self, task_ids: list[str]) -> list:
+    async def statuses(self, task_ids: list[str], *, timeout_s: float | None = None) -> list:
         if self.hang:
-            await asyncio.Event().wait()
+            if timeout_s is None:  # the pool's probe bounds it itself
+                await asyncio.Event().wait()
+            await asyncio.sleep(timeout_s)
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s")
         return [wire.TaskStatus(task_id=t, state=wire.QUEUED if t in self.received else 0)
                 for t in task_ids]
 
@@ -201,10 +205,14 @@ def test_a_clients_submit_gives_up_after_the_timeout_given_for_that_call() -> No
             with pytest.raises(Unavailable, match="within 0.2s"):
                 await asyncio.wait_for(client.submit_results([make_task("echo", b"")],
                                                              timeout_s=0.2), 10)
+            with pytest.raises(Unavailable, match="within 0.3s"):
+                await asyncio.wait_for(client.statuses(["t"], timeout_s=0.3), 10)
             assert time.monotonic() - started < 5
         following = Client(endpoints=lambda: ["tcp://127.0.0.1:1"], trust=Trust.plain())
         with pytest.raises(ValueError, match="follows Helpers"):
             await following.submit_results([make_task("echo", b"")], timeout_s=1)
+        with pytest.raises(ValueError, match="follows Helpers"):
+            await following.statuses(["t"], timeout_s=1)
         await following.close()
     asyncio.run(scenario())
 
@@ -269,7 +277,7 @@ def test_hot_routes_answer_as_the_starlette_routes_do() -> None:
     from nodes.http import GatewaySettings, build_app
 
     class Holder(FakeHelper):
-        async def statuses(self, task_ids: list[str]) -> list:
+        async def statuses(self, task_ids: list[str], **_: object) -> list:
             return [wire.TaskStatus(task_id=t, kind="echo", attempts=1, result=b'{"a": 1}',
                                     state=wire.SUCCEEDED if t == "known" else 0,
                                     submitted_ns=1_700_000_000_000_000_000)
