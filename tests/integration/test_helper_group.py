@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mesh import Client, make_task
-from mesh.errors import MeshError
+from mesh.errors import MeshError, NotEnoughReplicas, ShuttingDown
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -280,4 +280,72 @@ def test_group_leader_stopping_answers_waiting_submits_shutting_down_not_journal
     asyncio.run(scenario())
     assert group.procs["h1"].proc.wait(timeout=20) == 0
     leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "journal sync failed" not in leader_log
+
+
+def test_group_leader_stopping_answers_a_waiting_cancel_shutting_down_not_journal_failed(cluster):  # noqa: ANN001
+    """A cancel waits for its CANCELLED record to commit like a submit does. When the leader
+    stops (SIGTERM) before the commit, the cancel was not recorded by the group: it is answered
+    SHUTTING_DOWN (cancel again at the next leader), as a waiting submit is, not JOURNAL_FAILED,
+    and the leader logs no journal failure. The follower is stopped first so that the commit
+    cannot come."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            running = make_task("wait", b"60", task_id="long")
+            await _submit_until_accepted(group, {"h1": client}, running, 20)
+            group.procs["h2"].signal(signal.SIGSTOP)
+            try:
+                waiting = asyncio.ensure_future(client.cancel("long"))
+
+                async def cancelled_here() -> bool:  # in the leader's table, waiting for its commit
+                    return (await client.status("long")).state.name == "CANCELLED"
+                await async_wait_until(cancelled_here, 2, interval_s=0.02,
+                                       what="the cancel applied on the leader")
+                group.procs["h1"].signal(signal.SIGTERM)
+                with pytest.raises(MeshError) as refused:
+                    await waiting
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, ShuttingDown), repr(refused.value)  # SHUTTING_DOWN
+            assert "stopped leading its group" in str(refused.value)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert group.procs["h1"].proc.wait(timeout=20) == 0
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "journal sync failed" not in leader_log
+    assert "1 cancels not accepted (nothing failed on disk)" in leader_log
+
+
+def test_group_cancel_refused_for_want_of_replicas_is_answered_so_not_journal_failed(cluster):  # noqa: ANN001
+    """A cancel whose follower stops before it has the CANCELLED record is answered
+    NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes, as a submit is; no journal
+    failure is answered or logged."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client},
+                                         make_task("wait", b"60", task_id="long"), 20)
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                with pytest.raises(MeshError) as refused:
+                    await client.cancel("long")
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, NotEnoughReplicas), repr(refused.value)
+            assert "min-replicas" in str(refused.value)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "1 cancels not accepted (nothing failed on disk): only 0 follower(s)" in leader_log
     assert "journal sync failed" not in leader_log
