@@ -349,3 +349,46 @@ def test_group_cancel_refused_for_want_of_replicas_is_answered_so_not_journal_fa
     leader_log = (cluster.workdir / "h1.log").read_text()
     assert "1 cancels not accepted (nothing failed on disk): only 0 follower(s)" in leader_log
     assert "journal sync failed" not in leader_log
+
+
+@pytest.mark.parametrize("op", ["replay", "purge"])
+def test_group_dead_letter_change_is_answered_only_once_the_group_has_it(cluster, op: str):  # noqa: ANN001
+    """A dead-letter replay or purge is answered once its records are durable, as a cancel is:
+    with the follower stopped before it has them, the operator is told NOT_ENOUGH_REPLICAS
+    (after the follower timeout), not "done" at once, and after the follower is back the same
+    request is answered and takes effect once."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client}, make_task(
+                "simulate", json.dumps({"fatal": True}).encode(), task_id="poison"), 20)
+
+            async def dead() -> bool:
+                return (await client.dead_letters("list")).affected == 1
+            await async_wait_until(dead, 20, interval_s=0.05, what="the task dead-lettered")
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                with pytest.raises(MeshError) as refused:
+                    await client.dead_letters(op, ["poison"])
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, NotEnoughReplicas), repr(refused.value)
+            assert f"the {op} was not recorded by the group" in str(refused.value)
+
+            async def answered() -> bool:  # the follower back in the stream: the same request
+                try:
+                    return (await client.dead_letters(op, ["poison"])).affected in (0, 1)
+                except NotEnoughReplicas:
+                    return False
+            await async_wait_until(answered, 20, interval_s=0.2, what=f"a {op} answered")
+            assert (await client.dead_letters("list")).affected == 0
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert f"1 {op}s not accepted (nothing failed on disk)" in leader_log
+    assert "journal sync failed" not in leader_log
