@@ -178,9 +178,10 @@ async def app(scope: dict, receive, send) -> None:  # noqa: ANN001
 
 
 class Server:
-    """uvicorn with the coalesced httptools protocol on a free loopback port, in this loop."""
+    """uvicorn with the coalesced httptools protocol on a free loopback port, in this loop
+    (HTTPS with `tls`: (certificate file, key file))."""
 
-    def __init__(self, writes: list[int]) -> None:
+    def __init__(self, writes: list[int], tls: tuple[str, str] | None = None) -> None:
         import uvicorn
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -196,7 +197,8 @@ class Server:
 
         self.server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=0, loop="none", lifespan="off", access_log=False,
-            log_level="warning", http=Recording))
+            log_level="warning", http=Recording, ssl_certfile=tls and tls[0],
+            ssl_keyfile=tls and tls[1]))
 
     async def __aenter__(self) -> tuple[str, int]:
         self.serving = asyncio.ensure_future(self.server.serve())
@@ -324,4 +326,33 @@ def test_a_complete_answer_leaves_before_the_app_returns() -> None:
         assert arrived[0] - started < BUSY_S * 0.6, \
             f"the answer came {arrived[0] - started:.2f}s after the request"
         assert len(writes) == 1
+    run(scenario)
+
+
+def test_https_answers_are_one_write_each_into_the_tls_transport(tmp_path) -> None:  # noqa: ANN001
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+
+    async def scenario() -> None:
+        writes: list[int] = []
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        async with Server(writes, tls=(str(cert), str(key))) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            for i in range(3):
+                writer.write(request(f"/s{i}"))
+                assert await read_response(reader) == (202, b'{"id": "s%d"}' % i)
+            writer.write(b"".join(request("/echo", b"p%d" % i) for i in range(3)))
+            for i in range(3):
+                assert await read_response(reader) == (202, b"p%d" % i)
+            writer.close()
+        assert len(writes) == 6, f"one write per response, got sizes {writes}"
     run(scenario)
