@@ -356,3 +356,21 @@ def test_https_answers_are_one_write_each_into_the_tls_transport(tmp_path) -> No
             writer.close()
         assert len(writes) == 6, f"one write per response, got sizes {writes}"
     run(scenario)
+
+
+def test_a_100_continue_is_sent_while_the_app_waits_for_the_body() -> None:
+    """uvicorn writes `100 Continue` from the app's first receive and then waits for the body:
+    the write leaves at the end of that callback, without a response to complete it."""
+    async def scenario() -> None:
+        writes: list[int] = []
+        async with Server(writes) as (host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"body")
+            assert await read_response(reader) == (202, b"body")
+            writer.close()
+        assert len(writes) == 2
+    run(scenario)
