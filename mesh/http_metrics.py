@@ -49,17 +49,27 @@ class GatewayMetrics:
 
     def _count_pending(self) -> None:
         pending, self._pending = self._pending, []
+        if len(pending) == 1:  # a request alone in its turn
+            key, seconds = pending[0]
+            children = self._children_of(key)
+            children[0].inc()
+            children[1].observe(seconds)
+            return
         by_key: dict[tuple[str, str, int], list[float]] = {}
         for key, seconds in pending:
             by_key.setdefault(key, []).append(seconds)
         for key, durations in by_key.items():
-            children = self._children.get(key)
-            if children is None:
-                route, method, status = key
-                children = self._children[key] = (
-                    self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            children = self._children_of(key)
             children[0].inc(len(durations))
             observe_many(children[1], durations)
+
+    def _children_of(self, key: tuple[str, str, int]) -> tuple:
+        children = self._children.get(key)
+        if children is None:
+            route, method, status = key
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)), self.latency.labels(route))
+        return children
 
     def exposition(self) -> bytes:
         self._count_pending()
