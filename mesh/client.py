@@ -529,9 +529,16 @@ class Client:
                 raise error_from_code(result.code, result.message)
         return [r.task_id for r in results]
 
-    async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
-        """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0,
+                             timeout_s: float | None = None) -> list:
+        """Like submit_many, but returns each task's SubmitResult (code, message, duplicate).
+        `timeout_s`: how long this Helper gets to answer (default the Client's `timeout_s` +
+        `wait_s`); Unavailable after it. A Client that follows Helpers bounds the whole call by
+        its own `timeout_s` + `wait_s`, over every Helper, and takes no `timeout_s` here."""
         if self._source is not None:
+            if timeout_s is not None:
+                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
+                                 "Helpers and bounds each call by its own timeout_s")
             outcomes = await self._submit_following(tasks, wait_s)
             lost = [o for o in outcomes if o.code is None]
             if lost:
@@ -541,7 +548,8 @@ class Client:
         request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
         request.submit.tasks.extend(tasks)
         request.submit.wait_ms = int(wait_s * 1000)
-        reply = await self._call(request, self.timeout_s + wait_s)
+        reply = await self._call(request, self.timeout_s + wait_s if timeout_s is None
+                                 else timeout_s)
         return list(reply.submit.results)
 
     async def status(self, task_id: str) -> TaskStatus:
@@ -556,11 +564,17 @@ class Client:
             raise NotFound(task_id)
         return TaskStatus.of(status)
 
-    async def statuses(self, task_ids: list[str]) -> list[TaskStatus]:
+    async def statuses(self, task_ids: list[str], *,
+                       timeout_s: float | None = None) -> list[TaskStatus]:
         """One status per id given, in that order (an unknown id has state UNKNOWN). Asks for
         each distinct id once, in requests of at most STATUS_IDS_PER_REQUEST ids, and again for
-        the ids a reply left out (the Helper bounds each reply's bytes)."""
+        the ids a reply left out (the Helper bounds each reply's bytes). `timeout_s`: how long
+        the Helper gets to answer each request (default the Client's); a Client that follows
+        Helpers takes none (see submit_results)."""
         if self._source is not None:
+            if timeout_s is not None:
+                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
+                                 "Helpers and bounds each call by its own timeout_s")
             pool = await self._helpers()
 
             async def one(task_id: str) -> TaskStatus:
@@ -575,7 +589,7 @@ class Client:
             ask = [t for t in distinct if t not in found][:STATUS_IDS_PER_REQUEST]
             request = wire.ClientRequest(version=wire.PROTOCOL_VERSION)
             request.status.task_ids.extend(ask)
-            reply = await self._call(request, self.timeout_s)
+            reply = await self._call(request, self.timeout_s if timeout_s is None else timeout_s)
             before = len(found)
             asked = set(ask)
             for status in reply.status.statuses:

@@ -172,9 +172,10 @@ class HelperPool:
                 continue
             share_s = remaining / (len(order) - n)
             try:
-                async with asyncio.timeout(share_s):
-                    results = await self.client(endpoint).submit_results(
-                        [tasks[i] for i in todo], **({"wait_s": wait_s} if wait_s else {}))
+                # the member's own reply timer bounds the call (no second timer around it)
+                results = await self.client(endpoint).submit_results(
+                    tasks if len(todo) == len(tasks) else [tasks[i] for i in todo],
+                    wait_s=wait_s, timeout_s=share_s)
             except _TRY_NEXT as exc:
                 why = str(exc) or f"no answer within {share_s:.2f}s"
                 self._mark_suspect(endpoint, why)
@@ -248,6 +249,8 @@ class HelperPool:
 
     def _order(self) -> list[str]:
         """Healthy Helpers in turn (a different first one each call), suspects last."""
+        if len(self.endpoints) == 1:
+            return self.endpoints
         healthy = [e for e in self.endpoints if e not in self._suspect]
         if healthy:
             k = next(self._turn) % len(healthy)
@@ -319,8 +322,8 @@ class HelperPool:
         return Found(best, holders, unreachable)
 
     async def _status_on(self, endpoint: str, task_id: str):  # noqa: ANN202
-        async with asyncio.timeout(self.timeout_s):
-            return (await self.client(endpoint).statuses([task_id]))[0]
+        # the member's reply timer bounds it, as in submit
+        return (await self.client(endpoint).statuses([task_id], timeout_s=self.timeout_s))[0]
 
     async def wait(self, task_id: str, wait_s: float):  # noqa: ANN201 - wire.TaskStatus
         """The task's status once terminal, waiting up to `wait_s` (a long-poll on every Helper

@@ -33,8 +33,14 @@ def iso(ns: int) -> str | None:
     return moment.replace(microsecond=rest // 1000).isoformat().replace("+00:00", "Z")
 
 
+#: where a task's status is, before its id
+TASKS_PATH = "/v1/tasks/"
+#: a str as a JSON string literal, as json.dumps writes it (ASCII, escaped)
+_quote = json.encoder.encode_basestring_ascii
+
+
 def task_location(task_id: str) -> str:
-    return f"/v1/tasks/{task_id}"
+    return TASKS_PATH + task_id
 
 
 def status_json(status) -> dict:  # noqa: ANN001 - wire.TaskStatus
@@ -73,6 +79,17 @@ def json_value(data: bytes) -> object:
 
 def is_json(data: bytes) -> bool:
     return json_value(data) is not _NOT_JSON
+
+
+def accepted_body(task_id: str, duplicate: bool = False) -> bytes:
+    """`json.dumps(accepted_json(task_id, duplicate)).encode()`, byte for byte, without the
+    encoder's machinery (the answer to every accepted POST)."""
+    quoted = _quote(task_id)
+    return (f'{{"id": {quoted}, "state": "QUEUED", "location": "{TASKS_PATH}'
+            f'{quoted[1:]}{", " + _DUPLICATE if duplicate else ""}}}').encode()
+
+
+_DUPLICATE = '"duplicate": true'
 
 
 def accepted_json(task_id: str, duplicate: bool = False) -> dict:

@@ -36,8 +36,8 @@ from mesh.http_openapi import openapi_document
 from mesh.http_problem import PROBLEM_JSON, Problem, problem_for, submit_problem
 from mesh.http_tokens import HttpRole, TokenTable, permits
 from mesh.http_views import (
-    MAX_IDEMPOTENCY_KEY_CHARS, accepted_json, is_json, iso, status_json, task_id_for_key,
-    task_location,
+    MAX_IDEMPOTENCY_KEY_CHARS, accepted_body, accepted_json, is_json, iso, status_json,
+    task_id_for_key, task_location,
 )
 from nodes import config, keys, runtime
 
@@ -101,6 +101,17 @@ def main(args: argparse.Namespace) -> int:
                                max_batch=args.max_batch, max_long_polls=args.max_long_polls,
                                max_wait_s=args.max_wait)
     return runtime.run(_serve(args, settings, tokens))
+
+
+def _http_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools' C parser when installed, else h11), writing each
+    response in one send (mesh/http_writes.py)."""
+    from mesh.http_writes import coalesce_writes
+    if importlib.util.find_spec("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol
+    return coalesce_writes(protocol)
 
 
 def _helper_source(args: argparse.Namespace):  # noqa: ANN202 - mesh.client.EndpointSource
@@ -167,7 +178,7 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     server = uvicorn.Server(uvicorn.Config(
         build_app(mesh, settings, tokens, alerts=recent if stop_alerts else None), host=host or "127.0.0.1", port=int(port),
         loop="none", lifespan="on", access_log=False, log_level="warning",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
         ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key))
     serving = asyncio.ensure_future(server.serve())
     while not server.started and not serving.done():
@@ -278,8 +289,8 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
         outcome = await (await helpers()).submit_one(task)
         if outcome.code != wire.OK:
             raise submit_problem(outcome.code, outcome.message)
-        return answer(accepted_json(outcome.task_id, outcome.duplicate), 202,
-                      {"Location": task_location(outcome.task_id)})
+        return JsonAnswer(accepted_body(outcome.task_id, outcome.duplicate), 202,
+                          {"Location": task_location(outcome.task_id)})
 
     @route("/v1/tasks", "POST")
     async def submit_batch(request) -> Response:  # noqa: ANN001
@@ -564,7 +575,7 @@ async def _read_body(request, limit_bytes: int) -> bytes:  # noqa: ANN001
                           f"{limit_bytes} bytes; store large inputs elsewhere and submit a "
                           "reference")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _json(body: bytes) -> object:

@@ -34,6 +34,30 @@ def test_status_view_inlines_json_results_and_gives_iso_times() -> None:
     assert iso(0) is None
 
 
+def test_the_accepted_body_is_the_json_of_the_accepted_view_byte_for_byte() -> None:
+    import json
+
+    from mesh.http_views import accepted_body, accepted_json
+
+    for task_id in ("0" * 32, task_id_for_key("k"), 'odd "id"/\\ é\n'):
+        for duplicate in (False, True):
+            assert accepted_body(task_id, duplicate) == \
+                json.dumps(accepted_json(task_id, duplicate)).encode()
+
+
+def test_new_task_ids_have_the_form_of_a_uuid4_hex() -> None:
+    import uuid
+
+    from mesh.task import new_task_id
+
+    ids = {new_task_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for task_id in list(ids)[:100]:
+        parsed = uuid.UUID(hex=task_id)
+        assert parsed.hex == task_id and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
 def test_mesh_errors_map_to_problem_statuses() -> None:
     full = problem_for(QueueFull(10, 10))
     assert (full.status, full.code, full.headers["Retry-After"]) == (429, "QUEUE_FULL", "1")
@@ -72,17 +96,24 @@ class FakeHelper:
         self.received: list[str] = []
         self.requests = 0
 
-    async def submit_results(self, tasks: list) -> list:
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0,
+                             timeout_s: float | None = None) -> list:
         self.received += [t.task_id for t in tasks]
         self.requests += 1
-        if self.hang:
-            await asyncio.Event().wait()
+        if self.hang:  # as a Client's reply timer: Unavailable once timeout_s has passed
+            await asyncio.sleep(timeout_s)
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s")
         code = wire.QUEUE_FULL if self.full else wire.OK
         return [wire.SubmitResult(task_id=t.task_id, code=code) for t in tasks]
 
-    async def statuses(self, task_ids: list[str]) -> list:
+    async def statuses(self, task_ids: list[str], *, timeout_s: float | None = None) -> list:
         if self.hang:
-            await asyncio.Event().wait()
+            if timeout_s is None:  # the pool's probe bounds it itself
+                await asyncio.Event().wait()
+            await asyncio.sleep(timeout_s)
+            raise Unavailable(f"no reply from the Helper at {self.endpoint} within "
+                              f"{timeout_s:g}s")
         return [wire.TaskStatus(task_id=t, state=wire.QUEUED if t in self.received else 0)
                 for t in task_ids]
 
@@ -158,6 +189,67 @@ def test_pool_sends_the_single_submits_of_one_loop_turn_as_one_request() -> None
     asyncio.run(scenario())
 
 
+def test_a_clients_submit_gives_up_after_the_timeout_given_for_that_call() -> None:
+    """The pool bounds each Helper's share of its deadline with the member Client's own reply
+    timer (`submit_results(timeout_s=)`), so that timer must hold even when the Client's
+    default is longer."""
+    import time
+
+    from mesh import Client
+    from mesh.trust import Trust
+
+    async def scenario() -> None:
+        # nothing listens there: the request waits in the socket's queue, no reply comes
+        async with Client("tcp://127.0.0.1:1", trust=Trust.plain(), timeout_s=60) as client:
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="within 0.2s"):
+                await asyncio.wait_for(client.submit_results([make_task("echo", b"")],
+                                                             timeout_s=0.2), 10)
+            with pytest.raises(Unavailable, match="within 0.3s"):
+                await asyncio.wait_for(client.statuses(["t"], timeout_s=0.3), 10)
+            assert time.monotonic() - started < 5
+        following = Client(endpoints=lambda: ["tcp://127.0.0.1:1"], trust=Trust.plain())
+        with pytest.raises(ValueError, match="follows Helpers"):
+            await following.submit_results([make_task("echo", b"")], timeout_s=1)
+        with pytest.raises(ValueError, match="follows Helpers"):
+            await following.statuses(["t"], timeout_s=1)
+        await following.close()
+    asyncio.run(scenario())
+
+
+def test_gateway_metrics_count_a_turns_requests_at_its_end_and_a_scrape_sees_all() -> None:
+    from mesh.http_metrics import GatewayMetrics
+
+    def count(metrics: GatewayMetrics, status: str) -> float:
+        return metrics.registry.get_sample_value(
+            "mesh_http_requests_total", {"route": "/v1/tasks/{kind}", "method": "POST",
+                                         "status": status}) or 0.0
+
+    async def scenario() -> None:
+        metrics = GatewayMetrics()
+        for seconds in (0.0001, 0.0003, 0.003):
+            metrics.observe("/v1/tasks/{kind}", "POST", 202, seconds)
+        metrics.observe("/v1/tasks/{kind}", "POST", 429, 0.001)
+        assert count(metrics, "202") == 0, "counted at the end of the turn"
+        await asyncio.sleep(0)
+        assert count(metrics, "202") == 3 and count(metrics, "429") == 1
+        sample = metrics.registry.get_sample_value
+        labels = {"route": "/v1/tasks/{kind}"}
+        assert sample("mesh_http_request_seconds_bucket", {**labels, "le": "0.0002"}) == 1
+        assert sample("mesh_http_request_seconds_bucket", {**labels, "le": "0.0005"}) == 2
+        assert sample("mesh_http_request_seconds_count", labels) == 4
+        assert abs(sample("mesh_http_request_seconds_sum", labels) - 0.0044) < 1e-9
+        metrics.observe("/v1/tasks/{kind}", "POST", 202, 0.0001)
+        text = metrics.exposition().decode()
+        assert 'mesh_http_requests_total{method="POST",route="/v1/tasks/{kind}",status="202"} ' \
+               '4.0' in text, "a scrape counts what is pending"
+    asyncio.run(scenario())
+    outside = GatewayMetrics()
+    outside.observe("/healthz", "GET", 200, 0.001)  # no loop running: counted at once
+    assert outside.registry.get_sample_value(
+        "mesh_http_requests_total", {"route": "/healthz", "method": "GET", "status": "200"}) == 1
+
+
 def test_recent_alerts_keep_the_last_100_newest_first_with_fields_bounded() -> None:
     from mesh import wire
     from mesh.alert_recent import RecentAlerts
@@ -185,7 +277,7 @@ def test_hot_routes_answer_as_the_starlette_routes_do() -> None:
     from nodes.http import GatewaySettings, build_app
 
     class Holder(FakeHelper):
-        async def statuses(self, task_ids: list[str]) -> list:
+        async def statuses(self, task_ids: list[str], **_: object) -> list:
             return [wire.TaskStatus(task_id=t, kind="echo", attempts=1, result=b'{"a": 1}',
                                     state=wire.SUCCEEDED if t == "known" else 0,
                                     submitted_ns=1_700_000_000_000_000_000)
@@ -245,9 +337,10 @@ class ClosableHelper(FakeHelper):
         super().__init__(endpoint, hang=True)
         self._closed = asyncio.Event()
 
-    async def submit_results(self, tasks: list) -> list:
+    async def submit_results(self, tasks: list, *, wait_s: float = 0.0,
+                             timeout_s: float | None = None) -> list:
         self.received += [t.task_id for t in tasks]
-        await self._closed.wait()
+        await self._closed.wait()  # closed long before timeout_s (30 s) here
         raise MeshError("client closed")
 
     async def close(self) -> None:
