@@ -26,7 +26,12 @@ over with the same task ids (mesh/helper_pool.py); a status or cancel asks every
 source, `default_endpoints()` builds one from the environment (MESH_INTAKE, else discovery:
 MESH_DISCOVERY, CONSUL_HTTP_ADDR, or the embedded registry) — see its docstring for why
 `mesh` reads the environment there. Every call answers within `timeout_s` (default 3 s):
-`Unavailable` when no Helper did.
+`Unavailable` when no Helper did. Through a failover (a Helper group's leader gone, the next one
+not registered yet) such a Client keeps looking until then: it reads the source again with a
+short backoff while none is listed, drops a Helper that left discovery while a submit waited on
+it, and sends what no Helper took (no answer, SHUTTING_DOWN) again with the same task ids. (A
+status, result or cancel that first waited for a Helper to be listed then asks it with its own
+timeout_s.)
 
 Statuses are typed (`mesh.status.TaskStatus`: a state enum, datetimes, `.value`, `.json()`).
 
@@ -78,6 +83,14 @@ BATCH_MAX_TASKS = 1000
 BATCH_MAX_BYTES = 1 * 2**20
 #: how often a Client that follows Helpers asks its endpoint source again
 REFRESH_INTERVAL_S = 2.0
+#: a Client following Helpers that finds none to take a request (none listed, mid-failover;
+#: none answered; each said SHUTTING_DOWN) reads its source again after this long, doubling up
+#: to LOOK_AGAIN_MAX_S, until its timeout_s has passed
+LOOK_AGAIN_MIN_S = 0.05
+LOOK_AGAIN_MAX_S = 0.5
+#: a submit of such a Client that waits this long for its answer reads the source again (and
+#: then every LOOK_AGAIN_MAX_S): the Helper it waits on may have left discovery
+WATCH_MIN_S = 0.25
 
 #: the intake endpoints now: a list, or a mapping endpoint -> the key it announced ("")
 EndpointSource = Callable[[], "Mapping[str, str] | list[str]"]
@@ -293,35 +306,117 @@ class Client:
         return Client(endpoint, context=self._ctx, timeout_s=self.timeout_s, trust=self.trust,
                       role=self.role or role, server_key=self._keys.get(endpoint) or None)
 
-    async def _helpers(self):  # noqa: ANN202 - the HelperPool, its endpoints refreshed
+    async def _helpers(self, deadline: float | None = None, *,  # noqa: ANN202 - the HelperPool
+                       look: bool = True):
+        """The HelperPool, its endpoints refreshed from the source when due. When the source
+        lists no Helper (a failover under way: the old leader is gone, the next one has not
+        registered yet) it is read again, LOOK_AGAIN_MIN_S apart and backing off, until one is
+        listed or `deadline` (monotonic; default timeout_s from now) passes: Unavailable then
+        (at once with `look=False`)."""
         if not self._started:
             await self.start()
         if self._closed:
             raise MeshError("client closed")
-        now = time.monotonic()
-        if now - self._refreshed_at >= REFRESH_INTERVAL_S or not self._pool.endpoints:
-            self._refreshed_at = now
-            try:
-                found = await asyncio.wait_for(asyncio.to_thread(self._source), self.timeout_s)
-            except Exception as exc:  # noqa: BLE001 - a registry that fails: keep what we had
-                log.warning("could not list the Helpers: %s", exc)
-                found = None
-            if found is not None:
-                self._keys = dict(found) if isinstance(found, Mapping) else dict.fromkeys(found, "")
-                await self._pool.set_endpoints(list(self._keys))
-        if not self._pool.endpoints:
-            raise Unavailable("no Helper found (discovery lists none, or $MESH_INTAKE is "
-                              "empty): start one with `mesh helper`, or give an endpoint")
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_s
+        if time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL_S or not self._pool.endpoints:
+            await self._refresh(deadline)
+        pause = LOOK_AGAIN_MIN_S
+        while not self._pool.endpoints:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed or not look:
+                within = f" within {self.timeout_s:g}s" if look else ""
+                raise Unavailable(f"no Helper found{within} (discovery lists none, or "
+                                  "$MESH_INTAKE is empty): start one with `mesh helper`, or "
+                                  "give an endpoint")
+            await asyncio.sleep(min(pause, left))
+            now = time.monotonic()
+            if now < deadline and now - self._refreshed_at >= pause:  # one read serves all
+                await self._refresh(deadline)
+            pause = min(pause * 2, LOOK_AGAIN_MAX_S)
         return self._pool
 
-    async def helper_pool(self):  # noqa: ANN201 - mesh.helper_pool.HelperPool
+    async def _refresh(self, deadline: float) -> None:
+        """Read the source (in a thread: it may ask a registry); a source that fails or does not
+        answer by `deadline` (a short read at least) leaves the endpoints as they were."""
+        self._refreshed_at = now = time.monotonic()
+        try:
+            found = await asyncio.wait_for(asyncio.to_thread(self._source),
+                                           max(LOOK_AGAIN_MIN_S, deadline - now))
+        except Exception as exc:  # noqa: BLE001 - a registry that fails: keep what we had
+            log.warning("could not list the Helpers: %s", str(exc) or type(exc).__name__)
+            return
+        self._keys = dict(found) if isinstance(found, Mapping) else dict.fromkeys(found, "")
+        await self._pool.set_endpoints(list(self._keys))
+
+    async def _submit_following(self, tasks: list, wait_s: float) -> list:
+        """Submit through the pool (spread, failover with the same ids) until every task is
+        answered by a Helper that could take it, or timeout_s (+ wait_s) has passed: the tasks
+        no Helper answered, or that were answered SHUTTING_DOWN (nothing stored there: a
+        stopping Helper, a leader whose term ended), go again, with the same ids, to the Helpers
+        the source lists after a short pause. A list of SubmitOutcome, one per task, in order;
+        Unavailable if no Helper was listed at all within the time."""
+        deadline = time.monotonic() + self.timeout_s + wait_s
+        outcomes: list = [None] * len(tasks)
+        todo = list(range(len(tasks)))
+        pause = LOOK_AGAIN_MIN_S
+        while True:
+            try:
+                pool = await self._helpers(deadline)
+            except Unavailable:
+                if any(o is not None for o in outcomes):
+                    return outcomes  # looked again in vain: the answers of the last look
+                raise
+            answers = await self._attempt(pool, [tasks[i] for i in todo], wait_s, deadline)
+            again = []
+            for i, outcome in zip(todo, answers, strict=True):
+                outcomes[i] = outcome
+                if outcome.code is None or outcome.code == wire.SHUTTING_DOWN:
+                    again.append(i)
+            todo = again
+            if not todo:
+                return outcomes
+            self._refreshed_at = -1e9  # the Helpers listed have changed, or are changing
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return outcomes
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, LOOK_AGAIN_MAX_S)
+
+    async def _attempt(self, pool, tasks: list, wait_s: float, deadline: float) -> list:  # noqa: ANN001
+        """`pool.submit`, reading the source again while it waits (after WATCH_MIN_S, then
+        every LOOK_AGAIN_MAX_S; one read serves every waiting call). A Helper that left
+        discovery meanwhile (a leader SIGKILLed: its endpoint stays in our view until the next
+        read, and nothing answers there) is dropped from the pool, and the pool goes on to the
+        next one at once instead of waiting out the deadline there."""
+        attempt = asyncio.ensure_future(pool.submit(tasks, wait_s, deadline=deadline))
+        pause = WATCH_MIN_S
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    await asyncio.wait({attempt}, timeout=min(pause, left))
+                else:
+                    await asyncio.wait({attempt})  # it ends at the deadline itself
+                if attempt.done():
+                    return attempt.result()
+                if time.monotonic() - self._refreshed_at >= pause:
+                    await self._refresh(deadline)
+                pause = min(pause * 2, LOOK_AGAIN_MAX_S)
+        finally:
+            if not attempt.done():  # cancelled (the caller went, the client closes)
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+
+    async def helper_pool(self, *, look: bool = True):  # noqa: ANN201 - mesh.helper_pool.HelperPool
         """The HelperPool of a Client following Helpers, its endpoints refreshed from the
         source when due (for callers that ask each Helper themselves, like the HTTP gateway).
-        Unavailable if the source lists none."""
+        When the source lists none it keeps looking for up to timeout_s (`look=False`: answers
+        at once, for a page or a health check), then Unavailable."""
         if self._source is None:
             raise MeshError(f"this Client talks to one Helper ({self.endpoint}); give it "
                             "endpoints= to follow several")
-        return await self._helpers()
+        return await self._helpers(look=look)
 
     def _channel(self, role: Role) -> _Channel:
         channel = self._channels.get(role)
@@ -437,7 +532,7 @@ class Client:
     async def submit_results(self, tasks: list, *, wait_s: float = 0.0) -> list:
         """Like submit_many, but returns each task's SubmitResult (code, message, duplicate)."""
         if self._source is not None:
-            outcomes = await (await self._helpers()).submit(tasks, wait_s)
+            outcomes = await self._submit_following(tasks, wait_s)
             lost = [o for o in outcomes if o.code is None]
             if lost:
                 raise Unavailable(lost[0].message)
@@ -611,7 +706,7 @@ class Client:
         """A batch of a Client that follows Helpers: the pool answers each task (a task no
         Helper answered: Unavailable, outcome unknown)."""
         try:
-            outcomes = await (await self._helpers()).submit(batch.tasks, batch.wait_ms / 1000)
+            outcomes = await self._submit_following(batch.tasks, batch.wait_ms / 1000)
         except Exception as exc:  # noqa: BLE001 - every future gets it
             self._settle(batch, None, exc if isinstance(exc, MeshError) else MeshError(str(exc)))
         else:

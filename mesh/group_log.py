@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import os
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ import msgspec
 
 from mesh import records, wire
 from mesh.errors import JournalError, StoppedLeading
-from mesh.journal import FsyncPolicy, Journal
+from mesh.journal import FsyncPolicy, Journal, replace
 from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
 
 log = logging.getLogger("mesh.group")
@@ -386,18 +384,21 @@ class FollowerLog:
     compacted by the leader's rules (`FollowerTable`), so it stays as small as the leader's."""
 
     def __init__(self, directory: Path, *, segment_size_bytes: int, max_record_bytes: int,
-                 max_retained_results: int = 100_000) -> None:
+                 max_retained_results: int = 100_000,
+                 reset_step: Callable[[str], None] | None = None) -> None:
         self.directory = directory
         self._segment_size_bytes = segment_size_bytes
         self._max_record_bytes = max_record_bytes
         self._max_retained = max_retained_results
+        #: told of each durable step of a `reset` (mesh.journal.replace.STEPS): crash tests
+        self._reset_step = reset_step or (lambda name: None)
         self.journal: Journal | None = None
         self.table: FollowerTable | None = None
         self.position = Position()
         self._untracked: list = []  # (entry, its segment) appended, not yet in the table
 
-    def _new_journal(self) -> Journal:
-        journal = Journal(self.directory, policy=FsyncPolicy.BATCH,
+    def _new_journal(self, directory: Path | None = None) -> Journal:
+        journal = Journal(directory or self.directory, policy=FsyncPolicy.BATCH,
                           segment_size_bytes=self._segment_size_bytes,
                           max_record_bytes=self._max_record_bytes, rewrite=self._rewrite)
         self.table = FollowerTable(journal, self._max_retained)
@@ -408,6 +409,9 @@ class FollowerLog:
         return self.table.rewrite(key)
 
     def open(self) -> Position:
+        """Open the journal (first finishing or undoing a `reset` a crash interrupted: the log
+        is the old one or the complete new one) and read its position."""
+        replace.recover(self.directory)
         self.journal = journal = self._new_journal()
         scan = LogScan(max_bytes=0)
         table = self.table
@@ -473,27 +477,35 @@ class FollowerLog:
 
     async def reset(self, snapshot_records, known_epoch: int, as_of_index: int,  # noqa: ANN001
                     history: EpochHistory) -> None:
-        """Replace the log with a snapshot: the old journal is set aside (renamed, not deleted)
-        until the new one is synced, then removed."""
+        """Replace the log with a snapshot. The new log is built beside the old one
+        (`<journal>.incoming`), fdatasynced and its directory fsynced, and only then swapped
+        into place (renames, parent directory fsynced; mesh/journal/replace.py): the old log,
+        which holds every record this member acked, stays whole until the new one is durable
+        in its place. A crash at any step leaves one of the two whole (`open` finishes or
+        undoes the swap). On a failure before the swap the old log is opened again."""
         await self.close()
-        aside = self.directory.with_name(f"{self.directory.name}.aside-{time.time_ns()}")
-        if self.directory.exists():
-            os.replace(self.directory, aside)
-        self.journal = journal = self._new_journal()
-        for _ in journal.recover():
-            pass
-        journal.start(asyncio.get_running_loop())
-        table = self.table
-        for type_, key, payload in snapshot_records:
-            journal.append(type_, key, payload)
-            table.apply(type_, key, payload, journal.segment)
-        payload = encode_position(known_epoch, as_of_index, history)
-        journal.append(records.POSITION, POSITION_KEY, payload)
-        table.position_payload = payload
-        await journal.sync_future()
-        self.position = Position(known_epoch, as_of_index, tuple(history.as_list()))
-        if aside.exists():
-            await asyncio.to_thread(_remove_tree, aside)
+        step = self._reset_step
+        try:
+            building = await asyncio.to_thread(replace.prepare, self.directory, step)
+            journal = self._new_journal(building)
+            for _ in journal.recover():
+                pass
+            journal.start(asyncio.get_running_loop())
+            try:
+                for type_, key, payload in snapshot_records:
+                    journal.append(type_, key, payload)
+                journal.append(records.POSITION, POSITION_KEY,
+                               encode_position(known_epoch, as_of_index, history))
+                await journal.sync_future()
+            finally:
+                await journal.close()
+            await asyncio.to_thread(replace.seal, self.directory, step)
+            await asyncio.to_thread(replace.swap_in, self.directory, step)
+        finally:
+            self.open()  # the new log, or (a failure before the swap) the old one
+        if (self.position.last_index, self.position.known_epoch) != (as_of_index, known_epoch):
+            raise JournalError(f"the log reset to a snapshot as of index {as_of_index} reads "
+                               f"back at index {self.position.last_index}")
 
     async def close(self) -> None:
         """Close the journal; its final flush makes everything appended durable, so the
@@ -512,7 +524,3 @@ class FollowerLog:
             if payload and not self.position.dirty:
                 self.position = decode_position(payload)
 
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)

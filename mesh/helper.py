@@ -40,8 +40,8 @@ from mesh import sockets, wire
 from mesh.admission import MAX_TASK_ID_CHARS, TaskLimits, check_task, journal_record_limit
 from mesh.dispatcher import ACCEPTING, Dispatcher, TaskEntry
 from mesh.errors import (
-    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, TaskRejected,
-    WireError, error_from_code,
+    JournalError, KindNotServed, MeshError, NotFound, QueueFull, ShuttingDown, StoppedLeading,
+    TaskRejected, WireError, error_from_code,
 )
 from mesh.journal import FsyncPolicy, Journal
 from mesh.longpoll import ResultWaiters
@@ -477,13 +477,7 @@ class Helper:
         if error is not None:
             if isinstance(error, TaskRejected):
                 self.metrics.rejected.labels(type(error).__name__).inc(len(new))
-                self._warn.warning(("not_accepted", type(error).__name__),
-                                   "%d submits not accepted (nothing failed on disk): %s",
-                                   len(new), error)
-            else:
-                self.metrics.journal_errors.inc()
-                log.error("journal sync failed, %d submits refused: %s", len(new), error)
-                self._on_event("journal_error", {"error": str(error)})
+            self._note_sync_failed(error, len(new), "submits")
             failed = set()
             for entry in new:
                 self.dispatcher.abandon(entry)
@@ -509,6 +503,20 @@ class Helper:
         self.metrics.accept_latency.observe(time.monotonic() - started)
         if kick:
             self._kick()
+
+    def _note_sync_failed(self, error: BaseException, count: int, what: str) -> None:
+        """A journal sync that answers requests (submits, cancels) failed. A group's refusal (a
+        TaskRejected: StoppedLeading, NotEnoughReplicas) is no journal failure: logged once per
+        kind and interval as what it is (the group alerts mesh.group.degraded itself). Only a
+        failed disk is logged, counted and alerted as a journal error."""
+        if isinstance(error, TaskRejected):
+            self._warn.warning(("not_accepted", what, type(error).__name__),
+                               "%d %s not accepted (nothing failed on disk): %s", count, what,
+                               error)
+        else:
+            self.metrics.journal_errors.inc()
+            log.error("journal sync failed, %d %s refused: %s", count, what, error)
+            self._on_event("journal_error", {"error": str(error)})
 
     # ---- sockets -----------------------------------------------------------------------
 
@@ -664,10 +672,7 @@ class Helper:
         elif which == "result":
             self._answer_result(identity, rid, request.result.task_id, request.result.wait_ms)
         elif which == "dead_letter":
-            from mesh.deadletter import answer  # small module, loaded on first use
-            self._reply(identity, answer(self.dispatcher, request.dead_letter, rid,
-                                         self.settings.max_reply_bytes))
-            self._kick()
+            self._on_dead_letter(identity, rid, request.dead_letter)
         elif which == "stats":
             reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.OK)
             reply.stats.values.update(self.stats())
@@ -710,15 +715,37 @@ class Helper:
             self._reply(identity, reply)
             return
         self._room.set()
+        self._reply_when_durable(identity, rid, reply, len(ids), "cancel")
 
+    def _on_dead_letter(self, identity: bytes, rid: int, request) -> None:  # noqa: ANN001
+        """List and inspect answer at once; a replay or purge that changed something is
+        answered once its records are durable, as a cancel is: an operator told "replayed" or
+        "purged" does not see the dead letter back after a crash."""
+        from mesh.deadletter import answer  # small module, loaded on first use
+        try:
+            reply = answer(self.dispatcher, request, rid, self.settings.max_reply_bytes)
+        except JournalError as exc:
+            self._reply(identity, wire.ClientReply(
+                version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code, message=str(exc)))
+            return
+        self._kick()
+        if request.op in (wire.REPLAY, wire.PURGE) and reply.dead_letter.affected:
+            action = "replay" if request.op == wire.REPLAY else "purge"
+            self._reply_when_durable(identity, rid, reply, reply.dead_letter.affected, action)
+        else:
+            self._reply(identity, reply)
+
+    def _reply_when_durable(self, identity: bytes, rid: int, reply, count: int,  # noqa: ANN001
+                            action: str) -> None:
+        """Send `reply` once the journal has synced what the request wrote; if the sync fails,
+        answer with why instead (`_not_durable`)."""
         def synced(future: asyncio.Future) -> None:
             error = future.exception() if not future.cancelled() else JournalError("cancelled")
-            if error is not None:
-                self._reply(identity, wire.ClientReply(
-                    version=wire.PROTOCOL_VERSION, request_id=rid, code=wire.JOURNAL_FAILED,
-                    message=f"the cancel is recorded but not yet durable: {error}"))
-            else:
+            if error is None:
                 self._reply(identity, reply)
+                return
+            self._note_sync_failed(error, count, f"{action}s")
+            self._reply(identity, _not_durable(rid, error, action))
 
         try:
             self.journal.sync_future().add_done_callback(synced)
@@ -1115,6 +1142,24 @@ class Helper:
         if self._group is not None and key.startswith(b"\x00"):
             return self._group.rewrite(key)
         return self.dispatcher.rewrite(key)
+
+
+def _not_durable(rid: int, error: BaseException, action: str):  # noqa: ANN202 - wire.ClientReply
+    """The answer to a request (a cancel, a dead-letter replay or purge) whose records did not
+    become durable. A group's refusal keeps its own code: SHUTTING_DOWN when the term ended (ask
+    again, at the group's next leader), NOT_ENOUGH_REPLICAS when the followers went;
+    JOURNAL_FAILED only when a disk failed."""
+    if isinstance(error, StoppedLeading):
+        code, message = error.code, (
+            f"the {action} was not recorded: this Helper stopped leading its group "
+            f"({error.reason}); {action} again with the same task id (the group's leader "
+            "answers)")
+    elif isinstance(error, TaskRejected):
+        code, message = error.code, f"the {action} was not recorded by the group: {error}"
+    else:
+        code, message = wire.JOURNAL_FAILED, f"the {action} is recorded but not yet durable: {error}"
+    return wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=code,
+                            message=message)
 
 
 def _send_noblock(sock: zmq.Socket, frame: bytes) -> bool:

@@ -150,11 +150,15 @@ class HelperPool:
 
     # ---- submit -------------------------------------------------------------------------
 
-    async def submit(self, tasks: list, wait_s: float = 0.0) -> list[SubmitOutcome]:
+    async def submit(self, tasks: list, wait_s: float = 0.0, *,
+                     deadline: float | None = None) -> list[SubmitOutcome]:
         """Submit wire Tasks; one outcome per task, in order. A task that no Helper took is
         reported with the last Helper's code (QUEUE_FULL, ...) or None if none answered.
-        `wait_s`: each Helper may wait that long for room in its queue (added to the deadline)."""
-        deadline = self._clock() + self.timeout_s + wait_s
+        `wait_s`: each Helper may wait that long for room in its queue (added to the deadline).
+        `deadline` (on the pool's clock): the end of the whole call, when the caller has spent
+        part of its time already (default: timeout_s + wait_s from now)."""
+        if deadline is None:
+            deadline = self._clock() + self.timeout_s + wait_s
         outcomes: list[SubmitOutcome | None] = [None] * len(tasks)
         todo = list(range(len(tasks)))
         order = self._order()
@@ -163,6 +167,9 @@ class HelperPool:
             remaining = deadline - self._clock()
             if not todo or remaining <= 0:
                 break
+            if endpoint not in self.endpoints:  # it left discovery since the order was made
+                tried.append(f"{endpoint}: left discovery")
+                continue
             share_s = remaining / (len(order) - n)
             try:
                 async with asyncio.timeout(share_s):
@@ -172,6 +179,15 @@ class HelperPool:
                 why = str(exc) or f"no answer within {share_s:.2f}s"
                 self._mark_suspect(endpoint, why)
                 tried.append(f"{endpoint}: {why}")
+                if n + 1 < len(order):
+                    self.failovers += 1
+                continue
+            except MeshError:
+                if endpoint in self.endpoints:
+                    raise
+                # it left discovery while we waited (`set_endpoints` closed its client): the
+                # same tasks go to the next one
+                tried.append(f"{endpoint}: left discovery before it answered")
                 if n + 1 < len(order):
                     self.failovers += 1
                 continue

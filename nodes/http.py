@@ -181,7 +181,7 @@ async def _serve(args: argparse.Namespace, settings: GatewaySettings,
     bound = server.servers[0].sockets[0].getsockname()
     scheme = "https" if args.tls_cert else "http"
     try:
-        helpers = (await mesh.helper_pool()).endpoints
+        helpers = (await mesh.helper_pool(look=False)).endpoints
     except Unavailable as exc:
         log.warning("%s; the gateway serves and keeps looking", exc)
         helpers = []
@@ -219,13 +219,14 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
     routes: list = []
     endpoints: dict[tuple[str, str], object] = {}  # (method, path) -> the wrapped endpoint
 
-    async def helpers() -> HelperPool:
-        """The Helpers now; Unavailable (503) if there are none."""
-        return pool if isinstance(pool, HelperPool) else await pool.helper_pool()
+    async def helpers(look: bool = True) -> HelperPool:
+        """The Helpers now; Unavailable (503) if there are none. `look`: a following Client
+        keeps looking for up to its timeout when none is listed (a failover under way)."""
+        return pool if isinstance(pool, HelperPool) else await pool.helper_pool(look=look)
 
     async def helpers_or_none() -> HelperPool | None:
         try:
-            return await helpers()
+            return await helpers(look=False)
         except Unavailable:
             return None
     long_polls = [0]
@@ -447,7 +448,7 @@ def build_app(pool: HelperPool | Client, settings: GatewaySettings, tokens: Toke
 
     @route("/healthz", "GET", None)
     async def healthz(request) -> Response:  # noqa: ANN001
-        probes = await (await helpers()).probe(settings.health_timeout_s)
+        probes = await (await helpers(look=False)).probe(settings.health_timeout_s)
         body = {e: {"answered": ok, "ms": round(s * 1000, 2), **({"why": why} if why else {})}
                 for e, (ok, s, why) in probes.items()}
         if any(ok for ok, _, _ in probes.values()):

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mesh import Client, make_task
-from mesh.errors import MeshError
+from mesh.errors import MeshError, NotEnoughReplicas, ShuttingDown
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -280,4 +280,115 @@ def test_group_leader_stopping_answers_waiting_submits_shutting_down_not_journal
     asyncio.run(scenario())
     assert group.procs["h1"].proc.wait(timeout=20) == 0
     leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "journal sync failed" not in leader_log
+
+
+def test_group_leader_stopping_answers_a_waiting_cancel_shutting_down_not_journal_failed(cluster):  # noqa: ANN001
+    """A cancel waits for its CANCELLED record to commit like a submit does. When the leader
+    stops (SIGTERM) before the commit, the cancel was not recorded by the group: it is answered
+    SHUTTING_DOWN (cancel again at the next leader), as a waiting submit is, not JOURNAL_FAILED,
+    and the leader logs no journal failure. The follower is stopped first so that the commit
+    cannot come."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            running = make_task("wait", b"60", task_id="long")
+            await _submit_until_accepted(group, {"h1": client}, running, 20)
+            group.procs["h2"].signal(signal.SIGSTOP)
+            try:
+                waiting = asyncio.ensure_future(client.cancel("long"))
+
+                async def cancelled_here() -> bool:  # in the leader's table, waiting for its commit
+                    return (await client.status("long")).state.name == "CANCELLED"
+                await async_wait_until(cancelled_here, 2, interval_s=0.02,
+                                       what="the cancel applied on the leader")
+                group.procs["h1"].signal(signal.SIGTERM)
+                with pytest.raises(MeshError) as refused:
+                    await waiting
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, ShuttingDown), repr(refused.value)  # SHUTTING_DOWN
+            assert "stopped leading its group" in str(refused.value)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert group.procs["h1"].proc.wait(timeout=20) == 0
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "journal sync failed" not in leader_log
+    assert "1 cancels not accepted (nothing failed on disk)" in leader_log
+
+
+def test_group_cancel_refused_for_want_of_replicas_is_answered_so_not_journal_failed(cluster):  # noqa: ANN001
+    """A cancel whose follower stops before it has the CANCELLED record is answered
+    NOT_ENOUGH_REPLICAS once the follower timeout (3 s) passes, as a submit is; no journal
+    failure is answered or logged."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client},
+                                         make_task("wait", b"60", task_id="long"), 20)
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                with pytest.raises(MeshError) as refused:
+                    await client.cancel("long")
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, NotEnoughReplicas), repr(refused.value)
+            assert "min-replicas" in str(refused.value)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert "1 cancels not accepted (nothing failed on disk): only 0 follower(s)" in leader_log
+    assert "journal sync failed" not in leader_log
+
+
+@pytest.mark.parametrize("op", ["replay", "purge"])
+def test_group_dead_letter_change_is_answered_only_once_the_group_has_it(cluster, op: str):  # noqa: ANN001
+    """A dead-letter replay or purge is answered once its records are durable, as a cancel is:
+    with the follower stopped before it has them, the operator is told NOT_ENOUGH_REPLICAS
+    (after the follower timeout), not "done" at once, and after the follower is back the same
+    request is answered and takes effect once."""
+    group = _leader_h1_follower_h2_and_a_node(cluster)
+
+    async def scenario() -> None:
+        client = Client(group.intakes["h1"], timeout_s=10.0)
+        await client.start()
+        try:
+            await _submit_until_accepted(group, {"h1": client}, make_task(
+                "simulate", json.dumps({"fatal": True}).encode(), task_id="poison"), 20)
+
+            async def dead() -> bool:
+                return (await client.dead_letters("list")).affected == 1
+            await async_wait_until(dead, 20, interval_s=0.05, what="the task dead-lettered")
+            group.procs["h2"].signal(signal.SIGSTOP)  # alive to the leader for 3 s more
+            try:
+                with pytest.raises(MeshError) as refused:
+                    await client.dead_letters(op, ["poison"])
+            finally:
+                group.procs["h2"].signal(signal.SIGCONT)
+            assert isinstance(refused.value, NotEnoughReplicas), repr(refused.value)
+            assert f"the {op} was not recorded by the group" in str(refused.value)
+
+            async def answered() -> bool:  # the follower back in the stream: the same request
+                try:
+                    return (await client.dead_letters(op, ["poison"])).affected in (0, 1)
+                except NotEnoughReplicas:
+                    return False
+            await async_wait_until(answered, 20, interval_s=0.2, what=f"a {op} answered")
+            assert (await client.dead_letters("list")).affected == 0
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    leader_log = (cluster.workdir / "h1.log").read_text()
+    assert f"1 {op}s not accepted (nothing failed on disk)" in leader_log
     assert "journal sync failed" not in leader_log

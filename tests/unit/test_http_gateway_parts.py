@@ -9,7 +9,7 @@ import os
 import pytest
 
 from mesh import wire
-from mesh.errors import ConfigError, NotFound, QueueFull
+from mesh.errors import ConfigError, MeshError, NotFound, QueueFull
 from mesh.helper_pool import HelperPool, Unavailable
 from mesh.http_problem import problem_for, submit_problem
 from mesh.http_tokens import HttpRole, TokenTable, permits
@@ -235,4 +235,40 @@ def test_hot_routes_answer_as_the_starlette_routes_do() -> None:
             assert hot == starlette, (method, path, headers, query)
         assert (await call(app, "POST", "/v1/tasks/echo", auth))[0] == 202
         assert (await call(app, "GET", "/v1/tasks/known", auth))[0] == 200
+    asyncio.run(scenario())
+
+
+class ClosableHelper(FakeHelper):
+    """A hanging Helper whose client, closed by the pool, fails what waits (as mesh.Client)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint, hang=True)
+        self._closed = asyncio.Event()
+
+    async def submit_results(self, tasks: list) -> list:
+        self.received += [t.task_id for t in tasks]
+        await self._closed.wait()
+        raise MeshError("client closed")
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+def test_pool_gives_up_at_once_on_a_helper_that_left_discovery_while_a_submit_waited() -> None:
+    """A SIGKILLed Helper answers nothing; when discovery drops it (`set_endpoints`) the submit
+    waiting on it goes on at once (to no one here: not answered), not at its deadline."""
+    async def scenario() -> None:
+        helpers = {"a": ClosableHelper("a"), "b": FakeHelper("b")}
+        pool = HelperPool(["a"], lambda endpoint, role: helpers[endpoint], timeout_s=30.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.ensure_future(pool.submit([make_task("echo", b"x", task_id="x")]))
+        await asyncio.sleep(0)
+        assert helpers["a"].received == ["x"]
+        await pool.set_endpoints(["b"])
+        outcome = (await waiting)[0]
+        assert outcome.code is None and "left discovery" in outcome.message
+        assert loop.time() - started < 1.0
+        assert (await pool.submit([make_task("echo", b"x", task_id="x")]))[0].helper == "b"
+        await pool.close()
     asyncio.run(scenario())
