@@ -33,6 +33,7 @@ import asyncio
 import atexit
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -286,6 +287,16 @@ def drive(args: argparse.Namespace) -> None:
     finally:
         for proc in reversed(procs):
             proc.stop()  # SIGTERM first: the stamps are written at exit
+        trust.close()
+    try:
+        report(args, work, members, ids, sent, accepted, cpu_before, cpu_after, wall)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, work: Path, members: list, ids: list, sent: dict,  # noqa: PLR0913
+           accepted: dict, cpu_before: dict, cpu_after: dict, wall: float) -> None:
+    tree = Path(args.tree).resolve()
     count = WARMUP + args.tasks
     busy = sum(cpu_after[k] - cpu_before[k] for k in cpu_after if "/" not in k) / wall
     cpu_line = ", ".join(f"{k} {(cpu_after[k] - cpu_before.get(k, 0)) / count * 1e6:.0f}"
