@@ -234,8 +234,8 @@ class LeaderJournal:
 
     def sync_future(self) -> asyncio.Future[None]:
         target = self.state.last_index
+        self._ship(target)  # first: the followers' part of the way starts now
         self._append_position()
-        self._ship(target)
         inner = self._journal.sync_future()
         loop = asyncio.get_running_loop()
         out = loop.create_future()
@@ -255,8 +255,8 @@ class LeaderJournal:
 
     def sync_here(self) -> bool:
         target = self.state.last_index
+        self._ship(target)  # first: the followers' fsync overlaps ours (and the POSITION append)
         self._append_position()
-        self._ship(target)
         if not self._journal.sync_here():
             return False
         self.durable(target)
@@ -265,8 +265,8 @@ class LeaderJournal:
     async def sync(self) -> None:
         """Durable here (results, compaction): no wait for followers, nothing is answered."""
         target = self.state.last_index
-        self._append_position()
         self._ship(target)
+        self._append_position()
         await self._journal.sync_future()
         self.durable(target)
 
@@ -439,8 +439,9 @@ class FollowerLog:
         for entry in entries:
             journal.append(entry.type, entry.key, entry.payload)
             untracked.append((entry, journal.segment))
-        journal.append(records.POSITION, POSITION_KEY, encode_position(known_epoch, last_index, history))
-        self.table.position_payload = encode_position(known_epoch, last_index, history)
+        position = encode_position(known_epoch, last_index, history)
+        journal.append(records.POSITION, POSITION_KEY, position)
+        self.table.position_payload = position
         if not journal.sync_here():
             return False
         self.position = Position(known_epoch, last_index, tuple(history.as_list()))

@@ -253,3 +253,40 @@ def test_a_follower_log_closed_with_a_sync_pending_reports_the_position_its_jour
         await again.close()
 
     asyncio.run(scenario())
+
+
+
+def test_a_leader_ships_a_batch_before_it_appends_the_position_that_closes_it(tmp_path):  # noqa: ANN001
+    """Every sync sends the followers what it makes durable first, then appends the POSITION
+    record (local to this log) and runs the round: the followers' part of the way, the longer
+    one, starts as early as it can. What "accepted" waits for is unchanged: the leader's own
+    round and the followers' acks."""
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "journal")
+        state = LeaderState(group="g", leader_id="h1", epoch=1, followers=("h2",), min_replicas=1)
+        shipped: list[tuple[int, int]] = []  # (syncing through, journal bytes) at each ship
+        lj = LeaderJournal(journal, state, holds=lambda: True,
+                           send_now=lambda: shipped.append((state.syncing_through, journal.appended_bytes)))
+        assert list(lj.recover()) == []
+        journal.start(asyncio.get_running_loop())
+        lj.append(records.TASK, b"t1", b"x")
+        before = journal.appended_bytes
+        waiting = lj.sync_future()
+        assert shipped == [(1, before)] and journal.appended_bytes > before  # POSITION after
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and state.leader_durable == 1  # durable here, not acked
+        state.on_ack(Ack("h2", 1, 1), 0.0)
+        lj.commit_advanced()
+        await asyncio.wait_for(waiting, 1)
+
+        lj.append(records.TASK, b"t2", b"y")
+        before = journal.appended_bytes
+        while True:  # the round runs on this thread once the flusher is idle (it zero-fills)
+            assert not lj.sync_here()  # at best durable here: not acked, so not committed
+            if state.leader_durable == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert shipped[1] == (2, before)
+        await lj.close()
+
+    asyncio.run(scenario())
