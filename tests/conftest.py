@@ -45,3 +45,12 @@ def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture
+def discovered(cluster, monkeypatch):  # noqa: ANN001, ANN201
+    """The environment of a process on a host of this mesh: discovery named, no intake."""
+    monkeypatch.setenv("MESH_DISCOVERY", cluster.discovery)
+    monkeypatch.delenv("MESH_INTAKE", raising=False)
+    monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
+    return cluster

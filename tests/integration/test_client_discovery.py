@@ -16,15 +16,6 @@ from tests.support.waiting import async_wait_until
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def discovered(cluster, monkeypatch):  # noqa: ANN001, ANN201
-    """The environment of a process on a host of this mesh: discovery named, no intake."""
-    monkeypatch.setenv("MESH_DISCOVERY", cluster.discovery)
-    monkeypatch.delenv("MESH_INTAKE", raising=False)
-    monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
-    return cluster
-
-
 def test_client_with_no_endpoint_finds_a_helper_through_discovery(discovered) -> None:  # noqa: ANN001
     discovered.start_helper()
     discovered.start_ai()

@@ -15,19 +15,10 @@ import pytest
 
 from mesh import Client, SyncClient, Unavailable, make_task, wire
 from mesh.client import default_endpoints
-from tests.integration.test_helper_group import Group
+from tests.integration.test_helper_group import _leader_h1_follower_h2_and_a_node
 from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def discovered(cluster, monkeypatch):  # noqa: ANN001, ANN201
-    """The environment of a process on a host of this mesh: discovery named, no intake."""
-    monkeypatch.setenv("MESH_DISCOVERY", cluster.discovery)
-    monkeypatch.delenv("MESH_INTAKE", raising=False)
-    monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
-    return cluster
 
 
 class CountingSource:
@@ -49,17 +40,6 @@ class CountingSource:
             close()
 
 
-def _group_of_2(cluster, *extra: str) -> Group:  # noqa: ANN001
-    group = Group(cluster, 2, *extra)
-    group.start("h1")
-    wait_until(group.leader, 20, what="h1 leads")
-    group.start("h2")
-    wait_until(lambda: "replicates epoch" in (cluster.workdir / "h2.log").read_text(), 20,
-               what="h2 in h1's stream")
-    cluster.start_ai()
-    return group
-
-
 def _none_listed() -> bool:
     source = default_endpoints()
     try:
@@ -74,7 +54,7 @@ def test_a_client_following_discovery_submits_through_a_failover_with_no_helper_
     Helper is listed. Two Clients submit in it: one made before the failover (its view still
     lists the dead leader) and one made in it (it finds none at first). Both keep looking, for
     up to their timeout (10 s here: the window is 5 s), and are accepted by the new leader."""
-    group = _group_of_2(discovered, "--min-replicas", "0")
+    group = _leader_h1_follower_h2_and_a_node(discovered, "--min-replicas", "0")
 
     async def scenario() -> None:
         source = CountingSource()
@@ -109,7 +89,7 @@ def test_a_client_following_discovery_submits_through_a_failover_with_no_helper_
 
 
 def test_a_client_following_discovery_with_every_helper_gone_fails_within_its_timeout(discovered):  # noqa: ANN001
-    group = _group_of_2(discovered)
+    group = _leader_h1_follower_h2_and_a_node(discovered)
     for member in ("h1", "h2"):
         group.procs[member].kill()
     wait_until(_none_listed, 10, what="no Helper listed in discovery")

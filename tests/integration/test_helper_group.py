@@ -209,9 +209,10 @@ def test_group_with_min_replicas_zero_accepts_on_the_leader_alone(cluster):  # n
     asyncio.run(scenario())
 
 
-def _leader_h1_follower_h2_and_a_node(cluster) -> Group:  # noqa: ANN001
-    """A group of 2 where h1 leads and h2 is in its stream, and one AI node."""
-    group = Group(cluster, 2)
+def _leader_h1_follower_h2_and_a_node(cluster, *extra: str) -> Group:  # noqa: ANN001
+    """A group of 2 where h1 leads and h2 is in its stream, and one AI node. `extra`: more
+    `mesh helper` arguments for both members."""
+    group = Group(cluster, 2, *extra)
     group.start("h1")
     wait_until(group.leader, 20, what="h1 leads")
     group.start("h2")
