@@ -8,7 +8,8 @@ Starts a Helper, one AI node (kind `noop`) and `mesh http --no-auth` as processe
   until "accepted", and an HTTP POST /v1/tasks/noop until its 202 (one keep-alive
   connection), taken in turn (native, HTTP, native, ...) so that both see the same load;
 - throughput: `--concurrency` submitters for `--seconds`, one submit in flight each: native
-  coroutines sharing one Client, and HTTP callers on a connection each.
+  coroutines sharing one Client, and HTTP callers on a connection each; the two sides take
+  turns in `--rounds` rounds (so a change of load hits both), and the ratio is of the totals.
 
 The HTTP side is measured with a minimal keep-alive HTTP/1.1 client written here (a few lines
 on asyncio streams), so the figure is the gateway's cost and not an HTTP library's. Targets
@@ -124,6 +125,33 @@ async def closed_loop(submit_factories: list, seconds: float) -> dict:
     return {"tasks_per_s": round(done[0] / elapsed), "tasks": done[0]}
 
 
+async def alternated_throughput(native: list, http: list, seconds: float, rounds: int,
+                                gateway_pid: int) -> tuple[dict, dict]:
+    """Each side's closed loop for `seconds` in all, in `rounds` turns taken alternately
+    (native, HTTP, HTTP, native, ...), so that both see the same load: on a shared machine one
+    phase seconds after the other can differ by 2x from load alone. Totals per side, the
+    gateway's CPU per HTTP request, and each round's ratio."""
+    totals = {"native": [0, 0.0], "http": [0, 0.0]}
+    ratios, cpu = [], 0.0
+    for i in range(rounds):
+        order = ("native", "http") if i % 2 == 0 else ("http", "native")
+        rates = {}
+        for side in order:
+            before = cpu_s(gateway_pid) if side == "http" else 0.0
+            got = await closed_loop(native if side == "native" else http, seconds / rounds)
+            if side == "http":
+                cpu += cpu_s(gateway_pid) - before
+            totals[side][0] += got["tasks"]
+            totals[side][1] += got["tasks"] / got["tasks_per_s"] if got["tasks_per_s"] else 0.0
+            rates[side] = got["tasks_per_s"]
+        ratios.append(round(rates["http"] / rates["native"], 2) if rates["native"] else 0.0)
+    out = {side: {"tasks_per_s": round(n / t) if t else 0, "tasks": n}
+           for side, (n, t) in totals.items()}
+    out["http"]["gateway_cpu_us_per_request"] = round(cpu * 1e6 / max(out["http"]["tasks"], 1), 1)
+    out["http"]["round_ratios"] = ratios
+    return out["native"], out["http"]
+
+
 async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust | None,
                   gateway_pid: int) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -134,18 +162,15 @@ async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust 
 
         async def native_submit() -> None:
             await client.submit("noop", b"")
-        out["native_throughput"] = await closed_loop([native_submit] * args.concurrency,
-                                                     args.seconds)
-    conns = [await RawHttp(host, int(port)).connect() for _ in range(args.concurrency)]
-    try:
-        cpu = cpu_s(gateway_pid)
-        out["http_throughput"] = await closed_loop(
-            [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns], args.seconds)
-        out["http_throughput"]["gateway_cpu_us_per_request"] = round(
-            (cpu_s(gateway_pid) - cpu) * 1e6 / out["http_throughput"]["tasks"], 1)
-    finally:
-        for conn in conns:
-            conn.close()
+        conns = [await RawHttp(host, int(port)).connect() for _ in range(args.concurrency)]
+        try:
+            out["native_throughput"], out["http_throughput"] = await alternated_throughput(
+                [native_submit] * args.concurrency,
+                [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns],
+                args.seconds, args.rounds, gateway_pid)
+        finally:
+            for conn in conns:
+                conn.close()
     out["load_after"] = os.getloadavg()
     n, h = out["native_latency"], out["http_latency"]
     out["verdict"] = {
@@ -164,6 +189,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="throughput phases alternate in this many rounds (--seconds each "
+                             "side in all)")
     parser.add_argument("--insecure", action="store_true", help="plain links everywhere")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mesh-http-bench-"))
