@@ -173,6 +173,14 @@ def _refusal(event: int, endpoint: str, role: Role, link: ClientLink | None) -> 
         "(mesh keys allow --role helper FILE)")
 
 
+def _one_helper_only(timeout_s: float | None) -> None:
+    """A per-call `timeout_s` is for a Client of one Helper (a HelperPool gives each member
+    its share); a Client that follows Helpers bounds each call by its own timeout_s."""
+    if timeout_s is not None:
+        raise ValueError("timeout_s is for a Client of one Helper; this one follows "
+                         "Helpers and bounds each call by its own timeout_s")
+
+
 def _result_of(status, task_id: str) -> bytes:  # noqa: ANN001
     if status.state == wire.CANCELLED:
         raise TaskCancelled(task_id)
@@ -536,9 +544,7 @@ class Client:
         `wait_s`); Unavailable after it. A Client that follows Helpers bounds the whole call by
         its own `timeout_s` + `wait_s`, over every Helper, and takes no `timeout_s` here."""
         if self._source is not None:
-            if timeout_s is not None:
-                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
-                                 "Helpers and bounds each call by its own timeout_s")
+            _one_helper_only(timeout_s)
             outcomes = await self._submit_following(tasks, wait_s)
             lost = [o for o in outcomes if o.code is None]
             if lost:
@@ -572,9 +578,7 @@ class Client:
         the Helper gets to answer each request (default the Client's); a Client that follows
         Helpers takes none (see submit_results)."""
         if self._source is not None:
-            if timeout_s is not None:
-                raise ValueError("timeout_s is for a Client of one Helper; this one follows "
-                                 "Helpers and bounds each call by its own timeout_s")
+            _one_helper_only(timeout_s)
             pool = await self._helpers()
 
             async def one(task_id: str) -> TaskStatus:

@@ -646,8 +646,7 @@ class Helper:
             self.metrics.bad_frames.labels("intake").inc()
             self._warn.warning("bad_request", "malformed client request dropped: %s",
                                inert(str(exc), 300))
-            self._reply(identity, wire.ClientReply(
-                version=wire.PROTOCOL_VERSION, code=exc.code, message=str(exc)))
+            self._reply(identity, _error_reply(0, exc))  # its request id is unread
             return
         which = request.WhichOneof("body")
         rid = request.request_id
@@ -707,9 +706,7 @@ class Helper:
                 changed = changed or result.code == wire.OK
                 reply.cancel.results.append(result)
         except JournalError as exc:
-            reply = wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid,
-                                     code=exc.code, message=str(exc))
-            self._reply(identity, reply)
+            self._reply(identity, _error_reply(rid, exc))
             return
         if not changed:
             self._reply(identity, reply)
@@ -725,8 +722,7 @@ class Helper:
         try:
             reply = answer(self.dispatcher, request, rid, self.settings.max_reply_bytes)
         except JournalError as exc:
-            self._reply(identity, wire.ClientReply(
-                version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code, message=str(exc)))
+            self._reply(identity, _error_reply(rid, exc))
             return
         self._kick()
         if request.op in (wire.REPLAY, wire.PURGE) and reply.dead_letter.affected:
@@ -750,8 +746,7 @@ class Helper:
         try:
             self.journal.sync_future().add_done_callback(synced)
         except JournalError as exc:
-            self._reply(identity, wire.ClientReply(
-                version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code, message=str(exc)))
+            self._reply(identity, _error_reply(rid, exc))
 
     def _deny(self, identity: bytes, rid: int, user_id: str, operation: Operation) -> None:
         """A request the sender's role may not make: a PERMISSION_DENIED reply, counted."""
@@ -1142,6 +1137,12 @@ class Helper:
         if self._group is not None and key.startswith(b"\x00"):
             return self._group.rewrite(key)
         return self.dispatcher.rewrite(key)
+
+
+def _error_reply(rid: int, exc: MeshError):  # noqa: ANN202 - wire.ClientReply
+    """A request refused as a whole, with the error's own code and message."""
+    return wire.ClientReply(version=wire.PROTOCOL_VERSION, request_id=rid, code=exc.code,
+                            message=str(exc))
 
 
 def _not_durable(rid: int, error: BaseException, action: str):  # noqa: ANN202 - wire.ClientReply

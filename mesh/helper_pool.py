@@ -28,6 +28,9 @@ import time
 from collections.abc import Callable
 
 from mesh import wire
+# the bounds of the request `submit_one` makes of one loop turn's tasks (a task larger than the
+# byte bound goes alone) are the Client's own coalescing's
+from mesh.client import BATCH_MAX_BYTES, BATCH_MAX_TASKS
 from mesh.errors import (
     AlreadyFinished, HelperRefusedKey, JournalError, MeshError, NotFound, RequestTimeout,
     ShuttingDown, Unavailable, WaitTimedOut,
@@ -42,10 +45,6 @@ RETRY_ELSEWHERE = frozenset((wire.QUEUE_FULL, wire.SHUTTING_DOWN, wire.JOURNAL_F
 _TRY_NEXT = (RequestTimeout, TimeoutError, HelperRefusedKey, ShuttingDown, JournalError)
 #: a task id no Helper holds: a status request for it is the cheapest "are you there?"
 PROBE_TASK_ID = "mesh-gateway-probe"
-#: bounds of the request `submit_one` makes of one loop turn's tasks (a task larger than the
-#: byte bound goes alone); the Client's own coalescing uses the same figures
-BATCH_MAX_TASKS = 1000
-BATCH_MAX_BYTES = 1 * 2**20
 _RANK = {wire.SUCCEEDED: 5, wire.DEAD: 5, wire.CANCELLED: 5, wire.RUNNING: 3,
          wire.DISPATCHED: 2, wire.QUEUED: 1}
 

@@ -28,6 +28,23 @@ def scan(recs: list[Record]) -> LogScan:
     return s
 
 
+def leader_journal(path, state: LeaderState, send_now=lambda: None):  # noqa: ANN001, ANN201
+    """A journal at `path` and the LeaderJournal of `state` over it (this member holds the lock)."""
+    journal = Journal(path)
+    return journal, LeaderJournal(journal, state, holds=lambda: True, send_now=send_now)
+
+
+async def first_term_with_three_tasks(path, state: LeaderState):  # noqa: ANN001, ANN201
+    """A new log in its first term holding tasks t0..t2, synced; its journal is running."""
+    journal, lj = leader_journal(path, state)
+    assert list(lj.recover()) == []
+    journal.start(asyncio.get_running_loop())
+    for n in range(3):
+        lj.append(records.TASK, f"t{n}".encode(), b"x")
+    await lj.sync()
+    return journal, lj
+
+
 def test_entries_between_positions_get_their_indexes_and_epochs():
     s = scan([task(0), position(3, ((1, 1), (2, 4))),  # before the first POSITION: no index
               task(1), task(2), position(5, ((1, 1), (2, 4))),
@@ -82,23 +99,16 @@ def test_restore_backlog_takes_only_entries_that_join_up():
 
 def test_the_leader_journal_rebuilds_its_backlog_from_its_journal(tmp_path):  # noqa: ANN001
     async def scenario() -> None:
-        journal = Journal(tmp_path / "j")
         first = LeaderState(group="g", leader_id="L", epoch=1, followers=(), min_replicas=0,
                             group_size=2)
-        lj = LeaderJournal(journal, first, holds=lambda: True, send_now=lambda: None)
-        assert list(lj.recover()) == []
-        journal.start(asyncio.get_running_loop())
-        for n in range(3):
-            lj.append(records.TASK, f"t{n}".encode(), b"x")
-        await lj.sync()
+        journal, lj = await first_term_with_three_tasks(tmp_path / "j", first)
         lj.compact()  # nothing to rewrite: brackets nothing, breaks nothing
         lj.append(records.TASK, b"t3", b"x")
         await lj.close()
 
-        journal = Journal(tmp_path / "j")
         second = LeaderState(group="g", leader_id="L2", epoch=2, followers=(), min_replicas=0,
                              last_index=4, history=EpochHistory([(1, 1)]), group_size=2)
-        lj = LeaderJournal(journal, second, holds=lambda: True, send_now=lambda: None)
+        journal, lj = leader_journal(tmp_path / "j", second)
         replayed = [r.key for r in lj.recover() if r.type == records.TASK]
         assert replayed == [b"t0", b"t1", b"t2", b"t3"]
         assert [(e.epoch, e.index, e.key) for e in second.backlog] == [
@@ -123,10 +133,9 @@ def test_a_dirty_log_reports_its_true_end_to_a_failover_plan_and_still_gets_a_sn
     from mesh.replication import FailoverPlan
 
     async def scenario() -> None:
-        journal = Journal(tmp_path / "h1" / "journal")
         state = LeaderState(group="g", leader_id="h1", epoch=1, followers=(), min_replicas=1,
                             group_size=3)
-        lj = LeaderJournal(journal, state, holds=lambda: True, send_now=lambda: None)
+        journal, lj = leader_journal(tmp_path / "h1" / "journal", state)
         assert list(lj.recover()) == []
         journal.start(asyncio.get_running_loop())
         for _ in range(3):
@@ -175,24 +184,17 @@ def test_a_leader_whose_log_is_dirty_gives_its_tail_indexes_so_followers_get_it(
     of its term, or a client resending such a task's id is answered "accepted" (a duplicate)
     while the record lives on the leader alone."""
     async def scenario() -> None:
-        journal = Journal(tmp_path / "j")
         first = LeaderState(group="g", leader_id="h1", epoch=1, followers=(), min_replicas=1,
                             group_size=3)
-        lj = LeaderJournal(journal, first, holds=lambda: True, send_now=lambda: None)
-        assert list(lj.recover()) == []
-        journal.start(asyncio.get_running_loop())
-        for n in range(3):
-            lj.append(records.TASK, f"t{n}".encode(), b"x")
-        await lj.sync()
+        journal, lj = await first_term_with_three_tasks(tmp_path / "j", first)
         lj.append(records.TASK, b"t3", b"x")  # admitted, written by the flusher, no POSITION
         await journal.sync()
         await journal.close()  # SIGKILL
 
-        journal = Journal(tmp_path / "j")
         second = LeaderState(group="g", leader_id="h1", epoch=2, followers=(), min_replicas=1,
                              last_index=3, history=EpochHistory([(1, 1)]), group_size=3,
                              ship_on_sync=True)
-        lj = LeaderJournal(journal, second, holds=lambda: True, send_now=lambda: None)
+        journal, lj = leader_journal(tmp_path / "j", second)
         replayed = [r.key for r in lj.recover() if r.type == records.TASK]
         assert replayed == [b"t0", b"t1", b"t2", b"t3"]  # the Helper's table has t3
         journal.start(asyncio.get_running_loop())
@@ -206,10 +208,9 @@ def test_a_leader_whose_log_is_dirty_gives_its_tail_indexes_so_followers_get_it(
         await lj.close()
 
         # and the log indexes it from now on (catch-up from the log)
-        journal = Journal(tmp_path / "j")
         third = LeaderState(group="g", leader_id="h2", epoch=3, followers=(), min_replicas=1,
                             last_index=4, history=EpochHistory([(1, 1), (2, 4)]), group_size=3)
-        lj = LeaderJournal(journal, third, holds=lambda: True, send_now=lambda: None)
+        journal, lj = leader_journal(tmp_path / "j", third)
         list(lj.recover())
         assert [(e.index, e.key) for e in third.backlog] == [
             (1, b"t0"), (2, b"t1"), (3, b"t2"), (4, b"t3")]
