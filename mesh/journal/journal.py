@@ -147,6 +147,7 @@ class Journal:
         self._compactions: list[_Compaction] = []
         self._sticky_error: str | None = None  # a failure no pending sync() was told about
         self._closing = False
+        self._fill_asked = False  # sync_here() ran a round and left zero-fill to do
         # --- loop thread only ---
         self._active_seq = 1
         self._active_size = SEGMENT_HEADER_SIZE  # logical size of the active segment
@@ -167,6 +168,10 @@ class Journal:
         self._unsynced_records = 0
         self._recovery_dirty = False
         self._close_error: str | None = None
+        # The idle clock: when the last round ended, on the flusher or in sync_here() (monotonic
+        # seconds; one float, written by whichever thread ran the round). The flusher zero-fills
+        # only once no round ran for IDLE_FILL_S, so the fill never lands beside a round.
+        self._round_ended_s = time.monotonic()
 
     # ------------------------------------------------------------------ observability
 
@@ -512,15 +517,19 @@ class Journal:
                 if self._appended == self._settled:
                     return True
             try:
-                if not self._flush_round(None):
-                    return False  # the sticky error goes to the next sync()
+                ok = self._flush_round(None)
             except Exception:  # a bug, as in the flusher: make it loud and fail the journal
                 log.exception("journal round on the loop thread crashed")
                 self._fail("journal round on the loop thread crashed (see log)", recoverable=False)
                 return False
+            finally:
+                self._round_ended_s = time.monotonic()  # a round, as the flusher's: not idle
+            if not ok:
+                return False  # the sticky error goes to the next sync()
             writer = self._writer
             if writer is not None and writer.fill_pending():
                 with self._lock:
+                    self._fill_asked = True
                     self._cond.notify()  # the flusher zero-fills ahead of the next records
             return True
         finally:
@@ -601,7 +610,7 @@ class Journal:
             self._fail(f"cannot fdatasync the journal segment in {self.directory}: {_describe(exc)}")
         interval_s = self.interval_ms / 1000 if self.policy is FsyncPolicy.INTERVAL else None
         next_tick = time.monotonic() + (interval_s or 0)
-        idle_from = time.monotonic()  # when the last round ended
+        self._round_ended_s = time.monotonic()
         retry_delay = RETRY_MIN_S
         retry_at = time.monotonic() + retry_delay
         try:
@@ -612,11 +621,12 @@ class Journal:
                 retry = self._state is _State.FAILED and self._recoverable
                 idle = False
                 with self._lock:
-                    while not self._requests and not self._closing:
+                    while not self._requests and not self._closing and not self._fill_asked:
                         now = time.monotonic()
                         deadline = next_tick if interval_s is not None else None
                         if fill:
-                            deadline = min(deadline, idle_from + IDLE_FILL_S) if deadline is not None else idle_from + IDLE_FILL_S
+                            idle_at = self._round_ended_s + IDLE_FILL_S
+                            deadline = min(deadline, idle_at) if deadline is not None else idle_at
                         if retry:
                             deadline = min(deadline, retry_at) if deadline is not None else retry_at
                         if deadline is None:
@@ -628,6 +638,7 @@ class Journal:
                             break
                         self._cond.wait(remaining)
                     closing = self._closing
+                    asked, self._fill_asked = self._fill_asked, False
                 if closing:
                     if self._state is _State.FAILED and self._recoverable:
                         self._try_reconcile(writer)  # leave the files cut back if the disk allows
@@ -651,13 +662,21 @@ class Journal:
                 elif idle:
                     self._fill_while_idle(writer)
                     continue
+                elif asked and not self._requests:
+                    # a round ran in sync_here(): what follows one of our rounds follows it (an
+                    # urgent step now, else the fill once idle, on the next pass)
+                    with io:
+                        if writer.fill_urgent():
+                            writer.fill_step()
+                            self._round_ended_s = time.monotonic()
+                    continue
                 else:
                     with io:
                         self._flush_round(self.policy is FsyncPolicy.ALWAYS)
                 with io:
                     if writer.fill_urgent():
                         writer.fill_step()  # after the round's answers: its callers do not wait for it
-                idle_from = time.monotonic()
+                self._round_ended_s = time.monotonic()
         except BaseException:  # a bug: make it loud, fail the journal, release every waiter
             log.exception("journal flusher thread crashed")
             self._fail("journal flusher thread crashed (see log)", recoverable=False)
@@ -702,12 +721,14 @@ class Journal:
                 log.exception("journal on_health hook raised")
 
     def _fill_while_idle(self, writer: SegmentWriter) -> None:
-        """Zero-fill chunk by chunk until done or a request or close() comes (it waits for one chunk)."""
+        """Zero-fill chunk by chunk until done or a request, close() or a round in sync_here()
+        comes (it waits for one chunk); after a round the flusher waits IDLE_FILL_S again."""
+        quiet_since = self._round_ended_s
         while True:
             with self._io_lock:  # one chunk at a time: sync_here() may go between chunks
                 if not writer.fill_step():
                     break
-            if self._requests or self._closing:
+            if self._requests or self._closing or self._round_ended_s != quiet_since:
                 break
 
     def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> bool:

@@ -691,6 +691,65 @@ def test_sync_here_makes_records_durable_on_the_loop_thread_only_when_the_flushe
     assert [r.key for r in replay(tmp_path / "j")] == [b"a", b"b", b"c"]
 
 
+def _record_fill_steps(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each zero-fill step of ``journal`` begins (monotonic seconds)."""
+    writer = journal._writer
+    steps: list[float] = []
+    real_fill_step = writer.fill_step
+
+    def fill_step() -> bool:
+        steps.append(time.monotonic())
+        return real_fill_step()
+
+    monkeypatch.setattr(writer, "fill_step", fill_step)
+    return steps
+
+
+def test_a_round_in_sync_here_that_uses_up_preallocated_space_is_zero_filled_once_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sync_here() wakes the flusher when its round leaves zero-fill to do; the flusher fills,
+    IDLE_FILL_S after that round (it counts as a round of the flusher's own)."""
+    idle_s = 0.2
+    monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
+
+    async def main() -> None:
+        journal = await _quiet_journal(tmp_path / "j")
+        steps = _record_fill_steps(journal, monkeypatch)
+        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))  # uses up a chunk ahead
+        began = time.monotonic()
+        assert journal.sync_here()
+        assert journal._writer.fill_pending()
+        await wait_until(lambda: bool(steps))
+        assert steps[0] - began >= idle_s, "the zero-fill ran right beside the round on the loop thread"
+        await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_runs_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zero-fill already due IDLE_FILL_S after a flusher round waits again after a round
+    that sync_here() ran meanwhile."""
+    idle_s = 0.2
+    monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
+
+    async def main() -> None:
+        journal = await _quiet_journal(tmp_path / "j")
+        steps = _record_fill_steps(journal, monkeypatch)
+        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
+        await journal.sync()  # a flusher round: it zero-fills once idle_s passed without a round
+        journal.append(1, b"small", b"s")
+        began = time.monotonic()
+        assert journal.sync_here()
+        await wait_until(lambda: bool(steps))
+        assert steps[0] - began >= idle_s, "the zero-fill ran right beside the round on the loop thread"
+        await journal.close()
+
+    asyncio.run(main())
+
+
 def test_a_failed_sync_here_drops_its_records_and_the_next_sync_reports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
