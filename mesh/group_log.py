@@ -32,6 +32,7 @@ import msgspec
 from mesh import records, wire
 from mesh.errors import JournalError, StoppedLeading
 from mesh.journal import FsyncPolicy, Journal, replace
+from mesh.journal.recovery import read_records
 from mesh.replication import EpochHistory, Entry, LeaderState, StaleEpoch
 
 log = logging.getLogger("mesh.group")
@@ -55,6 +56,13 @@ class Position:
 
 def encode_position(known_epoch: int, last_index: int, history: EpochHistory) -> bytes:
     return msgspec.msgpack.encode([known_epoch, last_index, [list(h) for h in history.as_list()]])
+
+
+def holds_position(directory: Path) -> bool:
+    """Whether a journal directory holds a POSITION record (read only): a follower's log is
+    complete once one is there. The older reset wrote a snapshot and its POSITION, last, in one
+    round, so its new log had none until that round reached the file (mesh/journal/replace.py)."""
+    return any(record.type == records.POSITION for record in read_records(directory))
 
 
 def decode_position(payload: bytes) -> Position:
@@ -411,7 +419,7 @@ class FollowerLog:
     def open(self) -> Position:
         """Open the journal (first finishing or undoing a `reset` a crash interrupted: the log
         is the old one or the complete new one) and read its position."""
-        replace.recover(self.directory)
+        replace.recover(self.directory, complete=holds_position)
         self.journal = journal = self._new_journal()
         scan = LogScan(max_bytes=0)
         table = self.table

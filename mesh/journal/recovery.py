@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .segment import (
     SEGMENT_HEADER_SIZE,
     SEGMENT_HEADER_V1_SIZE,
     fsync_directory,
+    list_segments,
     parse_header,
     read_marker_file,
 )
@@ -200,6 +202,22 @@ def recover_segment(seq: int, path: Path, marker: bytes, *, newest: bool, only_i
             reason = "zero tail in a sealed segment: its end was lost"
             outcome.ranges.append(_keep(path, seq, data, Damage(zeros_from, size - zeros_from, reason, 0)))
     return outcome
+
+
+def read_records(directory: Path) -> Iterator[Record]:
+    """The valid records of a journal directory, oldest segment first, read only: nothing is
+    copied, cut or removed (to judge a directory before deciding what to do with it)."""
+    found = list_segments(directory)
+    marker, _stored = find_marker(directory, found)
+    for seq, path in found:
+        data = path.read_bytes()
+        header, _problem = parse_header(data, seq)
+        if header is not None and header.marker is None:
+            yield from _scan_v1(data).records
+        elif header is not None:
+            yield from scan(data, header.size, header.marker).records
+        elif marker is not None:
+            yield from scan(data, SEGMENT_HEADER_SIZE, marker).records
 
 
 def _scan_v1(data: bytes) -> Scan:

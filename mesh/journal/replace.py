@@ -16,13 +16,32 @@ The order: build ``D.incoming`` -> ``seal`` (fsync it, rename to ``D.ready``, fs
 -> ``swap_in`` (``D`` -> ``D.old``, ``D.ready`` -> ``D``, fsync the parent; remove ``D.old``,
 fsync the parent). ``recover`` (before a journal opens ``D``) finishes or undoes whatever a
 crash interrupted. ``step(name)`` is called after each durable step, for crash tests.
+
+Leftovers of the older reset (before branch group-fixes): it renamed ``D`` to
+``D.aside-<time_ns>`` *first*, then built the snapshot's journal in a new ``D`` (its records
+and, last, a POSITION record, appended together and fdatasynced in one round), and removed the
+aside directory only after that sync. A member killed in between left an aside directory next
+to a missing, empty or half-written ``D``. ``recover(D, complete)`` takes ``complete(path)``
+from the caller, who knows the records (the group's log: "holds a POSITION record", which the
+old ``D`` had only once its snapshot round reached the file; a snapshot's POSITION is its last
+record), and:
+
+- ``D`` missing: the newest complete aside directory (by its time suffix; the newest one if
+  none is complete) is put back as ``D``.
+- ``D`` not complete while an aside directory is: ``D`` is renamed ``D.incomplete-<time_ns>``
+  (kept: nothing is deleted) and the newest complete aside directory put back.
+- otherwise (``D`` complete: the old reset finished and only its removal of the aside was cut
+  short, or nothing complete anywhere): every directory is left as it is, and one warning per
+  call names the aside directories (an operator removes them once satisfied).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,10 +107,29 @@ def swap_in(directory: Path, step: Callable[[str], None] = _no_step) -> None:
     step("old-removed")
 
 
-def recover(directory: Path) -> None:
+def aside_dirs(directory: Path) -> list[Path]:
+    """The ``D.aside-<time_ns>`` directories the older reset left, oldest first."""
+    pattern = re.compile(re.escape(directory.name) + r"\.aside-(\d+)")
+    found = []
+    if directory.parent.is_dir():
+        for path in directory.parent.iterdir():
+            match = pattern.fullmatch(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path))
+    return [path for _ns, path in sorted(found)]
+
+
+def recover(directory: Path, complete: Callable[[Path], bool] | None = None) -> None:
     """Finish or undo a replacement a crash interrupted (nothing to do if none was under way):
     a complete ``D.ready`` is put in place of ``D``; an incomplete ``D.incoming`` is deleted;
-    ``D.old`` is deleted once ``D`` exists, and put back if it is the only journal."""
+    ``D.old`` is deleted once ``D`` exists, and put back if it is the only journal. Then the
+    older reset's ``D.aside-*`` directories, judged by ``complete`` (module docstring; without
+    it, an aside directory is put back only when ``D`` is missing)."""
+    _recover_swap(directory)
+    _recover_aside(directory, complete)
+
+
+def _recover_swap(directory: Path) -> None:
     parent = directory.parent
     changed = False
     if incoming(directory).exists():
@@ -118,6 +156,35 @@ def recover(directory: Path) -> None:
         changed = True
     if changed:
         fsync_directory(parent)
+
+
+def _recover_aside(directory: Path, complete: Callable[[Path], bool] | None) -> None:
+    asides = aside_dirs(directory)
+    if not asides:
+        return
+    whole = [path for path in asides if complete is not None and complete(path)]
+    if not directory.exists():
+        restore = whole[-1] if whole else asides[-1]
+        log.warning("journal %s: missing, and the set-aside journal %s of an interrupted reset "
+                    "found; put back", directory, restore.name)
+    elif whole and complete is not None and not complete(directory):
+        restore = whole[-1]
+        keep = directory.with_name(f"{directory.name}.incomplete-{time.time_ns()}")
+        log.warning("journal %s holds no complete log, the set-aside journal %s of an interrupted "
+                    "reset does: put back; the incomplete one kept as %s", directory,
+                    restore.name, keep.name)
+        os.replace(directory, keep)
+    else:
+        log.warning("journal %s: set-aside journals of an earlier reset are left as they are (%s); "
+                    "the journal in place is used, remove them once satisfied", directory,
+                    ", ".join(path.name for path in asides))
+        return
+    os.replace(restore, directory)
+    fsync_directory(directory.parent)
+    left = [path.name for path in asides if path != restore]
+    if left:
+        log.warning("journal %s: older set-aside journals left as they are (%s)", directory,
+                    ", ".join(left))
 
 
 def _remove(path: Path) -> None:
