@@ -346,6 +346,7 @@ class LeaderState:
             return self.commit_index  # from an earlier term's stream: ignore
         follower.last_seen_s = now
         follower.acked = max(follower.acked, min(ack.durable_index, self.last_index))
+        self._trim_acked()
         return self._advance()
 
     def on_refuse(self, refuse: Refuse) -> None:
@@ -383,6 +384,22 @@ class LeaderState:
                       self.commit_index)
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _trim_acked(self) -> None:
+        """Drop the backlog's entries that every follower of the group holds durably. No
+        follower needs them: one that says Hello again reports at least what it acked, and one
+        that reports less has lost its log and gets a snapshot (a reset Hello, a wiped data
+        directory; a wiped follower of a young group, whose backlog still began at index 1, was
+        caught up from it before). Without this the backlog held up to backlog_bytes of records
+        long applied everywhere (and long compacted away in the journal) for the whole term.
+        Entries of compacted segments are kept while a follower lacks them: an Append must be
+        contiguous, so a follower that is behind needs them, or a snapshot."""
+        if not self.followers or len(self.followers) < self.max_followers:
+            return  # a member not heard from in this term may be anywhere
+        floor = min(f.acked for f in self.followers.values())
+        backlog = self.backlog
+        while backlog and backlog[0].index <= floor:
+            self.backlog_bytes -= backlog.popleft().size_bytes
 
     def _backlog_from(self, index: int) -> Iterable[Entry]:
         offset = index - self.backlog_first_index

@@ -159,6 +159,45 @@ def test_a_follower_behind_the_compacted_backlog_gets_a_snapshot():
     assert pump(lead, fol, 1.0).durable_index == 21
 
 
+def test_the_backlog_drops_what_every_follower_of_the_group_acked_and_nothing_a_follower_lacks():
+    lead = leader(("f1", "f2"), min_replicas=1)
+    f1, f2 = FollowerState("f1"), FollowerState("f2")
+    connect(lead, f1)
+    connect(lead, f2)
+    for n in range(1, 21):
+        lead.append(1, f"t{n}".encode(), b"p" * 50)
+    lead.durable(20)
+    pump(lead, f1, 0.1)
+    assert lead.backlog_first_index == 1 and len(lead.backlog) == 20  # f2 lacks all of them
+    pump(lead, f2, 0.2)
+    assert not lead.backlog and lead.backlog_bytes == 0, "records applied everywhere are kept"
+    lead.append(1, b"t21", b"q")
+    pump(lead, f1, 0.3)
+    assert [e.index for e in lead.backlog] == [21]
+    assert lead.backlog_bytes == sum(e.size_bytes for e in lead.backlog)
+    # f2 comes back where it was: it gets a Start and the entry it lacks, from the backlog
+    again = FollowerState("f2", known_epoch=5, last_index=20, last_epoch=5, history=EpochHistory([(5, 1)]))
+    connect(lead, again, 0.4)
+    assert pump(lead, again, 0.5).durable_index == 21 and not lead.backlog
+    # a follower that lost its log needs what no follower lacked: a snapshot
+    assert isinstance(lead.on_hello(FollowerState("f1").hello(), 0.6), SnapshotNeeded)
+
+
+def test_the_backlog_keeps_acked_entries_while_a_member_of_the_group_was_not_heard_from():
+    lead = leader((), min_replicas=1, group_size=3)
+    f1 = FollowerState("f1")
+    connect(lead, f1)
+    for n in range(1, 6):
+        lead.append(1, f"t{n}".encode(), b"p")
+    lead.durable(5)
+    pump(lead, f1, 0.1)
+    assert [e.index for e in lead.backlog] == [1, 2, 3, 4, 5]  # the third member may be at 0
+    f2 = FollowerState("f2")
+    connect(lead, f2, 0.2)  # a new member: it catches up from the log, not from a snapshot
+    pump(lead, f2, 0.3)
+    assert f2.last_index == 5 and not lead.backlog
+
+
 def test_a_follower_with_entries_of_a_deposed_leader_is_truncated_to_where_logs_agree():
     # f1 followed epoch 5 up to index 6; the new leader (epoch 9) had epoch 5 only up to 4.
     history = EpochHistory([(5, 1)])
