@@ -128,6 +128,9 @@ class GroupMember:
         self.helper = None
         self._hooks: LeaderHooks | None = None
         self._ids: dict[str, bytes] = {}
+        #: followers whose queue was full (an Append not queued): skipped until the next tick,
+        #: which ships from where the queued batches ended (not on every sync meanwhile)
+        self._full: set[str] = set()
         self._plan: FailoverPlan | None = None
         #: the Hellos heard while planning (member -> (router identity, Hello)): answered as
         #: the term begins, so those followers are in its stream at once
@@ -287,6 +290,7 @@ class GroupMember:
         self.role = "leader"
         self._stepdown.clear()
         self._ids.clear()
+        self._full.clear()
         self.state = LeaderState(
             group=s.group, leader_id=s.member_id, epoch=term.epoch, followers=(),
             min_replicas=s.replicas, last_index=position.last_index,
@@ -357,7 +361,7 @@ class GroupMember:
                           if state.followers[m].acked < state.last_index]
                 if not behind or now >= deadline:
                     break
-                self._pump()
+                self._pump(tick=True)
                 await asyncio.sleep(0.01)
             if behind:
                 log.warning("group %s: %s stops with %s behind index %d", s.group, s.member_id,
@@ -394,7 +398,7 @@ class GroupMember:
             # wrote while no submit or result came) go to the followers anyway.
             state.syncing(appended_by_last_tick)
             appended_by_last_tick = state.last_index
-            self._pump()
+            self._pump(tick=True)
             if time.monotonic() < self._settling_until:
                 continue  # the followers' first Hellos may be on their way
             alive = len(state.alive_followers(time.monotonic()))
@@ -472,6 +476,7 @@ class GroupMember:
         state = self.state
         try:
             self._ids[msg.member_id] = identity
+            self._full.discard(msg.member_id)
             answer = state.on_hello(msg, now)
             if isinstance(answer, Start):
                 self._send(msg.member_id, answer)
@@ -487,14 +492,17 @@ class GroupMember:
         if state.fenced_by is not None:
             self._stepdown.set()
 
-    def _pump(self) -> None:
-        """Send each follower what it has not had (and heartbeats when due)."""
+    def _pump(self, *, tick: bool = False) -> None:
+        """Send each follower what it has not had (and heartbeats when due). A follower whose
+        queue was full is tried again on a `tick` only (the 50 ms tick, the hand-over's loop)."""
         state = self.state
         if state is None or (self._stepdown.is_set() and not self._handing_over):
             return
+        if tick:
+            self._full.clear()
         now = time.monotonic()
         for member in list(state.followers):
-            if member not in self._ids:
+            if member not in self._ids or member in self._full:
                 continue
             for _ in range(64):
                 msg = state.to_send(member, now)
@@ -503,17 +511,29 @@ class GroupMember:
                 if isinstance(msg, SnapshotNeeded):
                     self._send_snapshot(member)
                     break
-                if not self._send(member, msg) or not msg.entries:
+                if not self._send(member, msg, full_ok=True):
+                    state.not_sent(member, msg)  # again from there on the next tick
+                    if member in self._ids:
+                        self._full.add(member)
+                    break
+                if not msg.entries:
                     break
         self._reader.wake()
 
-    def _send(self, member: str, msg: object) -> bool:
+    def _send(self, member: str, msg: object, *, full_ok: bool = False) -> bool:
+        """Queue `msg` for a follower; False if it was not. A follower that is gone is
+        dropped from the stream (it says Hello again); one whose queue is full (EAGAIN at the
+        HWM) stays in it when `full_ok` (an Append: `LeaderState.not_sent` and it goes again)."""
         identity = self._ids.get(member)
         if identity is None:
             return False
         try:
             self._router.send_multipart([identity, replica_link.encode(msg)], zmq.NOBLOCK)
             return True
+        except zmq.Again:
+            if not full_ok:
+                self._ids.pop(member, None)
+            return False
         except zmq.ZMQError:
             self._ids.pop(member, None)  # gone or not reading: it says Hello again
             return False

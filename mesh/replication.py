@@ -383,6 +383,16 @@ class LeaderState:
         return Append(self.epoch, self.leader_id, prev_index, self._epoch_at(prev_index), tuple(batch),
                       self.commit_index)
 
+    def not_sent(self, member_id: str, append: Append) -> None:
+        """The transport could not queue `append`, the last `to_send` for this follower (its
+        queue is full): it was not sent. Its entries go again, from its `prev_index` on, with the
+        next `to_send`; before, they counted as sent and the follower got nothing more until
+        it said Hello again."""
+        follower = self._follower(member_id)
+        if append.entries and follower.in_flight_until == append.entries[-1].index:
+            follower.in_flight_until = append.prev_index
+        follower.last_sent_s = float("-inf")  # a heartbeat that did not go is due at once
+
     # -- internals ----------------------------------------------------------------------------------------
 
     def _trim_acked(self) -> None:
