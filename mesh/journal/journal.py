@@ -620,6 +620,7 @@ class Journal:
                     fill = self._state is _State.OPEN and writer.fill_pending()
                 retry = self._state is _State.FAILED and self._recoverable
                 idle = False
+                idle_since = 0.0
                 with self._lock:
                     while not self._requests and not self._closing and not self._fill_asked:
                         now = time.monotonic()
@@ -634,7 +635,7 @@ class Journal:
                             continue
                         remaining = deadline - now
                         if remaining <= 0:
-                            idle = True
+                            idle, idle_since = True, self._round_ended_s
                             break
                         self._cond.wait(remaining)
                     closing = self._closing
@@ -660,7 +661,7 @@ class Journal:
                     with io:
                         self._flush_round(None, tick=True)
                 elif idle:
-                    self._fill_while_idle(writer)
+                    self._fill_while_idle(writer, idle_since)
                     continue
                 elif asked and not self._requests:
                     # a round ran in sync_here(): what follows one of our rounds follows it (an
@@ -720,15 +721,15 @@ class Journal:
             except Exception:
                 log.exception("journal on_health hook raised")
 
-    def _fill_while_idle(self, writer: SegmentWriter) -> None:
+    def _fill_while_idle(self, writer: SegmentWriter, idle_since: float) -> None:
         """Zero-fill chunk by chunk until done or a request, close() or a round in sync_here()
-        comes (it waits for one chunk); after a round the flusher waits IDLE_FILL_S again."""
-        quiet_since = self._round_ended_s
+        comes (it waits for one chunk); after a round the flusher waits IDLE_FILL_S again.
+        ``idle_since``: the idle clock when the flusher found itself idle."""
         while True:
             with self._io_lock:  # one chunk at a time: sync_here() may go between chunks
-                if not writer.fill_step():
+                if self._round_ended_s != idle_since or not writer.fill_step():
                     break
-            if self._requests or self._closing or self._round_ended_s != quiet_since:
+            if self._requests or self._closing:
                 break
 
     def _flush_round(self, one_request: bool | None, *, tick: bool = False, final: bool = False) -> bool:
