@@ -264,7 +264,8 @@ def repl_router(ctx: zmq.asyncio.Context, endpoint: str, max_message_bytes: int,
     """A Helper group member's replication ROUTER (followers connect to the leader's)."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock, max_message_bytes)
-    # Appends to a follower that stopped reading are dropped at the HWM; it re-syncs by Hello.
+    # Appends to a follower that stopped reading are refused at the HWM (EAGAIN, with
+    # ROUTER_MANDATORY): the leader sends them again on its next tick (mesh/group.py _pump).
     sock.setsockopt(zmq.SNDHWM, 10_000)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a follower that is gone raises, not a silent drop
