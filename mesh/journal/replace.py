@@ -162,13 +162,11 @@ def _recover_aside(directory: Path, complete: Callable[[Path], bool] | None) -> 
     asides = aside_dirs(directory)
     if not asides:
         return
-    whole = [path for path in asides if complete is not None and complete(path)]
     if not directory.exists():
-        restore = whole[-1] if whole else asides[-1]
+        restore = _newest_complete(asides, complete) or asides[-1]
         log.warning("journal %s: missing, and the set-aside journal %s of an interrupted reset "
                     "found; put back", directory, restore.name)
-    elif whole and complete is not None and not complete(directory):
-        restore = whole[-1]
+    elif complete is not None and not complete(directory) and (restore := _newest_complete(asides, complete)):
         keep = directory.with_name(f"{directory.name}.incomplete-{time.time_ns()}")
         log.warning("journal %s holds no complete log, the set-aside journal %s of an interrupted "
                     "reset does: put back; the incomplete one kept as %s", directory,
@@ -185,6 +183,12 @@ def _recover_aside(directory: Path, complete: Callable[[Path], bool] | None) -> 
     if left:
         log.warning("journal %s: older set-aside journals left as they are (%s)", directory,
                     ", ".join(left))
+
+
+def _newest_complete(asides: list[Path], complete: Callable[[Path], bool] | None) -> Path | None:
+    if complete is None:
+        return None
+    return next((path for path in reversed(asides) if complete(path)), None)
 
 
 def _remove(path: Path) -> None:
