@@ -705,6 +705,16 @@ def _record_fill_steps(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> lis
     return steps
 
 
+async def _round_here(journal: Journal) -> float:
+    """Run a round with sync_here() (again while the flusher holds the writer for a moment,
+    e.g. right after its own round); returns when the successful call began."""
+    while True:
+        began = time.monotonic()
+        if journal.sync_here():
+            return began
+        await asyncio.sleep(0.001)
+
+
 def test_a_round_in_sync_here_that_uses_up_preallocated_space_is_zero_filled_once_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -717,8 +727,7 @@ def test_a_round_in_sync_here_that_uses_up_preallocated_space_is_zero_filled_onc
         journal = await _quiet_journal(tmp_path / "j")
         steps = _record_fill_steps(journal, monkeypatch)
         journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))  # uses up a chunk ahead
-        began = time.monotonic()
-        assert journal.sync_here()
+        began = await _round_here(journal)
         assert journal._writer.fill_pending()
         await wait_until(lambda: bool(steps))
         assert steps[0] - began >= idle_s, "the zero-fill ran right beside the round on the loop thread"
@@ -732,7 +741,7 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
 ) -> None:
     """A zero-fill already due IDLE_FILL_S after a flusher round waits again after a round
     that sync_here() ran meanwhile."""
-    idle_s = 0.2
+    idle_s = 1.0
     monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
 
     async def main() -> None:
@@ -740,9 +749,9 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
         steps = _record_fill_steps(journal, monkeypatch)
         journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
         await journal.sync()  # a flusher round: it zero-fills once idle_s passed without a round
+        await asyncio.sleep(idle_s / 4)  # well inside that wait, and well after the round
         journal.append(1, b"small", b"s")
-        began = time.monotonic()
-        assert journal.sync_here()
+        began = await _round_here(journal)
         await wait_until(lambda: bool(steps))
         assert steps[0] - began >= idle_s, "the zero-fill ran right beside the round on the loop thread"
         await journal.close()
