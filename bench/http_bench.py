@@ -10,6 +10,9 @@ Starts a Helper, one AI node (kind `noop`) and `mesh http --no-auth` as processe
 - throughput: `--concurrency` submitters for `--seconds`, one submit in flight each: native
   coroutines sharing one Client, and HTTP callers on a connection each; the two sides take
   turns in `--rounds` rounds (so a change of load hits both), and the ratio is of the totals.
+  `--separate-clients` adds the same comparison against native submitters on a Client each:
+  8 coroutines sharing one Client submit in one loop turn and stay in lockstep (one request,
+  one fsync, one dispatch frame for all 8), which independent callers (and HTTP ones) do not.
 
 The HTTP side is measured with a minimal keep-alive HTTP/1.1 client written here (a few lines
 on asyncio streams), so the figure is the gateway's cost and not an HTTP library's. Targets
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -168,6 +172,20 @@ async def measure(args: argparse.Namespace, intake: str, url: str, trust: Trust 
                 [native_submit] * args.concurrency,
                 [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns],
                 args.seconds, args.rounds, gateway_pid)
+            if args.separate_clients:
+                # context, not a target: the same closed loops against a native side whose
+                # submitters do not share one Client (and so do not travel in lockstep)
+                async with contextlib.AsyncExitStack() as stack:
+                    own = [await stack.enter_async_context(Client(intake, trust=trust))
+                           for _ in range(args.concurrency)]
+                    separate, http = await alternated_throughput(
+                        [lambda c=c: c.submit("noop", b"") for c in own],
+                        [lambda c=c: c.post("/v1/tasks/noop", b"") for c in conns],
+                        args.seconds, args.rounds, gateway_pid)
+                out["separate_clients"] = {
+                    "native_tasks_per_s": separate["tasks_per_s"],
+                    "http_tasks_per_s": http["tasks_per_s"],
+                    "ratio": round(http["tasks_per_s"] / max(separate["tasks_per_s"], 1), 2)}
         finally:
             for conn in conns:
                 conn.close()
@@ -193,6 +211,9 @@ def main() -> int:
                         help="throughput phases alternate in this many rounds (--seconds each "
                              "side in all)")
     parser.add_argument("--insecure", action="store_true", help="plain links everywhere")
+    parser.add_argument("--separate-clients", action="store_true",
+                        help="also compare HTTP with native submitters on a Client each (no "
+                             "shared Client, so no lockstep batching); context, not a target")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mesh-http-bench-"))
     env = {"MESH_LOG_LEVEL": "WARNING", "MESH_KEY_DIR": os.environ.get("MESH_KEY_DIR")
