@@ -741,7 +741,9 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
 ) -> None:
     """A zero-fill already due IDLE_FILL_S after a flusher round waits again after a round
     that sync_here() ran meanwhile."""
-    idle_s = 1.0
+    # idle_s long beside the pause before the second round: only a loop thread late by more
+    # than 1.75 s could see the fill come first (a loaded CI machine must not fail this)
+    idle_s = 2.0
     monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
 
     async def main() -> None:
@@ -749,7 +751,7 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
         steps = _record_fill_steps(journal, monkeypatch)
         journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
         await journal.sync()  # a flusher round: it zero-fills once idle_s passed without a round
-        await asyncio.sleep(idle_s / 4)  # well inside that wait, and well after the round
+        await asyncio.sleep(idle_s / 8)  # well inside that wait, and well after the round
         journal.append(1, b"small", b"s")
         began = await _round_here(journal)
         await wait_until(lambda: bool(steps))
