@@ -61,6 +61,7 @@ from mesh import sockets, wire
 from mesh.app import App, TaskContext, encode_result
 from mesh.dedup import DedupWindow
 from mesh.errors import ConfigError, FatalError, RetryLater, WireError
+from mesh.failure_log import FailureLog, signature_of, signature_of_text
 from mesh.executors import (
     ChildDied, ChildStartFailed, DependencyDown, ErrorClass, HandlerFailed, InlineExecutor,
     PoolClosed, ProcessExecutor, RunTimedOut, ThreadExecutor,
@@ -185,6 +186,7 @@ class AINode:
         #: same counts go to mesh_ai_rejected{reason}
         self.refused: dict[str, int] = {}
         self._warn = RateLimitedLog(log, interval_s=10.0)
+        self._failures = FailureLog(log)  # a failure storm repeats no traceback for a minute
         self.incarnation = int.from_bytes(os.urandom(8), "little") | 1
         self.task_endpoint = ""
         self._ctx = context
@@ -721,13 +723,15 @@ class AINode:
             ack.dependency = exc.dependency
             outcome = {ErrorClass.RETRYABLE: "failed", ErrorClass.FATAL: "fatal",
                        ErrorClass.RETRY_LATER: "retry_later"}[exc.error_class]
-            log.error("task %s (kind %s, attempt %d) failed in a child process: %s%s\n%s",
-                      inert(task.task_id, 100), inert(task.kind, 100), dispatch.attempt,
-                      inert(ack.error, 300),
-                      " (not retried)" if exc.error_class == ErrorClass.FATAL else "",
-                      exc.traceback, extra={"task_id": task.task_id, "kind": task.kind,
-                                            "attempt": dispatch.attempt,
-                                            "node_id": self.settings.node_id})
+            self._failures.log_failure(
+                "task %s (kind %s, attempt %d) failed in a child process: %s%s",
+                (inert(task.task_id, 100), inert(task.kind, 100), dispatch.attempt,
+                 inert(ack.error, 300),
+                 " (not retried)" if exc.error_class == ErrorClass.FATAL else ""),
+                signature_of_text(task.kind, exc.type_name, exc.traceback),
+                traceback_text=exc.traceback,
+                extra={"task_id": task.task_id, "kind": task.kind,
+                       "attempt": dispatch.attempt, "node_id": self.settings.node_id})
         except RetryLater as exc:
             ack.kind, ack.error_class = wire.FAILED, wire.RETRY_LATER
             ack.retry_after_ms = int(exc.delay_s * 1000)
@@ -768,12 +772,15 @@ class AINode:
 
     def _log_failure(self, task, attempt: int, exc: BaseException, *, retried: bool) -> None:  # noqa: ANN001
         """A handler raised: the operator sees which task, kind and attempt, and the traceback
-        (with --log-format json: task_id, kind, attempt and node_id as fields)."""
-        log.error("task %s (kind %s, attempt %d) failed: %s%s", inert(task.task_id, 100),
-                  inert(task.kind, 100), attempt, _describe(exc),
-                  "" if retried else " (not retried)", exc_info=exc,
-                  extra={"task_id": task.task_id, "kind": task.kind, "attempt": attempt,
-                         "node_id": self.settings.node_id})
+        (with --log-format json: task_id, kind, attempt and node_id as fields). The same
+        failure's traceback is not repeated within a minute (mesh/failure_log.py)."""
+        self._failures.log_failure(
+            "task %s (kind %s, attempt %d) failed: %s%s",
+            (inert(task.task_id, 100), inert(task.kind, 100), attempt, _describe(exc),
+             "" if retried else " (not retried)"),
+            signature_of(task.kind, exc), exc=exc,
+            extra={"task_id": task.task_id, "kind": task.kind, "attempt": attempt,
+                   "node_id": self.settings.node_id})
 
     def _finish(self, job: _Job, ack) -> None:  # noqa: ANN001
         if self._running.pop(job.task_id, None) is not None and job.handler.concurrency:

@@ -117,3 +117,23 @@ def test_no_retry_on_wins_over_retry_on_and_takes_only_exception_classes() -> No
     assert not app.handlers["k"].retries(FileNotFoundError())
     with pytest.raises(ConfigError, match="exception classes"):
         app.task("bad", retry_on=("TimeoutError",))
+
+
+def test_a_failure_storm_logs_every_task_but_the_same_traceback_once(caplog) -> None:  # noqa: ANN001
+    """40 tasks failing the same way (and one more raising the same exception type at the same
+    place): a line each, with its task id; one traceback. A failure of another kind shows its
+    own. The old code logged 42 tracebacks."""
+    same = [make_task("parse", b"{not json") for _ in range(40)]
+    other = make_task("parse", b"[1, 2")  # another JSONDecodeError, raised at the same line
+    plain = make_task("plain", b"")
+    with caplog.at_level(logging.ERROR, logger="mesh.ai"):
+        _outcomes(*same, other, plain)
+    by_task = {r.task_id: r for r in caplog.records if getattr(r, "task_id", None)}
+    assert set(by_task) == {t.task_id for t in [*same, other, plain]}, caplog.text
+    parse_records = [by_task[t.task_id] for t in [*same, other]]
+    with_traceback = [r for r in parse_records if r.exc_info]
+    assert len(with_traceback) == 1, [r.getMessage() for r in parse_records]
+    held = [r for r in parse_records if not r.exc_info]
+    assert all("traceback as logged at" in r.getMessage() for r in held)
+    assert by_task[plain.task_id].exc_info  # another kind, another signature: shown
+    assert caplog.text.count("Traceback (most recent call last)") == 2
