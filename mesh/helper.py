@@ -106,6 +106,9 @@ class Helper:
         self._ctx = context
         self._alerts = alerts  # an AlertPublisher, or None
         self.incarnation = int.from_bytes(os.urandom(8), "little") | 1
+        #: refuse_unknown_kinds: until then (monotonic), nodes may not all have announced
+        #: their kinds to this run yet (set at start)
+        self._kinds_learned_at = float("inf")
         self.intake_endpoint = ""
         self.ack_endpoint = ""
         self.journal: Journal | None = None
@@ -140,6 +143,9 @@ class Helper:
 
     async def start(self) -> None:
         s = self.settings
+        # Every live node is heard from within node_dead_after_s (else it is declared dead):
+        # only after that does "no node announced this kind" mean what it says.
+        self._kinds_learned_at = time.monotonic() + s.node_dead_after_s
         data_dir = Path(s.data_dir)
         # Payloads and results are private: the data dir is 0700 (the journal makes its files 0600).
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -379,7 +385,11 @@ class Helper:
                 results.append(result)
                 dupes.append((result, known))
                 continue
-            if self.settings.refuse_unknown_kinds and task.kind not in d.kinds_announced:
+            if self.settings.refuse_unknown_kinds and task.kind not in d.kinds_announced \
+                    and time.monotonic() >= self._kinds_learned_at:
+                # (before that, just after a start, a kind that a node serves but has not
+                # announced yet to this run is accepted: a typo then waits unroutable_grace_s
+                # and goes DEAD, rather than real work being refused as invalid)
                 self._refuse(task, KindNotServed(task.kind, d.kinds_announced), results)
                 continue
             if not d.has_room(1, len(encoded)):

@@ -53,7 +53,8 @@ class HelperSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: a task no live node serves for this long goes DEAD (UNKNOWN_KIND)
     unroutable_grace_s: float = 30.0
     #: refuse a submit (INVALID_TASK) for a kind no AI node has announced in a heartbeat since
-    #: this Helper started, instead of accepting it to wait unroutable_grace_s before DEAD
+    #: this Helper started, instead of accepting it to wait unroutable_grace_s before DEAD;
+    #: from node_dead_after_s after the start on (before, live nodes may not have spoken yet)
     refuse_unknown_kinds: bool = False
     #: after a restart, wait this long for nodes to report what they still hold before resending
     reconcile_window_s: float = 1.0

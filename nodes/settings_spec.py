@@ -155,7 +155,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _o("unroutable_grace", "seconds a task of a kind no live node serves waits before DEAD",
        type=float, setting=(H, "unroutable_grace_s")),
     _o("refuse_unknown_kinds", "refuse a submit (INVALID_TASK) for a kind no AI node has "
-       "announced since this Helper started", kind="switch",
+       "announced since this Helper started (from --node-dead-after seconds after its start, "
+       "when every live node has been heard from)", kind="switch",
        setting=(H, "refuse_unknown_kinds")),
     _o("dispatch_before_sync", "send a task to a node while its journal record is being synced",
        kind="switch", setting=(H, "dispatch_before_sync")),

@@ -1,6 +1,7 @@
 """Rails for the operator: a node started wrong stops at once with one line and an exit code
 of its own (nodes/cli.py), before it says it is up; a clean stop logs no WARNING about the
-discovery watch; --refuse-unknown-kinds answers a submit for a kind no node served."""
+discovery watch; --refuse-unknown-kinds answers a submit for a kind no node served (once
+every live node has had the time to announce its kinds)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from mesh import Client, InvalidTask
+from mesh import Client, InvalidTask, wire
+from mesh.helper import Helper
+from mesh.settings import HelperSettings
+from mesh.trust import Trust
 from nodes import cli
 from nodes.launch import NodeProcess
 from tests.support.waiting import async_wait_until
@@ -140,6 +145,46 @@ def test_refuse_unknown_kinds_answers_a_submit_for_a_kind_no_node_served(cluster
                 except InvalidTask:
                     return False  # the node's first heartbeat has not arrived yet
             await async_wait_until(echo_accepted, timeout_s=15, what="kind echo announced")
-            with pytest.raises(InvalidTask, match="no AI node has served task kind 'vision'"):
-                await client.submit("vision", b"x")
+
+            async def vision_refused() -> bool:
+                # accepted during the Helper's first --node-dead-after seconds (nodes may not
+                # have announced their kinds yet), refused after
+                try:
+                    await client.submit("vision", b"x")
+                    return False
+                except InvalidTask as exc:
+                    assert "no AI node has served task kind 'vision'" in str(exc), exc
+                    return True
+            await async_wait_until(vision_refused, timeout_s=15, what="kind vision refused")
+    asyncio.run(scenario())
+
+
+def test_refuse_unknown_kinds_accepts_any_kind_until_every_live_node_has_spoken(
+    tmp_path: Path,
+) -> None:
+    """Right after a (re)start no node has announced its kinds to this run yet: real work of a
+    kind a live node serves must not be refused as invalid then. Within node_dead_after_s of
+    the start a submit of an unannounced kind is accepted; after it, refused."""
+    settings = HelperSettings(helper_id="kinds", data_dir=str(tmp_path / "helper"),
+                              refuse_unknown_kinds=True, node_dead_after_s=3.0)
+
+    async def scenario() -> None:
+        async with Helper(settings, trust=Trust.plain()) as helper:
+            started = time.monotonic()
+            task_id = await helper.submit("vision", b"x")
+            assert time.monotonic() - started < settings.node_dead_after_s, \
+                "the first submit came too late to test the window"
+            assert helper.status(task_id).state == wire.QUEUED
+            refused_at: list[float] = []
+
+            async def refused() -> bool:
+                try:
+                    await helper.submit("vision", b"y")
+                    return False
+                except InvalidTask as exc:
+                    assert "no AI node has served task kind 'vision'" in str(exc), exc
+                    refused_at.append(time.monotonic())
+                    return True
+            await async_wait_until(refused, timeout_s=15, what="kind vision refused")
+            assert refused_at[0] - started >= settings.node_dead_after_s - 0.05
     asyncio.run(scenario())
