@@ -181,6 +181,15 @@ class TaskEntry(msgspec.Struct, gc=False, eq=False):
             replays=self.replays)
 
 
+#: What one node's heartbeat can make this Helper hold (issue 9's bounds, issue 10's threat
+#: model: a holder of an ai-node key may lie about its own node). Credit (and concurrency)
+#: above this is taken as this: a node cannot swallow the queue by announcing a huge credit.
+MAX_NODE_CREDIT = 4096
+#: kinds one node may announce (more are dropped, with a warning), and kinds remembered for
+#: --refuse-unknown-kinds over a run (past this, new ones are not added: refused)
+MAX_KINDS_PER_NODE = 1024
+MAX_KINDS_ANNOUNCED = 10_000
+
 class NodeLink:
     """What the Helper knows of one AI node incarnation, and its PUSH socket."""
 
@@ -575,6 +584,18 @@ class Dispatcher:
         return any(n.frame_budget >= need and entry.kind in n.kinds
                    for n in self.nodes.values())
 
+    def _bounded_kinds(self, node: NodeLink, kinds) -> frozenset[str]:  # noqa: ANN001
+        """The kinds a heartbeat announces, as many and as long as a real app's can be: a
+        node (or a holder of its key) cannot grow the Helper's memory with made-up ones."""
+        limit = self.settings.max_kind_bytes
+        kept = [k for k in kinds[:MAX_KINDS_PER_NODE] if len(k.encode()) <= limit]
+        if len(kept) != len(kinds):
+            self._warn.warning(("kinds", node.key), "node %s (key %s) announced %d kinds; kept "
+                               "%d (at most %d, each at most %d bytes)", inert(node.node_id, 80),
+                               node.key or "none", len(kinds), len(kept), MAX_KINDS_PER_NODE,
+                               limit)
+        return frozenset(kept)
+
     def _frame_budget(self, hb) -> int:  # noqa: ANN001 - wire.Heartbeat
         """The largest frame we send a node: what it announces, less a margin for ZeroMQ's
         own framing. An older node announces nothing: then frames stay below our own payload
@@ -651,14 +672,19 @@ class Dispatcher:
                     self._succeeded_metric.inc(stats["succeeded"] - succeeded)
                     observe_many(self.metrics.e2e_latency, self._e2e_s)
                     self._e2e_s = []
-        node.concurrency = hb.concurrency
+        node.concurrency = min(hb.concurrency, MAX_NODE_CREDIT)
         node.running = hb.running
-        node.kinds_full = hb.kinds_full
+        node.kinds_full = tuple(hb.kinds_full[:MAX_KINDS_PER_NODE])
         if node.kinds != frozenset(hb.kinds):
-            node.kinds = frozenset(hb.kinds)
-            self.kinds_announced |= node.kinds
+            node.kinds = self._bounded_kinds(node, hb.kinds)
+            if len(self.kinds_announced) < MAX_KINDS_ANNOUNCED:
+                self.kinds_announced |= node.kinds
         node.draining = hb.draining
-        node.announced = hb.credit
+        if hb.credit > MAX_NODE_CREDIT:
+            self._warn.warning(("credit", node.key), "node %s (key %s) announced credit %d; "
+                               "taken as %d (the most one node is given)", inert(node.node_id, 80),
+                               node.key or "none", hb.credit, MAX_NODE_CREDIT)
+        node.announced = min(hb.credit, MAX_NODE_CREDIT)
         node.frame_budget = self._frame_budget(hb)
         node.echoes = hb.max_message_bytes > 0  # a node of this protocol echoes frame numbers
         if hb.helper_incarnation == self.helper_incarnation:

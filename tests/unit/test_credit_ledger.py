@@ -12,6 +12,9 @@ from mesh.dispatcher import Dispatcher
 from mesh.metrics import HelperMetrics
 from mesh.settings import HelperSettings
 
+MAX_NODE_CREDIT = 4096
+MAX_KINDS_PER_NODE = 1024
+MAX_KINDS_ANNOUNCED = 10_000
 HELPER_INCARNATION = 0x1234
 NODE_LIMIT = 16 * 2**20
 
@@ -257,3 +260,37 @@ def test_a_task_too_large_for_one_node_waits_for_a_node_that_takes_it() -> None:
     (big,) = _submit(d, 1, payload=b"p" * (2 * 2**20))
     assert d.dispatch_pass() == 1
     assert d.tasks[big].state == wire.DISPATCHED and d.tasks[big].node_id == "n2"
+
+
+def test_a_node_announcing_a_huge_credit_is_given_at_most_the_bound(caplog) -> None:  # noqa: ANN001
+    """A holder of an ai-node key may lie about its own node (issue 10's threat model): a
+    credit of a million would have had the whole queue sent to it, to sit until ack timeouts."""
+    from mesh.dispatcher import MAX_NODE_CREDIT
+    d, w = _dispatcher()
+    _submit(d, MAX_NODE_CREDIT + 500)
+    _beat(d, credit=1_000_000, beat=1)
+    while d.dispatch_pass():
+        pass
+    sent = sum(len(b.dispatches) for b, _ in w.frames)
+    assert sent == MAX_NODE_CREDIT
+    assert d.nodes["n1"].announced == MAX_NODE_CREDIT
+    assert "announced credit 1000000" in caplog.text
+
+
+def test_the_kinds_a_heartbeat_announces_are_bounded_in_count_and_size() -> None:
+    from mesh.dispatcher import MAX_KINDS_ANNOUNCED, MAX_KINDS_PER_NODE
+    d, _ = _dispatcher()
+    too_long = "x" * (d.settings.max_kind_bytes + 1)
+    hb = wire.Heartbeat(
+        node_id="n1", incarnation=7, task_endpoint="tcp://127.0.0.1:2", concurrency=4,
+        credit=4, kinds=[too_long] + [f"k{i}" for i in range(MAX_KINDS_PER_NODE + 100)], beat=1,
+        max_message_bytes=NODE_LIMIT, helper_incarnation=HELPER_INCARNATION)
+    d.on_ack_batch(wire.decode_ack_batch(wire.encode_ack_batch(hb, [])))
+    kinds = d.nodes["n1"].kinds
+    assert len(kinds) == MAX_KINDS_PER_NODE - 1 and too_long not in kinds  # the first was cut
+    # kinds remembered over a run stop growing at their bound
+    for beat in range(2, 2 + MAX_KINDS_ANNOUNCED // MAX_KINDS_PER_NODE + 3):
+        hb.kinds[:] = [f"b{beat}-{i}" for i in range(MAX_KINDS_PER_NODE)]
+        hb.beat = beat
+        d.on_ack_batch(wire.decode_ack_batch(wire.encode_ack_batch(hb, [])))
+    assert len(d.kinds_announced) < MAX_KINDS_ANNOUNCED + MAX_KINDS_PER_NODE
