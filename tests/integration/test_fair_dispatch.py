@@ -30,6 +30,17 @@ def run_long_tasks(cluster) -> list[dict]:  # noqa: ANN001
             async def both_nodes() -> bool:
                 return (await client.stats())["nodes"] >= 2
             await async_wait_until(both_nodes, 30, what="both AI nodes seen by the Helper")
+
+            async def both_reachable() -> bool:
+                # Seen is not yet reachable: the Helper sends to a node only over a completed
+                # (CURVE) connection, and a pass that cannot reach one gives what is queued to
+                # the others, prefetch included. Short tasks until each node has run one.
+                short = json.dumps({"ms": 1}).encode()
+                ids = await client.submit_many([make_task("simulate", short)
+                                                for _ in range(2 * CONCURRENCY)])
+                ran_on = {json.loads(await client.result(t, timeout=30))["node"] for t in ids}
+                return ran_on == {"ai-1", "ai-2"}
+            await async_wait_until(both_reachable, 30, what="both AI nodes reachable")
             payload = json.dumps({"ms": TASK_MS}).encode()
             ids = await client.submit_many([make_task("simulate", payload)
                                             for _ in range(TASKS)])
