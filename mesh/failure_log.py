@@ -21,6 +21,8 @@ import time
 import traceback as tb
 from collections.abc import Callable
 
+from mesh.trust import RateLimitedLog
+
 #: how long a signature's traceback is not repeated
 TRACEBACK_INTERVAL_S = 60.0
 #: signatures remembered at most
@@ -47,7 +49,8 @@ def signature_of_text(kind: str, type_name: str, traceback_text: str) -> tuple[s
 
 
 class FailureLog:
-    """Logs handler failures; `log_failure` decides whether this one carries its traceback."""
+    """Logs handler failures; `log_failure` decides whether this one carries its traceback.
+    Which traceback is shown is `mesh.trust.RateLimitedLog`'s rule, keyed by signature."""
 
     def __init__(self, logger: logging.Logger, *, interval_s: float = TRACEBACK_INTERVAL_S,
                  max_keys: int = MAX_SIGNATURES,
@@ -55,28 +58,21 @@ class FailureLog:
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.logger = logger
         self.interval_s = interval_s
-        self._max_keys = max_keys
         self._clock = clock
         self._wall = wall_clock
-        #: signature -> (monotonic time shown, wall time shown), least recently shown first
-        self._shown: dict[tuple, tuple[float, float]] = {}
-        self._held: dict[tuple, int] = {}
+        self._tracebacks = RateLimitedLog(logger, interval_s, clock=clock, max_keys=max_keys)
+        #: signature -> when its traceback was last shown (clock time), least recent first
+        self._shown = self._tracebacks.last_logged
+        #: signature -> tracebacks held back since
+        self._held = self._tracebacks.suppressed
 
     def show_traceback(self, signature: tuple) -> tuple[bool, str]:
         """(show it?, what to add to the line). Counts a held-back one."""
-        now = self._clock()
-        shown = self._shown.get(signature)
-        if shown is not None and now - shown[0] < self.interval_s:
-            self._held[signature] = self._held.get(signature, 0) + 1
-            at = time.strftime("%H:%M:%S", time.localtime(shown[1]))
+        held = self._tracebacks.admit(signature)
+        if held is None:
+            shown_at = self._wall() - (self._clock() - self._shown[signature])
+            at = time.strftime("%H:%M:%S", time.localtime(shown_at))
             return False, f" (traceback as logged at {at} for the same failure)"
-        held = self._held.pop(signature, 0)
-        if shown is None and len(self._shown) >= self._max_keys:
-            oldest = next(iter(self._shown))
-            del self._shown[oldest]
-            self._held.pop(oldest, None)
-        self._shown.pop(signature, None)
-        self._shown[signature] = (now, self._wall())
         note = (f" ({held} more with this traceback held back in the last "
                 f"{self.interval_s:g}s)") if held else ""
         return True, note

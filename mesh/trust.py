@@ -825,12 +825,19 @@ class RateLimitedLog:
         self._last: dict[object, float] = {}
         self.suppressed: dict[object, int] = {}
 
-    def log(self, level: int, key: object, msg: str, *args: object) -> bool:
+    @property
+    def last_logged(self) -> dict[object, float]:
+        """Key -> when its last record got through (the clock's time), least recent first."""
+        return self._last
+
+    def admit(self, key: object) -> int | None:
+        """May a record of `key` get through now? None: no (counted as held back); else how
+        many were held back since the last one that did (the count starts again)."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
             self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return False
+            return None
         held = self.suppressed.pop(key, 0)
         if last is None and len(self._last) >= self._max_keys:
             oldest = next(iter(self._last))
@@ -838,6 +845,12 @@ class RateLimitedLog:
             self.suppressed.pop(oldest, None)
         self._last.pop(key, None)
         self._last[key] = now  # re-inserted: the dict stays in least-recently-logged order
+        return held
+
+    def log(self, level: int, key: object, msg: str, *args: object) -> bool:
+        held = self.admit(key)
+        if held is None:
+            return False
         if held:
             msg += f" ({held} more like this held back)"
         self.logger.log(level, msg, *args)
