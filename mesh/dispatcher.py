@@ -674,7 +674,9 @@ class Dispatcher:
                     self._e2e_s = []
         node.concurrency = min(hb.concurrency, MAX_NODE_CREDIT)
         node.running = hb.running
-        node.kinds_full = tuple(hb.kinds_full[:MAX_KINDS_PER_NODE])
+        kinds_full = hb.kinds_full  # with every ack batch: copied only when over the bound
+        node.kinds_full = kinds_full if len(kinds_full) <= MAX_KINDS_PER_NODE \
+            else tuple(kinds_full[:MAX_KINDS_PER_NODE])
         if node.kinds != frozenset(hb.kinds):
             node.kinds = self._bounded_kinds(node, hb.kinds)
             if len(self.kinds_announced) < MAX_KINDS_ANNOUNCED:
