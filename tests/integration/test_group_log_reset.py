@@ -15,26 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from mesh import make_task, records, wire
+from mesh import records
 from mesh.group_log import FollowerLog
-from mesh.journal import Journal, replace
+from mesh.journal import replace
 from mesh.replication import EpochHistory, Entry
+from tests.support.follower_logs import SIZES, recovered, task_record
 
 pytestmark = pytest.mark.timeout(120)
 
-
-def _task_record(task_id: str) -> tuple[int, bytes, bytes]:
-    task = make_task("echo", b"p" * 200, task_id=task_id)
-    return records.TASK, task_id.encode(), wire.encode_new_task_record(wire.task_bytes(task))
-
-
-OLD = [_task_record(f"acked-{n}") for n in range(1, 41)]
-NEW = [_task_record(f"snap-{n}") for n in range(1, 31)]
-SIZES = {"segment_size_bytes": 4096, "max_record_bytes": 2048}  # several segments each
+OLD = [task_record(f"acked-{n}", 200) for n in range(1, 41)]
+NEW = [task_record(f"snap-{n}", 200) for n in range(1, 31)]
 
 _CHILD = r"""
 import asyncio, os, signal, sys
 from pathlib import Path
+from mesh import records
 from mesh.group_log import FollowerLog
 from mesh.replication import EpochHistory
 from tests.integration.test_group_log_reset import NEW
@@ -77,19 +72,6 @@ def _acked_log(directory: Path) -> None:
     asyncio.run(scenario())
 
 
-def _recovered(directory: Path) -> tuple[int, list[bytes]]:
-    """What a restarted member finds: its position, and the keys of its log's task records."""
-    async def scenario() -> tuple[int, list[bytes]]:
-        flog = FollowerLog(directory, **SIZES)
-        position = flog.open()
-        await flog.close()
-        journal = Journal(directory)
-        keys = [r.key for r in journal.recover() if r.type == records.TASK]
-        await journal.close()
-        return position.last_index, keys
-    return asyncio.run(scenario())
-
-
 @pytest.mark.parametrize("crash_at", ["incoming", "mid-build", *replace.STEPS[1:], "none"])
 def test_a_follower_reset_killed_at_any_step_recovers_a_whole_log_never_losing_acked_records(
         tmp_path, crash_at):  # noqa: ANN001
@@ -103,7 +85,7 @@ def test_a_follower_reset_killed_at_any_step_recovers_a_whole_log_never_losing_a
     else:
         assert child.returncode == -9, (child.returncode, child.stderr)
 
-    last_index, keys = _recovered(directory)
+    last_index, keys = recovered(directory)
     complete = crash_at in ("sealed", "old-aside", "in-place", "old-removed", "none")
     if complete:  # the new log was durable before the step: it is the log now
         assert (last_index, keys) == (80, [k for _, k, _ in NEW])
@@ -121,7 +103,7 @@ def test_recovery_puts_back_a_set_aside_journal_when_it_is_the_only_one(tmp_path
     _acked_log(directory)
     os.replace(directory, replace.old(directory))
     replace.incoming(directory).mkdir()  # and an incomplete new one
-    assert _recovered(directory) == (len(OLD), [k for _, k, _ in OLD])
+    assert recovered(directory) == (len(OLD), [k for _, k, _ in OLD])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal"]
 
 
@@ -140,5 +122,5 @@ def test_a_reset_that_fails_before_the_swap_keeps_the_old_log(tmp_path):  # noqa
         assert flog.position.last_index == len(OLD) and flog.journal is not None
         await flog.close()
     asyncio.run(scenario())
-    assert _recovered(directory) == (len(OLD), [k for _, k, _ in OLD])
+    assert recovered(directory) == (len(OLD), [k for _, k, _ in OLD])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal"]

@@ -12,21 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from mesh import make_task, records, wire
-from mesh.group_log import POSITION_KEY, FollowerLog, encode_position
+from mesh import records
+from mesh.group_log import POSITION_KEY, encode_position
 from mesh.journal import Journal
 from mesh.replication import EpochHistory
+from tests.support.follower_logs import SIZES, recovered, task_record
 
-
-
-def _task_record(task_id: str) -> tuple[int, bytes, bytes]:
-    task = make_task("echo", b"p" * 100, task_id=task_id)
-    return records.TASK, task_id.encode(), wire.encode_new_task_record(wire.task_bytes(task))
-
-
-ACKED = [_task_record(f"acked-{n}") for n in range(1, 41)]
-SNAPSHOT = [_task_record(f"snap-{n}") for n in range(1, 31)]
-SIZES = {"segment_size_bytes": 4096, "max_record_bytes": 2048}  # several segments each
+ACKED = [task_record(f"acked-{n}", 100) for n in range(1, 41)]
+SNAPSHOT = [task_record(f"snap-{n}", 100) for n in range(1, 31)]
 
 
 def _position(last_index: int) -> tuple[int, bytes, bytes]:
@@ -51,26 +44,13 @@ def _acked_log(directory: Path) -> None:
     _write(directory, [*ACKED, _position(len(ACKED))])
 
 
-def _opened(directory: Path) -> tuple[int, list[bytes]]:
-    """What the member comes up on: its position and the keys of its log's task records."""
-    async def scenario() -> tuple[int, list[bytes]]:
-        flog = FollowerLog(directory, **SIZES)
-        position = flog.open()
-        await flog.close()
-        journal = Journal(directory)
-        keys = [r.key for r in journal.recover() if r.type == records.TASK]
-        await journal.close()
-        return position.last_index, keys
-    return asyncio.run(scenario())
-
-
 ACKED_LOG = (len(ACKED), [key for _t, key, _p in ACKED])
 
 
 def test_a_missing_journal_beside_an_aside_directory_gets_the_aside_one_back(tmp_path: Path) -> None:
     directory = tmp_path / "journal"
     _acked_log(tmp_path / "journal.aside-1700000000000000000")  # killed right after the rename
-    assert _opened(directory) == ACKED_LOG
+    assert recovered(directory) == ACKED_LOG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal"]
 
 
@@ -82,7 +62,7 @@ def test_an_incomplete_journal_beside_an_aside_directory_is_kept_and_the_aside_o
     # killed before the snapshot's round reached the file: an empty journal (created, started),
     # or some of the snapshot's records and not its POSITION (the round cut short)
     _write(directory, [] if left == "empty" else SNAPSHOT[:12])
-    assert _opened(directory) == ACKED_LOG
+    assert recovered(directory) == ACKED_LOG
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "journal" and len(names) == 2 and names[1].startswith("journal.incomplete-")
     kept = [r.key for r in Journal(tmp_path / names[1]).recover()]
@@ -96,7 +76,7 @@ def test_the_newest_complete_aside_directory_is_put_back(tmp_path: Path) -> None
     _write(tmp_path / "journal.aside-900", [*ACKED[:5], _position(5)])
     _acked_log(tmp_path / "journal.aside-1000")
     _write(tmp_path / "journal.aside-2000", [])
-    assert _opened(directory) == ACKED_LOG
+    assert recovered(directory) == ACKED_LOG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal", "journal.aside-2000", "journal.aside-900"]
 
 
@@ -108,7 +88,7 @@ def test_a_complete_journal_is_kept_and_aside_directories_are_left_with_a_warnin
     _acked_log(tmp_path / "journal.aside-1700000000000000000")
     _write(directory, [*SNAPSHOT, _position(80)])
     with caplog.at_level("WARNING", logger="mesh.journal"):
-        assert _opened(directory) == (80, [k for _t, k, _p in SNAPSHOT])
+        assert recovered(directory) == (80, [k for _t, k, _p in SNAPSHOT])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal", "journal.aside-1700000000000000000"]
     warnings = [r.getMessage() for r in caplog.records if "journal.aside-1700000000000000000" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
