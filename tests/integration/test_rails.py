@@ -146,17 +146,21 @@ def test_refuse_unknown_kinds_answers_a_submit_for_a_kind_no_node_served(cluster
                     return False  # the node's first heartbeat has not arrived yet
             await async_wait_until(echo_accepted, timeout_s=15, what="kind echo announced")
 
-            async def vision_refused() -> bool:
-                # accepted during the Helper's first --node-dead-after seconds (nodes may not
-                # have announced their kinds yet), refused after
-                try:
-                    await client.submit("vision", b"x")
-                    return False
-                except InvalidTask as exc:
-                    assert "no AI node has served task kind 'vision'" in str(exc), exc
-                    return True
-            await async_wait_until(vision_refused, timeout_s=15, what="kind vision refused")
+            # accepted during the Helper's first --node-dead-after seconds (nodes may not have
+            # announced their kinds yet), refused after
+            await async_wait_until(lambda: _vision_refused(client.submit), timeout_s=15,
+                                   what="kind vision refused")
     asyncio.run(scenario())
+
+
+async def _vision_refused(submit) -> bool:  # noqa: ANN001 - Client.submit or Helper.submit
+    """Submit a task of kind `vision` (no node serves it): True if it was refused as such."""
+    try:
+        await submit("vision", b"x")
+        return False
+    except InvalidTask as exc:
+        assert "no AI node has served task kind 'vision'" in str(exc), exc
+        return True
 
 
 def test_refuse_unknown_kinds_accepts_any_kind_until_every_live_node_has_spoken(
@@ -175,16 +179,8 @@ def test_refuse_unknown_kinds_accepts_any_kind_until_every_live_node_has_spoken(
             assert time.monotonic() - started < settings.node_dead_after_s, \
                 "the first submit came too late to test the window"
             assert helper.status(task_id).state == wire.QUEUED
-            refused_at: list[float] = []
-
-            async def refused() -> bool:
-                try:
-                    await helper.submit("vision", b"y")
-                    return False
-                except InvalidTask as exc:
-                    assert "no AI node has served task kind 'vision'" in str(exc), exc
-                    refused_at.append(time.monotonic())
-                    return True
-            await async_wait_until(refused, timeout_s=15, what="kind vision refused")
-            assert refused_at[0] - started >= settings.node_dead_after_s - 0.05
+            await async_wait_until(lambda: _vision_refused(helper.submit), timeout_s=15,
+                                   what="kind vision refused")
+            refused_at = time.monotonic()  # the wait returns as soon as a submit is refused
+            assert refused_at - started >= settings.node_dead_after_s - 0.05
     asyncio.run(scenario())
