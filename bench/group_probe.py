@@ -206,6 +206,7 @@ def _port() -> int:
 
 def drive(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
+    from latency_probe import stamped_submits  # the driver only: members import their tree's mesh
     from mesh import Client, SyncClient, make_task
     from mesh.trust import Trust
     from nodes.launch import NodeProcess
@@ -270,18 +271,9 @@ def drive(args: argparse.Namespace) -> None:
             return out
 
         client = SyncClient(intake, trust=trust)
-        sent, accepted, ids = {}, {}, []
         cpu_before, wall_start = cpu_s(), time.monotonic()
-        for i in range(WARMUP + args.tasks):
-            task = make_task("noop", b"x" * 200)
-            t = now()
-            client.submit_many([task])
-            accepted[task.task_id] = now()
-            sent[task.task_id] = t
-            if i >= WARMUP:
-                ids.append(task.task_id)
-            if args.gap_us:
-                time.sleep(args.gap_us / 1e6)
+        sent, accepted, ids = stamped_submits(client, "noop", args.tasks, args.gap_us / 1e6,
+                                              WARMUP)
         cpu_after, wall = cpu_s(), time.monotonic() - wall_start
         client.close()
     finally:

@@ -35,6 +35,26 @@ now = time.monotonic_ns
 WARMUP = 300
 
 
+def stamped_submits(client, kind: str, count: int, gap_s: float,  # noqa: ANN001
+                    warmup: int = WARMUP) -> tuple[dict, dict, list]:
+    """Submit `warmup` + `count` tasks of `kind` one at a time through a SyncClient, `gap_s`
+    apart; returns when each was sent and accepted (monotonic ns, by task id) and the ids
+    after the warm-up. (bench/group_probe.py drives its members the same way.)"""
+    from mesh import make_task
+    sent, accepted, ids = {}, {}, []
+    for i in range(warmup + count):
+        task = make_task(kind, b"x" * 200)
+        t = now()
+        client.submit_many([task])
+        accepted[task.task_id] = now()
+        sent[task.task_id] = t
+        if i >= warmup:
+            ids.append(task.task_id)
+        if gap_s:
+            time.sleep(gap_s)
+    return sent, accepted, ids
+
+
 def _dump_at_exit(stamps: dict, path: str) -> None:
     atexit.register(lambda: Path(path).write_text(json.dumps(stamps)))
 
@@ -134,7 +154,7 @@ def _median_us(a: dict, b: dict, ids: list[str]) -> float:
 
 
 def drive(tasks: int, early: bool, insecure: bool = False) -> None:
-    from mesh import Client, SyncClient, make_task
+    from mesh import Client, SyncClient
     from mesh.trust import Trust
 
     trust = Trust.plain() if insecure else Trust.default()  # the Helper's: --insecure or the local store
@@ -171,16 +191,7 @@ def drive(tasks: int, early: bool, insecure: bool = False) -> None:
         asyncio.run(asyncio.wait_for(node_up(), 30))
 
         client = SyncClient(ready["intake"], trust=trust)
-        sent, accepted, ids = {}, {}, []
-        for i in range(WARMUP + tasks):
-            task = make_task("probe", b"x" * 200)
-            t = now()
-            client.submit_many([task])
-            accepted[task.task_id] = now()
-            sent[task.task_id] = t
-            if i >= WARMUP:
-                ids.append(task.task_id)
-            time.sleep(0.0005)
+        sent, accepted, ids = stamped_submits(client, "probe", tasks, 0.0005)
         time.sleep(0.3)  # the last handler starts
         client.close()
     finally:
