@@ -148,6 +148,7 @@ class Journal:
         self._sticky_error: str | None = None  # a failure no pending sync() was told about
         self._closing = False
         self._fill_asked = False  # sync_here() ran a round and left zero-fill to do
+        self._fill_timed = False  # the flusher sleeps on the timer that zero-fills once idle
         # --- loop thread only ---
         self._active_seq = 1
         self._active_size = SEGMENT_HEADER_SIZE  # logical size of the active segment
@@ -528,9 +529,15 @@ class Journal:
                 return False  # the sticky error goes to the next sync()
             writer = self._writer
             if writer is not None and writer.fill_pending():
+                urgent = writer.fill_urgent()
                 with self._lock:
-                    self._fill_asked = True
-                    self._cond.notify()  # the flusher zero-fills ahead of the next records
+                    # The flusher zero-fills ahead of the next records: at once when urgent,
+                    # else once the journal is idle. A flusher already asleep on that idle
+                    # timer is left asleep: under load a wake-up per round cost the loop a
+                    # futex wake and the flusher two context switches per request, for nothing.
+                    if urgent or not self._fill_timed:
+                        self._fill_asked = True
+                        self._cond.notify()
             return True
         finally:
             self._io_lock.release()
@@ -637,7 +644,9 @@ class Journal:
                         if remaining <= 0:
                             idle, idle_since = True, self._round_ended_s
                             break
+                        self._fill_timed = fill
                         self._cond.wait(remaining)
+                    self._fill_timed = False
                     closing = self._closing
                     asked, self._fill_asked = self._fill_asked, False
                 if closing:

@@ -761,6 +761,36 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
     asyncio.run(main())
 
 
+def test_rounds_in_sync_here_leave_a_flusher_asleep_on_its_idle_fill_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady load the zero-fill stays pending between idle moments: each sync_here()
+    round once woke the flusher for it (a futex wake and two context switches per request,
+    to go back to sleep). A flusher already waiting on the idle timer is left alone; the fill
+    still comes once the journal is idle."""
+    idle_s = 2.0  # no idle moment between the rounds below, even on a loaded machine
+    monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
+
+    async def main() -> None:
+        journal = await _quiet_journal(tmp_path / "j")
+        steps = _record_fill_steps(journal, monkeypatch)
+        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
+        await _round_here(journal)  # leaves the fill pending: the flusher is told once
+        await wait_until(lambda: journal._fill_timed)
+        notified = []
+        real_notify = journal._cond.notify
+        monkeypatch.setattr(journal._cond, "notify", lambda *a: (notified.append(1), real_notify(*a)))
+        for n in range(20):
+            journal.append(1, b"small", b"s%d" % n)
+            await _round_here(journal)
+        assert journal._writer.fill_pending() and not steps
+        assert not notified, f"{len(notified)} rounds woke the flusher waiting on its fill timer"
+        await wait_until(lambda: bool(steps), timeout_s=idle_s * 5)
+        await journal.close()
+
+    asyncio.run(main())
+
+
 def test_a_failed_sync_here_drops_its_records_and_the_next_sync_reports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
