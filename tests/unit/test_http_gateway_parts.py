@@ -189,6 +189,33 @@ def test_pool_sends_the_single_submits_of_one_loop_turn_as_one_request() -> None
     asyncio.run(scenario())
 
 
+def test_pool_keeps_a_turns_batch_open_while_the_turns_after_it_bring_more() -> None:
+    """Requests of an HTTP gateway under load reach submit_one a turn or two apart (their
+    bytes came during the turn before): they join the open batch while it grows, up to
+    JOIN_TURNS turns; once a turn brings nothing the batch leaves."""
+    from mesh.helper_pool import JOIN_TURNS
+
+    async def scenario() -> None:
+        helpers = {"a": FakeHelper("a")}
+        pool = _pool(helpers)
+
+        async def staggered(turns: int) -> list:
+            started = []
+            for _ in range(turns):
+                started.append(asyncio.ensure_future(pool.submit_one(make_task("echo", b""))))
+                await asyncio.sleep(0)
+            return await asyncio.gather(*started)
+
+        outcomes = await staggered(JOIN_TURNS)
+        assert all(o.code == wire.OK for o in outcomes)
+        assert helpers["a"].requests == 1, "submits a turn apart travel in one request"
+        outcomes = await staggered(JOIN_TURNS + 3)
+        assert all(o.code == wire.OK for o in outcomes)
+        assert helpers["a"].requests == 3, "the batch is held at most JOIN_TURNS more turns"
+        await pool.close()
+    asyncio.run(scenario())
+
+
 def test_a_clients_submit_gives_up_after_the_timeout_given_for_that_call() -> None:
     """The pool bounds each Helper's share of its deadline with the member Client's own reply
     timer (`submit_results(timeout_s=)`), so that timer must hold even when the Client's
