@@ -347,8 +347,18 @@ class FrameReader:
 
     def _ready(self) -> None:
         self._scheduled = False
+        if self._loop is not None:
+            self._drain(self._batch_max)
+
+    def read_now(self, limit: int) -> bool:
+        """Handle up to `limit` waiting messages now, in the caller's turn (and the batch end,
+        if any came); True when none is left waiting, else the rest are read on a later turn.
+        For an owner that would rather take a few messages first than hand work elsewhere."""
         if self._loop is None:
-            return
+            return False
+        return self._drain(limit)
+
+    def _drain(self, limit: int) -> bool:
         sock = self._sock
         recv = sock.recv_multipart if self._multipart else sock.recv
         on_message = self._on_message
@@ -362,7 +372,7 @@ class FrameReader:
         # Ask before each read rather than read until zmq.Again: raising and catching that
         # exception costs more than the question, on every wake-up. Plain ints: `& zmq.POLLIN`
         # (an enum.Flag) builds an enum member per question.
-        while count < self._batch_max and events(_EVENTS) & _POLLIN:
+        while count < limit and events(_EVENTS) & _POLLIN:
             try:
                 message = recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -377,8 +387,10 @@ class FrameReader:
                 self._on_batch_end()
             except Exception:
                 log.exception("handling a batch failed")
-        if count >= self._batch_max:
+        if count >= limit:
             self.wake()  # more may wait: come back after the loop's other work
+            return False
+        return True
 
     def _recv_frame(self, flags: int) -> tuple[bytes, str]:
         if self._plain:
