@@ -819,9 +819,9 @@ class Helper:
         """End of an intake batch: one journal sync answers every submit read in it.
 
         When the loop has nothing else to do (at most a few ack batches waiting, taken
-        first, outside a group; the flusher idle), the sync runs right here (`Journal.sync_here`): a lone
-        submit skips two thread hand-overs. Otherwise the flusher thread syncs while the loop
-        goes on with acks and dispatch."""
+        first, outside a group; the flusher idle), the sync runs right here
+        (`Journal.sync_here`): a lone submit skips two thread hand-overs. Otherwise the flusher
+        thread syncs while the loop goes on with acks and dispatch."""
         answers, self._unsynced = self._unsynced, []
         if not answers:
             return
