@@ -705,6 +705,15 @@ def _record_fill_steps(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> lis
     return steps
 
 
+async def _journal_with_fill_to_do(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Journal, list[float]]:
+    """A quiet journal whose fill steps are recorded, with one record that uses up a chunk of
+    the space preallocated ahead (appended, not yet durable): zero-fill to do after its round."""
+    journal = await _quiet_journal(path)
+    steps = _record_fill_steps(journal, monkeypatch)
+    journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
+    return journal, steps
+
+
 async def _round_here(journal: Journal) -> float:
     """Run a round with sync_here() (again while the flusher holds the writer for a moment,
     e.g. right after its own round); returns when the successful call began."""
@@ -724,9 +733,7 @@ def test_a_round_in_sync_here_that_uses_up_preallocated_space_is_zero_filled_onc
     monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
 
     async def main() -> None:
-        journal = await _quiet_journal(tmp_path / "j")
-        steps = _record_fill_steps(journal, monkeypatch)
-        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))  # uses up a chunk ahead
+        journal, steps = await _journal_with_fill_to_do(tmp_path / "j", monkeypatch)
         began = await _round_here(journal)
         assert journal._writer.fill_pending()
         await wait_until(lambda: bool(steps))
@@ -747,9 +754,7 @@ def test_a_round_in_sync_here_resets_the_flushers_idle_clock_so_no_zero_fill_run
     monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
 
     async def main() -> None:
-        journal = await _quiet_journal(tmp_path / "j")
-        steps = _record_fill_steps(journal, monkeypatch)
-        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
+        journal, steps = await _journal_with_fill_to_do(tmp_path / "j", monkeypatch)
         await journal.sync()  # a flusher round: it zero-fills once idle_s passed without a round
         await asyncio.sleep(idle_s / 8)  # well inside that wait, and well after the round
         journal.append(1, b"small", b"s")
@@ -772,9 +777,7 @@ def test_rounds_in_sync_here_leave_a_flusher_asleep_on_its_idle_fill_timer(
     monkeypatch.setattr(journal_module, "IDLE_FILL_S", idle_s)
 
     async def main() -> None:
-        journal = await _quiet_journal(tmp_path / "j")
-        steps = _record_fill_steps(journal, monkeypatch)
-        journal.append(1, b"big", bytes(writer_module.FILL_CHUNK + 4096))
+        journal, steps = await _journal_with_fill_to_do(tmp_path / "j", monkeypatch)
         await _round_here(journal)  # leaves the fill pending: the flusher is told once
         await wait_until(lambda: journal._fill_timed)
         notified = []
